@@ -1,0 +1,96 @@
+"""Typed results of the reconstruction pipeline (the data contract of DESIGN.md).
+
+Coordinates are pixels of the original image after EXIF orientation, origin top-left,
+x right, y down; z uses the same pixel scale, larger = closer to the camera.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Head pose in degrees plus the 4x4 transform canonical-face -> image space.
+
+    ``matrix`` maps homogeneous canonical-shape coordinates (see ``facefleet.geometry``)
+    to image pixel coordinates (x, y, z) of the reconstructed face: a similarity transform
+    (uniform scale * rotation, translation).
+    """
+
+    yaw: float
+    pitch: float
+    roll: float
+    matrix: np.ndarray  # (4, 4) float64
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "yaw": float(self.yaw),
+            "pitch": float(self.pitch),
+            "roll": float(self.roll),
+            "matrix": np.asarray(self.matrix, dtype=np.float64).tolist(),
+        }
+
+
+@dataclass
+class Face:
+    """One reconstructed face.
+
+    bbox: (4,) x0, y0, x1, y1 of the detection; score: detector confidence;
+    keypoints: (6, 2) detector keypoints (right eye, left eye, nose tip, mouth,
+    right ear tragion, left ear tragion; "right" = the subject's right);
+    landmarks: (468, 3) mesh vertices; landmarks68: (68, 2) iBUG-68 subset;
+    presence: face-presence probability of the mesh network;
+    texture: optional (T, T, 4) uint8 RGBA UV texture, alpha = visible texels.
+    """
+
+    bbox: np.ndarray
+    score: float
+    keypoints: np.ndarray
+    landmarks: np.ndarray
+    landmarks68: np.ndarray
+    pose: Pose
+    presence: float = 1.0
+    texture: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        def r(a: np.ndarray, nd: int = 3) -> Any:
+            return np.round(np.asarray(a, dtype=np.float64), nd).tolist()
+
+        return {
+            "bbox": r(self.bbox, 2),
+            "score": round(float(self.score), 5),
+            "keypoints": r(self.keypoints, 2),
+            "landmarks": r(self.landmarks, 3),
+            "landmarks68": r(self.landmarks68, 3),
+            "pose": self.pose.to_dict(),
+            "presence": round(float(self.presence), 5),
+        }
+
+
+@dataclass
+class ImageResult:
+    """Everything facefleet found in one image. ``error`` is set (and ``faces`` empty)
+    when the image could not be read or processed."""
+
+    source: str
+    width: int
+    height: int
+    faces: list[Face] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "width": int(self.width),
+            "height": int(self.height),
+            "faces": [f.to_dict() for f in self.faces],
+            "error": self.error,
+        }

@@ -1,0 +1,296 @@
+"""The per-device batch pipeline: images -> faces -> 468-point mesh -> pose, 68 points, texture.
+
+``Reconstructor`` is the single source of truth for what a face result is (DESIGN.md). Every
+stage keeps tensors on its device; only the small per-face results cross to the host, in one
+transfer per batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from facefleet.types import Face, ImageResult, Pose
+
+ImageInput = "str | Path | np.ndarray | torch.Tensor"
+
+_PRECISIONS = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto" -> the current CUDA device if there is one, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} asked for, but CUDA is not available on this machine")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def resolve_precision(precision: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(precision, torch.dtype):
+        dtype = precision
+    else:
+        try:
+            dtype = _PRECISIONS[precision.lower()]
+        except KeyError:
+            raise ValueError(f"unknown precision {precision!r}: use fp32, fp16 or bf16") from None
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ValueError("fp16 is not supported on the CPU: use fp32 (or bf16)")
+    return dtype
+
+
+class Reconstructor:
+    """Photo(s) -> per-face textured 3D mesh, landmarks and head pose, batched on one device.
+
+    >>> rec = Reconstructor(device="cuda", precision="fp16")       # doctest: +SKIP
+    >>> results = rec(["a.jpg", "b.png"], texture=True)            # doctest: +SKIP
+    >>> results[0].faces[0].pose.yaw                               # doctest: +SKIP
+
+    Args:
+        device: "cpu", "cuda", "cuda:N" or "auto".
+        precision: network precision, "fp32" (default), "fp16" (CUDA) or "bf16". Geometry
+            (pose, mapping back to pixels) always runs in fp32.
+        model_dir: a folder holding the MediaPipe weights (or the mediapipe wheel) for
+            air-gapped machines; default: the cache, fetched on first use.
+        detector: "auto" (short-range model, full-range model and tiling where the short-range
+            model finds nothing or the image is large), "short" or "full".
+        max_faces: at most this many faces per image (highest scores kept).
+        min_score: detector score threshold.
+        min_presence: faces whose mesh network face-presence probability is lower are dropped.
+        texture_size: side of the square UV texture in texels.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device | None = "cpu",
+        precision: str | torch.dtype = "fp32",
+        *,
+        model_dir: str | Path | None = None,
+        detector: str = "auto",
+        max_faces: int = 16,
+        min_score: float = 0.5,
+        min_presence: float = 0.5,
+        texture_size: int = 512,
+    ) -> None:
+        from facefleet.detect import FaceDetector
+        from facefleet.geometry import load_geometry
+        from facefleet.mesh import MeshPredictor
+
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        self.texture_size = int(texture_size)
+        self.max_faces = int(max_faces)
+        self.geometry = load_geometry()
+        self.detector = FaceDetector(
+            device=self.device,
+            dtype=self.dtype,
+            model=detector,
+            min_score=min_score,
+            max_faces=max_faces,
+            model_dir=model_dir,
+        )
+        self.mesher = MeshPredictor(
+            device=self.device, dtype=self.dtype, model_dir=model_dir, min_presence=min_presence
+        )
+        self._sampler: Any = None
+
+    # -- public API -------------------------------------------------------------------------
+    def __call__(
+        self,
+        images: Sequence[Any],
+        *,
+        sources: Sequence[str] | None = None,
+        texture: bool = False,
+    ) -> list[ImageResult]:
+        """Reconstruct every face of a batch of images.
+
+        images: file paths, (H, W, 3) uint8 RGB arrays, or (3, H, W) uint8 tensors.
+        Unreadable files give an ``ImageResult`` with ``error`` set; the others are processed.
+        Returns one result per input, in order.
+        """
+        from facefleet.io.decode import ImageDecodeError, read_image
+
+        if isinstance(images, (str, Path, np.ndarray, torch.Tensor)) and not (
+            isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4
+        ):
+            images = [images]
+        n = len(images)
+        if sources is not None and len(sources) != n:
+            raise ValueError(f"got {n} images but {len(sources)} sources")
+        names = [
+            str(sources[i]) if sources is not None else (str(im) if isinstance(im, (str, Path)) else f"image_{i}")
+            for i, im in enumerate(images)
+        ]
+        results: list[ImageResult | None] = [None] * n
+        tensors: list[torch.Tensor] = []
+        ok_idx: list[int] = []
+        for i, im in enumerate(images):
+            try:
+                if isinstance(im, (str, Path)):
+                    arr = read_image(im)
+                    t = torch.from_numpy(arr).permute(2, 0, 1)
+                elif isinstance(im, np.ndarray):
+                    t = torch.from_numpy(_as_rgb_uint8(im, names[i])).permute(2, 0, 1)
+                elif isinstance(im, torch.Tensor):
+                    t = _check_tensor(im, names[i])
+                else:
+                    raise TypeError(f"{names[i]}: unsupported image type {type(im).__name__}")
+            except (ImageDecodeError, ValueError, TypeError) as e:
+                results[i] = ImageResult(source=names[i], width=0, height=0, error=str(e))
+                continue
+            tensors.append(t.to(self.device, non_blocking=True).contiguous())
+            ok_idx.append(i)
+        if tensors:
+            done = self.reconstruct_tensors(tensors, [names[i] for i in ok_idx], texture=texture)
+            for i, r in zip(ok_idx, done):
+                results[i] = r
+        return [r for r in results if r is not None]
+
+    @torch.inference_mode()
+    def reconstruct_tensors(
+        self,
+        images: list[torch.Tensor],
+        sources: Sequence[str],
+        *,
+        texture: bool = False,
+        timings: dict[str, float] | None = None,
+    ) -> list[ImageResult]:
+        """Core batch entry point: ``images`` are (3, H, W) uint8 tensors on ``self.device``.
+
+        When ``timings`` is given, seconds spent per stage ('detect', 'mesh', 'geometry',
+        'texture', 'transfer') are added to it (this synchronises the device between stages).
+        """
+        from facefleet.geometry import estimate_pose, to_landmarks68
+
+        if len(images) != len(sources):
+            raise ValueError(f"got {len(images)} images but {len(sources)} sources")
+        if not images:
+            return []
+        sizes = [(int(t.shape[-1]), int(t.shape[-2])) for t in images]
+        with self._stage("detect", timings):
+            det = self.detector(images)
+        with self._stage("mesh", timings):
+            mesh = self.mesher(images, det)
+            keep = mesh.keep
+            lm = mesh.landmarks[keep].float()
+            img_idx = det.image_index[keep]
+            boxes = det.boxes[keep].float()
+            scores = det.scores[keep].float()
+            kps = det.keypoints[keep].float()
+            presence = mesh.presence[keep].float()
+        with self._stage("geometry", timings):
+            pose = estimate_pose(lm)
+            lm68 = to_landmarks68(lm)
+        tex_host: np.ndarray | None = None
+        with self._stage("texture", timings):
+            if texture and lm.shape[0] > 0:
+                tex = self.sampler(images, lm, img_idx)
+                tex_host = tex.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        with self._stage("transfer", timings):
+            host = {
+                k: v.detach().cpu().numpy()
+                for k, v in {
+                    "lm": lm,
+                    "idx": img_idx,
+                    "box": boxes,
+                    "score": scores,
+                    "kp": kps,
+                    "pres": presence,
+                    "yaw": pose.yaw,
+                    "pitch": pose.pitch,
+                    "roll": pose.roll,
+                    "mat": pose.matrix,
+                    "lm68": lm68,
+                }.items()
+            }
+        results = [ImageResult(source=str(s), width=w, height=h) for s, (w, h) in zip(sources, sizes)]
+        # highest score first within each image
+        order = np.lexsort((-host["score"], host["idx"]))
+        for j in order:
+            i = int(host["idx"][j])
+            results[i].faces.append(
+                Face(
+                    bbox=host["box"][j],
+                    score=float(host["score"][j]),
+                    keypoints=host["kp"][j],
+                    landmarks=host["lm"][j],
+                    landmarks68=host["lm68"][j],
+                    pose=Pose(
+                        yaw=float(host["yaw"][j]),
+                        pitch=float(host["pitch"][j]),
+                        roll=float(host["roll"][j]),
+                        matrix=host["mat"][j].astype(np.float64),
+                    ),
+                    presence=float(host["pres"][j]),
+                    texture=None if tex_host is None else tex_host[j],
+                )
+            )
+        return results
+
+    @property
+    def sampler(self) -> Any:
+        if self._sampler is None:
+            from facefleet.texture import TextureSampler
+
+            self._sampler = TextureSampler(size=self.texture_size, device=self.device)
+        return self._sampler
+
+    @contextmanager
+    def _stage(self, name: str, timings: dict[str, float] | None) -> Any:
+        if timings is None:
+            yield
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _as_rgb_uint8(arr: np.ndarray, name: str) -> np.ndarray:
+    """(H, W), (H, W, 1|3|4) uint8/uint16/float arrays -> (H, W, 3) uint8."""
+    a = np.asarray(arr)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise ValueError(f"{name}: expected an (H, W, 3) RGB array, got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{name}: empty image of shape {a.shape}")
+    if a.dtype == np.uint16:
+        a = (a.astype(np.uint32) * 255 + 32767) // 65535
+    elif a.dtype.kind == "f":
+        a = np.clip(a * 255.0 + 0.5, 0, 255)
+    a = a.astype(np.uint8, copy=False)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif a.shape[2] == 4:
+        a = a[:, :, :3]
+    return np.ascontiguousarray(a)
+
+
+def _check_tensor(t: torch.Tensor, name: str) -> torch.Tensor:
+    if t.ndim != 3 or t.shape[0] != 3:
+        raise ValueError(f"{name}: expected a (3, H, W) tensor, got shape {tuple(t.shape)}")
+    if t.dtype != torch.uint8:
+        raise ValueError(f"{name}: expected a uint8 tensor, got {t.dtype}")
+    return t

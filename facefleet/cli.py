@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         from facefleet.bench.bench import bench_cli
 
         return bench_cli(argv[1:])
+    if argv and argv[0] == "bench-core":
+        from facefleet.bench.core import main as bench_core
+
+        return bench_core(argv[1:])
     if argv and argv[0] == "eval":
         from facefleet.bench.accuracy import eval_cli
 
@@ -91,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("models", help="fetch|list|path the MediaPipe weights (facefleet models -h)")
     sub.add_parser("run", help="batch engine over a folder/list/URL on all GPUs (facefleet run -h)")
     sub.add_parser("bench", help="throughput benchmark with baselines (facefleet bench -h)")
+    sub.add_parser("bench-core", help="speed of networks and pipeline per device, CPU/GPU agreement")
     sub.add_parser("eval", help="accuracy benchmark on AFLW2000-3D and recall (facefleet eval -h)")
 
     args = parser.parse_args(argv)

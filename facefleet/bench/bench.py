@@ -1,0 +1,576 @@
+"""``facefleet bench``: facefleet vs the per-image loop vs LiteRT on all CPU cores, on one corpus.
+
+Rows (each optional, ``--baselines``):
+
+- ``engine``: ``facefleet.engine.run`` on the GPU(s) (CPU when there is none), Parquet output
+  (plus extra ``--formats`` sets, one row each), and a scaling table over ``--gpus-scaling``;
+- ``loop``: the same ``Reconstructor`` one image at a time, as most tutorials do (open the file,
+  decode with Pillow, reconstruct, write a JSON file);
+- ``litert``: the official LiteRT interpreter with the same models, one process per CPU core.
+
+``--simulate-workers 1,2,4,8`` adds the CPU scheduler simulation (``facefleet.bench.simulate``).
+Prints aligned tables and writes everything to ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from facefleet.bench.simulate import format_sim_table, format_table, simulate_workers
+from facefleet.monitor.gpu import GpuSampler
+
+__all__ = ["bench_cli", "build_parser", "run_bench"]
+
+_BASELINES = ("engine", "loop", "litert")
+
+
+def build_parser(prog: str = "facefleet bench") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Benchmark facefleet against the per-image loop and "
+        "LiteRT on all CPU cores, on one generated (or given) corpus.",
+    )
+    p.add_argument(
+        "--baselines",
+        default="engine,loop,litert",
+        help="comma list of engine,loop,litert (default: all); 'none' for only --simulate-workers",
+    )
+    p.add_argument("--images", type=int, default=2000, help="corpus size (default 2000)")
+    p.add_argument("--resolution", default="1920x1080", help="WxH of generated images (default 1920x1080)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    p.add_argument("--faces", default="1", help="faces per image: N or MIN-MAX (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--corpus", type=Path, help="use this existing folder of images instead of generating one")
+    p.add_argument(
+        "--work-dir", type=Path, help="where the corpus and outputs go (default: a temp dir, removed)"
+    )
+    p.add_argument("--devices", default="auto", help="engine devices: auto, cpu or 0,1 (default auto)")
+    p.add_argument("--workers", type=int, help="engine CPU workers (CPU mode)")
+    p.add_argument("--batch-size", type=int, help="engine batch size (default: the GPU profile)")
+    p.add_argument("--unit-size", type=int, default=256)
+    p.add_argument(
+        "--formats",
+        action="append",
+        default=None,
+        help="engine output formats, one engine row per use: 'parquet' (default) or e.g. "
+        "'obj,png'; repeat to compare",
+    )
+    p.add_argument("--gpus-scaling", default="", help="e.g. 1,2,4,8: engine on the first k GPUs each")
+    p.add_argument("--loop-images", type=int, default=300, help="at most this many images for the loop")
+    p.add_argument("--litert-images", type=int, default=2000, help="at most this many images for LiteRT")
+    p.add_argument("--litert-processes", type=int, help="LiteRT processes (default: all cores)")
+    p.add_argument(
+        "--baseline-seconds",
+        type=float,
+        default=60.0,
+        help="time budget per slow baseline (loop, litert); rates stay exact",
+    )
+    p.add_argument("--simulate-workers", default="", help="e.g. 1,2,4,8: CPU simulation of the scheduler")
+    p.add_argument("--sim-rate", type=float, default=3000.0, help="simulated images/s per worker")
+    p.add_argument("--sim-seconds", type=float, default=5.0, help="ideal length of each simulation")
+    p.add_argument("--sim-unit-size", type=int, default=256)
+    p.add_argument("--json", type=Path, help="write all results to this JSON file")
+    p.add_argument("--keep", action="store_true", help="keep the work dir")
+    return p
+
+
+def _parse_ints(s: str) -> list[int]:
+    return [int(x) for x in s.replace(" ", "").split(",") if x]
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    k = (len(s) - 1) * q / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def _cuda_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+def _machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        pass
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# rows
+# ---------------------------------------------------------------------------------------------
+def _row(
+    name: str,
+    device: str,
+    images: int,
+    faces: int,
+    seconds: float,
+    *,
+    p50: float | None = None,
+    p99: float | None = None,
+    gpu_mib: float | None = None,
+    rss_mib: float | None = None,
+    failed: int = 0,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "device": device,
+        "images": images,
+        "faces": faces,
+        "failed": failed,
+        "seconds": seconds,
+        "images_per_s": images / seconds if seconds > 0 else None,
+        "faces_per_s": faces / seconds if seconds > 0 else None,
+        "batch_p50_s": p50,
+        "batch_p99_s": p99,
+        "peak_gpu_mib": gpu_mib,
+        "peak_rss_mib": rss_mib,
+        **extra,
+    }
+
+
+def _error_row(name: str, device: str, e: BaseException) -> dict[str, Any]:
+    return {"name": name, "device": device, "error": f"{type(e).__name__}: {e}"}
+
+
+def _sampler_peaks(s: GpuSampler) -> tuple[float | None, float | None]:
+    summ = s.summary()
+    gpu = [g["mem_used_mib_peak"] for g in summ["gpus"].values() if g.get("mem_used_mib_peak") is not None]
+    return (max(gpu) if gpu else None), summ.get("rss_mib_peak")
+
+
+def _find_stats(d: dict[str, Any], *keys: str) -> Any:
+    for k in keys:
+        if k in d:
+            return d[k]
+    return None
+
+
+def run_engine(
+    corpus: Path,
+    out: Path,
+    *,
+    devices: str,
+    formats: tuple[str, ...],
+    batch_size: int | None,
+    unit_size: int,
+    workers: int | None,
+    name: str,
+) -> dict[str, Any]:
+    """One ``facefleet.engine.run`` over the corpus; the row reads the run's stats.json."""
+    from facefleet import engine
+
+    run: Any = getattr(engine, "run", None)
+    if run is None:  # the package may not re-export it
+        from facefleet.engine import runner
+
+        run = runner.run
+    if out.exists():
+        shutil.rmtree(out)
+    with GpuSampler(0.25) as sampler:
+        t0 = time.perf_counter()
+        run(
+            str(corpus),
+            str(out),
+            devices=devices,
+            formats=formats,
+            batch_size=batch_size,
+            unit_size=unit_size,
+            workers=workers,
+            force=True,
+            quiet=True,
+        )
+        seconds = time.perf_counter() - t0
+    stats: dict[str, Any] = {}
+    if (out / "stats.json").is_file():
+        stats = json.loads((out / "stats.json").read_text())
+    totals = stats.get("totals", {})
+    from facefleet.monitor.report import derive
+
+    d = derive(stats) if stats else {"batch_latency": {}}
+    lat = d["batch_latency"]
+    gpu_peak, rss = _sampler_peaks(sampler)
+    worker_peak = stats.get("gpu_memory_peak_mib") or {}
+    if isinstance(worker_peak, dict) and worker_peak:
+        gpu_peak = max(float(v) for v in worker_peak.values())  # torch max_memory_allocated of workers
+    images = int(totals.get("images", 0))
+    # engine wall time includes listing and start-up; the stats' own wall time is reported too
+    return _row(
+        name,
+        devices,
+        images,
+        int(totals.get("faces", 0)),
+        seconds,
+        p50=lat.get("p50"),
+        p99=lat.get("p99"),
+        gpu_mib=gpu_peak,
+        rss_mib=rss,
+        failed=int(totals.get("failed", 0)),
+        formats=list(formats) or ["parquet"],
+        engine_wall_s=d.get("wall_seconds"),
+        gpu_util=sampler.summary()["gpus"],
+    )
+
+
+def run_loop(files: list[Path], out: Path, *, device: str, budget_s: float) -> dict[str, Any]:
+    """The tutorial loop: per image open, decode (Pillow), Reconstructor([img]), write JSON."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    from facefleet.pipeline import Reconstructor
+
+    out.mkdir(parents=True, exist_ok=True)
+    rec = Reconstructor(device=device)
+    with Image.open(files[0]) as im:  # warm-up: first call loads/compiles kernels
+        rec([np.asarray(im.convert("RGB"))])
+    if rec.device.type == "cuda":
+        torch.cuda.synchronize(rec.device)
+        torch.cuda.reset_peak_memory_stats(rec.device)
+    lat: list[float] = []
+    faces = failed = 0
+    with GpuSampler(0.25) as sampler:
+        t0 = time.perf_counter()
+        for i, f in enumerate(files):
+            t1 = time.perf_counter()
+            try:
+                with Image.open(f) as im:
+                    arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+                res = rec([arr], sources=[str(f)])[0]
+            except Exception as e:
+                failed += 1
+                res = None
+                err = str(e)
+            doc = res.to_dict() if res is not None else {"source": str(f), "faces": [], "error": err}
+            faces += len(doc["faces"])
+            with open(out / f"{i:07d}.json", "w", encoding="utf-8") as fh:
+                json.dump(doc, fh)
+            lat.append(time.perf_counter() - t1)
+            if time.perf_counter() - t0 > budget_s:
+                break
+        seconds = time.perf_counter() - t0
+    gpu_peak, rss = _sampler_peaks(sampler)
+    if rec.device.type == "cuda":
+        gpu_peak = torch.cuda.max_memory_allocated(rec.device) / 2**20
+    return _row(
+        "loop (1 image at a time)",
+        str(rec.device),
+        len(lat),
+        faces,
+        seconds,
+        p50=_pct(lat, 50),
+        p99=_pct(lat, 99),
+        gpu_mib=gpu_peak,
+        rss_mib=rss,
+        failed=failed,
+    )
+
+
+def run_litert(files: list[Path], *, processes: int | None, budget_s: float) -> dict[str, Any]:
+    from facefleet.bench.litert_baseline import run_litert_pool
+
+    with GpuSampler(0.25) as sampler:
+        r = run_litert_pool([str(f) for f in files], processes=processes, time_budget_s=budget_s)
+    _, rss = _sampler_peaks(sampler)
+    return _row(
+        f"LiteRT CPU x{r['processes']}",
+        "cpu",
+        r["images"],
+        r["faces"],
+        r["seconds"],
+        p50=_pct(r["latencies"], 50),
+        p99=_pct(r["latencies"], 99),
+        rss_mib=rss,
+        failed=r["failed"],
+        errors=r["errors"],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------------------------
+def _f(v: Any, fmt: str) -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    loop = next(
+        (r.get("images_per_s") for r in rows if r["name"].startswith("loop") and "error" not in r), None
+    )
+    lite = next(
+        (r.get("images_per_s") for r in rows if r["name"].startswith("LiteRT") and "error" not in r), None
+    )
+    head = [
+        "baseline",
+        "device",
+        "images",
+        "img/s",
+        "faces/s",
+        "p50 ms",
+        "p99 ms",
+        "GPU MiB",
+        "RSS MiB",
+        "x loop",
+        "x LiteRT",
+    ]
+    out = []
+    notes = []
+    for r in rows:
+        if "error" in r:
+            out.append([r["name"], r["device"], "failed", *["-"] * 8])
+            notes.append(f"{r['name']}: {r['error']}")
+            continue
+        ips = r.get("images_per_s")
+        out.append(
+            [
+                r["name"],
+                r["device"],
+                f"{r['images']:,}",
+                _f(ips, "{:,.1f}"),
+                _f(r.get("faces_per_s"), "{:,.1f}"),
+                _f(None if r.get("batch_p50_s") is None else 1e3 * r["batch_p50_s"], "{:.1f}"),
+                _f(None if r.get("batch_p99_s") is None else 1e3 * r["batch_p99_s"], "{:.1f}"),
+                _f(r.get("peak_gpu_mib"), "{:,.0f}"),
+                _f(r.get("peak_rss_mib"), "{:,.0f}"),
+                _f(ips / loop if ips and loop else None, "{:.1f}x"),
+                _f(ips / lite if ips and lite else None, "{:.2f}x"),
+            ]
+        )
+    return "\n".join([format_table(head, out), *notes])
+
+
+def format_scaling(rows: list[dict[str, Any]]) -> str:
+    base = next((r["images_per_s"] for r in rows if r.get("gpus") == 1 and r.get("images_per_s")), None)
+    out = []
+    notes = []
+    for r in rows:
+        if "error" in r:
+            out.append([str(r.get("gpus")), "-", "-", "-"])
+            notes.append(f"{r.get('gpus')} GPU(s): {r['error']}")
+            continue
+        ips = r["images_per_s"]
+        sp = ips / base if base and ips else None
+        out.append(
+            [
+                str(r["gpus"]),
+                _f(ips, "{:,.1f}"),
+                _f(sp, "{:.2f}x"),
+                _f(100 * sp / r["gpus"] if sp else None, "{:.1f}%"),
+            ]
+        )
+    return "\n".join([format_table(["GPUs", "img/s", "speedup", "efficiency"], out), *notes])
+
+
+# ---------------------------------------------------------------------------------------------
+# driver
+# ---------------------------------------------------------------------------------------------
+def _resolution(s: str) -> tuple[int, int]:
+    try:
+        w, h = (int(x) for x in s.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"facefleet bench: --resolution must be WxH, e.g. 1920x1080 (got {s!r})") from None
+    return w, h
+
+
+def _faces(s: str) -> tuple[int, int]:
+    a, _, b = s.partition("-")
+    return int(a), int(b or a)
+
+
+def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
+    """Run everything ``args`` asks for; returns the JSON-able result (also printed as tables)."""
+    baselines = (
+        [] if args.baselines.strip() == "none" else [b.strip() for b in args.baselines.split(",") if b]
+    )
+    bad = [b for b in baselines if b not in _BASELINES]
+    if bad:
+        raise SystemExit(f"facefleet bench: unknown baseline(s) {bad}; choose from {', '.join(_BASELINES)}")
+    result: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "command": "facefleet bench " + " ".join(args.argv),
+        "rows": [],
+        "scaling": [],
+        "simulation": [],
+    }
+    own_tmp = args.work_dir is None
+    work = Path(tempfile.mkdtemp(prefix="facefleet-bench-")) if own_tmp else args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        if baselines:
+            if args.corpus:
+                from facefleet.io.discover import iter_inputs
+
+                corpus_dir = args.corpus
+                files = sorted(Path(p) for p in iter_inputs(str(corpus_dir)))
+                result["corpus"] = {"path": str(corpus_dir), "n": len(files)}
+            else:
+                from facefleet.bench.corpus import make_corpus
+
+                res = _resolution(args.resolution)
+                c = make_corpus(
+                    work / "corpus",
+                    args.images,
+                    resolution=res,
+                    quality=args.quality,
+                    faces_per_image=_faces(args.faces),
+                    seed=args.seed,
+                )
+                corpus_dir, files = c.root, c.files
+                result["corpus"] = {
+                    "n": len(c),
+                    "resolution": list(res),
+                    "quality": args.quality,
+                    "faces_per_image": list(_faces(args.faces)),
+                    "seed": args.seed,
+                    "expected_faces": sum(c.faces),
+                    "seconds": round(c.seconds, 2),
+                }
+                log(
+                    f"corpus: {len(c)} JPEGs {res[0]}x{res[1]} q{args.quality}, {sum(c.faces)} faces "
+                    f"({c.seconds:.1f} s)"
+                )
+            ngpu = _cuda_count()
+            devices = args.devices
+            if devices == "auto" and ngpu == 0:
+                devices = "cpu"
+            if "engine" in baselines:
+                for fs in args.formats or ["parquet"]:
+                    fmts = tuple(x for x in fs.replace(" ", "").split(",") if x and x != "parquet")
+                    name = "facefleet run" + ("" if not fmts else f" +{','.join(fmts)}")
+                    log(f"running {name} on {devices} ...")
+                    try:
+                        row = run_engine(
+                            corpus_dir,
+                            work / f"out_{'_'.join(fmts) or 'parquet'}",
+                            devices=devices,
+                            formats=fmts,
+                            batch_size=args.batch_size,
+                            unit_size=args.unit_size,
+                            workers=args.workers,
+                            name=name,
+                        )
+                    except Exception as e:
+                        row = _error_row(name, devices, e)
+                    result["rows"].append(row)
+            if "loop" in baselines:
+                dev = (
+                    "cpu"
+                    if devices == "cpu" or ngpu == 0
+                    else (f"cuda:{devices.split(',')[0]}" if devices not in ("auto", "all") else "cuda")
+                )
+                log(f"running the per-image loop on {dev} ...")
+                try:
+                    row = run_loop(
+                        files[: args.loop_images],
+                        work / "out_loop",
+                        device=dev,
+                        budget_s=args.baseline_seconds,
+                    )
+                except Exception as e:
+                    row = _error_row("loop (1 image at a time)", dev, e)
+                result["rows"].append(row)
+            if "litert" in baselines:
+                log("running LiteRT on all CPU cores ...")
+                try:
+                    row = run_litert(
+                        files[: args.litert_images],
+                        processes=args.litert_processes,
+                        budget_s=args.baseline_seconds,
+                    )
+                except Exception as e:
+                    row = _error_row("LiteRT CPU", "cpu", e)
+                result["rows"].append(row)
+            log("")
+            log(format_rows(result["rows"]))
+            scaling = _parse_ints(args.gpus_scaling)
+            if scaling:
+                for k in scaling:
+                    if k > ngpu:
+                        result["scaling"].append({"gpus": k, "error": f"only {ngpu} GPU(s) here"})
+                        continue
+                    log(f"scaling: engine on {k} GPU(s) ...")
+                    try:
+                        row = run_engine(
+                            corpus_dir,
+                            work / f"out_scale{k}",
+                            devices=",".join(map(str, range(k))),
+                            formats=(),
+                            batch_size=args.batch_size,
+                            unit_size=args.unit_size,
+                            workers=None,
+                            name=f"facefleet run x{k}",
+                        )
+                        row["gpus"] = k
+                    except Exception as e:
+                        row = {"gpus": k, **_error_row(f"facefleet run x{k}", str(k), e)}
+                    result["scaling"].append(row)
+                log("")
+                log(format_scaling(result["scaling"]))
+        sim = _parse_ints(args.simulate_workers)
+        if sim:
+            log(f"simulating {sim} workers at {args.sim_rate:,.0f} images/s each ...")
+            sims = [
+                simulate_workers(
+                    n,
+                    rate=args.sim_rate,
+                    seconds=args.sim_seconds,
+                    unit_size=args.sim_unit_size,
+                    work_dir=work,
+                )
+                for n in sim
+            ]
+            result["simulation"] = [s.to_dict() for s in sims]
+            log("")
+            log(format_sim_table(sims))
+    finally:
+        if own_tmp and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        elif args.keep:
+            result["work_dir"] = str(work)
+    if args.json:
+        from facefleet.io.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result, indent=1, default=str) + "\n")
+        log(f"\nwrote {args.json}")
+    return result
+
+
+def bench_cli(argv: list[str] | None = None) -> int:
+    """Entry point of ``facefleet bench``; returns the exit code (1 if a baseline failed)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    result = run_bench(args)
+    failed = [r for r in result["rows"] + result["scaling"] if "error" in r and "only" not in r["error"]]
+    return 1 if failed else 0

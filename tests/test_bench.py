@@ -1,0 +1,110 @@
+"""`facefleet bench`: the table and JSON on CPU, and the scheduler simulation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from facefleet.bench.bench import bench_cli
+from facefleet.bench.simulate import format_sim_table, simulate_workers
+
+
+def test_simulation_two_workers_busy_and_queue_not_the_bottleneck(tmp_path: Path) -> None:
+    r = simulate_workers(2, rate=2000.0, seconds=2.0, unit_size=64, work_dir=tmp_path)
+    assert r.images == int(2000 * 2 * 2.0) and sum(r.units_per_worker) == r.units
+    assert all(u > 0 for u in r.units_per_worker)  # both workers got work
+    assert len(r.busy_fraction) == 2 and all(0.75 < b <= 1.0 for b in r.busy_fraction)
+    assert 0.75 < r.efficiency <= 1.02
+    assert r.claim_ms["p50"] < 20.0
+    table = format_sim_table([r])
+    assert "efficiency" in table and "2,000" in table
+    assert list(tmp_path.iterdir()) == []  # the scratch queue is removed
+
+
+def _models_present() -> bool:
+    from facefleet.models import cache_dir
+
+    return (cache_dir() / "face_landmark.tflite").is_file()
+
+
+@pytest.mark.skipif(not _models_present(), reason="MediaPipe .tflite files not in the model cache")
+def test_bench_litert_baseline_prints_table_and_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    rc = bench_cli(
+        [
+            "--baselines",
+            "litert",
+            "--images",
+            "8",
+            "--resolution",
+            "320x240",
+            "--litert-processes",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "LiteRT CPU x1" in text and "img/s" in text and "faces/s" in text
+    doc = json.loads(out.read_text())
+    row = doc["rows"][0]
+    assert row["images"] == 8 and row["failed"] == 0
+    assert 6 <= row["faces"] <= 8  # one pasted face per image, found by the LiteRT detector
+    assert row["images_per_s"] > 0 and row["batch_p50_s"] <= row["batch_p99_s"]
+    assert doc["corpus"]["expected_faces"] == 8
+
+
+def _pipeline_ready() -> str | None:
+    try:
+        from facefleet.engine import runner  # noqa: F401
+        from facefleet.pipeline import Reconstructor
+
+        Reconstructor(device="cpu")
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+@pytest.mark.slow
+def test_bench_all_baselines_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    why = _pipeline_ready()
+    if why:
+        pytest.skip(f"engine or Reconstructor not usable here: {why}")
+    out = tmp_path / "bench.json"
+    rc = bench_cli(
+        [
+            "--baselines",
+            "engine,loop,litert",
+            "--images",
+            "8",
+            "--resolution",
+            "320x240",
+            "--devices",
+            "cpu",
+            "--workers",
+            "1",
+            "--litert-processes",
+            "1",
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--json",
+            str(out),
+        ]
+    )
+    text = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert rc == 0, text
+    names = [r["name"] for r in doc["rows"]]
+    assert names == ["facefleet run", "loop (1 image at a time)", "LiteRT CPU x1"]
+    for r in doc["rows"]:
+        assert "error" not in r, r
+        assert r["images"] == 8 and r["images_per_s"] > 0
+        assert 6 <= r["faces"] <= 8
+    assert "x loop" in text and "x LiteRT" in text
+    assert doc["rows"][0]["batch_p50_s"] is not None
+    assert (tmp_path / "w" / "out_parquet" / "report.html").is_file()

@@ -1,1 +1,25 @@
-"""facefleet.mesh"""
+"""468-point 3D face mesh (MediaPipe face_landmark network) on detected faces, batched on the device.
+
+>>> from facefleet.mesh import MeshPredictor                      # doctest: +SKIP
+>>> mesh = MeshPredictor(device="cuda")(images, detections)        # doctest: +SKIP
+>>> mesh.landmarks   # (N, 468, 3) pixels, z larger = closer
+"""
+
+from facefleet.mesh.predictor import MeshPredictor, MeshResult
+from facefleet.mesh.roi import (
+    crop_rois,
+    crop_to_image,
+    roi_from_detections,
+    roi_from_landmarks,
+    rois_to_image,
+)
+
+__all__ = [
+    "MeshPredictor",
+    "MeshResult",
+    "crop_rois",
+    "crop_to_image",
+    "roi_from_detections",
+    "roi_from_landmarks",
+    "rois_to_image",
+]

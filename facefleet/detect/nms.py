@@ -1,0 +1,112 @@
+"""MediaPipe-style weighted non-maximum suppression ("blending"), batched over images.
+
+For each image, candidates are visited by decreasing score; each one not yet absorbed becomes a seed
+and absorbs every remaining candidate (itself included) whose IoU with it exceeds the threshold. The
+output detection of a seed is the score-weighted average of the boxes and keypoints it absorbed; its
+score stays the seed's score (as in MediaPipe's ``NonMaxSuppressionCalculator``, algorithm WEIGHTED).
+
+The IoU matrices are computed on the device for all images at once; the greedy pass, which is
+inherently sequential, runs on one small boolean array copied to the host once (a single sync for the
+whole batch); the weighted averages are computed back on the device with ``index_add_``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["box_iou", "weighted_nms"]
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of boxes ``(..., N, 4)`` and ``(..., M, 4)`` (x0, y0, x1, y1) -> ``(..., N, M)``."""
+    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
+    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
+    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a[..., :, None] + area_b[..., None, :] - inter
+    return inter / union.clamp(min=1e-12)
+
+
+def _greedy_owners(overlap: np.ndarray, valid: np.ndarray, max_per_group: int) -> np.ndarray:
+    """overlap ``(G, K, K)`` bool, valid ``(G, K)`` bool (candidates sorted by score) -> owner ``(G, K)``:
+    index of the seed that absorbed each candidate, -1 if none. Vectorised over groups."""
+    g, k = valid.shape
+    owner = np.full((g, k), -1, dtype=np.int64)
+    free = valid.copy()
+    seeds = np.zeros(g, dtype=np.int64)
+    for i in range(k):
+        is_seed = free[:, i] & (seeds < max_per_group)
+        if not is_seed.any():
+            if not free[:, i:].any():
+                break
+            continue
+        claim = overlap[:, i, :] & free & is_seed[:, None]
+        claim[is_seed, i] = True
+        owner[claim] = i
+        free &= ~claim
+        seeds += is_seed
+    return owner
+
+
+def weighted_nms(
+    boxes: Tensor,
+    keypoints: Tensor,
+    scores: Tensor,
+    groups: Tensor,
+    iou_threshold: float = 0.3,
+    max_per_group: int = 100,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Weighted NMS of candidates from many images at once.
+
+    Args:
+        boxes: ``(M, 4)`` x0, y0, x1, y1; keypoints: ``(M, P, 2)``; scores: ``(M,)``;
+        groups: ``(M,)`` long, the image each candidate belongs to (suppression never crosses groups).
+        iou_threshold: candidates whose IoU with a seed is strictly above this merge into it.
+        max_per_group: at most this many detections per group (the highest-scoring seeds).
+
+    Returns:
+        boxes ``(N, 4)``, keypoints ``(N, P, 2)``, scores ``(N,)``, groups ``(N,)``, sorted by group,
+        then by decreasing score, on the input device.
+    """
+    dev = boxes.device
+    m = int(scores.shape[0])
+    p = int(keypoints.shape[1])
+    if m == 0:
+        return boxes[:0].float(), keypoints[:0].float(), scores[:0].float(), groups[:0].long()
+    boxes, keypoints, scores, groups = boxes.float(), keypoints.float(), scores.float(), groups.long()
+    # sort by group, then by decreasing score (two stable sorts)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    order = order[torch.sort(groups[order], stable=True).indices]
+    boxes, keypoints, scores, groups = boxes[order], keypoints[order], scores[order], groups[order]
+    uniq, counts = torch.unique_consecutive(groups, return_counts=True)
+    counts_h = counts.cpu()
+    g, k = int(uniq.shape[0]), int(counts_h.max())
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.repeat_interleave(torch.arange(g, device=dev), counts)  # padded row of each candidate
+    col = torch.arange(m, device=dev) - starts[slot]
+    flat = slot * k + col
+    pb = torch.zeros(g * k, 4, device=dev).index_copy_(0, flat, boxes).view(g, k, 4)
+    valid = torch.zeros(g * k, dtype=torch.bool, device=dev).index_fill_(0, flat, True).view(g, k)
+    overlap = (box_iou(pb, pb) > iou_threshold) & valid[:, :, None] & valid[:, None, :]
+    owner_h = _greedy_owners(overlap.cpu().numpy(), valid.cpu().numpy(), int(max_per_group))
+    owner = torch.from_numpy(owner_h).to(dev).view(-1)[flat]  # (M,) seed column, -1 = dropped
+    kept = owner >= 0
+    target = slot[kept] * k + owner[kept]
+    w = scores[kept]
+    acc = torch.zeros(g * k, 4 + 2 * p + 1, device=dev)
+    vals = torch.cat([boxes[kept], keypoints[kept].reshape(-1, 2 * p), torch.ones_like(w)[:, None]], 1)
+    acc.index_add_(0, target, vals * w[:, None])
+    is_seed = owner == col
+    seed_rows = flat[is_seed]
+    merged = acc[seed_rows]
+    merged = merged[:, :-1] / merged[:, -1:].clamp(min=1e-12)
+    return (
+        merged[:, :4],
+        merged[:, 4:].reshape(-1, p, 2),
+        scores[is_seed],
+        groups[is_seed],
+    )

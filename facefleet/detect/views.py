@@ -1,0 +1,60 @@
+"""Letterboxing (aspect-preserving resize + centred padding) of image regions, on the device.
+
+A *view* is a rectangle of one source image that is resized to fit a square model input of side ``S``
+and padded symmetrically. ``ViewTransform`` maps normalised model coordinates back to source pixels.
+
+Pixel convention (shared with the rest of facefleet): continuous coordinates, origin at the top-left
+corner of the top-left pixel, so pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)`` (this is also what
+``interpolate``/``grid_sample`` with ``align_corners=False`` and MediaPipe's normalised coordinates use).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["ViewTransform", "letterbox"]
+
+
+@dataclass(frozen=True)
+class ViewTransform:
+    """Per-view affine map ``(V, 2)`` tensors: ``pixel = offset + normalised * scale`` (x and y)."""
+
+    scale: Tensor  # (V, 2) source pixels per normalised model unit
+    offset: Tensor  # (V, 2) source pixel of the model input's top-left corner
+
+    def to_pixels(self, xy: Tensor) -> Tensor:
+        """Normalised model coordinates ``(V, ..., 2)`` -> source pixels ``(V, ..., 2)``."""
+        shape = (xy.shape[0],) + (1,) * (xy.ndim - 2) + (2,)
+        return xy * self.scale.view(shape) + self.offset.view(shape)
+
+
+def _fit(h: int, w: int, size: int) -> tuple[int, int]:
+    s = size / max(h, w)
+    return max(1, min(size, round(h * s))), max(1, min(size, round(w * s)))
+
+
+def letterbox(regions: Tensor, size: int, origins: Tensor | None = None) -> tuple[Tensor, ViewTransform]:
+    """Letterbox same-sized regions ``(V, 3, h, w)`` (uint8 or float in [0, 255]) to ``(V, 3, S, S)``.
+
+    Resizing is bilinear, antialiased when shrinking. Padding is black. Returns the float32 images in
+    [0, 1] and the affine map of each view back to source pixels; ``origins``
+    ``(V, 2)`` (x, y) is the top-left source pixel of each region (default 0).
+    """
+    v, _, h, w = regions.shape
+    nh, nw = _fit(h, w, size)
+    x = regions.float()
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=nh < h or nw < w)
+    x = (x / 255.0).clamp(0.0, 1.0)
+    py, px = (size - nh) // 2, (size - nw) // 2
+    out = F.pad(x, (px, size - nw - px, py, size - nh - py), value=0.0)
+    dev = regions.device
+    scale = torch.tensor([size * w / nw, size * h / nh], device=dev).expand(v, 2)
+    off = torch.tensor([-px * w / nw, -py * h / nh], device=dev).expand(v, 2)
+    if origins is not None:
+        off = off + origins.to(dev, torch.float32)
+    return out, ViewTransform(scale.contiguous(), off.contiguous())

@@ -1,0 +1,148 @@
+"""Face mesh: ROI construction, rotated crops and their inverse, the predictor on synthetic and real faces."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from facefleet.detect import Detections, FaceDetector
+from facefleet.mesh import (
+    MeshPredictor,
+    crop_rois,
+    crop_to_image,
+    roi_from_detections,
+    roi_from_landmarks,
+    rois_to_image,
+)
+
+
+def _kps(r_eye: tuple[float, float], l_eye: tuple[float, float]) -> Tensor:
+    k = torch.zeros(1, 6, 2)
+    k[0, 0] = torch.tensor(r_eye)
+    k[0, 1] = torch.tensor(l_eye)
+    return k
+
+
+def test_roi_from_detections_square_scaled_rotated() -> None:
+    boxes = torch.tensor([[100.0, 50.0, 180.0, 170.0]])  # 80 x 120
+    roi = roi_from_detections(boxes, _kps((120, 90), (160, 90)))
+    assert torch.allclose(roi, torch.tensor([[140.0, 110.0, 180.0, 180.0, 0.0]]))
+    # left eye (image right) lower than the right eye: head rolled, positive rotation (clockwise on screen)
+    roi = roi_from_detections(boxes, _kps((120, 80), (160, 120)))
+    assert math.isclose(float(roi[0, 4]), math.pi / 4, rel_tol=1e-6)
+    roi = roi_from_detections(boxes, _kps((160, 90), (120, 90)))  # upside down
+    assert math.isclose(abs(float(roi[0, 4])), math.pi, rel_tol=1e-6)
+
+
+def test_roi_from_landmarks_uses_eye_corners_and_box() -> None:
+    lm = torch.zeros(1, 468, 3)
+    lm[0, :, 0] = torch.linspace(10, 110, 468)
+    lm[0, :, 1] = torch.linspace(20, 80, 468)
+    lm[0, 33, :2] = torch.tensor([40.0, 50.0])
+    lm[0, 263, :2] = torch.tensor([80.0, 50.0])
+    roi = roi_from_landmarks(lm)
+    assert torch.allclose(roi, torch.tensor([[60.0, 50.0, 150.0, 150.0, 0.0]]))
+
+
+def _dot_image(h: int, w: int, x: float, y: float, sigma: float = 2.0) -> Tensor:
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    g = torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2)) * 255
+    return g.round().to(torch.uint8).expand(3, h, w).contiguous()
+
+
+def _centroid(crop: Tensor) -> Tensor:
+    """(3, S, S) -> (2,) intensity centroid in crop pixels (continuous coordinates)."""
+    m = crop[0]
+    s = m.shape[-1]
+    ys, xs = torch.meshgrid(torch.arange(s) + 0.5, torch.arange(s) + 0.5, indexing="ij")
+    return torch.stack([(m * xs).sum(), (m * ys).sum()]) / m.sum()
+
+
+@pytest.mark.parametrize("rotation", [0.0, 0.4, -2.5])
+def test_rotated_crop_round_trip(rotation: float, device: str) -> None:
+    # two images of different sizes, three faces; each ROI contains a bright dot at a known pixel
+    imgs = [_dot_image(300, 400, 250.3, 120.7).to(device), _dot_image(500, 260, 100.2, 330.9).to(device)]
+    dots = torch.tensor([[250.3, 120.7], [100.2, 330.9], [250.3, 120.7]])
+    roi = torch.tensor(
+        [
+            [240.0, 140.0, 120.0, 120.0, rotation],
+            [120.0, 300.0, 200.0, 200.0, rotation],
+            [260, 110, 60, 60, -rotation],
+        ]
+    ).to(device)
+    idx = torch.tensor([0, 1, 0], device=device)
+    crops = crop_rois(imgs, idx, roi, 192)
+    assert crops.shape == (3, 3, 192, 192) and crops.device.type == device
+    cen = torch.stack([_centroid(c) for c in crops.cpu()])
+    back = crop_to_image(cen[:, None].to(device), roi, 192)[:, 0].cpu()
+    assert torch.allclose(back, dots, atol=0.15), back - dots
+    # the affine form agrees with the point mapping
+    a = rois_to_image(roi).cpu()
+    pts = torch.cat([cen / 192, torch.ones(3, 1)], 1)
+    assert torch.allclose(torch.einsum("nij,nj->ni", a, pts), back, atol=1e-3)
+
+
+class _DotNet:
+    """Fake landmark net: every landmark at the crop's intensity centroid, z = +5 crop px, logit 3."""
+
+    def __call__(self, x: Tensor) -> Sequence[Tensor]:
+        b = x.shape[0]
+        cen = torch.stack([_centroid(c) for c in x.float().cpu()])
+        lm = torch.cat([cen, torch.full((b, 1), 5.0)], 1)[:, None].expand(b, 468, 3).reshape(b, 1, 1, 1404)
+        return lm.to(x.device), torch.full((b, 1, 1, 1), 3.0, device=x.device)
+
+
+def test_mesh_predictor_maps_back_through_the_crop() -> None:
+    imgs = [_dot_image(300, 400, 250.3, 120.7), _dot_image(500, 260, 100.2, 330.9)]
+    det = Detections(
+        boxes=torch.tensor([[100.2 - 40, 330.9 - 30, 100.2 + 40, 330.9 + 30], [220.0, 90.0, 280.0, 150.0]]),
+        keypoints=torch.cat([_kps((80, 320), (120, 335)), _kps((240, 110), (260, 108))]),
+        scores=torch.tensor([0.9, 0.8]),
+        image_index=torch.tensor([1, 0]),
+        num_images=2,
+    )
+    for refine in (0, 1):
+        res = MeshPredictor(net=_DotNet(), refine=refine, min_presence=0.96)(imgs, det)
+        assert res.landmarks.shape == (2, 468, 3)
+        assert torch.allclose(res.landmarks[0, :, :2], torch.tensor([100.2, 330.9]), atol=0.2)
+        assert torch.allclose(res.landmarks[1, :, :2], torch.tensor([250.3, 120.7]), atol=0.2)
+        # z: MediaPipe's +5 crop px (farther) -> -5 * roi side / 192 image px (larger = closer)
+        assert torch.allclose(res.landmarks[:, 0, 2], -5 * res.roi[:, 2] / 192)
+        assert torch.allclose(res.presence, torch.sigmoid(torch.tensor(3.0)).expand(2))
+        assert res.keep.tolist() == [False, False] and res.image_index.tolist() == [1, 0]
+    first = MeshPredictor(net=_DotNet(), refine=0)(imgs, det)
+    assert torch.allclose(first.roi[0], torch.tensor([100.2, 330.9, 120, 120, float(first.roi[0, 4])]))
+    empty = MeshPredictor(net=_DotNet())(imgs, det.select(torch.zeros(2, dtype=torch.bool)))
+    assert empty.landmarks.shape == (0, 468, 3) and len(empty.filtered()) == 0
+
+
+# ---------------------------------------------------------------------------------- real network
+def test_astronaut_mesh(astronaut: np.ndarray) -> None:
+    img = torch.from_numpy(astronaut).permute(2, 0, 1).contiguous()
+    det = FaceDetector(model="short")([img])
+    res = MeshPredictor()([img], det)
+    assert res.landmarks.shape == (1, 468, 3) and bool(res.keep[0]) and float(res.presence[0]) > 0.9
+    lm = res.landmarks[0]
+    x0, y0, x1, y1 = det.boxes[0].tolist()
+    cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0)
+    assert (lm[:, 0] > cx - side).all() and (lm[:, 0] < cx + side).all()
+    assert (lm[:, 1] > cy - side).all() and (lm[:, 1] < cy + side).all()
+    # eye corners near the detector's eye keypoints; the nose tip (vertex 1) closer than the cheeks
+    r_eye = lm[[33, 133], :2].mean(0)
+    l_eye = lm[[263, 362], :2].mean(0)
+    assert torch.linalg.norm(r_eye - det.keypoints[0, 0]) < 0.12 * side
+    assert torch.linalg.norm(l_eye - det.keypoints[0, 1]) < 0.12 * side
+    assert lm[1, 2] > lm[234, 2] + 0.1 * side and lm[1, 2] > lm[454, 2] + 0.1 * side
+    # the same face in a batch tensor of two images (second mirrored) gives mirrored meshes
+    batch = torch.stack([img, img.flip(-1)])
+    det2 = FaceDetector(model="short")(batch)
+    res2 = MeshPredictor(refine=0)(batch, det2)
+    assert det2.counts() == [1, 1]
+    mirrored = res2.landmarks[1].clone()
+    mirrored[:, 0] = 512 - mirrored[:, 0]
+    assert (mirrored[:, :2].mean(0) - res2.landmarks[0, :, :2].mean(0)).norm() < 3.0

@@ -19,16 +19,24 @@ def _formats(text: str) -> set[str]:
 
 
 def _add_model_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-dir", type=Path, default=None,
-                   help="folder with the MediaPipe .tflite files or the mediapipe wheel (air-gapped machines); "
-                        "default: $FACEFLEET_MODEL_DIR, then the cache")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="folder with the MediaPipe .tflite files or the mediapipe wheel (air-gapped machines); "
+        "default: $FACEFLEET_MODEL_DIR, then the cache",
+    )
 
 
 def _add_recon_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--formats", type=_formats, default={"json", "obj", "overlay"},
-                   help=f"comma-separated outputs among {','.join(FORMATS)} (default json,obj,overlay)")
+    p.add_argument(
+        "--formats",
+        type=_formats,
+        default={"json", "obj", "overlay"},
+        help=f"comma-separated outputs among {','.join(FORMATS)} (default json,obj,overlay)",
+    )
     p.add_argument("--detector", default="auto", choices=["auto", "short", "full"])
     p.add_argument("--max-faces", type=int, default=16)
     p.add_argument("--min-score", type=float, default=0.5)

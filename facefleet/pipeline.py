@@ -34,7 +34,11 @@ _PRECISIONS = {
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/"auto" -> the current CUDA device if there is one, else CPU."""
     if device is None or str(device) == "auto":
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        return (
+            torch.device("cuda", torch.cuda.current_device())
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
@@ -136,7 +140,9 @@ class Reconstructor:
         if sources is not None and len(sources) != n:
             raise ValueError(f"got {n} images but {len(sources)} sources")
         names = [
-            str(sources[i]) if sources is not None else (str(im) if isinstance(im, (str, Path)) else f"image_{i}")
+            str(sources[i])
+            if sources is not None
+            else (str(im) if isinstance(im, (str, Path)) else f"image_{i}")
             for i, im in enumerate(images)
         ]
         results: list[ImageResult | None] = [None] * n

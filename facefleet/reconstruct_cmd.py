@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ def _stem_for(path: str, seen: dict[str, int]) -> str:
     return stem if n == 0 else f"{stem}_{n}"
 
 
-def _make_reconstructor(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _make_reconstructor(args: argparse.Namespace) -> Any:
     from facefleet.pipeline import Reconstructor
 
     return Reconstructor(
@@ -42,8 +43,9 @@ def _make_reconstructor(args: argparse.Namespace):  # type: ignore[no-untyped-de
     )
 
 
-def _process(rec, items: list[tuple[str, np.ndarray | str]], out: Path, formats: set[str],  # type: ignore[no-untyped-def]
-             seen: dict[str, int]) -> tuple[int, int]:
+def _process(
+    rec: Any, items: list[tuple[str, np.ndarray | str]], out: Path, formats: set[str], seen: dict[str, int]
+) -> tuple[int, int]:
     from facefleet.io.decode import ImageDecodeError, read_image
     from facefleet.outputs import needs_texture, write_outputs
     from facefleet.types import ImageResult
@@ -77,8 +79,10 @@ def _process(rec, items: list[tuple[str, np.ndarray | str]], out: Path, formats:
             print(f"facefleet: {res.error}", file=sys.stderr)
         else:
             n_faces += len(res.faces)
-            print(f"{name}: {len(res.faces)} face(s) -> {', '.join(str(p) for p in written[:3])}"
-                  + (" ..." if len(written) > 3 else ""))
+            print(
+                f"{name}: {len(res.faces)} face(s) -> {', '.join(str(p) for p in written[:3])}"
+                + (" ..." if len(written) > 3 else "")
+            )
     return n_faces, n_failed
 
 
@@ -102,12 +106,12 @@ def reconstruct_paths(args: argparse.Namespace) -> int:
         for p in _iter_paths(args.paths):
             batch.append((p, p))
             if len(batch) >= args.batch_size:
-                f, e = _process(rec, batch, out, args.formats, seen)
-                n_img, n_faces, n_failed = n_img + len(batch), n_faces + f, n_failed + e
+                nf, ne = _process(rec, batch, out, args.formats, seen)
+                n_img, n_faces, n_failed = n_img + len(batch), n_faces + nf, n_failed + ne
                 batch = []
         if batch:
-            f, e = _process(rec, batch, out, args.formats, seen)
-            n_img, n_faces, n_failed = n_img + len(batch), n_faces + f, n_failed + e
+            nf, ne = _process(rec, batch, out, args.formats, seen)
+            n_img, n_faces, n_failed = n_img + len(batch), n_faces + nf, n_failed + ne
     except FileNotFoundError as e:
         print(f"facefleet: {e}", file=sys.stderr)
         return 2

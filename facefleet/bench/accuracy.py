@@ -103,8 +103,15 @@ def eval_recall(rec: Any, data_dir: Path, batch: int = 8) -> tuple[list[dict[str
         res = rec([str(img_dir / r["file"]) for r in chunk])
         for r, x in zip(chunk, res):
             exp, exact = _expected(r["faces"])
-            rows.append({"file": r["file"], "expected": r["faces"], "found": len(x.faces), "error": x.error,
-                         "ok": (len(x.faces) == exp) if exact else (len(x.faces) >= exp)})
+            rows.append(
+                {
+                    "file": r["file"],
+                    "expected": r["faces"],
+                    "found": len(x.faces),
+                    "error": x.error,
+                    "ok": (len(x.faces) == exp) if exact else (len(x.faces) >= exp),
+                }
+            )
     pos = [r for r in rows if not r["file"].startswith("noface_")]
     neg = [r for r in rows if r["file"].startswith("noface_")]
     exp_total = sum(_expected(r["expected"])[0] for r in pos)
@@ -126,20 +133,28 @@ def eval_recall(rec: Any, data_dir: Path, batch: int = 8) -> tuple[list[dict[str
 def eval_cli(argv: list[str]) -> int:
     from facefleet.pipeline import Reconstructor
 
-    p = argparse.ArgumentParser(prog="facefleet eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=default_data_dir(),
-                   help="the shared test data folder (default ../shared/data or $FACEFLEET_SHARED_DATA)")
+    p = argparse.ArgumentParser(
+        prog="facefleet eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=default_data_dir(),
+        help="the shared test data folder (default ../shared/data or $FACEFLEET_SHARED_DATA)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--what", default="aflw,recall", help="aflw, recall or both (default)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     p.add_argument("--model-dir", type=Path, default=None)
+    p.add_argument("--max-faces", type=int, default=256, help="per image (crowds have 100+)")
     args = p.parse_args(argv)
     if not (args.data / "benchmarks").is_dir():
         print(f"facefleet eval: no benchmark data at {args.data} (use --data)", file=sys.stderr)
         return 2
-    rec = Reconstructor(device=args.device, precision=args.precision, model_dir=args.model_dir)
+    rec = Reconstructor(
+        device=args.device, precision=args.precision, model_dir=args.model_dir, max_faces=args.max_faces
+    )
     report: dict[str, Any] = {"device": str(rec.device), "precision": args.precision}
     what = {w.strip() for w in args.what.split(",")}
     if "aflw" in what:
@@ -160,13 +175,17 @@ def eval_cli(argv: list[str]) -> int:
         rows2, summ2 = eval_recall(rec, args.data)
         print(f"\nRecall on {args.data / 'images'}")
         print(f"{'file':<42}{'expected':>9}{'found':>7}")
-        for r in rows2:
-            flag = "" if r["ok"] else "  <-"
-            print(f"{r['file']:<42}{r['expected']:>9}{r['found']:>7}{flag}")
-        print(f"  faces found/expected (capped at expected): {summ2['faces_found_capped']}/"
-              f"{summ2['faces_expected_min']} = {summ2['recall']:.1%}")
+        for rr in rows2:
+            flag = "" if rr["ok"] else "  <-"
+            print(f"{rr['file']:<42}{rr['expected']:>9}{rr['found']:>7}{flag}")
+        print(
+            f"  faces found/expected (capped at expected): {summ2['faces_found_capped']}/"
+            f"{summ2['faces_expected_min']} = {summ2['recall']:.1%}"
+        )
         print(f"  images with the expected count: {summ2['images_meeting_count']}/{summ2['positive_images']}")
-        print(f"  no-face images with a detection: {summ2['noface_images_with_faces']}/{summ2['noface_images']}")
+        print(
+            f"  no-face images with a detection: {summ2['noface_images_with_faces']}/{summ2['noface_images']}"
+        )
         report["recall"] = {"rows": rows2, "summary": summ2}
     if args.json:
         from facefleet.io.atomic import atomic_write_text

@@ -47,13 +47,31 @@ def collect(rec: Reconstructor, data: Path, with_300wlp: bool) -> list[tuple[str
     return out
 
 
+# iBUG-68 left/right pairs; the other points lie on the midline.
+PAIRS = [(i, 16 - i) for i in range(8)] + [(17 + i, 26 - i) for i in range(5)]
+PAIRS += [(31, 35), (32, 34), (36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]
+PAIRS += [(48, 54), (49, 53), (50, 52), (59, 55), (58, 56), (60, 64), (61, 63), (67, 65)]
+
+
 def fit(samples: list[tuple[str, np.ndarray, np.ndarray]]) -> np.ndarray:
-    """(68,) vertex indices minimising the mean over images of the normalised point error."""
+    """(68,) vertex indices minimising the mean over images of the normalised point error,
+    under the constraint that the map is left/right symmetric (paired points take mirrored
+    vertices, midline points midline vertices), which keeps it meaningful on unseen poses."""
+    from facefleet.geometry import load_geometry
+
+    mirror = np.asarray(load_geometry().mirror)
     cost = np.zeros((68, 468))
     for _, lm, gt in samples:
         norm = np.sqrt(np.ptp(gt[:, 0]) * np.ptp(gt[:, 1]))
         cost += np.linalg.norm(lm[None, :, :] - gt[:, None, :], axis=2) / norm
-    return cost.argmin(axis=1).astype(np.int32)
+    index = np.full(68, -1, dtype=np.int32)
+    for a, b in PAIRS:
+        v = int(np.argmin(cost[a] + cost[b, mirror]))
+        index[a], index[b] = v, mirror[v]
+    midline = np.flatnonzero(mirror == np.arange(468))
+    for k in np.flatnonzero(index < 0):
+        index[k] = midline[np.argmin(cost[k, midline])]
+    return index
 
 
 def nme(lm: np.ndarray, gt: np.ndarray, index: np.ndarray) -> float:

@@ -59,11 +59,19 @@ def fit(samples: list[tuple[str, np.ndarray, np.ndarray]]) -> np.ndarray:
     vertices, midline points midline vertices), which keeps it meaningful on unseen poses."""
     from facefleet.geometry import load_geometry
 
-    mirror = np.asarray(load_geometry().mirror)
+    geo = load_geometry()
+    mirror = np.asarray(geo.mirror)
     cost = np.zeros((68, 468))
     for _, lm, gt in samples:
         norm = np.sqrt(np.ptp(gt[:, 0]) * np.ptp(gt[:, 1]))
         cost += np.linalg.norm(lm[None, :, :] - gt[:, None, :], axis=2) / norm
+    # semantic constraints: inner-lip points on the mouth opening, eye points on the eye openings
+    allowed = np.ones((68, 468), dtype=bool)
+    allowed[60:68] = False
+    allowed[60:68, geo.mouth] = True
+    allowed[36:48] = False
+    allowed[36:48, np.concatenate([geo.eye_right, geo.eye_left])] = True
+    cost[~allowed] = np.inf
     index = np.full(68, -1, dtype=np.int32)
     for a, b in PAIRS:
         v = int(np.argmin(cost[a] + cost[b, mirror]))

@@ -1,1 +1,70 @@
-"""facefleet.models"""
+"""MediaPipe face models: named specs, weight fetching/verification, and the TFLite -> PyTorch loader.
+
+>>> from facefleet.models import load_model                         # doctest: +SKIP
+>>> net = load_model("face_landmark", device="cuda", dtype=torch.float16)  # doctest: +SKIP
+>>> landmarks, presence = net(crops)   # crops (B, 3, 192, 192) in [0, 1] -> (B, 1, 1, 1404), (B, 1, 1, 1)
+
+Importing this package does not import torch; ``load_model`` does.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from facefleet.models.fetch import (
+    ModelChecksumError,
+    ModelNotFoundError,
+    cache_dir,
+    fetch_models,
+    list_models,
+    model_path,
+)
+from facefleet.models.specs import MODELS, ModelSpec, get_spec
+
+if TYPE_CHECKING:
+    import torch
+
+    from facefleet.models.tflite_torch import TFLiteModule
+
+__all__ = [
+    "MODELS",
+    "ModelChecksumError",
+    "ModelNotFoundError",
+    "ModelSpec",
+    "cache_dir",
+    "fetch_models",
+    "get_spec",
+    "list_models",
+    "load_model",
+    "model_path",
+]
+
+
+def load_model(
+    name: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    model_dir: str | os.PathLike[str] | None = None,
+) -> TFLiteModule:
+    """Load MediaPipe model ``name`` as a torch module on ``device`` in ``dtype`` (default float32).
+
+    The module is in eval mode with ``requires_grad`` off. It takes ``(B, 3, H, W)`` float input (the
+    detectors expect [-1, 1], the landmark model [0, 1]) and returns the TFLite outputs with batch ``B``:
+    ``(B, 896, 16), (B, 896, 1)`` (short range), ``(B, 2304, 16), (B, 2304, 1)`` (full range),
+    ``(B, 1, 1, 1404), (B, 1, 1, 1)`` (face_landmark). Weights come from :func:`model_path`.
+    """
+    import torch
+
+    from facefleet.models.tflite_torch import load_tflite
+
+    module = load_tflite(model_path(name, model_dir=model_dir))
+    return module.to(device=torch.device(device), dtype=dtype or torch.float32)
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("TFLiteModule", "load_tflite", "UnsupportedOperatorError", "TFLiteConversionError"):
+        from facefleet.models import tflite_torch
+
+        return getattr(tflite_torch, name)
+    raise AttributeError(name)

@@ -1,0 +1,84 @@
+"""Named model specs: which weight file, its sha256, input size, licence and where it comes from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["MEDIAPIPE_VERSION", "MODELS", "ModelSpec", "get_spec"]
+
+#: The MediaPipe release whose PyPI wheel carries the weight files below.
+MEDIAPIPE_VERSION = "0.10.21"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One TFLite weight file.
+
+    Attributes:
+        name: short name used by the API and the CLI, e.g. ``"face_landmark"``.
+        filename: file name on disk (the cache keeps files flat under this name).
+        sha256: hex digest every copy is verified against.
+        input_size: ``(height, width)`` of the network input.
+        licence: SPDX licence identifier of the weights.
+        source: where the file comes from (PyPI wheel and the member path inside it).
+        description: one line for ``facefleet models list``.
+    """
+
+    name: str
+    filename: str
+    sha256: str
+    input_size: tuple[int, int]
+    licence: str
+    source: str
+    description: str
+
+    @property
+    def wheel_member(self) -> str:
+        """Path of the file inside the mediapipe wheel (``mediapipe/modules/...``)."""
+        return self.source.split(":", 2)[-1]
+
+
+def _src(member: str) -> str:
+    return f"pypi:mediapipe=={MEDIAPIPE_VERSION}:{member}"
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="face_detection_short_range",
+            filename="face_detection_short_range.tflite",
+            sha256="bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
+            input_size=(128, 128),
+            licence="Apache-2.0",
+            source=_src("mediapipe/modules/face_detection/face_detection_short_range.tflite"),
+            description="BlazeFace short-range detector (faces within ~2 m); outputs (896, 16) boxes, (896, 1) logits",
+        ),
+        ModelSpec(
+            name="face_detection_full_range",
+            filename="face_detection_full_range_sparse.tflite",
+            sha256="2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+            input_size=(192, 192),
+            licence="Apache-2.0",
+            source=_src("mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite"),
+            description="BlazeFace full-range detector (small/far faces, sparse weights); (2304, 16), (2304, 1)",
+        ),
+        ModelSpec(
+            name="face_landmark",
+            filename="face_landmark.tflite",
+            sha256="1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
+            input_size=(192, 192),
+            licence="Apache-2.0",
+            source=_src("mediapipe/modules/face_landmark/face_landmark.tflite"),
+            description="Face mesh: 468 3D landmarks in crop pixels (1404 values) and a face-presence logit",
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec called ``name``; ``KeyError`` listing the known names otherwise."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None

@@ -1,0 +1,392 @@
+"""The TFLite -> PyTorch port against the official LiteRT interpreter.
+
+Tolerance (fp32): every output must satisfy ``max|torch - litert| <= 1e-4 * max(1, max|litert|)``.
+Measured on this machine: about 1e-4 absolute on outputs of magnitude ~150 (relative ~1e-6), i.e.
+float32 summation-order noise; a wrong padding, layout or weight shows up as errors of order 1-100.
+Half precision is checked against a looser bound (2e-2 relative) in ``test_low_precision``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import flatbuffers
+import numpy as np
+import pytest
+import tflite
+import torch
+
+from facefleet.models import MODELS, ModelNotFoundError, load_model, model_path
+from facefleet.models.tflite_torch import UnsupportedOperatorError, load_tflite
+
+Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
+
+RTOL_FP32 = 1e-4
+NAMES = list(MODELS)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _weights() -> None:
+    try:
+        for name in NAMES:
+            model_path(name, download=False)
+    except ModelNotFoundError as exc:
+        pytest.skip(f"model weights not available offline: {exc}")
+
+
+def _litert(source: str | bytes, x_nhwc: np.ndarray) -> list[np.ndarray]:
+    """Run the official interpreter on each image of ``x_nhwc`` (B, H, W, C); outputs stacked on dim 0.
+
+    One image per invoke: the reference must not depend on LiteRT's batch resizing.
+    """
+    it = Interpreter(model_path=source) if isinstance(source, str) else Interpreter(model_content=source)
+    it.allocate_tensors()
+    inp = it.get_input_details()[0]
+    per_image = []
+    for img in x_nhwc:
+        it.set_tensor(inp["index"], np.ascontiguousarray(img[None], dtype=np.float32))
+        it.invoke()
+        per_image.append([it.get_tensor(d["index"]).copy() for d in it.get_output_details()])
+    return [np.concatenate(outs) for outs in zip(*per_image, strict=True)]
+
+
+def _assert_close(ours: torch.Tensor, ref: np.ndarray, rtol: float, what: str) -> None:
+    assert tuple(ours.shape) == ref.shape, f"{what}: shape {tuple(ours.shape)} != {ref.shape}"
+    err = float(np.abs(ours.detach().float().cpu().numpy() - ref).max())
+    bound = rtol * max(1.0, float(np.abs(ref).max()))
+    assert err <= bound, f"{what}: max |diff| {err:.3g} > {bound:.3g}"
+
+
+def _face_crop(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The astronaut's face (rows 20-240, cols 140-360 of the 512x512 portrait) resized: (H, W, 3) in [0, 1]."""
+    from skimage.transform import resize
+
+    return resize(img[20:240, 140:360], size, anti_aliasing=True).astype(np.float32)
+
+
+def _inputs(name: str, astronaut: np.ndarray) -> np.ndarray:
+    """(4, H, W, 3) NHWC: the face, the whole portrait, two noise images; normalised for the model."""
+    from skimage.transform import resize
+
+    h, w = MODELS[name].input_size
+    rng = np.random.default_rng(0)
+    batch = np.stack(
+        [
+            _face_crop(astronaut, (h, w)),
+            resize(astronaut, (h, w), anti_aliasing=True).astype(np.float32),
+            rng.uniform(0, 1, (h, w, 3)).astype(np.float32),
+            rng.normal(0.5, 0.3, (h, w, 3)).astype(np.float32),
+        ]
+    )
+    return batch * 2 - 1 if name.startswith("face_detection") else batch
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_matches_litert_on_real_and_noise_inputs(name: str, device: str, astronaut: np.ndarray) -> None:
+    net = load_model(name, device=device)
+    x = _inputs(name, astronaut)
+    refs = _litert(str(model_path(name)), x)
+    outs = net(torch.from_numpy(x).permute(0, 3, 1, 2).to(device))
+    assert len(outs) == len(refs) == 2
+    for k, (o, r) in enumerate(zip(outs, refs, strict=True)):
+        _assert_close(o, r, RTOL_FP32, f"{name} output {k}")
+
+
+def test_outputs_are_meaningful_on_the_astronaut(astronaut: np.ndarray) -> None:
+    """The detector fires on the face crop and the mesh model says 'face' there (not only numerics)."""
+    det = load_model("face_detection_short_range")
+    x = torch.from_numpy(_face_crop(astronaut, (128, 128)) * 2 - 1).permute(2, 0, 1)[None]
+    _, logits = det(x)
+    assert torch.sigmoid(logits).max() > 0.9
+    mesh = load_model("face_landmark")
+    crop = torch.from_numpy(_face_crop(astronaut, (192, 192))).permute(2, 0, 1)[None]
+    lm, presence = mesh(crop)
+    assert torch.sigmoid(presence).item() > 0.9
+    pts = lm.reshape(468, 3)
+    assert 0 < pts[:, 0].min() and pts[:, 0].max() < 192 and 0 < pts[:, 1].min() and pts[:, 1].max() < 192
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_of_four_equals_four_singles(name: str, astronaut: np.ndarray) -> None:
+    net = load_model(name)
+    x = torch.from_numpy(_inputs(name, astronaut)).permute(0, 3, 1, 2)
+    batched = net(x)
+    for i in range(x.shape[0]):
+        single = net(x[i : i + 1])
+        for b, s in zip(batched, single, strict=True):
+            torch.testing.assert_close(b[i : i + 1], s, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_low_precision(dtype: torch.dtype, device: str, astronaut: np.ndarray) -> None:
+    """bf16 on every device (fp16 on CUDA): same outputs within low-precision tolerance."""
+    dtypes = [dtype] + ([torch.float16] if device == "cuda" else [])
+    for dt in dtypes:
+        for name in NAMES:
+            x = _inputs(name, astronaut)[:2]
+            refs = _litert(str(model_path(name)), x)
+            net = load_model(name, device=device, dtype=dt)
+            outs = net(torch.from_numpy(x).permute(0, 3, 1, 2).to(device))
+            assert all(o.dtype == dt and o.device.type == device for o in outs)
+            tol = 0.05 if dt == torch.bfloat16 else 0.02
+            for k, (o, r) in enumerate(zip(outs, refs, strict=True)):
+                _assert_close(o, r, tol, f"{name} {dt} output {k}")
+
+
+def test_input_shape_error_names_model() -> None:
+    net = load_model("face_landmark")
+    with pytest.raises(ValueError, match=r"face_landmark.tflite: expected input \(B, 3, 192, 192\)"):
+        net(torch.zeros(1, 192, 192, 3))
+
+
+def test_module_is_frozen_eval_and_scriptable_shapes() -> None:
+    net = load_model("face_detection_full_range")
+    assert not net.training
+    assert all(not p.requires_grad for p in net.parameters())
+    assert net.input_shape == (3, 192, 192)
+    assert net.output_shapes == [(-1, 2304, 16), (-1, 2304, 1)]
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager() -> None:
+    net = load_model("face_detection_short_range")
+    x = torch.rand(2, 3, 128, 128) * 2 - 1
+    eager = net(x)
+    compiled = torch.compile(net, fullgraph=True)(x)
+    for e, c in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(c, e, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.shared_data
+def test_real_photo_from_shared_data(shared_data: Path) -> None:
+    """A real photo with one face: port == LiteRT on the detector input and on a mesh crop."""
+    from PIL import Image
+
+    lines = (shared_data / "images" / "INDEX.tsv").read_text().splitlines()
+    rows = [dict(zip(lines[0].split("\t"), ln.split("\t"), strict=False)) for ln in lines[1:] if ln.strip()]
+    fname = next(r["file"] for r in rows if r.get("faces") == "1")
+    img = np.asarray(Image.open(shared_data / "images" / fname).convert("RGB"))
+    for name in NAMES:
+        h, w = MODELS[name].input_size
+        x = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR), dtype=np.float32)[None] / 255.0
+        if name.startswith("face_detection"):
+            x = x * 2 - 1
+        refs = _litert(str(model_path(name)), x)
+        outs = load_model(name)(torch.from_numpy(x).permute(0, 3, 1, 2))
+        for k, (o, r) in enumerate(zip(outs, refs, strict=True)):
+            _assert_close(o, r, RTOL_FP32, f"{fname} {name} output {k}")
+
+
+# ------------------------------------------------------------------ single-operator models vs LiteRT
+
+
+def _tiny_model(
+    opcode: int,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    consts: tuple[np.ndarray, ...] = (),
+    options: Callable[[flatbuffers.Builder], tuple[int, int]] | None = None,
+    custom_code: str | None = None,
+) -> bytes:
+    """A one-operator TFLite model: input tensor 0, constant inputs 1.., output tensor last."""
+    b = flatbuffers.Builder(1024)
+    type_of = {np.dtype(np.float32): 0, np.dtype(np.int32): 2}
+    specs = [(in_shape, 0, None), *((c.shape, type_of[c.dtype], c) for c in consts), (out_shape, 0, None)]
+    tflite.BufferStart(b)
+    buffers = [tflite.BufferEnd(b)]  # buffer 0 is the empty sentinel
+    buf_ids = []
+    for _, _, data in specs:
+        if data is None:
+            buf_ids.append(0)
+            continue
+        vec = b.CreateNumpyVector(np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8))
+        tflite.BufferStart(b)
+        tflite.BufferAddData(b, vec)
+        buffers.append(tflite.BufferEnd(b))
+        buf_ids.append(len(buffers) - 1)
+    tensors = []
+    for k, ((shape, ttype, _), bid) in enumerate(zip(specs, buf_ids, strict=True)):
+        name = b.CreateString(f"t{k}")
+        shp = b.CreateNumpyVector(np.asarray(shape, np.int32))
+        tflite.TensorStart(b)
+        tflite.TensorAddShape(b, shp)
+        tflite.TensorAddType(b, ttype)
+        tflite.TensorAddBuffer(b, bid)
+        tflite.TensorAddName(b, name)
+        tensors.append(tflite.TensorEnd(b))
+    opts = options(b) if options else None
+    op_in = b.CreateNumpyVector(np.arange(len(specs) - 1, dtype=np.int32))
+    op_out = b.CreateNumpyVector(np.asarray([len(specs) - 1], np.int32))
+    tflite.OperatorStart(b)
+    tflite.OperatorAddOpcodeIndex(b, 0)
+    tflite.OperatorAddInputs(b, op_in)
+    tflite.OperatorAddOutputs(b, op_out)
+    if opts:
+        tflite.OperatorAddBuiltinOptionsType(b, opts[0])
+        tflite.OperatorAddBuiltinOptions(b, opts[1])
+    operator = tflite.OperatorEnd(b)
+
+    def vector(start: Callable[[flatbuffers.Builder, int], None], items: list[int]) -> int:
+        start(b, len(items))
+        for it in reversed(items):
+            b.PrependUOffsetTRelative(it)
+        return b.EndVector()
+
+    t_vec = vector(tflite.SubGraphStartTensorsVector, tensors)
+    o_vec = vector(tflite.SubGraphStartOperatorsVector, [operator])
+    g_in = b.CreateNumpyVector(np.asarray([0], np.int32))
+    g_out = b.CreateNumpyVector(np.asarray([len(specs) - 1], np.int32))
+    tflite.SubGraphStart(b)
+    tflite.SubGraphAddTensors(b, t_vec)
+    tflite.SubGraphAddInputs(b, g_in)
+    tflite.SubGraphAddOutputs(b, g_out)
+    tflite.SubGraphAddOperators(b, o_vec)
+    subgraph = tflite.SubGraphEnd(b)
+    custom = b.CreateString(custom_code) if custom_code else None
+    tflite.OperatorCodeStart(b)
+    tflite.OperatorCodeAddBuiltinCode(b, opcode)
+    tflite.OperatorCodeAddDeprecatedBuiltinCode(b, min(opcode, 127))
+    tflite.OperatorCodeAddVersion(b, 1)
+    if custom is not None:
+        tflite.OperatorCodeAddCustomCode(b, custom)
+    opcode_off = tflite.OperatorCodeEnd(b)
+    codes_vec = vector(tflite.ModelStartOperatorCodesVector, [opcode_off])
+    subs_vec = vector(tflite.ModelStartSubgraphsVector, [subgraph])
+    bufs_vec = vector(tflite.ModelStartBuffersVector, buffers)
+    desc = b.CreateString("facefleet test model")
+    tflite.ModelStart(b)
+    tflite.ModelAddVersion(b, 3)
+    tflite.ModelAddOperatorCodes(b, codes_vec)
+    tflite.ModelAddSubgraphs(b, subs_vec)
+    tflite.ModelAddDescription(b, desc)
+    tflite.ModelAddBuffers(b, bufs_vec)
+    b.Finish(tflite.ModelEnd(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def _conv_opts(depthwise: bool, padding: int, stride: int, mult: int = 1) -> Callable[..., tuple[int, int]]:
+    def build(b: flatbuffers.Builder) -> tuple[int, int]:
+        if depthwise:
+            tflite.DepthwiseConv2DOptionsStart(b)
+            tflite.DepthwiseConv2DOptionsAddPadding(b, padding)
+            tflite.DepthwiseConv2DOptionsAddStrideH(b, stride)
+            tflite.DepthwiseConv2DOptionsAddStrideW(b, stride)
+            tflite.DepthwiseConv2DOptionsAddDepthMultiplier(b, mult)
+            tflite.DepthwiseConv2DOptionsAddFusedActivationFunction(b, 1)
+            return tflite.BuiltinOptions.DepthwiseConv2DOptions, tflite.DepthwiseConv2DOptionsEnd(b)
+        tflite.Conv2DOptionsStart(b)
+        tflite.Conv2DOptionsAddPadding(b, padding)
+        tflite.Conv2DOptionsAddStrideH(b, stride)
+        tflite.Conv2DOptionsAddStrideW(b, stride)
+        tflite.Conv2DOptionsAddFusedActivationFunction(b, 3)  # RELU6
+        return tflite.BuiltinOptions.Conv2DOptions, tflite.Conv2DOptionsEnd(b)
+
+    return build
+
+
+def _pool_opts(padding: int, k: int, stride: int) -> Callable[..., tuple[int, int]]:
+    def build(b: flatbuffers.Builder) -> tuple[int, int]:
+        tflite.Pool2DOptionsStart(b)
+        tflite.Pool2DOptionsAddPadding(b, padding)
+        tflite.Pool2DOptionsAddFilterHeight(b, k)
+        tflite.Pool2DOptionsAddFilterWidth(b, k)
+        tflite.Pool2DOptionsAddStrideH(b, stride)
+        tflite.Pool2DOptionsAddStrideW(b, stride)
+        return tflite.BuiltinOptions.Pool2DOptions, tflite.Pool2DOptionsEnd(b)
+
+    return build
+
+
+def _resize_opts(align: bool, half: bool) -> Callable[..., tuple[int, int]]:
+    def build(b: flatbuffers.Builder) -> tuple[int, int]:
+        tflite.ResizeBilinearOptionsStart(b)
+        tflite.ResizeBilinearOptionsAddAlignCorners(b, align)
+        tflite.ResizeBilinearOptionsAddHalfPixelCenters(b, half)
+        return tflite.BuiltinOptions.ResizeBilinearOptions, tflite.ResizeBilinearOptionsEnd(b)
+
+    return build
+
+
+def _d2s_opts(block: int) -> Callable[..., tuple[int, int]]:
+    def build(b: flatbuffers.Builder) -> tuple[int, int]:
+        tflite.DepthToSpaceOptionsStart(b)
+        tflite.DepthToSpaceOptionsAddBlockSize(b, block)
+        return tflite.BuiltinOptions.DepthToSpaceOptions, tflite.DepthToSpaceOptionsEnd(b)
+
+    return build
+
+
+_RNG = np.random.default_rng(1)
+_OP = tflite.BuiltinOperator
+SAME, VALID = tflite.Padding.SAME, tflite.Padding.VALID
+
+
+def _w(*shape: int) -> np.ndarray:
+    return _RNG.normal(0, 0.5, shape).astype(np.float32)
+
+
+SINGLE_OPS = {
+    # SAME, stride 2, even and odd sizes: TFLite pads asymmetrically (the extra row/column after)
+    "conv_same_s2_even": (_OP.CONV_2D, (1, 8, 8, 3), (1, 4, 4, 5), (_w(5, 3, 3, 3), _w(5)), _conv_opts(False, SAME, 2)),
+    "conv_same_s2_odd": (_OP.CONV_2D, (1, 9, 7, 3), (1, 5, 4, 4), (_w(4, 4, 4, 3), _w(4)), _conv_opts(False, SAME, 2)),
+    "conv_valid_s2": (_OP.CONV_2D, (1, 9, 9, 2), (1, 4, 4, 3), (_w(3, 3, 3, 2), _w(3)), _conv_opts(False, VALID, 2)),
+    "dwconv_same_s2_mult2": (
+        _OP.DEPTHWISE_CONV_2D, (1, 10, 10, 3), (1, 5, 5, 6), (_w(1, 5, 5, 6), _w(6)), _conv_opts(True, SAME, 2, 2),
+    ),
+    "maxpool_same_3x3_s2_odd": (_OP.MAX_POOL_2D, (1, 7, 8, 4), (1, 4, 4, 4), (), _pool_opts(SAME, 3, 2)),
+    "avgpool_same_3x3_s2_odd": (_OP.AVERAGE_POOL_2D, (1, 7, 8, 4), (1, 4, 4, 4), (), _pool_opts(SAME, 3, 2)),
+    "resize_legacy": (
+        _OP.RESIZE_BILINEAR, (1, 5, 6, 2), (1, 12, 9, 2), (np.array([12, 9], np.int32),), _resize_opts(False, False),
+    ),
+    "resize_align_corners": (
+        _OP.RESIZE_BILINEAR, (1, 5, 6, 2), (1, 12, 9, 2), (np.array([12, 9], np.int32),), _resize_opts(True, False),
+    ),
+    "resize_half_pixel": (
+        _OP.RESIZE_BILINEAR, (1, 5, 6, 2), (1, 12, 9, 2), (np.array([12, 9], np.int32),), _resize_opts(False, True),
+    ),
+    "depth_to_space": (_OP.DEPTH_TO_SPACE, (1, 3, 4, 12), (1, 6, 8, 3), (), _d2s_opts(2)),
+    "pad_channels_and_space": (
+        _OP.PAD, (1, 4, 5, 3), (1, 5, 8, 5), (np.array([[0, 0], [1, 0], [2, 1], [0, 2]], np.int32),), None,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(SINGLE_OPS))
+def test_single_operator_matches_litert(case: str) -> None:
+    opcode, in_shape, out_shape, consts, opts = SINGLE_OPS[case]
+    model = _tiny_model(opcode, in_shape, out_shape, consts, opts)
+    x = np.random.default_rng(2).normal(0, 1, (3, *in_shape[1:])).astype(np.float32)
+    (ref,) = _litert(model, x)
+    (ours,) = load_tflite(model, name=case)(torch.from_numpy(x).permute(0, 3, 1, 2))
+    _assert_close(ours, ref, RTOL_FP32, case)
+
+
+def test_unknown_operator_fails_at_load_naming_op_and_file(tmp_path: Path) -> None:
+    model = _tiny_model(tflite.BuiltinOperator.FLOOR, (1, 4, 4, 3), (1, 4, 4, 3))
+    path = tmp_path / "floor_model.tflite"
+    path.write_bytes(model)
+    assert _litert(str(path), np.ones((1, 4, 4, 3), np.float32))[0].shape == (1, 4, 4, 3)  # a valid model
+    with pytest.raises(UnsupportedOperatorError) as err:
+        load_tflite(path)
+    assert "FLOOR" in str(err.value) and str(path) in str(err.value)
+    custom = _tiny_model(tflite.BuiltinOperator.CUSTOM, (1, 2, 2, 1), (1, 2, 2, 1), custom_code="MyFancyOp")
+    with pytest.raises(UnsupportedOperatorError, match=r"CUSTOM\(MyFancyOp\)"):
+        load_tflite(custom, name="custom.tflite")
+
+
+def test_sparse_weights_densify_in_traversal_order() -> None:
+    """The full-range detector stores 46 conv weights as fp16 CSR (traversal order = row-major)."""
+    from facefleet.models.tflite_torch import _Converter, densify
+
+    conv = _Converter(Path(model_path("face_detection_full_range")).read_bytes(), "full_range")
+    sparse = [t for t in conv.tensors if t.raw.Sparsity() is not None]
+    assert len(sparse) == 46
+    for t in sparse:
+        assert t.data is not None
+        dense = densify(t.data, t.shape, t.raw.Sparsity())
+        assert dense.shape == t.shape and dense.dtype == np.float16
+        assert 0 < t.data.size < dense.size  # really sparse
+        # row-major traversal: the non-zeros of the dense tensor, in order, are the stored values
+        np.testing.assert_array_equal(dense[dense != 0], t.data[t.data != 0])

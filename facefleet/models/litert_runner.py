@@ -43,7 +43,10 @@ class LiteRTModel:
     """
 
     def __init__(
-        self, model: str | os.PathLike[str], num_threads: int | None = None, model_dir: str | os.PathLike[str] | None = None
+        self,
+        model: str | os.PathLike[str],
+        num_threads: int | None = None,
+        model_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         from facefleet.models.fetch import model_path
         from facefleet.models.specs import MODELS
@@ -85,7 +88,7 @@ class LiteRTModel:
             self._batch = batch
         self._it.set_tensor(self._in_index, nhwc)
         self._it.invoke()
-        # the batch is the outermost dimension in memory, so (1, B*N, K) from a fixed-shape RESHAPE is (B, N, K)
+        # the batch is the outermost dimension in memory: (1, B*N, K) from a fixed-shape RESHAPE is (B, N, K)
         return tuple(
             torch.from_numpy(self._it.get_tensor(i).reshape(batch, *shape[1:]).copy()).to(device)
             for i, shape in zip(self._out_index, self.output_shapes, strict=True)

@@ -52,7 +52,7 @@ MODELS: dict[str, ModelSpec] = {
             input_size=(128, 128),
             licence="Apache-2.0",
             source=_src("mediapipe/modules/face_detection/face_detection_short_range.tflite"),
-            description="BlazeFace short-range detector (faces within ~2 m); outputs (896, 16) boxes, (896, 1) logits",
+            description="BlazeFace short-range detector (faces within ~2 m); (896, 16), (896, 1) logits",
         ),
         ModelSpec(
             name="face_detection_full_range",
@@ -61,7 +61,7 @@ MODELS: dict[str, ModelSpec] = {
             input_size=(192, 192),
             licence="Apache-2.0",
             source=_src("mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite"),
-            description="BlazeFace full-range detector (small/far faces, sparse weights); (2304, 16), (2304, 1)",
+            description="BlazeFace full-range detector (small/far faces, sparse); (2304, 16), (2304, 1)",
         ),
         ModelSpec(
             name="face_landmark",

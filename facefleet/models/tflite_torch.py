@@ -62,7 +62,9 @@ _NHWC_TO_NCHW_AXIS = (0, 2, 3, 1)
 def _builtin_names() -> dict[int, str]:
     import tflite
 
-    return {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)}
+    return {
+        v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)
+    }
 
 
 @dataclass
@@ -126,13 +128,17 @@ def densify(values: np.ndarray, dense_shape: Sequence[int], sparsity: Any) -> np
     """
     shape = [int(s) for s in dense_shape]
     n = len(shape)
-    order = [int(v) for v in sparsity.TraversalOrderAsNumpy()] if sparsity.TraversalOrderLength() else list(range(n))
+    order = (
+        [int(v) for v in sparsity.TraversalOrderAsNumpy()]
+        if sparsity.TraversalOrderLength()
+        else list(range(n))
+    )
     block_map = [int(v) for v in sparsity.BlockMapAsNumpy()] if sparsity.BlockMapLength() else []
     k = len(block_map)
     if len(order) != n + k or sparsity.DimMetadataLength() != n + k:
         raise TFLiteConversionError(
-            f"sparse tensor: traversal order {order} / {sparsity.DimMetadataLength()} levels do not match rank "
-            f"{n} with {k} block dims"
+            f"sparse tensor: traversal order {order} / {sparsity.DimMetadataLength()} levels do not match "
+            f"rank {n} with {k} block dims"
         )
     metas = [sparsity.DimMetadata(level) for level in range(n + k)]
     block_size = {j: int(metas[order.index(n + j)].DenseSize()) for j in range(k)}
@@ -255,7 +261,12 @@ class _Pool(nn.Module):
     """MAX_POOL_2D / AVERAGE_POOL_2D (TFLite ignores padded cells in both)."""
 
     def __init__(
-        self, kind: str, k: tuple[int, int], stride: tuple[int, int], pads: tuple[int, int, int, int], act: int
+        self,
+        kind: str,
+        k: tuple[int, int],
+        stride: tuple[int, int],
+        pads: tuple[int, int, int, int],
+        act: int,
     ) -> None:
         super().__init__()
         self.kind, self.k, self.stride, self.act = kind, k, stride, act
@@ -361,7 +372,16 @@ class _Concat(nn.Module):
 class _ResizeBilinear(nn.Module):
     """RESIZE_BILINEAR with TFLite's align_corners / half_pixel_centers / legacy sampling."""
 
-    def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int], align_corners: bool, half_pixel: bool):
+    lo_h: torch.Tensor
+    hi_h: torch.Tensor
+    frac_h: torch.Tensor
+    lo_w: torch.Tensor
+    hi_w: torch.Tensor
+    frac_w: torch.Tensor
+
+    def __init__(
+        self, in_hw: tuple[int, int], out_hw: tuple[int, int], align_corners: bool, half_pixel: bool
+    ):
         super().__init__()
         self.out_hw, self.align_corners, self.half_pixel = out_hw, align_corners, half_pixel
         self.native = align_corners or half_pixel  # torch's interpolate matches these two modes
@@ -412,6 +432,8 @@ class TFLiteModule(nn.Module):
     e.g. ``(B, 896, 16)`` or ``(B, 1, 1, 1404)``.
     """
 
+    _dtype_probe: torch.Tensor
+
     def __init__(
         self,
         steps: list[nn.Module],
@@ -435,7 +457,8 @@ class TFLiteModule(nn.Module):
         self.register_buffer("_dtype_probe", torch.zeros(()), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"source={self.source!r}, input=(B, {', '.join(map(str, self.input_shape))}), outputs={self.output_shapes}"
+        shape = ", ".join(map(str, self.input_shape))
+        return f"source={self.source!r}, input=(B, {shape}), outputs={self.output_shapes}"
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
@@ -519,13 +542,16 @@ class _Converter:
         if unknown:
             first = names.index(unknown[0])
             raise UnsupportedOperatorError(
-                f"{self.origin}: unsupported TFLite operator(s) {', '.join(unknown)} (first at operator #{first}); "
-                f"the TFLite->PyTorch loader implements {', '.join(sorted(_HANDLERS))}"
+                f"{self.origin}: unsupported TFLite operator(s) {', '.join(unknown)} "
+                f"(first at operator #{first}); the TFLite->PyTorch loader implements "
+                f"{', '.join(sorted(_HANDLERS))}"
             )
         inputs = [int(i) for i in self.sg.InputsAsNumpy()]
         outputs = [int(i) for i in self.sg.OutputsAsNumpy()]
         if len(inputs) != 1:
-            raise TFLiteConversionError(f"{self.origin}: {len(inputs)} graph inputs; one image input expected")
+            raise TFLiteConversionError(
+                f"{self.origin}: {len(inputs)} graph inputs; one image input expected"
+            )
         in_shape = self.shape(inputs[0])
         if len(in_shape) != 4 or self.tensors[inputs[0]].dtype != _FLOAT32:
             raise TFLiteConversionError(f"{self.origin}: input must be float32 (1, H, W, C), got {in_shape}")

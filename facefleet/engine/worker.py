@@ -647,4 +647,7 @@ def _make_reconstructor(spec: WorkerSpec, device: str) -> Any:
         factory = getattr(importlib.import_module(mod), attr)
     else:
         from facefleet.pipeline import Reconstructor as factory
+
+        if device == "cpu":  # the worker's share of the cores, for either CPU runtime
+            kwargs.setdefault("threads", max(1, spec.profile.threads))
     return factory(device=device, precision=spec.profile.precision, **kwargs)

@@ -132,8 +132,10 @@ def test_batch_decoder_routing_orientation_and_fallbacks(img: np.ndarray) -> Non
 def test_nvjpeg_on_cuda(img: np.ndarray) -> None:
     pytest.importorskip("torchvision")
     assert nvjpeg_available("cuda")
-    rng = np.random.default_rng(1)
-    smooth = np.kron(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))
+    from skimage import data
+
+    # A real photo: decoders differ in chroma upsampling, which random colour blocks exaggerate.
+    smooth = np.ascontiguousarray(data.astronaut()[::4, ::3])
     blobs = [_jpeg(smooth, o) for o in (1, 3, 6, 8)] + [_jpeg(smooth[..., 0]), _png(img)]
     names = [f"{i}.jpg" for i in range(len(blobs))]
     out = decode_batch(blobs, names, "cuda")
@@ -142,4 +144,4 @@ def test_nvjpeg_on_cuda(img: np.ndarray) -> None:
         ref = torch.from_numpy(decode_image(blob, name)).permute(2, 0, 1)
         assert t.shape == ref.shape
         diff = (t.cpu().int() - ref.int()).abs().float().mean().item()
-        assert diff < 2.0, (name, diff)
+        assert diff < 2.0, (name, diff)  # mean |nvJPEG - libjpeg| in 8-bit levels

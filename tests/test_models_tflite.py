@@ -401,3 +401,18 @@ def test_sparse_weights_densify_in_traversal_order() -> None:
         assert 0 < t.data.size < dense.size  # really sparse
         # row-major traversal: the non-zeros of the dense tensor, in order, are the stored values
         np.testing.assert_array_equal(dense[dense != 0], t.data[t.data != 0])
+
+
+@pytest.mark.parametrize("name", ["face_detection_short_range", "face_landmark"])
+def test_channels_last_gives_the_same_outputs(name: str) -> None:
+    """The channels-last layout used on GPUs must not change results."""
+    from facefleet.models import load_model
+
+    a = load_model(name)
+    b = load_model(name, channels_last=True)
+    size = a.input_shape[-1]
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for ya, yb in zip(a(x), b(x), strict=True):
+            assert ya.shape == yb.shape
+            assert torch.allclose(ya, yb, atol=1e-3 * max(1.0, float(ya.abs().max())), rtol=0)

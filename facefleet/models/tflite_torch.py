@@ -460,6 +460,18 @@ class TFLiteModule(nn.Module):
         shape = ", ".join(map(str, self.input_shape))
         return f"source={self.source!r}, input=(B, {shape}), outputs={self.output_shapes}"
 
+    channels_last = False  # run convolutions in NHWC memory layout (faster on GPUs); see use_channels_last
+
+    def use_channels_last(self, enable: bool = True) -> TFLiteModule:
+        """Keep weights and activations in channels-last memory (same results, faster cuDNN kernels)."""
+        self.channels_last = bool(enable)
+        fmt = torch.channels_last if enable else torch.contiguous_format
+        for m in self.modules():
+            for name, p in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
+                if p is not None and p.dim() == 4:
+                    p.data = p.data.contiguous(memory_format=fmt)
+        return self
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(
@@ -468,6 +480,8 @@ class TFLiteModule(nn.Module):
             )
         if x.dtype != self._dtype_probe.dtype:
             x = x.to(self._dtype_probe.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         vals: list[torch.Tensor | None] = [None] * self._n_slots
         vals[0] = x
         for step, (ins, out, free) in zip(self.steps, self._wiring, strict=True):

@@ -176,6 +176,17 @@ def _find_stats(d: dict[str, Any], *keys: str) -> Any:
     return None
 
 
+def steady_rate(throughput: list[dict[str, float]]) -> float | None:
+    """Images/s from the first finished batch to the end of the run (start-up excluded), from
+    the engine's cumulative throughput samples [{"t", "images", "faces"}, ...]."""
+    pts = [(float(r["t"]), float(r["images"])) for r in throughput if "t" in r and "images" in r]
+    first = next((i for i, (_, n) in enumerate(pts) if n > 0), None)
+    if first is None or len(pts) - first < 3:
+        return None
+    (t0, n0), (t1, n1) = pts[first], pts[-1]
+    return (n1 - n0) / (t1 - t0) if t1 > t0 and n1 > n0 else None
+
+
 def run_engine(
     corpus: Path,
     out: Path,
@@ -236,6 +247,7 @@ def run_engine(
         gpu_mib=gpu_peak,
         rss_mib=rss,
         failed=int(totals.get("failed", 0)),
+        steady_images_per_s=steady_rate(stats.get("throughput") or []),
         formats=list(formats) or ["parquet"],
         engine_wall_s=d.get("wall_seconds"),
         gpu_util=sampler.summary()["gpus"],
@@ -335,6 +347,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         "device",
         "images",
         "img/s",
+        "steady",
         "faces/s",
         "p50 ms",
         "p99 ms",
@@ -347,7 +360,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     notes = []
     for r in rows:
         if "error" in r:
-            out.append([r["name"], r["device"], "failed", *["-"] * 8])
+            out.append([r["name"], r["device"], "failed", *["-"] * 9])
             notes.append(f"{r['name']}: {r['error']}")
             continue
         ips = r.get("images_per_s")
@@ -357,6 +370,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
                 r["device"],
                 f"{r['images']:,}",
                 _f(ips, "{:,.1f}"),
+                _f(r.get("steady_images_per_s"), "{:,.1f}"),
                 _f(r.get("faces_per_s"), "{:,.1f}"),
                 _f(None if r.get("batch_p50_s") is None else 1e3 * r["batch_p50_s"], "{:.1f}"),
                 _f(None if r.get("batch_p99_s") is None else 1e3 * r["batch_p99_s"], "{:.1f}"),
@@ -370,25 +384,30 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 
 def format_scaling(rows: list[dict[str, Any]]) -> str:
-    base = next((r["images_per_s"] for r in rows if r.get("gpus") == 1 and r.get("images_per_s")), None)
+    def rate(r: dict[str, Any]) -> float | None:  # steady state: start-up is a constant, not scaling
+        return r.get("steady_images_per_s") or r.get("images_per_s")
+
+    base = next((rate(r) for r in rows if r.get("gpus") == 1 and rate(r)), None)
     out = []
     notes = []
     for r in rows:
         if "error" in r:
-            out.append([str(r.get("gpus")), "-", "-", "-"])
+            out.append([str(r.get("gpus")), "-", "-", "-", "-"])
             notes.append(f"{r.get('gpus')} GPU(s): {r['error']}")
             continue
-        ips = r["images_per_s"]
+        ips = rate(r)
         sp = ips / base if base and ips else None
         out.append(
             [
                 str(r["gpus"]),
+                _f(r.get("images_per_s"), "{:,.1f}"),
                 _f(ips, "{:,.1f}"),
                 _f(sp, "{:.2f}x"),
                 _f(100 * sp / r["gpus"] if sp else None, "{:.1f}%"),
             ]
         )
-    return "\n".join([format_table(["GPUs", "img/s", "speedup", "efficiency"], out), *notes])
+    head = ["GPUs", "img/s (with start)", "steady img/s", "speedup", "efficiency"]
+    return "\n".join([format_table(head, out), *notes])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,9 +42,11 @@ Method
      outline stays convex (an eye opening is almond-shaped; the skin fold above it would make
      the outline concave). The larger of the two regions is mirrored to the other eye.
    The boundary loops of these regions are the lid and inner-lip contours (ordered).
-5. **Outer boundary.** Boundary triangles are peeled (concave hull) while their boundary edge is
-   long (> 2.5 x median edge) or they are slivers (< 3 degrees), measured in 3D, keeping the mesh
-   edge-manifold.
+5. **Outer boundary.** The face oval (silhouette) is the convex hull of the cylindrical unwrap of
+   step 6. Triangles touching it or the Delaunay hull are removed and the ring between the oval
+   and the rest is re-triangulated in the unwrap (max-min angle, half and mirror), so the outline
+   is the oval loop. Edges whose triangles face down (nose base) are then flipped when the pair
+   faces the camera better and stays unflipped in the view and the unwrap.
 6. **UV.** Cylindrical unwrap of the tilted view around a vertical axis fitted behind the face
    (least-squares circle in x-z), u = radius x angle, v = height, normalised into [0, 1]^2 with a
    3 % margin keeping the aspect; origin top-left, v down (glTF; OBJ writers emit 1 - v). The
@@ -495,6 +497,180 @@ def peel_outer(p2: F64, tri: I64, max_edge_ratio: float = 2.5, min_angle_deg: fl
             return tri[keep]
 
 
+def cylinder_coords(view: F64) -> tuple[F64, float, float]:
+    """(468, 3) tilted view -> ((468, 2) cylindrical unwrap (u = radius x angle about a vertical
+    axis on x = 0 behind the face, fitted as a least-squares circle in x-z; v = height), radius,
+    axis z). Vertices further back (the face oval at the ears) land further out than in the plain
+    projection, so the convex hull of this unwrap is the face silhouette."""
+    x, z = view[:, 0], view[:, 2]
+    # x^2 + z^2 = 2 zc z + (r^2 - zc^2)
+    a = np.stack([2 * z, np.ones_like(z)], 1)
+    zc, c0 = np.linalg.lstsq(a, x**2 + z**2, rcond=None)[0]
+    radius = float(np.sqrt(c0 + zc**2))
+    return np.stack([radius * np.arctan2(x, z - zc), view[:, 1]], 1), radius, float(zc)
+
+
+def _segments_cross(p: F64, q: F64, r: F64, s: F64) -> bool:
+    """Proper intersection of the 2D segments p-q and r-s (shared end points do not count)."""
+    def cr(o: F64, a: F64, b: F64) -> float:
+        return float((a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]))
+
+    return cr(p, q, r) * cr(p, q, s) < 0 and cr(r, s, p) * cr(r, s, q) < 0
+
+
+def _min_angle(q: F64) -> float:
+    """Smallest angle (degrees) of the triangle with corners ``q`` (3, 2 or 3)."""
+    out = 180.0
+    for i in range(3):
+        u, w = q[(i + 1) % 3] - q[i], q[(i + 2) % 3] - q[i]
+        cos = float(np.dot(u, w) / (np.linalg.norm(u) * np.linalg.norm(w) + 1e-12))
+        out = min(out, float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))))
+    return out
+
+
+def triangulate_polygon(poly: list[int], p2: F64, p3: F64) -> I64:
+    """Triangulation of the simple CCW polygon ``poly`` (vertex ids, planar in ``p2``) without new
+    vertices, maximising the smallest angle (the worse of the planar and the 3D ``p3`` angle) by
+    dynamic programming over diagonals. Returns (len(poly) - 2, 3) CCW triangles."""
+    m = len(poly)
+    q = p2[poly]
+    edges = [(i, (i + 1) % m) for i in range(m)]
+
+    def ok(i: int, j: int) -> bool:  # i-j is a polygon edge or a diagonal inside the polygon
+        if (j - i) % m in (1, m - 1):
+            return True
+        if any(_segments_cross(q[i], q[j], q[a], q[b]) for a, b in edges if len({a, b, i, j}) == 4):
+            return False
+        mid = (q[i] + q[j]) / 2  # inside test of the midpoint (even-odd rule)
+        inside = False
+        for a, b in edges:
+            ya, yb = q[a, 1], q[b, 1]
+            if (ya > mid[1]) != (yb > mid[1]):
+                xc = q[a, 0] + (mid[1] - ya) / (yb - ya) * (q[b, 0] - q[a, 0])
+                inside ^= bool(xc > mid[0])
+        return inside
+
+    valid = np.array([[ok(i, j) if i != j else False for j in range(m)] for i in range(m)])
+    best = np.full((m, m), -np.inf)
+    split = np.full((m, m), -1, np.int64)
+    for i in range(m - 1):
+        best[i, i + 1] = np.inf
+    for gap in range(2, m):
+        for i in range(m - gap):
+            j = i + gap
+            if not valid[i, j]:
+                continue
+            for k in range(i + 1, j):
+                if not (valid[i, k] and valid[k, j]):
+                    continue
+                t = [poly[i], poly[k], poly[j]]
+                if signed_area(p2, np.array([t]))[0] <= 1e-9:
+                    continue
+                score = min(best[i, k], best[k, j], _min_angle(p2[t]), _min_angle(p3[t]))
+                if score > best[i, j]:
+                    best[i, j], split[i, j] = score, k
+    if split[0, m - 1] < 0:
+        raise RuntimeError("outer band: polygon cannot be triangulated")
+    out, stack = [], [(0, m - 1)]
+    while stack:
+        i, j = stack.pop()
+        if j - i < 2:
+            continue
+        k = int(split[i, j])
+        out.append([poly[i], poly[k], poly[j]])
+        stack += [(i, k), (k, j)]
+    return np.array(out, np.int64)
+
+
+def face_oval_outline(can: F64, view: F64, tri: I64, mirror: I64) -> I64:
+    """Replace the outer band of the view triangulation by one that ends on the face oval.
+
+    The face oval (silhouette) is the convex hull of the cylindrical unwrap. Triangles touching the
+    oval or the current outer boundary are removed; the ring between the oval and the remaining
+    mesh is split on the midline and each half is triangulated in the unwrap (max-min angle), the
+    other half mirrored, so that the outline is exactly the oval loop and the mesh stays symmetric."""
+    from scipy.spatial import ConvexHull
+
+    cyl = cylinder_coords(view)[0]
+    oval = [int(v) for v in ConvexHull(cyl).vertices]  # CCW
+    outer = max(boundary_loops(tri), key=len)
+    band = set(oval) | set(outer)
+    drop = np.array([bool(set(t) & band) for t in tri.tolist()])
+    lost = set(range(len(can))) - set(tri[~drop].ravel().tolist()) - set(oval)
+    drop &= ~np.array([bool(set(t) & lost) and not set(t) & set(oval) for t in tri.tolist()])
+    core = tri[~drop]  # every vertex not on the oval stays in the core
+    inner = max(boundary_loops(core), key=len)  # CCW, as traversed by the core
+    midline = mirror == np.arange(len(mirror))
+
+    def rotate_to(loop: list[int], v: int) -> list[int]:
+        i = loop.index(v)
+        return loop[i:] + loop[:i]
+
+    def ends(loop: list[int]) -> tuple[int, int]:
+        mids = [v for v in loop if midline[v]]
+        return max(mids, key=lambda v: cyl[v, 1]), min(mids, key=lambda v: cyl[v, 1])
+
+    o_top, o_bot = ends(oval)
+    i_top, i_bot = ends(inner)
+    # x < 0 half: the oval runs CCW from its top down the x < 0 side to the chin; the core's
+    # loop runs back up from its bottom to its top on the same side (reversed traversal).
+    o = rotate_to(oval, o_top)
+    o_half = o[: o.index(o_bot) + 1]
+    inn = rotate_to(inner, i_top)
+    i_half = inn[: inn.index(i_bot) + 1][::-1]  # bottom -> top on the side the oval half covers
+    if cyl[o_half[1:-1], 0].mean() * cyl[i_half[1:-1], 0].mean() <= 0:
+        i_half = (rotate_to(inner, i_bot)[: rotate_to(inner, i_bot).index(i_top) + 1])
+    poly = o_half + i_half
+    half = triangulate_polygon(poly, cyl, can)
+    other = mirror[half][:, [0, 2, 1]]
+    return np.concatenate([core, half, other])
+
+
+def unfold(can: F64, planes: list[F64], tri: I64, mirror: I64, min_nz: float = 0.2) -> I64:
+    """Flip interior edges whose triangles face away from a frontal camera (unit normal z <
+    ``min_nz``, e.g. the nose base folding onto the upper lip) when the flipped pair faces it
+    better and stays counter-clockwise in every planar layout of ``planes``. Edges on x > 0 are
+    flipped together with their mirror images, keeping the mesh symmetric."""
+    tri = tri.copy()
+
+    def nz(t: I64) -> F64:
+        n = np.cross(can[t[:, 1]] - can[t[:, 0]], can[t[:, 2]] - can[t[:, 0]])
+        return n[:, 2] / np.linalg.norm(n, axis=1)
+
+    for _ in range(20):
+        flipped = False
+        adj = triangle_adjacency(tri)
+        bad = np.where(nz(tri) < min_nz)[0]
+        for k in bad:
+            t = tri[k].tolist()
+            for i in range(3):
+                a, b, c = t[i], t[(i + 1) % 3], t[(i + 2) % 3]
+                pair = adj[frozenset((a, b))]
+                if len(pair) != 2 or min(can[[a, b, c], 0]) <= 1e-6:
+                    continue
+                j = pair[0] if pair[1] == k else pair[1]
+                d = next(v for v in tri[j].tolist() if v not in (a, b))
+                if can[d, 0] <= 1e-6:
+                    continue
+                new = np.array([[c, a, d], [d, b, c]])
+                if any((signed_area(p, new) <= 1e-9).any() for p in planes):
+                    continue
+                if nz(new).min() <= nz(tri[[k, j]]).min() + 1e-3:
+                    continue
+                tri[k], tri[j] = new
+                key = {tuple(sorted(x)): m for m, x in enumerate(tri.tolist())}
+                mk = key[tuple(sorted(mirror[[a, b, c]].tolist()))]
+                mj = key[tuple(sorted(mirror[[a, b, d]].tolist()))]
+                tri[mk], tri[mj] = mirror[new][:, [0, 2, 1]]
+                flipped = True
+                break
+            if flipped:
+                break
+        if not flipped:
+            return tri
+    return tri
+
+
 def region_from_seed(tri: I64, seed: int, accept: NDArray[np.bool_]) -> set[int]:
     """Edge-connected triangles reachable from ``seed`` through triangles with ``accept``."""
     adj = triangle_adjacency(tri)
@@ -701,7 +877,8 @@ def build() -> dict[str, NDArray[np.generic]]:
     view = can @ pitch_matrix(TILT_DEG).T
     tri = symmetric_delaunay(view[:, :2], mirror)
     topo = find_openings(can, view[:, :2], tri, mirror, video)
-    tri = peel_outer(can, topo.triangles)
+    tri = face_oval_outline(can, view, topo.triangles, mirror)
+    tri = unfold(can, [view[:, :2], cylinder_coords(view)[0]], tri, mirror)
     loops = boundary_loops(tri)
     print(f"  {len(tri)} triangles, boundary loops {sorted(len(lp) for lp in loops)}")
     uv = uv_layout(view, tri)
@@ -772,6 +949,9 @@ def main() -> None:
         eval_aflw()
         return
     data = build()
+    if args.out.is_file():  # the 68-point map is refitted by tools/fit_landmarks68.py: keep it
+        with np.load(args.out) as old:
+            data["landmarks68"] = old["landmarks68"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **data)  # type: ignore[arg-type]
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.1f} KiB)")

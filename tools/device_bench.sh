@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling
+# Results go to $OUT (default ./bench-out).
+OUT=${OUT:-bench-out}; mkdir -p "$OUT"
+. tools/device_setup.sh
+case "$1" in
+core)
+  python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_io_gpu_decode.py \
+    tests/test_detect.py tests/test_mesh.py tests/test_texture.py 2>&1 | tail -4
+  facefleet bench-core --device cuda --dtypes fp32,fp16 --net-batches 64,512,1024 --batches 1,32,128,512 \
+    --what networks,pipeline --json "$OUT/core.json"
+  facefleet bench-core --device cuda --dtypes fp16 --batches 128,512 --what pipeline --texture \
+    --json "$OUT/core_texture.json"
+  ;;
+engine)
+  facefleet bench --images "${IMAGES:-6000}" --resolution 1920x1080 --baselines engine,loop,litert \
+    --formats parquet --formats obj,png --baseline-seconds 25 --json "$OUT/bench.json"
+  ;;
+scaling)
+  facefleet bench --images "${IMAGES:-16000}" --resolution 1920x1080 --baselines engine \
+    --gpus-scaling "${GPUS:-1,2,4}" --json "$OUT/scaling.json"
+  facefleet bench --baselines none --simulate-workers 1,2,4,8 --sim-rate "${SIM_RATE:-3000}" \
+    --json "$OUT/simulate.json"
+  ;;
+*) echo "usage: $0 core|engine|scaling" >&2; exit 2 ;;
+esac

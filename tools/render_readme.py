@@ -61,7 +61,8 @@ def render(vertices: np.ndarray, tri: np.ndarray, uv: np.ndarray, texture: np.nd
         ys, xs, zi = ys[closer], xs[closer], zi[closer]
         uu = (w0 * uv[a, 0] + w1 * uv[b, 0] + w2 * uv[c, 0])[inside][closer]
         vv = (w0 * uv[a, 1] + w1 * uv[b, 1] + w2 * uv[c, 1])[inside][closer]
-        col = texture[np.clip((vv * th).astype(int), 0, th - 1), np.clip((uu * tw).astype(int), 0, tw - 1), :3]
+        texel = texture[np.clip((vv * th).astype(int), 0, th - 1), np.clip((uu * tw).astype(int), 0, tw - 1)]
+        col = np.where(texel[:, 3:] > 0, texel[:, :3], 200)  # texels the photo never saw: plain grey
         zbuf[ys, xs] = zi
         img[ys, xs] = col * shade
     return np.clip(img, 0, 255).astype(np.uint8)

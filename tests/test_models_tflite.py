@@ -416,3 +416,21 @@ def test_channels_last_gives_the_same_outputs(name: str) -> None:
         for ya, yb in zip(a(x), b(x), strict=True):
             assert ya.shape == yb.shape
             assert torch.allclose(ya, yb, atol=1e-3 * max(1.0, float(ya.abs().max())), rtol=0)
+
+
+@pytest.mark.parametrize("name", ["face_detection_short_range", "face_detection_full_range", "face_landmark"])
+def test_litert_runner_batch_equals_torch(name: str) -> None:
+    """The LiteRT CPU runtime must give per-item results for a batch (the short-range detector's
+    fixed-shape RESHAPEs mixed the items of a resized batch once)."""
+    pytest.importorskip("ai_edge_litert")
+    from facefleet.models.litert_runner import LiteRTModel
+
+    torch_net = load_model(name)
+    lite = LiteRTModel(name)
+    size = torch_net.input_shape[-1]
+    x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = torch_net(x)
+    for a, b in zip(ref, lite(x), strict=True):
+        assert a.shape == b.shape
+        assert float((a - b).abs().max()) <= 1e-3 * max(1.0, float(a.abs().max()))

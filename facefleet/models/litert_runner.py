@@ -64,6 +64,34 @@ class LiteRTModel:
         self.output_shapes = [(-1, *(int(v) for v in d["shape"][1:])) for d in outs]
         self.output_names = [str(d["name"]) for d in outs]
         self._batch = 1
+        self.batched = self._batch_is_exact()
+
+    def _batch_is_exact(self) -> bool:
+        """Whether one batched invoke equals single invokes. Models with fixed-shape RESHAPEs (the
+        short-range detector) mix the items of a resized batch, so they are run one item at a time."""
+        rng = np.random.default_rng(0)
+        x = rng.random((2, *self.input_shape), dtype=np.float32)
+        both = self._invoke(x)
+        one = [self._invoke(x[i : i + 1]) for i in range(2)]
+        return all(
+            np.allclose(b[i], o[i][0], atol=1e-4 * max(1.0, float(np.abs(b).max())))
+            for i in range(2)
+            for b, o in zip(both, [[t[k] for t in one] for k in range(len(both))], strict=True)
+        )
+
+    def _invoke(self, nchw: np.ndarray) -> list[np.ndarray]:
+        nhwc = np.ascontiguousarray(np.asarray(nchw, dtype=np.float32).transpose(0, 2, 3, 1))
+        batch = nhwc.shape[0]
+        if batch != self._batch:
+            self._it.resize_tensor_input(self._in_index, list(nhwc.shape))
+            self._it.allocate_tensors()
+            self._batch = batch
+        self._it.set_tensor(self._in_index, nhwc)
+        self._it.invoke()
+        return [
+            self._it.get_tensor(i).reshape(batch, *shape[1:]).copy()
+            for i, shape in zip(self._out_index, self.output_shapes, strict=True)
+        ]
 
     def eval(self) -> LiteRTModel:
         return self
@@ -80,16 +108,10 @@ class LiteRTModel:
         device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
         if isinstance(x, torch.Tensor):
             x = x.detach().to("cpu", torch.float32).numpy()
-        nhwc = np.ascontiguousarray(np.asarray(x, dtype=np.float32).transpose(0, 2, 3, 1))
-        batch = nhwc.shape[0]
-        if batch != self._batch:
-            self._it.resize_tensor_input(self._in_index, list(nhwc.shape))
-            self._it.allocate_tensors()
-            self._batch = batch
-        self._it.set_tensor(self._in_index, nhwc)
-        self._it.invoke()
-        # the batch is the outermost dimension in memory: (1, B*N, K) from a fixed-shape RESHAPE is (B, N, K)
-        return tuple(
-            torch.from_numpy(self._it.get_tensor(i).reshape(batch, *shape[1:]).copy()).to(device)
-            for i, shape in zip(self._out_index, self.output_shapes, strict=True)
-        )
+        x = np.asarray(x, dtype=np.float32)
+        if self.batched or x.shape[0] == 1:
+            outs = self._invoke(x)
+        else:
+            parts = [self._invoke(x[i : i + 1]) for i in range(x.shape[0])]
+            outs = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        return tuple(torch.from_numpy(o).to(device) for o in outs)

@@ -243,12 +243,12 @@ def test_tiles_find_a_small_face_in_a_large_image() -> None:
     nets = {"short": _OneFaceNet("short"), "full": _OneFaceNet("full")}
     img = _square_image(1500, 2000, (1300, 900, 1330, 930))  # 30 px "face" in a 2000 px image
     # the fake net sees the dot in the whole-image view too; the tile view gives the sharper box
-    out = FaceDetector(model="auto", net=nets)([img])
+    out = FaceDetector(model="auto", net=nets, tile_threshold=768)([img])
     assert len(out) == 1
     c = (out.boxes[0, :2] + out.boxes[0, 2:]) / 2
     assert torch.allclose(c, torch.tensor([1315.0, 915.0]), atol=6)
     assert nets["full"].calls >= 1
-    det = FaceDetector(model="full", net=nets["full"])
+    det = FaceDetector(model="full", net=nets["full"], tile_threshold=768)
     side, overlap, tiles = det._tiles(1500, 2000)
     assert len(tiles) > 1 and overlap >= side // 4
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from facefleet.detect.anchors import DETECTOR_SPECS, DetectorSpec, decode_boxes, sigmoid_scores, ssd_anchors
 from facefleet.detect.nms import weighted_nms
-from facefleet.detect.views import ViewTransform, letterbox
+from facefleet.detect.views import ViewTransform, letterbox_params, letterbox_pixels
 
 __all__ = ["Detections", "FaceDetector", "ImageBatch", "as_image_list", "tile_grid"]
 
@@ -139,7 +139,9 @@ class FaceDetector:
             (regressors ``(B, A, 16)``, score logits ``(B, A, 1)``).
         tile: tile large images ("auto" mode and "full" mode).
         tile_size: tile side in source pixels (at least; grows so that a side has <= ``max_tiles`` tiles).
-        tile_threshold: images whose long side is larger than this are tiled.
+        tile_threshold: images whose long side is larger than this are tiled (default 2048: phone photos
+            such as 4032x3024 are, 1080p frames are not; lower it to search smaller faces in smaller
+            images, at the cost of ~8 more full-range passes per tiled image).
         max_tiles: most tiles along one side of an image.
         max_batch: most views per network call.
         calibrate: map full-range boxes to the short-range box convention (see ``_full_to_short_box``),
@@ -159,7 +161,7 @@ class FaceDetector:
         *,
         tile: bool = True,
         tile_size: int = 512,
-        tile_threshold: int = 768,
+        tile_threshold: int = 2048,
         max_tiles: int = 4,
         max_batch: int = 256,
         calibrate: bool = True,
@@ -197,6 +199,9 @@ class FaceDetector:
                            DETECTOR_SPECS[k].interpolated_anchor, self.device)
             for k in kinds
         }  # fmt: skip
+
+    # most float32 elements letterboxed in one operation (bounds the memory of the uint8 -> float copy)
+    _letterbox_budget = 1 << 28
 
     # -- networks -----------------------------------------------------------------------------
     def network(self, kind: str) -> Net:
@@ -238,73 +243,69 @@ class FaceDetector:
         tiles = [(x, y, cx0[i], cy0[j], cx1[i], cy1[j]) for j, y in enumerate(ys) for i, x in enumerate(xs)]
         return side, overlap, tiles
 
+    def _groups(self, images: list[Tensor], batch: Tensor | None) -> list[tuple[list[int], Tensor]]:
+        """Same-size images stacked once: [(image indices, ``(G, 3, H, W)`` uint8)] (a batch tensor is
+        one group as it is, no copy)."""
+        if batch is not None:
+            return [(list(range(batch.shape[0])), batch)]
+        members: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            members.setdefault((int(im.shape[1]), int(im.shape[2])), []).append(i)
+        return [
+            (m, images[m[0]][None] if len(m) == 1 else torch.stack([images[i] for i in m]))
+            for m in members.values()
+        ]
+
     def _views(
-        self, kind: str, images: list[Tensor], batch: Tensor | None, with_tiles: bool
+        self, kind: str, groups: list[tuple[list[int], Tensor]], with_tiles: bool
     ) -> tuple[Tensor, ViewTransform, Tensor, Tensor, Tensor]:
         """Letterboxed inputs ``(V, 3, S, S)``, their transforms, image index ``(V,)``, tile cores
-        ``(V, 4)`` (infinite for whole images) and the largest box side kept per view ``(V,)``."""
+        ``(V, 4)`` (infinite for whole images) and the largest box side kept per view ``(V,)``.
+
+        Per size group: the whole images, then each tile position cut from all images of the group at
+        once (a strided view), so the number of operations depends on the number of distinct sizes and
+        tile positions, never on the number of images. The view table is built on the host and copied
+        to the device once."""
         size = DETECTOR_SPECS[kind].input_size
-        dev = self.device
-        xs: list[Tensor] = []
-        scales: list[Tensor] = []
-        offs: list[Tensor] = []
-        idx: list[int] = []
-        cores: list[tuple[float, float, float, float]] = []
-        max_side: list[float] = []
         inf = math.inf
-        if batch is not None:
-            x, t = letterbox(batch, size)
-            xs.append(x)
-            scales.append(t.scale)
-            offs.append(t.offset)
-            idx += list(range(batch.shape[0]))
-        else:
-            groups: dict[tuple[int, int], list[int]] = {}
-            for i, im in enumerate(images):
-                groups.setdefault((int(im.shape[1]), int(im.shape[2])), []).append(i)
-            for members in groups.values():
-                stack = (
-                    images[members[0]][None]
-                    if len(members) == 1
-                    else torch.stack([images[i] for i in members])
-                )
-                x, t = letterbox(stack, size)
-                xs.append(x)
-                scales.append(t.scale)
-                offs.append(t.offset)
-                idx += members
-        cores += [(-inf, -inf, inf, inf)] * len(idx)
-        max_side += [inf] * len(idx)
-        if with_tiles:
-            for i, im in enumerate(images):
-                side, overlap, tiles = self._tiles(int(im.shape[1]), int(im.shape[2]))
-                if not tiles:
-                    continue
-                regions = torch.stack([im[:, y : y + side, x : x + side] for x, y, *_ in tiles])
-                origins = torch.tensor([[x, y] for x, y, *_ in tiles], dtype=torch.float32, device=dev)
-                x, t = letterbox(regions, size, origins)
-                xs.append(x)
-                scales.append(t.scale)
-                offs.append(t.offset)
-                idx += [i] * len(tiles)
-                cores += [c[2:] for c in tiles]
-                max_side += [float(overlap)] * len(tiles)
+        xs: list[Tensor] = []
+        rows: list[tuple[float, ...]] = []  # per view: image, scale x/y, offset x/y, core x0/y0/x1/y1, max side
+        for members, stack in groups:
+            h, w = int(stack.shape[2]), int(stack.shape[3])
+            step = max(1, self._letterbox_budget // (3 * h * w))
+            for s in range(0, len(members), step):
+                xs.append(letterbox_pixels(stack[s : s + step], size))
+            sx, sy, ox, oy = letterbox_params(h, w, size)
+            rows += [(i, sx, sy, ox, oy, -inf, -inf, inf, inf, inf) for i in members]
+            if not with_tiles:
+                continue
+            side, overlap, tiles = self._tiles(h, w)
+            if not tiles:
+                continue
+            sx, sy, ox, oy = letterbox_params(side, side, size)
+            step = max(1, self._letterbox_budget // (3 * side * side))
+            for x0, y0, c0, c1, c2, c3 in tiles:
+                region = stack[:, :, y0 : y0 + side, x0 : x0 + side]
+                for s in range(0, len(members), step):
+                    xs.append(letterbox_pixels(region[s : s + step], size))
+                rows += [(i, sx, sy, ox + x0, oy + y0, c0, c1, c2, c3, float(overlap)) for i in members]
+        table = torch.tensor(rows, dtype=torch.float64).to(self.device)  # one host-to-device copy
         return (
-            torch.cat(xs),
-            ViewTransform(torch.cat(scales), torch.cat(offs)),
-            torch.tensor(idx, dtype=torch.long, device=dev),
-            torch.tensor(cores, dtype=torch.float32, device=dev),
-            torch.tensor(max_side, dtype=torch.float32, device=dev),
+            torch.cat(xs) if len(xs) > 1 else xs[0],
+            ViewTransform(table[:, 1:3].float(), table[:, 3:5].float()),
+            table[:, 0].long(),
+            table[:, 5:9].float(),
+            table[:, 9].float(),
         )
 
     def _candidates(
-        self, kind: str, images: list[Tensor], batch: Tensor | None, with_tiles: bool
+        self, kind: str, groups: list[tuple[list[int], Tensor]], with_tiles: bool
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Run one model on its views; candidates above ``min_score`` in source pixels:
         boxes ``(M, 4)``, keypoints ``(M, 6, 2)``, scores ``(M,)``, image index ``(M,)``,
         from-a-tile flags ``(M,)``."""
         spec: DetectorSpec = DETECTOR_SPECS[kind]
-        x, tf, img_idx, cores, max_side = self._views(kind, images, batch, with_tiles)
+        x, tf, img_idx, cores, max_side = self._views(kind, groups, with_tiles)
         regs, scores = self._run(kind, x)
         v, a = torch.nonzero(scores >= self.min_score, as_tuple=True)
         boxes, kps = decode_boxes(regs[v, a], self._anchors[kind][a], spec.input_size, spec.num_keypoints)
@@ -330,7 +331,8 @@ class FaceDetector:
         if batch is not None and not _same_device(batch.device, self.device):
             raise ValueError(f"images on {batch.device}, the detector runs on {self.device}")
         n = len(imgs)
-        cands = {k: self._candidates(k, imgs, batch, with_tiles=k == "full") for k in self._kinds}
+        groups = self._groups(imgs, batch)
+        cands = {k: self._candidates(k, groups, with_tiles=k == "full") for k in self._kinds}
         if "full" in cands:
             whole = [c for k, c in cands.items() if k == "short"] + [cands["full"]]
             wb = torch.cat([c[0][~c[4]] for c in whole])

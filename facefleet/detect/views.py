@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ViewTransform", "letterbox"]
+__all__ = ["ViewTransform", "letterbox", "letterbox_params", "letterbox_pixels"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,27 @@ def _fit(h: int, w: int, size: int) -> tuple[int, int]:
     return max(1, min(size, round(h * s))), max(1, min(size, round(w * s)))
 
 
+def letterbox_params(h: int, w: int, size: int) -> tuple[float, float, float, float]:
+    """Host-side view map of an ``h x w`` region letterboxed to ``size``: (scale x, scale y, offset x,
+    offset y), offsets relative to the region's top-left corner (see :class:`ViewTransform`)."""
+    nh, nw = _fit(h, w, size)
+    py, px = (size - nh) // 2, (size - nw) // 2
+    return size * w / nw, size * h / nh, -px * w / nw, -py * h / nh
+
+
+def letterbox_pixels(regions: Tensor, size: int) -> Tensor:
+    """Same-sized regions ``(V, 3, h, w)`` (uint8 or float in [0, 255], may be a strided view) ->
+    letterboxed float32 ``(V, 3, S, S)`` in [0, 1]; no host-device transfer."""
+    _, _, h, w = regions.shape
+    nh, nw = _fit(h, w, size)
+    x = regions.float()
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=nh < h or nw < w)
+    x = (x / 255.0).clamp(0.0, 1.0)
+    py, px = (size - nh) // 2, (size - nw) // 2
+    return F.pad(x, (px, size - nw - px, py, size - nh - py), value=0.0)
+
+
 def letterbox(regions: Tensor, size: int, origins: Tensor | None = None) -> tuple[Tensor, ViewTransform]:
     """Letterbox same-sized regions ``(V, 3, h, w)`` (uint8 or float in [0, 255]) to ``(V, 3, S, S)``.
 
@@ -45,16 +66,11 @@ def letterbox(regions: Tensor, size: int, origins: Tensor | None = None) -> tupl
     ``(V, 2)`` (x, y) is the top-left source pixel of each region (default 0).
     """
     v, _, h, w = regions.shape
-    nh, nw = _fit(h, w, size)
-    x = regions.float()
-    if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=nh < h or nw < w)
-    x = (x / 255.0).clamp(0.0, 1.0)
-    py, px = (size - nh) // 2, (size - nw) // 2
-    out = F.pad(x, (px, size - nw - px, py, size - nh - py), value=0.0)
+    out = letterbox_pixels(regions, size)
+    sx, sy, ox, oy = letterbox_params(h, w, size)
     dev = regions.device
-    scale = torch.tensor([size * w / nw, size * h / nh], device=dev).expand(v, 2)
-    off = torch.tensor([-px * w / nw, -py * h / nh], device=dev).expand(v, 2)
+    scale = torch.tensor([sx, sy], device=dev).expand(v, 2)
+    off = torch.tensor([ox, oy], device=dev).expand(v, 2)
     if origins is not None:
         off = off + origins.to(dev, torch.float32)
     return out, ViewTransform(scale.contiguous(), off.contiguous())

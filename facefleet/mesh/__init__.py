@@ -7,19 +7,25 @@
 
 from facefleet.mesh.predictor import MeshPredictor, MeshResult
 from facefleet.mesh.roi import (
+    crop_points,
     crop_rois,
     crop_to_image,
     roi_from_detections,
     roi_from_landmarks,
     rois_to_image,
 )
+from facefleet.mesh.sampling import ImagePack, pack_images, sample_bilinear
 
 __all__ = [
+    "ImagePack",
     "MeshPredictor",
     "MeshResult",
+    "crop_points",
     "crop_rois",
     "crop_to_image",
     "roi_from_detections",
     "roi_from_landmarks",
     "rois_to_image",
+    "pack_images",
+    "sample_bilinear",
 ]

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from facefleet.detect.detector import Detections, ImageBatch, as_image_list
 from facefleet.mesh.roi import crop_rois, crop_to_image, roi_from_detections, roi_from_landmarks
+from facefleet.mesh.sampling import ImagePack, pack_images
 
 __all__ = ["MeshPredictor", "MeshResult"]
 
@@ -104,9 +105,10 @@ class MeshPredictor:
         return torch.cat(lms), torch.cat(logits)
 
     def predict_rois(
-        self, images: Sequence[Tensor], image_index: Tensor, roi: Tensor
+        self, images: Sequence[Tensor] | Tensor | ImagePack, image_index: Tensor, roi: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """One pass on given ROIs ``(N, 5)``: landmarks ``(N, 468, 3)`` in image pixels, presence ``(N,)``."""
+        """One pass on given ROIs ``(N, 5)``: landmarks ``(N, 468, 3)`` in image pixels, presence ``(N,)``.
+        ``images``: as for :func:`crop_rois` (pack them once with ``pack_images`` for several passes)."""
         crops = crop_rois(images, image_index, roi, CROP_SIZE, self.padding_mode)
         lm, logit = self._run(crops)
         xy = crop_to_image(lm[..., :2], roi, CROP_SIZE)
@@ -131,8 +133,9 @@ class MeshPredictor:
         if n == 0:
             empty = torch.zeros(0, device=self.device)
             return MeshResult(empty.view(0, NUM_LANDMARKS, 3), empty, empty.view(0, 5), empty.bool(), idx)
-        lm, presence = self.predict_rois(imgs, idx, roi)
+        pack = pack_images(images if isinstance(images, Tensor) and images.ndim == 4 else imgs, self.device)
+        lm, presence = self.predict_rois(pack, idx, roi)
         for _ in range(self.refine if refine is None else int(refine)):
             roi = roi_from_landmarks(lm)
-            lm, presence = self.predict_rois(imgs, idx, roi)
+            lm, presence = self.predict_rois(pack, idx, roi)
         return MeshResult(lm, presence, roi, presence >= self.min_presence, idx)

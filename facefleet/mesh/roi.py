@@ -14,10 +14,11 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["crop_rois", "crop_to_image", "roi_from_detections", "roi_from_landmarks", "rois_to_image"]
+from facefleet.mesh.sampling import ImagePack, pack_images, sample_bilinear
+
+__all__ = ["crop_points", "crop_rois", "crop_to_image", "roi_from_detections", "roi_from_landmarks", "rois_to_image"]
 
 # MediaPipe face mesh (face_detection_front_detection_to_roi / face_landmarks_to_roi): rotation from the
 # right eye to the left eye (detector keypoints 0 -> 1, mesh vertices 33 -> 263) with target angle 0,
@@ -71,8 +72,16 @@ def rois_to_image(roi: Tensor) -> Tensor:
     return torch.stack([a, b], 1)
 
 
+def crop_points(roi: Tensor, size: int) -> Tensor:
+    """Image pixel coordinates ``(N, size * size, 2)`` of the pixel centres of each ROI's crop (row-major)."""
+    t = (torch.arange(size, device=roi.device, dtype=torch.float32) + 0.5) / size - 0.5  # (size,)
+    v, u = torch.meshgrid(t, t, indexing="ij")
+    uv = torch.stack([u.reshape(-1), v.reshape(-1)], -1)  # (size^2, 2)
+    return uv[None] @ rois_to_image(roi)[:, :, :2].transpose(1, 2) + roi[:, None, :2]
+
+
 def crop_rois(
-    images: Sequence[Tensor],
+    images: Sequence[Tensor] | Tensor | ImagePack,
     image_index: Tensor,
     roi: Tensor,
     size: int = 192,
@@ -80,37 +89,16 @@ def crop_rois(
 ) -> Tensor:
     """Rotated square crops ``(N, 3, size, size)`` float32 in [0, 1] of ROIs ``(N, 5)`` from uint8 images.
 
-    ``images``: ``(3, H, W)`` uint8 tensors (or a ``(B, 3, H, W)`` tensor); ``image_index``: ``(N,)`` the
-    image of each ROI. Bilinear sampling with ``grid_sample``; one call per distinct image (no per-face
-    loops). ``padding_mode`` "border" repeats edge pixels (MediaPipe's default), "zeros" pads black.
+    ``images``: ``(3, H, W)`` uint8 tensors of any sizes, a ``(B, 3, H, W)`` tensor or an
+    :class:`ImagePack` of them; ``image_index``: ``(N,)`` the image of each ROI. Bilinear sampling of all
+    faces of all images at once (``grid_sample`` semantics, align_corners=False), with no per-image or
+    per-face loop. ``padding_mode`` "border" repeats edge pixels (MediaPipe's default), "zeros" pads black.
     """
     n = int(roi.shape[0])
-    dev = roi.device
-    out = torch.zeros(n, 3, size, size, device=dev)
     if n == 0:
-        return out
+        return torch.zeros(0, 3, size, size, device=roi.device)
+    pack = images if isinstance(images, ImagePack) else pack_images(images, roi.device)
     roi = roi.float()
-    cos, sin = torch.cos(roi[:, 4]), torch.sin(roi[:, 4])
-    # affine_grid base coordinates xb in [-1, 1] (pixel centres, align_corners=False) are 2 * (u - 0.5)
-    half_w, half_h = roi[:, 2] / 2, roi[:, 3] / 2
-    idx_host = image_index.tolist()
-    order: dict[int, list[int]] = {}
-    for j, i in enumerate(idx_host):
-        order.setdefault(int(i), []).append(j)
-    for i, members in order.items():
-        img = images[i]
-        h, w = int(img.shape[-2]), int(img.shape[-1])
-        sel = torch.tensor(members, device=dev)
-        c, s, hw, hh = cos[sel], sin[sel], half_w[sel], half_h[sel]
-        theta = torch.stack(
-            [
-                torch.stack([c * hw * 2 / w, -s * hh * 2 / w, 2 * roi[sel, 0] / w - 1], 1),
-                torch.stack([s * hw * 2 / h, c * hh * 2 / h, 2 * roi[sel, 1] / h - 1], 1),
-            ],
-            1,
-        )
-        grid = F.affine_grid(theta, [len(members), 3, size, size], align_corners=False)
-        src = img.to(dev, torch.float32)[None].expand(len(members), -1, -1, -1)
-        crops = F.grid_sample(src, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
-        out[sel] = crops / 255.0
-    return out
+    pts = crop_points(roi, size)
+    crops = sample_bilinear(pack, image_index.to(roi.device), pts, padding_mode)
+    return (crops / 255.0).view(n, 3, size, size)

@@ -13,10 +13,10 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from facefleet.geometry import load_geometry
+from facefleet.mesh.sampling import ImagePack, pack_images, sample_bilinear
 
 __all__ = ["TextureSampler", "texel_map"]
 
@@ -102,44 +102,46 @@ class TextureSampler:
     def __call__(
         self, images: Sequence[Tensor], landmarks: Tensor, image_index: Tensor | Sequence[int]
     ) -> Tensor:
-        """(list of (3, H, W) uint8, (N, 468, 3), (N,)) -> (N, 4, T, T) uint8 on the device."""
+        """(list of (3, H, W) uint8, (N, 468, 3), (N,)) -> (N, 4, T, T) uint8 on the device.
+
+        All faces of all images are sampled together (``chunk`` faces per step), whatever the image
+        sizes; one host sync (the index range check)."""
         if landmarks.ndim != 3 or landmarks.shape[1] != 468 or landmarks.shape[2] < 2:
             raise ValueError(f"TextureSampler: expected landmarks (N, 468, 3), got {tuple(landmarks.shape)}")
         n = int(landmarks.shape[0])
-        idx = torch.as_tensor(image_index, dtype=torch.long).reshape(-1).cpu()
+        idx = torch.as_tensor(image_index, dtype=torch.long).reshape(-1).to(self.device)
         if idx.numel() != n:
             raise ValueError(f"TextureSampler: {n} faces but {idx.numel()} image indices")
-        if n and (int(idx.min()) < 0 or int(idx.max()) >= len(images)):
-            raise ValueError(f"TextureSampler: image_index out of range for {len(images)} images")
         t = self.size
-        out = torch.zeros(n, 4, t * t, dtype=torch.uint8, device=self.device)
-        lm = landmarks.to(self.device, torch.float32)
-        for img_i in torch.unique(idx).tolist():
-            img = images[img_i]
+        if n == 0:
+            return torch.zeros(0, 4, t, t, dtype=torch.uint8, device=self.device)
+        lo, hi = torch.aminmax(idx)
+        lo_h, hi_h = torch.stack([lo, hi]).tolist()
+        if lo_h < 0 or hi_h >= len(images):
+            raise ValueError(f"TextureSampler: image_index out of range for {len(images)} images")
+        for i, img in enumerate(images):
             if img.ndim != 3 or img.shape[0] != 3:
-                raise ValueError(f"TextureSampler: image {img_i} must be (3, H, W), got {tuple(img.shape)}")
-            h, w = int(img.shape[1]), int(img.shape[2])
-            src = img.to(self.device, torch.float32)[None]  # (1, 3, H, W), converted once per image
-            faces = torch.nonzero(idx == img_i).reshape(-1).to(self.device)
-            for s in range(0, len(faces), self.chunk):
-                sel = faces[s : s + self.chunk]
-                out[sel] = self._sample(src, lm[sel], h, w)
+                raise ValueError(f"TextureSampler: image {i} must be (3, H, W), got {tuple(img.shape)}")
+        pack = pack_images(images, self.device)
+        lm = landmarks.to(self.device, torch.float32)
+        out = torch.empty(n, 4, t * t, dtype=torch.uint8, device=self.device)
+        for s in range(0, n, self.chunk):
+            out[s : s + self.chunk] = self._sample(pack, idx[s : s + self.chunk], lm[s : s + self.chunk])
         return out.view(n, 4, t, t)
 
-    def _sample(self, src: Tensor, lm: Tensor, h: int, w: int) -> Tensor:
-        """One image, m faces: (1, 3, H, W) float, (m, 468, 3) -> (m, 4, T*T) uint8."""
+    def _sample(self, pack: ImagePack, idx: Tensor, lm: Tensor) -> Tensor:
+        """m faces of any images: image index (m,), landmarks (m, 468, 3) -> (m, 4, T*T) uint8."""
         m = lm.shape[0]
         xy = lm[..., :2]
         pos = torch.zeros(m, self.texels.numel(), 2, dtype=torch.float32, device=self.device)
         for j in range(3):
             pos += self.texel_bary[None, :, j, None] * xy[:, self.texel_vert[:, j]]
+        w = pack.width[idx].float()[:, None]
+        h = pack.height[idx].float()[:, None]
         inside = (pos[..., 0] >= 0) & (pos[..., 0] <= w) & (pos[..., 1] >= 0) & (pos[..., 1] <= h)
         visible = self.facing(lm)[:, self.texel_tri] & inside  # (m, K)
-        scale = torch.tensor([2.0 / w, 2.0 / h], device=self.device)
-        grid = (pos * scale - 1.0)[None]  # (1, m, K, 2)
-        rgb = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
-        rgb = rgb.permute(1, 0, 2).round().clamp(0, 255).to(torch.uint8)  # (m, 3, K)
-        rgb = rgb * visible[:, None]
+        rgb = sample_bilinear(pack, idx, pos, "border")  # (m, 3, K) float in [0, 255]
+        rgb = rgb.round().clamp(0, 255).to(torch.uint8) * visible[:, None]
         res = torch.zeros(m, 4, self.size * self.size, dtype=torch.uint8, device=self.device)
         res[:, :3, self.texels] = rgb
         res[:, 3, self.texels] = visible.to(torch.uint8) * 255

@@ -1,0 +1,118 @@
+"""Bilinear sampling of many uint8 images of any sizes at once, without converting whole images to float.
+
+Images are packed into one flat uint8 buffer (a free view when they already form a ``(B, 3, H, W)``
+tensor); each sample point names its image, so one gather serves every face of every image whatever
+the sizes, and only the sampled pixels are ever converted to float. The result equals
+``F.grid_sample(img.float(), grid, mode="bilinear", align_corners=False)`` (padding "border" or
+"zeros") up to float rounding.
+
+Coordinates are facefleet pixels: continuous, origin at the top-left corner of the top-left pixel, so
+the centre of pixel ``(row i, col j)`` is ``(j + 0.5, i + 0.5)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["ImagePack", "pack_images", "sample_bilinear"]
+
+
+@dataclass(frozen=True)
+class ImagePack:
+    """Images ``(3, H_i, W_i)`` uint8 flattened into ``data`` ``(sum 3 H_i W_i,)``; per image ``offset``,
+    ``height``, ``width`` ``(B,)`` long on the device, and ``sizes`` ``[(H_i, W_i)]`` on the host."""
+
+    data: Tensor
+    offset: Tensor
+    height: Tensor
+    width: Tensor
+    sizes: tuple[tuple[int, int], ...]
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+
+def pack_images(images: Tensor | Sequence[Tensor], device: torch.device | str | None = None) -> ImagePack:
+    """Pack a ``(B, 3, H, W)`` uint8 tensor (no copy when contiguous) or a list of ``(3, H, W)`` uint8
+    tensors (one concatenation) into an :class:`ImagePack` on ``device`` (default: the images')."""
+    if isinstance(images, Tensor) and images.ndim == 4:
+        b, c, h, w = (int(s) for s in images.shape)
+        dev = torch.device(device) if device is not None else images.device
+        data = images.to(dev).reshape(-1)
+        sizes = ((h, w),) * b
+    else:
+        ims = list(images)
+        if not ims:
+            raise ValueError("pack_images: no images")
+        dev = torch.device(device) if device is not None else ims[0].device
+        for i, im in enumerate(ims):
+            if im.ndim != 3 or im.shape[0] != 3:
+                raise ValueError(f"pack_images: image {i} must be (3, H, W), got {tuple(im.shape)}")
+        data = torch.cat([im.to(dev).reshape(-1) for im in ims]) if len(ims) > 1 else ims[0].to(dev).reshape(-1)
+        sizes = tuple((int(im.shape[1]), int(im.shape[2])) for im in ims)
+    if data.dtype != torch.uint8:
+        raise ValueError(f"pack_images: expected uint8 images, got {data.dtype}")
+    starts = [0]
+    for h, w in sizes[:-1]:
+        starts.append(starts[-1] + 3 * h * w)
+    meta = torch.tensor([starts, [h for h, _ in sizes], [w for _, w in sizes]], dtype=torch.long)
+    meta = meta.to(dev)  # one host-to-device copy
+    return ImagePack(data, meta[0], meta[1], meta[2], sizes)
+
+
+def sample_bilinear(
+    pack: ImagePack,
+    image_index: Tensor,
+    xy: Tensor,
+    padding_mode: str = "border",
+    chunk_points: int = 1 << 23,
+) -> Tensor:
+    """Bilinear samples ``(N, 3, P)`` float32 in [0, 255] of the images at pixel coordinates ``xy``
+    ``(N, P, 2)`` (x, y), point set ``n`` taken from image ``image_index[n]`` (``(N,)`` long).
+
+    ``padding_mode`` "border" clamps to the edge pixels, "zeros" reads black outside the image (as
+    ``grid_sample``). Work is split into chunks of about ``chunk_points`` points to bound memory.
+    """
+    if padding_mode not in ("border", "zeros"):
+        raise ValueError(f"sample_bilinear: padding_mode must be 'border' or 'zeros', got {padding_mode!r}")
+    n, p = int(xy.shape[0]), int(xy.shape[1])
+    out = torch.empty(n, 3, p, dtype=torch.float32, device=xy.device)
+    if n == 0 or p == 0:
+        return out
+    step = max(1, chunk_points // p)
+    for s in range(0, n, step):
+        out[s : s + step] = _sample(pack, image_index[s : s + step], xy[s : s + step].float(), padding_mode)
+    return out
+
+
+def _sample(pack: ImagePack, idx: Tensor, xy: Tensor, padding_mode: str) -> Tensor:
+    h = pack.height[idx][:, None]  # (n, 1)
+    w = pack.width[idx][:, None]
+    hf, wf = h.float(), w.float()
+    ix = xy[..., 0] - 0.5  # pixel-centre index coordinates (grid_sample, align_corners=False)
+    iy = xy[..., 1] - 0.5
+    if padding_mode == "border":
+        ix = torch.minimum(ix.clamp(min=0.0), wf - 1)
+        iy = torch.minimum(iy.clamp(min=0.0), hf - 1)
+    x0f, y0f = torch.floor(ix), torch.floor(iy)
+    fx, fy = ix - x0f, iy - y0f
+    x0, y0 = x0f.long(), y0f.long()
+    plane = h * w  # (n, 1) pixels per channel
+    base = pack.offset[idx][:, None, None] + torch.arange(3, device=xy.device)[None, :, None] * plane[:, :, None]
+    acc = torch.zeros(xy.shape[0], 3, xy.shape[1], dtype=torch.float32, device=xy.device)
+    for dx, dy, wt in (
+        (0, 0, (1 - fx) * (1 - fy)),
+        (1, 0, fx * (1 - fy)),
+        (0, 1, (1 - fx) * fy),
+        (1, 1, fx * fy),
+    ):
+        xs, ys = x0 + dx, y0 + dy
+        inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+        lin = torch.minimum(ys.clamp(min=0), h - 1) * w + torch.minimum(xs.clamp(min=0), w - 1)  # (n, P)
+        vals = pack.data[base + lin[:, None, :]].float()  # (n, 3, P)
+        acc += vals * (wt * inside)[:, None, :]
+    return acc

@@ -19,7 +19,9 @@ from facefleet.geometry import euler_to_matrix, load_geometry
 from facefleet.pipeline import Reconstructor
 
 
-def render(vertices: np.ndarray, tri: np.ndarray, uv: np.ndarray, texture: np.ndarray, size: int) -> np.ndarray:
+def render(
+    vertices: np.ndarray, tri: np.ndarray, uv: np.ndarray, texture: np.ndarray, size: int
+) -> np.ndarray:
     """Shaded, textured render (size, size, 3) of a mesh given in image coordinates (y down, z to camera)."""
     import torch
 
@@ -42,8 +44,14 @@ def render(vertices: np.ndarray, tri: np.ndarray, uv: np.ndarray, texture: np.nd
         n = np.cross(p[b] - p[a], p[c] - p[a])
         n = n / (np.linalg.norm(n) + 1e-12)
         shade = 0.35 + 0.65 * abs(float(n @ light))
-        x0, x1 = int(max(0, np.floor(min(pa[0], pb[0], pc[0])))), int(min(size - 1, np.ceil(max(pa[0], pb[0], pc[0]))))
-        y0, y1 = int(max(0, np.floor(min(pa[1], pb[1], pc[1])))), int(min(size - 1, np.ceil(max(pa[1], pb[1], pc[1]))))
+        x0, x1 = (
+            int(max(0, np.floor(min(pa[0], pb[0], pc[0])))),
+            int(min(size - 1, np.ceil(max(pa[0], pb[0], pc[0])))),
+        )
+        y0, y1 = (
+            int(max(0, np.floor(min(pa[1], pb[1], pc[1])))),
+            int(min(size - 1, np.ceil(max(pa[1], pb[1], pc[1])))),
+        )
         if x1 < x0 or y1 < y0:
             continue
         gx, gy = np.meshgrid(np.arange(x0, x1 + 1) + 0.5, np.arange(y0, y1 + 1) + 0.5)
@@ -82,7 +90,9 @@ def main() -> None:
     crop = Image.fromarray(over).crop((int(cx - s), int(cy - s), int(cx + s), int(cy + s))).resize((400, 400))
     write_png(args.out / "astronaut_overlay.png", np.asarray(crop))
     assert face.texture is not None
-    write_png(args.out / "astronaut_mesh.png", render(face.landmarks, geo.triangles, geo.uv, face.texture, 400))
+    write_png(
+        args.out / "astronaut_mesh.png", render(face.landmarks, geo.triangles, geo.uv, face.texture, 400)
+    )
     print(f"wrote {args.out}/astronaut_overlay.png and astronaut_mesh.png")
 
 

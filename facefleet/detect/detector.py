@@ -269,7 +269,9 @@ class FaceDetector:
         size = DETECTOR_SPECS[kind].input_size
         inf = math.inf
         xs: list[Tensor] = []
-        rows: list[tuple[float, ...]] = []  # per view: image, scale x/y, offset x/y, core x0/y0/x1/y1, max side
+        rows: list[
+            tuple[float, ...]
+        ] = []  # per view: image, scale x/y, offset x/y, core x0/y0/x1/y1, max side
         for members, stack in groups:
             h, w = int(stack.shape[2]), int(stack.shape[3])
             step = max(1, self._letterbox_budget // (3 * h * w))

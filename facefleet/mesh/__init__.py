@@ -23,9 +23,9 @@ __all__ = [
     "crop_points",
     "crop_rois",
     "crop_to_image",
+    "pack_images",
     "roi_from_detections",
     "roi_from_landmarks",
     "rois_to_image",
-    "pack_images",
     "sample_bilinear",
 ]

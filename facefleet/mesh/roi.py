@@ -18,7 +18,14 @@ from torch import Tensor
 
 from facefleet.mesh.sampling import ImagePack, pack_images, sample_bilinear
 
-__all__ = ["crop_points", "crop_rois", "crop_to_image", "roi_from_detections", "roi_from_landmarks", "rois_to_image"]
+__all__ = [
+    "crop_points",
+    "crop_rois",
+    "crop_to_image",
+    "roi_from_detections",
+    "roi_from_landmarks",
+    "rois_to_image",
+]
 
 # MediaPipe face mesh (face_detection_front_detection_to_roi / face_landmarks_to_roi): rotation from the
 # right eye to the left eye (detector keypoints 0 -> 1, mesh vertices 33 -> 263) with target angle 0,

@@ -40,7 +40,7 @@ def pack_images(images: Tensor | Sequence[Tensor], device: torch.device | str | 
     """Pack a ``(B, 3, H, W)`` uint8 tensor (no copy when contiguous) or a list of ``(3, H, W)`` uint8
     tensors (one concatenation) into an :class:`ImagePack` on ``device`` (default: the images')."""
     if isinstance(images, Tensor) and images.ndim == 4:
-        b, c, h, w = (int(s) for s in images.shape)
+        b, _c, h, w = (int(s) for s in images.shape)
         dev = torch.device(device) if device is not None else images.device
         data = images.to(dev).reshape(-1)
         sizes = ((h, w),) * b
@@ -52,7 +52,9 @@ def pack_images(images: Tensor | Sequence[Tensor], device: torch.device | str | 
         for i, im in enumerate(ims):
             if im.ndim != 3 or im.shape[0] != 3:
                 raise ValueError(f"pack_images: image {i} must be (3, H, W), got {tuple(im.shape)}")
-        data = torch.cat([im.to(dev).reshape(-1) for im in ims]) if len(ims) > 1 else ims[0].to(dev).reshape(-1)
+        data = (
+            torch.cat([im.to(dev).reshape(-1) for im in ims]) if len(ims) > 1 else ims[0].to(dev).reshape(-1)
+        )
         sizes = tuple((int(im.shape[1]), int(im.shape[2])) for im in ims)
     if data.dtype != torch.uint8:
         raise ValueError(f"pack_images: expected uint8 images, got {data.dtype}")
@@ -102,7 +104,9 @@ def _sample(pack: ImagePack, idx: Tensor, xy: Tensor, padding_mode: str) -> Tens
     fx, fy = ix - x0f, iy - y0f
     x0, y0 = x0f.long(), y0f.long()
     plane = h * w  # (n, 1) pixels per channel
-    base = pack.offset[idx][:, None, None] + torch.arange(3, device=xy.device)[None, :, None] * plane[:, :, None]
+    base = (
+        pack.offset[idx][:, None, None] + torch.arange(3, device=xy.device)[None, :, None] * plane[:, :, None]
+    )
     acc = torch.zeros(xy.shape[0], 3, xy.shape[1], dtype=torch.float32, device=xy.device)
     for dx, dy, wt in (
         (0, 0, (1 - fx) * (1 - fy)),

@@ -467,7 +467,7 @@ class TFLiteModule(nn.Module):
         self.channels_last = bool(enable)
         fmt = torch.channels_last if enable else torch.contiguous_format
         for m in self.modules():
-            for name, p in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
+            for _name, p in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
                 if p is not None and p.dim() == 4:
                     p.data = p.data.contiguous(memory_format=fmt)
         return self

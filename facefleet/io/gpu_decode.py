@@ -18,6 +18,7 @@ without it.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -76,6 +77,16 @@ def nvjpeg_available(device: torch.device | str) -> bool:
     return dev.type == "cuda" and torch.cuda.is_available() and _torchvision_decoder() is not None
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    """A slow path taken on a GPU is worth one line on stderr per process (throughput depends on it)."""
+    if key not in _warned:
+        _warned.add(key)
+        print(f"facefleet: {message}", file=sys.stderr)
+
+
 def _nvjpeg_decode(
     decoder: JpegBatchDecoder, blobs: Sequence[bytes], device: torch.device
 ) -> list[torch.Tensor | None]:
@@ -86,7 +97,10 @@ def _nvjpeg_decode(
         results = list(decoder(inputs, device))
         if len(results) != len(inputs):
             raise RuntimeError("decoder returned a wrong number of images")
-    except Exception:
+    except Exception as exc:
+        _warn_once(
+            "batch", f"batched nvJPEG decode failed ({type(exc).__name__}: {exc}); decoding file by file"
+        )
         results = []
         for t in inputs:
             try:
@@ -152,6 +166,11 @@ def decode_batch(
                 cpu_items.append(i)
             else:
                 out[i] = apply_exif_orientation(tensor, orientation).contiguous()
+    if gpu and cpu_items:
+        _warn_once(
+            "cpu",
+            f"{len(cpu_items)} of {len(blobs)} files of a batch decoded by Pillow on the CPU, not nvJPEG",
+        )
     for i in sorted(cpu_items):
         try:
             out[i] = _cpu_decode(blobs[i], str(sources[i]), dev, max_pixels)

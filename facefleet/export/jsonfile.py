@@ -14,14 +14,14 @@ from facefleet.types import ImageResult
 __all__ = ["result_to_json", "write_json"]
 
 
-def _finite(obj: Any) -> Any:
+def finite_json(obj: Any) -> Any:
     """Replace NaN/inf floats by None so the file is strict JSON (JavaScript's JSON.parse)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite_json(v) for v in obj]
     return obj
 
 
@@ -31,7 +31,7 @@ def result_to_json(result: ImageResult, *, indent: int | None = None) -> str:
     try:
         text = json.dumps(data, indent=indent, allow_nan=False)
     except ValueError:
-        text = json.dumps(_finite(data), indent=indent, allow_nan=False)
+        text = json.dumps(finite_json(data), indent=indent, allow_nan=False)
     return text + "\n"
 
 

@@ -553,17 +553,6 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def _finite(o: Any) -> Any:
-    """NaN/inf -> None so the JSON is strict (readable by every JSON parser)."""
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
 def write_report(out_dir: str | os.PathLike[str], stats: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``out_dir/report.html`` and ``out_dir/report.json`` atomically; returns (html, json).
 
@@ -574,7 +563,9 @@ def write_report(out_dir: str | os.PathLike[str], stats: dict[str, Any]) -> tupl
         raise NotADirectoryError(f"report: output {out} is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     derived = derive(stats)
-    doc = _finite(json.loads(json.dumps({"stats": stats, "derived": derived}, default=_json_default)))
+    from facefleet.export.jsonfile import finite_json
+
+    doc = finite_json(json.loads(json.dumps({"stats": stats, "derived": derived}, default=_json_default)))
     json_path, html_path = out / "report.json", out / "report.html"
     _atomic_write_text(json_path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
     _atomic_write_text(html_path, render_html(stats, derived))

@@ -322,3 +322,19 @@ def test_torch_port_matches_litert_end_to_end(astronaut_t: Tensor) -> None:
         out.keypoints, ref.keypoints, atol=0.5
     )
     assert torch.allclose(out.scores, ref.scores, atol=1e-3)
+
+
+def test_tiling_policy_crowds_and_very_large_images_only() -> None:
+    """1080p frames with a near face are not tiled (speed); a small, distant face in one triggers the
+    tiles (crowds); images over ``tile_threshold`` (phone photos) are always tiled."""
+    near = _square_image(1080, 1920, (800, 300, 1100, 600))  # 300 px face: 16 % of the long side
+    far = _square_image(1080, 1920, (1500, 700, 1560, 760))  # 60 px face: 3 %
+    phone = _square_image(3024, 4032, (1000, 1000, 1900, 1900))
+    for img, tiled in ((near, False), (far, True), (phone, True)):
+        nets = {"short": _OneFaceNet("short"), "full": _OneFaceNet("full")}
+        out = FaceDetector(model="auto", net=nets)([img])
+        assert len(out) == 1
+        assert nets["full"].calls == (2 if tiled else 1)  # one call for whole images, one for all tiles
+    nets = {"short": _OneFaceNet("short"), "full": _OneFaceNet("full")}
+    FaceDetector(model="auto", net=nets, crowd_face_fraction=0.0)([far])
+    assert nets["full"].calls == 1

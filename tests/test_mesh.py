@@ -146,3 +146,34 @@ def test_astronaut_mesh(astronaut: np.ndarray) -> None:
     mirrored = res2.landmarks[1].clone()
     mirrored[:, 0] = 512 - mirrored[:, 0]
     assert (mirrored[:, :2].mean(0) - res2.landmarks[0, :, :2].mean(0)).norm() < 3.0
+
+
+def test_batched_equals_per_image_for_a_mixed_batch(astronaut: np.ndarray) -> None:
+    """Several same-size images with two faces each plus one image of another size: detection, mesh
+    and texture of the batch equal those of each image alone (the batched paths group by size)."""
+    from facefleet.detect import FaceDetector
+    from facefleet.texture import TextureSampler
+
+    face = torch.from_numpy(astronaut).permute(2, 0, 1)[:, 20:300, 110:360]  # (3, 280, 250) her head
+    small = torch.nn.functional.interpolate(face[None].float(), scale_factor=0.7, mode="bilinear")[0]
+    small = small.round().clamp(0, 255).to(torch.uint8)
+    images = []
+    for k in range(3):
+        canvas = torch.full((3, 420, 760), 40 + 30 * k, dtype=torch.uint8)
+        canvas[:, 60 : 60 + 280, 30 + 20 * k : 280 + 20 * k] = face if k != 1 else face.flip(-1)
+        canvas[:, 150 : 150 + small.shape[1], 450 : 450 + small.shape[2]] = small
+        images.append(canvas)
+    images.append(torch.from_numpy(astronaut).permute(2, 0, 1).contiguous())  # 512 x 512
+    det, mesh, tex = FaceDetector(), MeshPredictor(), TextureSampler(64)
+    d = det(images)
+    m = mesh(images, d)
+    t = tex(images, m.landmarks, m.image_index)
+    assert d.counts() == [2, 2, 2, 1]
+    for i, im in enumerate(images):
+        sel = d.image_index == i
+        di = det([im])
+        mi = mesh([im], di)
+        ti = tex([im], mi.landmarks, mi.image_index)
+        assert torch.allclose(d.boxes[sel], di.boxes, atol=1e-3) and torch.allclose(d.scores[sel], di.scores)
+        assert torch.allclose(m.landmarks[sel], mi.landmarks, atol=1e-2)
+        assert (t[sel].int() - ti.int()).abs().max() <= 1

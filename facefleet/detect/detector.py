@@ -5,9 +5,15 @@ call per model, SSD decoding, score threshold, mapping back to source pixels, we
 
 A *view* is either a whole image or (for large images) a square tile of it. ``model="auto"`` runs the
 short-range model (faces close to the camera) and the full-range model (smaller, farther faces) on
-every whole image and, on images whose long side exceeds ``tile_threshold``, the full-range model on
-overlapping tiles, so that small faces in large photos are found; all candidates of one image are
-merged by the weighted NMS.
+every whole image and the full-range model on overlapping tiles of images whose long side exceeds
+``tile_threshold`` (2048: phone photos), and of images longer than ``crowd_tile_threshold`` (768) where
+the whole-image passes saw a face smaller than ``crowd_face_fraction`` (7 %) of the long side (crowds,
+distant people), so that small faces in large photos are found without tiling every 1080p frame; all
+candidates of one image are merged by the weighted NMS.
+
+Every stage runs per group of same-size images (letterbox, tiles cut as strided views of the group's
+stack, one network call per chunk of ``max_batch`` views, weighted NMS of all images at once): the number
+of operations and host syncs does not grow with the number of images.
 """
 
 from __future__ import annotations
@@ -143,6 +149,10 @@ class FaceDetector:
             such as 4032x3024 are, 1080p frames are not; lower it to search smaller faces in smaller
             images, at the cost of ~8 more full-range passes per tiled image).
         max_tiles: most tiles along one side of an image.
+        crowd_tile_threshold, crowd_face_fraction: images whose long side is between
+            ``crowd_tile_threshold`` and ``tile_threshold`` are tiled too when the whole-image passes
+            found a face smaller than ``crowd_face_fraction`` of the long side (crowds, distant people);
+            a portrait or a 1080p frame with a near face is not. ``crowd_face_fraction=0`` turns this off.
         max_batch: most views per network call.
         calibrate: map full-range boxes to the short-range box convention (see ``_full_to_short_box``),
             so boxes mean the same whichever model found the face.
@@ -163,6 +173,8 @@ class FaceDetector:
         tile_size: int = 512,
         tile_threshold: int = 2048,
         max_tiles: int = 4,
+        crowd_tile_threshold: int = 768,
+        crowd_face_fraction: float = 0.07,
         max_batch: int = 256,
         calibrate: bool = True,
     ) -> None:
@@ -179,6 +191,8 @@ class FaceDetector:
         self.tile_size = int(tile_size)
         self.tile_threshold = int(tile_threshold)
         self.max_tiles = int(max_tiles)
+        self.crowd_tile_threshold = int(crowd_tile_threshold)
+        self.crowd_face_fraction = float(crowd_face_fraction)
         self.max_batch = int(max_batch)
         self.calibrate = bool(calibrate)
         kinds = ("short", "full") if model == "auto" else (model,)
@@ -225,10 +239,13 @@ class FaceDetector:
         return torch.cat(regs), sigmoid_scores(torch.cat(logits))
 
     # -- views --------------------------------------------------------------------------------
-    def _tiles(self, h: int, w: int) -> tuple[int, int, list[tuple[int, int, float, float, float, float]]]:
-        """(tile side, overlap, [(x, y, core x0, core y0, core x1, core y1)]) for an image, or no tiles."""
+    def _tiles(
+        self, h: int, w: int, threshold: int | None = None
+    ) -> tuple[int, int, list[tuple[int, int, float, float, float, float]]]:
+        """(tile side, overlap, [(x, y, core x0, core y0, core x1, core y1)]) for an image whose long side
+        exceeds ``threshold`` (default ``tile_threshold``), or no tiles."""
         long_side = max(h, w)
-        if not self.tile or long_side <= self.tile_threshold:
+        if not self.tile or long_side <= (self.tile_threshold if threshold is None else threshold):
             return 0, 0, []
         side = min(min(h, w), max(self.tile_size, math.ceil(long_side / self.max_tiles)))
         # faces larger than the overlap must be found on the whole image: make the overlap at least
@@ -257,10 +274,12 @@ class FaceDetector:
         ]
 
     def _views(
-        self, kind: str, groups: list[tuple[list[int], Tensor]], with_tiles: bool
-    ) -> tuple[Tensor, ViewTransform, Tensor, Tensor, Tensor]:
+        self, kind: str, groups: list[tuple[list[int], Tensor]], whole: bool, tile_threshold: int | None
+    ) -> tuple[Tensor, ViewTransform, Tensor, Tensor, Tensor] | None:
         """Letterboxed inputs ``(V, 3, S, S)``, their transforms, image index ``(V,)``, tile cores
-        ``(V, 4)`` (infinite for whole images) and the largest box side kept per view ``(V,)``.
+        ``(V, 4)`` (infinite for whole images) and the largest box side kept per view ``(V,)``; None when
+        there is no view. ``whole``: the whole images; tiles of images longer than ``tile_threshold``
+        (None: no tiles).
 
         Per size group: the whole images, then each tile position cut from all images of the group at
         once (a strided view), so the number of operations depends on the number of distinct sizes and
@@ -274,14 +293,15 @@ class FaceDetector:
         ] = []  # per view: image, scale x/y, offset x/y, core x0/y0/x1/y1, max side
         for members, stack in groups:
             h, w = int(stack.shape[2]), int(stack.shape[3])
-            step = max(1, self._letterbox_budget // (3 * h * w))
-            for s in range(0, len(members), step):
-                xs.append(letterbox_pixels(stack[s : s + step], size))
-            sx, sy, ox, oy = letterbox_params(h, w, size)
-            rows += [(i, sx, sy, ox, oy, -inf, -inf, inf, inf, inf) for i in members]
-            if not with_tiles:
+            if whole:
+                step = max(1, self._letterbox_budget // (3 * h * w))
+                for s in range(0, len(members), step):
+                    xs.append(letterbox_pixels(stack[s : s + step], size))
+                sx, sy, ox, oy = letterbox_params(h, w, size)
+                rows += [(i, sx, sy, ox, oy, -inf, -inf, inf, inf, inf) for i in members]
+            if tile_threshold is None:
                 continue
-            side, overlap, tiles = self._tiles(h, w)
+            side, overlap, tiles = self._tiles(h, w, tile_threshold)
             if not tiles:
                 continue
             sx, sy, ox, oy = letterbox_params(side, side, size)
@@ -291,6 +311,8 @@ class FaceDetector:
                 for s in range(0, len(members), step):
                     xs.append(letterbox_pixels(region[s : s + step], size))
                 rows += [(i, sx, sy, ox + x0, oy + y0, c0, c1, c2, c3, float(overlap)) for i in members]
+        if not rows:
+            return None
         table = torch.tensor(rows, dtype=torch.float64).to(self.device)  # one host-to-device copy
         return (
             torch.cat(xs) if len(xs) > 1 else xs[0],
@@ -301,13 +323,20 @@ class FaceDetector:
         )
 
     def _candidates(
-        self, kind: str, groups: list[tuple[list[int], Tensor]], with_tiles: bool
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        self,
+        kind: str,
+        groups: list[tuple[list[int], Tensor]],
+        whole: bool = True,
+        tile_threshold: int | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None:
         """Run one model on its views; candidates above ``min_score`` in source pixels:
         boxes ``(M, 4)``, keypoints ``(M, 6, 2)``, scores ``(M,)``, image index ``(M,)``,
         from-a-tile flags ``(M,)``."""
         spec: DetectorSpec = DETECTOR_SPECS[kind]
-        x, tf, img_idx, cores, max_side = self._views(kind, groups, with_tiles)
+        views = self._views(kind, groups, whole, tile_threshold)
+        if views is None:
+            return None
+        x, tf, img_idx, cores, max_side = views
         regs, scores = self._run(kind, x)
         v, a = torch.nonzero(scores >= self.min_score, as_tuple=True)
         boxes, kps = decode_boxes(regs[v, a], self._anchors[kind][a], spec.input_size, spec.num_keypoints)
@@ -334,8 +363,15 @@ class FaceDetector:
             raise ValueError(f"images on {batch.device}, the detector runs on {self.device}")
         n = len(imgs)
         groups = self._groups(imgs, batch)
-        cands = {k: self._candidates(k, groups, with_tiles=k == "full") for k in self._kinds}
-        if "full" in cands:
+        cands = {}
+        for k in self._kinds:
+            c = self._candidates(k, groups)
+            assert c is not None
+            cands[k] = c
+        if "full" in cands and self.tile:
+            tiled = self._tile_candidates(groups, cands)
+            if tiled is not None:
+                cands["full"] = tuple(torch.cat([a, b]) for a, b in zip(cands["full"], tiled))  # type: ignore[assignment]
             whole = [c for k, c in cands.items() if k == "short"] + [cands["full"]]
             wb = torch.cat([c[0][~c[4]] for c in whole])
             wi = torch.cat([c[3][~c[4]] for c in whole])
@@ -345,6 +381,40 @@ class FaceDetector:
         dets = [self._nms(*cands[k][:4]) for k in self._kinds]
         det = dets[0] if len(dets) == 1 else _keep_better(dets[0], dets[1])
         return _finish(det, self.max_faces, n)
+
+    def _tile_candidates(
+        self, groups: list[tuple[list[int], Tensor]], cands: dict[str, tuple[Tensor, ...]]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None:
+        """Full-range candidates on tiles: of every image longer than ``tile_threshold``, and of images
+        longer than ``crowd_tile_threshold`` where the whole-image passes found a face smaller than
+        ``crowd_face_fraction`` of the long side (distant people: likely more, smaller ones). At most one
+        host sync (which images qualify), and only when some image size is in the crowd range."""
+        big = [(m, st) for m, st in groups if max(st.shape[2], st.shape[3]) > self.tile_threshold]
+        mid = [
+            (m, st)
+            for m, st in groups
+            if self.crowd_face_fraction > 0
+            and self.crowd_tile_threshold < max(st.shape[2], st.shape[3]) <= self.tile_threshold
+        ]
+        if mid:
+            n = sum(len(m) for m, _ in groups)
+            long_side = torch.zeros(n, device=self.device)
+            for m, st in groups:
+                long_side[m] = float(max(st.shape[2], st.shape[3]))
+            boxes = torch.cat([c[0] for c in cands.values()])
+            idx = torch.cat([c[3] for c in cands.values()])
+            side = (boxes[:, 2:] - boxes[:, :2]).amax(1)
+            small = side < self.crowd_face_fraction * long_side[idx]
+            crowd = (torch.bincount(idx[small], minlength=n) > 0).tolist()  # the one host sync
+            for m, st in mid:
+                local = [j for j, i in enumerate(m) if crowd[i]]
+                if local:
+                    sel = torch.tensor(local, device=st.device)
+                    big.append(([m[j] for j in local], st if len(local) == len(m) else st[sel]))
+        if not big:
+            return None
+        thr = min(self.tile_threshold, self.crowd_tile_threshold)
+        return self._candidates("full", big, whole=False, tile_threshold=thr)
 
     def _nms(self, boxes: Tensor, kps: Tensor, scores: Tensor, idx: Tensor) -> Detections:
         return Detections(*weighted_nms(boxes, kps, scores, idx, self.nms_iou, self.max_faces))

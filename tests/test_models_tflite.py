@@ -122,6 +122,25 @@ def test_batch_of_four_equals_four_singles(name: str, astronaut: np.ndarray) -> 
             torch.testing.assert_close(b[i : i + 1], s, rtol=1e-5, atol=1e-4)
 
 
+def test_batch_buckets_pad_and_slice_back(astronaut: np.ndarray) -> None:
+    """Padded batches (the CUDA default: a bounded set of cuDNN plans) give the same outputs, sized
+    to the real batch; bucket sizes cover every n with bounded waste."""
+    from facefleet.models.tflite_torch import batch_bucket
+
+    assert [batch_bucket(n) for n in (1, 2, 3, 5, 31, 33, 100, 256, 257, 600)] == [
+        1, 2, 4, 8, 32, 64, 128, 256, 384, 640
+    ]  # fmt: skip
+    assert all(n <= batch_bucket(n) <= max(2 * n - 1, n + 127) for n in range(1, 2000))
+    assert len({batch_bucket(n) for n in range(1, 257)}) == 13
+    net = load_model("face_landmark")
+    x = torch.from_numpy(_inputs("face_landmark", astronaut)).permute(0, 3, 1, 2)[:3]
+    plain = net(x)
+    padded = net.use_batch_buckets(True)(x)
+    for p, q in zip(plain, padded, strict=True):
+        assert q.shape == p.shape and q.shape[0] == 3
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16])
 def test_low_precision(dtype: torch.dtype, device: str, astronaut: np.ndarray) -> None:
     """bf16 on every device (fp16 on CUDA): same outputs within low-precision tolerance."""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|profile
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"
 . tools/device_setup.sh
@@ -23,5 +23,18 @@ scaling)
   facefleet bench --baselines none --simulate-workers 1,2,4,8 --sim-rate "${SIM_RATE:-3000}" \
     --json "$OUT/simulate.json"
   ;;
-*) echo "usage: $0 core|engine|scaling" >&2; exit 2 ;;
+profile)  # where the time of a GPU worker goes (tools/profile_gpu.py + a sampled engine run)
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-4000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  python3 tools/profile_gpu.py --corpus /tmp/ffcorpus --images 1024 --batches "${BATCHES:-64,128,256}" \
+    ${TRACE:+--trace} 2>&1 | tee "$OUT/profile.txt"
+  rm -rf /tmp/ffrun
+  ( sleep "${SPY_AFTER:-45}"; for p in $(pgrep -f multiprocessing.spawn); do
+      timeout 20 py-spy record --pid "$p" --duration 8 --format raw --threads --nonblocking -o "$OUT/spy-$p.txt"
+    done ) > "$OUT/pyspy.log" 2>&1 &
+  FACEFLEET_STACK_SAMPLES="$OUT/stacks" /usr/bin/time -v facefleet run /tmp/ffcorpus -o /tmp/ffrun \
+    ${BATCH:+--batch-size $BATCH} 2>&1 | tail -40
+  wait
+  cp /tmp/ffrun/report.json "$OUT/" 2>/dev/null
+  ;;
+*) echo "usage: $0 core|engine|scaling|profile" >&2; exit 2 ;;
 esac

@@ -383,7 +383,7 @@ class FaceDetector:
         return _finish(det, self.max_faces, n)
 
     def _tile_candidates(
-        self, groups: list[tuple[list[int], Tensor]], cands: dict[str, tuple[Tensor, ...]]
+        self, groups: list[tuple[list[int], Tensor]], cands: Mapping[str, tuple[Tensor, ...]]
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None:
         """Full-range candidates on tiles: of every image longer than ``tile_threshold``, and of images
         longer than ``crowd_tile_threshold`` where the whole-image passes found a face smaller than

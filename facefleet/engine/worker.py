@@ -66,7 +66,7 @@ class WorkerSpec:
     decoders: int = 2  # batches decoded at once (nvJPEG on CUDA; on CPU each batch uses `readers` threads)
     writers: int = 2
     coordinator_pid: int | None = None
-    stage_timings: bool = True  # per-stage seconds (synchronises the device between stages)
+    stage_timings: bool = True  # per-stage seconds (CUDA events on GPUs: no extra synchronisation)
     poll_seconds: float = 0.25
 
     @property
@@ -144,6 +144,9 @@ class _Batch:
     index: list[int]
     sources: list[str]
     items: list[Any]  # (3, H, W) uint8 tensor or the exception for that image
+    # when every decoded image has the same size: one (B, 3, H, W) tensor of them, in item order
+    # (items are views of it), so the pipeline packs the batch without another copy
+    stack: Any = None
 
 
 _STOP = object()
@@ -193,12 +196,19 @@ class Worker:
             threading.Thread(target=self._guard(self._batcher), name="batcher", daemon=True),
             threading.Thread(target=self._guard(self._writer), name="writer", daemon=True),
         ]
+        from facefleet.engine.stacks import StackSampler
+
+        sampler = StackSampler.from_env(spec.name.replace(":", "_"))
+        if sampler is not None:
+            sampler.start()
         for t in threads:
             t.start()
         try:
             self._guard(self._device_stage)()
         finally:
             self._stop.set()
+            if sampler is not None:
+                sampler.stop()
             for t in threads[1:]:
                 t.join(timeout=60)
             self._flush_progress(db)
@@ -386,8 +396,14 @@ class Worker:
 
             for k, out in zip(blob_at, pool.map(dec, zip(blob_at, blobs, strict=False)), strict=False):
                 items[k] = out
+        stack = None
+        ok = [it for it in items if not isinstance(it, BaseException)]
+        if self.device.type == "cuda" and len(ok) > 1 and all(t.shape == ok[0].shape for t in ok):
+            stack = torch.stack(ok)  # the per-image tensors are freed with this function's frame
+            rows = iter(stack.unbind(0))
+            items = [it if isinstance(it, BaseException) else next(rows) for it in items]
         _add(state.stages, "decode", time.perf_counter() - t0)
-        return _Batch(state, index, sources, items)
+        return _Batch(state, index, sources, items, stack)
 
     def _device_stage(self) -> None:
         import torch
@@ -494,8 +510,10 @@ class Worker:
             else:
                 ok.append(k)
         if ok:
-            tensors = [batch.items[k] for k in ok]
-            if self.device.type == "cuda" and tensors[0].device.type == "cpu":
+            tensors: Any = [batch.items[k] for k in ok]
+            if batch.stack is not None and len(ok) == len(batch.stack):
+                tensors = batch.stack
+            elif self.device.type == "cuda" and tensors[0].device.type == "cpu":
                 # pinned host memory -> asynchronous copy (host copies stay in batch.items for overlays)
                 tensors = [t.pin_memory().to(self.device, non_blocking=True) for t in tensors]
             timings = batch.state.stages if self.spec.stage_timings else None

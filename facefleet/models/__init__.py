@@ -55,7 +55,8 @@ def load_model(
     ``(B, 896, 16), (B, 896, 1)`` (short range), ``(B, 2304, 16), (B, 2304, 1)`` (full range),
     ``(B, 1, 1, 1404), (B, 1, 1, 1)`` (face_landmark). Weights come from :func:`model_path`.
     ``channels_last`` (default: on for CUDA) keeps convolutions in NHWC memory layout, measured
-    faster on an H100 (docs/benchmarks.md); results are the same.
+    faster on an H100 (docs/benchmarks.md); results are the same. On CUDA, batches are padded to a
+    few bucket sizes (``TFLiteModule.use_batch_buckets``) so cuDNN plans are not rebuilt per batch.
     """
     import torch
 
@@ -66,6 +67,8 @@ def load_model(
     module = module.to(device=dev, dtype=dtype or torch.float32)
     if channels_last if channels_last is not None else dev.type == "cuda":
         module.use_channels_last(True)
+    if dev.type == "cuda":  # bounded set of input shapes: cuDNN plans are built once, not per batch
+        module.use_batch_buckets(True)
     return module
 
 

@@ -122,23 +122,26 @@ def test_batch_of_four_equals_four_singles(name: str, astronaut: np.ndarray) -> 
             torch.testing.assert_close(b[i : i + 1], s, rtol=1e-5, atol=1e-4)
 
 
-def test_batch_buckets_pad_and_slice_back(astronaut: np.ndarray) -> None:
-    """Padded batches (the CUDA default: a bounded set of cuDNN plans) give the same outputs, sized
-    to the real batch; bucket sizes cover every n with bounded waste."""
-    from facefleet.models.tflite_torch import batch_bucket
-
-    assert [batch_bucket(n) for n in (1, 2, 3, 5, 31, 33, 100, 256, 257, 600)] == [
-        1, 2, 4, 8, 32, 64, 128, 256, 384, 640
-    ]  # fmt: skip
-    assert all(n <= batch_bucket(n) <= max(2 * n - 1, n + 127) for n in range(1, 2000))
-    assert len({batch_bucket(n) for n in range(1, 257)}) == 13
+def test_fixed_batch_sizes_pad_chunk_and_slice_back(astronaut: np.ndarray) -> None:
+    """The CUDA default (networks run only at fixed batch sizes, so cuDNN plans are built once): any
+    batch gives the outputs of the plain module, sized to the real batch, and only the fixed sizes
+    reach the network."""
     net = load_model("face_landmark")
-    x = torch.from_numpy(_inputs("face_landmark", astronaut)).permute(0, 3, 1, 2)[:3]
+    crop = torch.from_numpy(_inputs("face_landmark", astronaut)).permute(0, 3, 1, 2)
+    x = crop[torch.arange(7) % crop.shape[0]] * torch.linspace(0.6, 1.0, 7)[:, None, None, None]
     plain = net(x)
-    padded = net.use_batch_buckets(True)(x)
-    for p, q in zip(plain, padded, strict=True):
-        assert q.shape == p.shape and q.shape[0] == 3
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-4)
+    seen: list[int] = []
+    net.steps[0].register_forward_pre_hook(lambda _m, args: seen.append(int(args[0].shape[0])))
+    net.use_fixed_batches((2, 4))
+    for n in (1, 3, 4, 7):
+        out = net(x[:n])
+        for p, q in zip(plain, out, strict=True):
+            assert q.shape == (n, *p.shape[1:])
+            torch.testing.assert_close(q, p[:n], rtol=1e-5, atol=1e-4)
+    net.warmup()
+    assert set(seen) == {2, 4} and net.batch_sizes == (2, 4)
+    net.use_fixed_batches(None)
+    assert net(x[:3])[0].shape[0] == 3 and net.batch_sizes == ()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16])

@@ -27,14 +27,12 @@ profile)  # where the time of a GPU worker goes (tools/profile_gpu.py + a sample
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-4000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
   python3 tools/profile_gpu.py --corpus /tmp/ffcorpus --images 1024 --batches "${BATCHES:-64,128,256}" \
     ${TRACE:+--trace} 2>&1 | tee "$OUT/profile.txt"
-  rm -rf /tmp/ffrun
-  ( sleep "${SPY_AFTER:-45}"; for p in $(pgrep -f multiprocessing.spawn); do
-      timeout 20 py-spy record --pid "$p" --duration 8 --format raw --threads --nonblocking -o "$OUT/spy-$p.txt"
-    done ) > "$OUT/pyspy.log" 2>&1 &
-  FACEFLEET_STACK_SAMPLES="$OUT/stacks" /usr/bin/time -v facefleet run /tmp/ffcorpus -o /tmp/ffrun \
-    ${BATCH:+--batch-size $BATCH} 2>&1 | tail -40
-  wait
-  cp /tmp/ffrun/report.json "$OUT/" 2>/dev/null
+  for b in ${BATCH:-128}; do
+    rm -rf /tmp/ffrun
+    FACEFLEET_STACK_SAMPLES="$OUT/stacks-b$b" /usr/bin/time -v facefleet run /tmp/ffcorpus -o /tmp/ffrun \
+      --batch-size "$b" 2>&1 | grep -v "^\s.*: 0$" | tail -25
+    cp /tmp/ffrun/report.json "$OUT/report-b$b.json" 2>/dev/null
+  done
   ;;
 *) echo "usage: $0 core|engine|scaling|profile" >&2; exit 2 ;;
 esac

@@ -58,6 +58,9 @@ def main() -> None:
 
     # 2. device pipeline alone on decoded batches
     rec = Reconstructor(device="cuda", precision=a.precision)
+    t0 = time.perf_counter()
+    rec.warmup()
+    print(f"warmup: {time.perf_counter() - t0:.1f} s")
     for b in batches:
         imgs = [t for t in decode_batch(blobs[:b], names[:b], dev) if isinstance(t, torch.Tensor)]
         rec.reconstruct_tensors(imgs, names[:b])

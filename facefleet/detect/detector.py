@@ -215,9 +215,14 @@ class FaceDetector:
         }  # fmt: skip
 
     # most float32 elements letterboxed in one operation (bounds the memory of the uint8 -> float copy)
-    _letterbox_budget = 1 << 28
+    _letterbox_budget = 1 << 26
 
     # -- networks -----------------------------------------------------------------------------
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The detector models this detector runs: ("short", "full"), ("short",) or ("full",)."""
+        return self._kinds
+
     def network(self, kind: str) -> Net:
         """The network for "short" or "full" (loaded on first use)."""
         if kind not in self._nets:

@@ -173,7 +173,8 @@ class Worker:
         self._progress_lock = threading.Lock()
         depth = 2 * self.batch_size
         self._read_q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=depth)
-        self._gpu_q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=max(2, spec.decoders + 1))
+        # decoded batches waiting for the device (each holds its images in device memory)
+        self._gpu_q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=max(1, spec.decoders))
         self._write_q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=4)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -408,6 +409,14 @@ class Worker:
     def _device_stage(self) -> None:
         import torch
 
+        warm = getattr(self._rec, "warmup", None)
+        if self.device.type == "cuda" and callable(warm):
+            t0 = time.perf_counter()
+            warm()  # while the claimer and decoders fill the first batches
+            print(
+                f"facefleet worker {self.spec.name}: networks ready in {time.perf_counter() - t0:.1f} s",
+                file=sys.stderr,
+            )
         try:
             while True:
                 item = self._get(self._gpu_q)

@@ -41,6 +41,12 @@ __all__ = [
 ]
 
 
+# Network batch sizes on CUDA: every call is padded to one of these (larger ones go in chunks of the
+# largest). At 128 a call of these small networks is launch-bound (~3 ms for 64 or 128 crops on an
+# H200), so padding costs little; a second, small size keeps single-image latency low.
+FIXED_BATCH_SIZES = (16, 128)
+
+
 def load_model(
     name: str,
     device: str | torch.device = "cpu",
@@ -55,8 +61,9 @@ def load_model(
     ``(B, 896, 16), (B, 896, 1)`` (short range), ``(B, 2304, 16), (B, 2304, 1)`` (full range),
     ``(B, 1, 1, 1404), (B, 1, 1, 1)`` (face_landmark). Weights come from :func:`model_path`.
     ``channels_last`` (default: on for CUDA) keeps convolutions in NHWC memory layout, measured
-    faster on an H100 (docs/benchmarks.md); results are the same. On CUDA, batches are padded to a
-    few bucket sizes (``TFLiteModule.use_batch_buckets``) so cuDNN plans are not rebuilt per batch.
+    faster on an H100 (docs/benchmarks.md); results are the same. On CUDA the network runs at fixed
+    batch sizes (:data:`FIXED_BATCH_SIZES`, see ``TFLiteModule.use_fixed_batches``: cuDNN plans are
+    built once per shape, at seconds per network); call ``module.warmup()`` to build them up front.
     """
     import torch
 
@@ -67,8 +74,8 @@ def load_model(
     module = module.to(device=dev, dtype=dtype or torch.float32)
     if channels_last if channels_last is not None else dev.type == "cuda":
         module.use_channels_last(True)
-    if dev.type == "cuda":  # bounded set of input shapes: cuDNN plans are built once, not per batch
-        module.use_batch_buckets(True)
+    if dev.type == "cuda":  # one input shape: cuDNN plans are built once, not per batch size
+        module.use_fixed_batches(FIXED_BATCH_SIZES)
     return module
 
 

@@ -423,16 +423,6 @@ class _DepthToSpace(nn.Module):
 # --------------------------------------------------------------------------------------------- module
 
 
-def batch_bucket(n: int) -> int:
-    """The padded batch size for ``n`` items: powers of two up to 32, then multiples of 32 up to 256,
-    then multiples of 128 (padding wastes at most ~1/3 of a small batch, ~1/8 of a large one)."""
-    if n <= 32:
-        return 1 << max(0, (n - 1).bit_length())
-    if n <= 256:
-        return -(-n // 32) * 32
-    return -(-n // 128) * 128
-
-
 class TFLiteModule(nn.Module):
     """A TFLite graph as a torch module.
 
@@ -471,16 +461,28 @@ class TFLiteModule(nn.Module):
         return f"source={self.source!r}, input=(B, {shape}), outputs={self.output_shapes}"
 
     channels_last = False  # run convolutions in NHWC memory layout (faster on GPUs); see use_channels_last
-    pad_batches = False  # round the batch up to a bucket size (see batch_bucket); on by default on CUDA
+    batch_sizes: tuple[int, ...] = ()  # fixed network batch sizes (see use_fixed_batches); () = any
 
-    def use_batch_buckets(self, enable: bool = True) -> TFLiteModule:
-        """Run every batch padded to :func:`batch_bucket` of its size (outputs are sliced back).
+    def use_fixed_batches(self, sizes: Sequence[int] | None = (128,)) -> TFLiteModule:
+        """Run the network only at the given batch sizes: a batch is padded to the smallest size that
+        holds it, larger batches go in chunks of the largest (outputs are sliced back to the real
+        batch). ``None`` or ``()`` turns this off.
 
-        cuDNN builds an execution plan per new input shape (milliseconds per convolution, seconds per
-        network); in a stream of batches whose sizes vary (faces per batch, tiles, last batches) that
-        cost recurs on every batch. Buckets bound the number of shapes to a dozen per network."""
-        self.pad_batches = bool(enable)
+        cuDNN builds execution plans per new input shape; on an H200 that took 0.7-3.8 s per network
+        and shape (``tools/probe_shapes.py``), against ~3 ms to run 128 crops. In a stream of batches
+        whose sizes vary (faces per batch, tiles, the last batch of a unit) that cost recurred on every
+        batch. With fixed sizes it is paid once, in :meth:`warmup`."""
+        self.batch_sizes = tuple(sorted({int(n) for n in sizes or ()}))
+        if any(n < 1 for n in self.batch_sizes):
+            raise ValueError(f"batch sizes must be positive, got {sizes}")
         return self
+
+    @torch.inference_mode()
+    def warmup(self) -> None:
+        """Run every fixed batch size once (builds the cuDNN plans before the first real batch)."""
+        p = self._dtype_probe
+        for n in self.batch_sizes:
+            self(torch.zeros((n, *self.input_shape), dtype=p.dtype, device=p.device))
 
     def use_channels_last(self, enable: bool = True) -> TFLiteModule:
         """Keep weights and activations in channels-last memory (same results, faster cuDNN kernels)."""
@@ -500,11 +502,16 @@ class TFLiteModule(nn.Module):
             )
         if x.dtype != self._dtype_probe.dtype:
             x = x.to(self._dtype_probe.dtype)
-        b = int(x.shape[0])
-        if self.pad_batches and batch_bucket(b) != b:
-            x = torch.cat([x, x.new_zeros((batch_bucket(b) - b, *x.shape[1:]))])
-            return tuple(y[:b] for y in self._forward(x))
-        return self._forward(x)
+        n = int(x.shape[0])
+        if not self.batch_sizes or n in self.batch_sizes:
+            return self._forward(x)
+        top = self.batch_sizes[-1]
+        if n > top:  # chunks of the largest size, the last one padded
+            parts = [self(x[s : s + top]) for s in range(0, n, top)]
+            return tuple(torch.cat(ys) for ys in zip(*parts, strict=True))
+        size = next(b for b in self.batch_sizes if b >= n)
+        x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
+        return tuple(y[:n] for y in self._forward(x))
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.channels_last:

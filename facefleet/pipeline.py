@@ -62,7 +62,7 @@ def resolve_precision(precision: str | torch.dtype, device: torch.device) -> tor
 
 
 def resolve_runtime(runtime: str, device: torch.device, dtype: torch.dtype) -> str:
-    """"auto" -> "litert" on the CPU in fp32 when ai-edge-litert is importable, else "torch"."""
+    """ "auto" -> "litert" on the CPU in fp32 when ai-edge-litert is importable, else "torch"."""
     if runtime not in ("auto", "torch", "litert"):
         raise ValueError(f"unknown runtime {runtime!r}: use auto, torch or litert")
     if runtime == "litert" and (device.type != "cpu" or dtype != torch.float32):

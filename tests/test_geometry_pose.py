@@ -15,8 +15,9 @@ from facefleet.geometry import estimate_pose, euler_to_matrix, load_geometry, to
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _synthetic(yaw: list[float], pitch: list[float], roll: list[float], noise: float = 0.0,
-               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _synthetic(
+    yaw: list[float], pitch: list[float], roll: list[float], noise: float = 0.0, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Canonical shape posed with scale/translation, in image coordinates (y down, z closer)."""
     g = torch.Generator().manual_seed(seed)
     y, p, r = (torch.tensor(v, dtype=torch.float64) for v in (yaw, pitch, roll))

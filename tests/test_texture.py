@@ -15,8 +15,11 @@ SIZE = 128
 def _posed(yaw: float, scale: float, cx: float, cy: float, mirror: bool = False) -> torch.Tensor:
     """(468, 3) image landmarks of the canonical face with a yaw, scale and centre."""
     can = torch.tensor(load_geometry().canonical, dtype=torch.float64)
-    rot = euler_to_matrix(torch.tensor([yaw], dtype=torch.float64), torch.zeros(1, dtype=torch.float64),
-                          torch.zeros(1, dtype=torch.float64))[0]
+    rot = euler_to_matrix(
+        torch.tensor([yaw], dtype=torch.float64),
+        torch.zeros(1, dtype=torch.float64),
+        torch.zeros(1, dtype=torch.float64),
+    )[0]
     cam = scale * can @ rot.T
     img = cam * torch.tensor([-1.0 if mirror else 1.0, -1.0, 1.0], dtype=torch.float64)
     return (img + torch.tensor([cx, cy, 0.0], dtype=torch.float64)).float()
@@ -106,8 +109,10 @@ def test_back_facing_triangles_have_zero_alpha() -> None:
 
 def test_batch_equals_one_by_one_with_mixed_image_sizes(device: str) -> None:
     g = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8).to(device)
-              for h, w in ((180, 240), (320, 200), (97, 131))]
+    images = [
+        torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8).to(device)
+        for h, w in ((180, 240), (320, 200), (97, 131))
+    ]
     faces = [
         (_posed(0.0, 6.0, 120.0, 90.0), 0),
         (_posed(-30.0, 9.0, 100.0, 160.0), 1),

@@ -175,18 +175,21 @@ def initial_roi(rgb: NDArray[np.uint8]) -> Roi:
     if scale < 1.0:
         gray = rescale(gray, scale, anti_aliasing=True)
     det = Cascade(data.lbp_frontal_face_cascade_filename())
-    found = det.detect_multi_scale(gray, scale_factor=1.2, step_ratio=1, min_size=(40, 40),
-                                   max_size=(400, 400))
+    found = det.detect_multi_scale(
+        gray, scale_factor=1.2, step_ratio=1, min_size=(40, 40), max_size=(400, 400)
+    )
     if not found:
         raise RuntimeError("no face found by the LBP cascade")
     best = max(found, key=lambda d: d["width"] * d["height"])
     side = best["width"] / scale
-    return Roi((best["c"] + best["width"] / 2) / scale, (best["r"] + best["height"] / 2) / scale,
-               side * 1.6, 0.0)
+    return Roi(
+        (best["c"] + best["width"] / 2) / scale, (best["r"] + best["height"] / 2) / scale, side * 1.6, 0.0
+    )
 
 
-def landmarks_in_image(net: LandmarkNet, rgb: NDArray[np.uint8], roi: Roi, iters: int = 3,
-                       roll: bool = False) -> F64:
+def landmarks_in_image(
+    net: LandmarkNet, rgb: NDArray[np.uint8], roi: Roi, iters: int = 3, roll: bool = False
+) -> F64:
     """Iteratively refined (468, 3) landmarks in image pixels: x right, y down, z = MediaPipe's
     (smaller = closer) scaled to pixels. ``roll``: rotate the crop by the head roll fitted with
     the shipped geometry (evaluation), else keep it upright (the build's upright inputs)."""
@@ -485,10 +488,20 @@ def peel_outer(p2: F64, tri: I64, max_edge_ratio: float = 2.5, min_angle_deg: fl
             if c in on_b:
                 continue
             q = p2[t]
-            ang = [np.degrees(np.arccos(np.clip(np.dot(q[(i + 1) % 3] - q[i], q[(i + 2) % 3] - q[i])
-                                                / np.linalg.norm(q[(i + 1) % 3] - q[i])
-                                                / np.linalg.norm(q[(i + 2) % 3] - q[i]), -1, 1)))
-                   for i in range(3)]
+            ang = [
+                np.degrees(
+                    np.arccos(
+                        np.clip(
+                            np.dot(q[(i + 1) % 3] - q[i], q[(i + 2) % 3] - q[i])
+                            / np.linalg.norm(q[(i + 1) % 3] - q[i])
+                            / np.linalg.norm(q[(i + 2) % 3] - q[i]),
+                            -1,
+                            1,
+                        )
+                    )
+                )
+                for i in range(3)
+            ]
             if np.linalg.norm(p2[a] - p2[b]) > max_edge_ratio * med or min(ang) < min_angle_deg:
                 keep[k] = False
                 removed = True
@@ -512,6 +525,7 @@ def cylinder_coords(view: F64) -> tuple[F64, float, float]:
 
 def _segments_cross(p: F64, q: F64, r: F64, s: F64) -> bool:
     """Proper intersection of the 2D segments p-q and r-s (shared end points do not count)."""
+
     def cr(o: F64, a: F64, b: F64) -> float:
         return float((a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]))
 
@@ -619,7 +633,7 @@ def face_oval_outline(can: F64, view: F64, tri: I64, mirror: I64) -> I64:
     inn = rotate_to(inner, i_top)
     i_half = inn[: inn.index(i_bot) + 1][::-1]  # bottom -> top on the side the oval half covers
     if cyl[o_half[1:-1], 0].mean() * cyl[i_half[1:-1], 0].mean() <= 0:
-        i_half = (rotate_to(inner, i_bot)[: rotate_to(inner, i_bot).index(i_top) + 1])
+        i_half = rotate_to(inner, i_bot)[: rotate_to(inner, i_bot).index(i_top) + 1]
     poly = o_half + i_half
     half = triangulate_polygon(poly, cyl, can)
     other = mirror[half][:, [0, 2, 1]]
@@ -717,8 +731,10 @@ def find_openings(can: F64, p2: F64, tri: I64, mirror: I64, video: list[F64]) ->
     # Mouth: triangles that collapse (5th-percentile area < 35 % of the median) when the mouth
     # closes, edge-connected to the most length-varying edge (upper/lower inner-lip midpoints).
     frames = np.concatenate([np.stack([align_to(f, can) for f in clip]) for clip in video])
-    area = 0.5 * np.linalg.norm(np.cross(frames[:, tri[:, 1]] - frames[:, tri[:, 0]],
-                                         frames[:, tri[:, 2]] - frames[:, tri[:, 0]]), axis=-1)
+    area = 0.5 * np.linalg.norm(
+        np.cross(frames[:, tri[:, 1]] - frames[:, tri[:, 0]], frames[:, tri[:, 2]] - frames[:, tri[:, 0]]),
+        axis=-1,
+    )
     collapse = np.percentile(area, 5, 0) / np.median(area, 0) < 0.35
     edge = max(spread, key=lambda k: spread[k])
     mouth_seed = triangle_adjacency(tri)[frozenset(edge)][0]
@@ -730,8 +746,9 @@ def find_openings(can: F64, p2: F64, tri: I64, mirror: I64, video: list[F64]) ->
         (loop,) = boundary_loops(tri[sorted(reg)])
         loops[name] = np.array(loop[::-1], np.int64)  # as traversed by the remaining mesh
     a_right = can[loops["a"], 0].mean() < 0
-    return Topology(out, loops["a"] if a_right else loops["b"], loops["b"] if a_right else loops["a"],
-                    loops["m"])
+    return Topology(
+        out, loops["a"] if a_right else loops["b"], loops["b"] if a_right else loops["a"], loops["m"]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -768,15 +785,54 @@ def uv_layout(shape: F64, tri: I64, margin: float = 0.03) -> F64:
 IBUG_MIRROR = {
     **{i: 16 - i for i in range(17)},
     **{17 + i: 26 - i for i in range(10)},
-    27: 27, 28: 28, 29: 29, 30: 30, 31: 35, 32: 34, 33: 33, 34: 32, 35: 31,
-    36: 45, 37: 44, 38: 43, 39: 42, 40: 47, 41: 46, 42: 39, 43: 38, 44: 37, 45: 36, 46: 41, 47: 40,
-    48: 54, 49: 53, 50: 52, 51: 51, 52: 50, 53: 49, 54: 48, 55: 59, 56: 58, 57: 57, 58: 56, 59: 55,
-    60: 64, 61: 63, 62: 62, 63: 61, 64: 60, 65: 67, 66: 66, 67: 65,
+    27: 27,
+    28: 28,
+    29: 29,
+    30: 30,
+    31: 35,
+    32: 34,
+    33: 33,
+    34: 32,
+    35: 31,
+    36: 45,
+    37: 44,
+    38: 43,
+    39: 42,
+    40: 47,
+    41: 46,
+    42: 39,
+    43: 38,
+    44: 37,
+    45: 36,
+    46: 41,
+    47: 40,
+    48: 54,
+    49: 53,
+    50: 52,
+    51: 51,
+    52: 50,
+    53: 49,
+    54: 48,
+    55: 59,
+    56: 58,
+    57: 57,
+    58: 56,
+    59: 55,
+    60: 64,
+    61: 63,
+    62: 62,
+    63: 61,
+    64: 60,
+    65: 67,
+    66: 66,
+    67: 65,
 }
 
 
 # the subject's-right member of every iBUG left/right pair (x < 0 in the canonical frame)
 IBUG_RIGHT = [*range(8), *range(17, 22), 31, 32, *range(36, 42), 48, 49, 50, 58, 59, 60, 61, 67]
+
+
 def load_mat_points(path: Path) -> F64:
     """(68, 2) points of a 300W-LP / AFLW2000-3D .mat (pt3d_68 when present, else pt2d)."""
     from scipy.io import loadmat
@@ -931,11 +987,16 @@ def eval_aflw() -> None:
         ref = {"pitch": pp[0], "yaw": pp[1], "roll": pp[2]}
         for k in agree:
             agree[k] += int(np.sign(est[k]) == np.sign(ref[k]) or abs(ref[k]) < 3)
-        print(f"{r[0]:16s} {r[4]:9s} {nme:6.2f}   " + "  ".join(
-            f"{est[k]:6.1f}/{ref[k]:6.1f}" for k in ("yaw", "pitch", "roll")))
+        print(
+            f"{r[0]:16s} {r[4]:9s} {nme:6.2f}   "
+            + "  ".join(f"{est[k]:6.1f}/{ref[k]:6.1f}" for k in ("yaw", "pitch", "roll"))
+        )
     means = {k: float(np.mean(v)) for k, v in bins.items()}
-    print("bin means:", {k: round(v, 2) for k, v in means.items()},
-          f"mean of bin means {np.mean(list(means.values())):.2f} %")
+    print(
+        "bin means:",
+        {k: round(v, 2) for k, v in means.items()},
+        f"mean of bin means {np.mean(list(means.values())):.2f} %",
+    )
     print(f"pose sign agreement (|GT| < 3 deg counts as agreeing) over {len(rows)} images: {agree}")
     del geo
 

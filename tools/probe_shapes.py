@@ -1,6 +1,5 @@
 """First-call cost per new batch size of each network (cuDNN plan building), by layout and backend."""
 
-import sys
 import time
 
 import torch
@@ -29,7 +28,7 @@ for cudnn in (True, False):
             row = []
             for n in (64, 96, 100, 128):
                 x = torch.rand(n, 3, size, size, device="cuda", dtype=torch.float16)
-                first = t(lambda: net(x))
-                second = t(lambda: net(x))
+                first = t(lambda net=net, x=x: net(x))
+                second = t(lambda net=net, x=x: net(x))
                 row.append(f"n{n}: {first:7.1f}/{second:5.1f}")
             print(f"cudnn={cudnn!s:5} {name:28} cl={cl!s:5} first/second ms  " + "  ".join(row), flush=True)

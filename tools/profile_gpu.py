@@ -105,27 +105,38 @@ def main() -> None:
         print(f"pipeline distinct b{b}: {n / dt:8.0f} img/s over {len(pre)} batches (stacked input)")
         del pre
 
-    # 3. decode thread -> device thread, as in the worker
-    for b in batches:
-        q: queue.Queue = queue.Queue(maxsize=3)
+    # 3. decode thread -> device thread, as in the worker (decoding on the default stream, or its own)
+    for own_stream in (False, True):
+        for b in batches:
+            q: queue.Queue = queue.Queue(maxsize=2)
 
-        def producer(b: int = b, q: queue.Queue = q) -> None:
-            for s in range(0, len(blobs), b):
-                q.put(decode_batch(blobs[s : s + b], names[s : s + b], dev))
-            q.put(None)
+            def producer(b: int = b, q: queue.Queue = q, own: bool = own_stream) -> None:
+                stream = torch.cuda.Stream() if own else torch.cuda.current_stream()
+                for s in range(0, len(blobs), b):
+                    with torch.cuda.stream(stream):
+                        out = decode_batch(blobs[s : s + b], names[s : s + b], dev)
+                        x = torch.stack([t for t in out if isinstance(t, torch.Tensor)])
+                        ev = torch.cuda.Event()
+                        ev.record(stream)
+                    q.put((x, ev))
+                q.put(None)
 
-        t0 = time.perf_counter()
-        th = threading.Thread(target=producer)
-        th.start()
-        n = 0
-        while (item := q.get()) is not None:
-            imgs = [t for t in item if isinstance(t, torch.Tensor)]
-            rec.reconstruct_tensors(imgs, names[: len(imgs)])
-            n += len(imgs)
-        _sync()
-        th.join()
-        dt = time.perf_counter() - t0
-        print(f"decode||pipeline b{b}: {n / dt:8.0f} img/s")
+            t0 = time.perf_counter()
+            th = threading.Thread(target=producer)
+            th.start()
+            n = 0
+            while (item := q.get()) is not None:
+                x, ev = item
+                torch.cuda.current_stream().wait_event(ev)
+                x.record_stream(torch.cuda.current_stream())
+                rec.reconstruct_tensors(x, names[: len(x)])
+                n += len(x)
+            _sync()
+            th.join()
+            dt = time.perf_counter() - t0
+            print(
+                f"decode||pipeline b{b} {'own stream' if own_stream else 'same stream'}: {n / dt:8.0f} img/s"
+            )
 
     if a.trace:
         from torch.profiler import ProfilerActivity, profile

@@ -147,6 +147,7 @@ class _Batch:
     # when every decoded image has the same size: one (B, 3, H, W) tensor of them, in item order
     # (items are views of it), so the pipeline packs the batch without another copy
     stack: Any = None
+    ready: Any = None  # CUDA event recorded on the decode stream once the batch is decoded
 
 
 _STOP = object()
@@ -165,6 +166,7 @@ class Worker:
         self.texture = bool(self.formats & TEXTURE_FORMATS)
         self.keep_images = "overlay" in self.formats
         self._rec = reconstructor
+        self._local = threading.local()  # per decoder thread: its CUDA stream
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
         self._fatal: BaseException | None = None
@@ -379,13 +381,29 @@ class Worker:
                 blob_at.append(k)
         _add(state.stages, "read", read_s)
         t0 = time.perf_counter()
+        ready = None
         if self.device.type == "cuda" and blobs:
             from facefleet.io.gpu_decode import decode_batch
 
-            for k, out in zip(
-                blob_at, decode_batch(blobs, [sources[k] for k in blob_at], self.device), strict=False
-            ):
-                items[k] = out
+            # each decoder thread decodes on its own stream, so decoding overlaps the networks
+            stream = getattr(self._local, "stream", None)
+            if stream is None:
+                stream = self._local.stream = torch.cuda.Stream(self.device)
+            with torch.cuda.stream(stream):
+                decoded = decode_batch(blobs, [sources[k] for k in blob_at], self.device)
+                for k, out in zip(blob_at, decoded, strict=False):
+                    items[k] = out
+                ok = [it for it in items if not isinstance(it, BaseException)]
+                stack = None
+                if len(ok) > 1 and all(t.shape == ok[0].shape for t in ok):
+                    stack = torch.stack(ok)  # the per-image tensors are freed with this frame
+                    rows = iter(stack.unbind(0))
+                    items = [it if isinstance(it, BaseException) else next(rows) for it in items]
+                del ok, decoded
+                ready = torch.cuda.Event()
+                ready.record(stream)
+            _add(state.stages, "decode", time.perf_counter() - t0)
+            return _Batch(state, index, sources, items, stack, ready)
         elif blobs:
 
             def dec(k_data: tuple[int, bytes]) -> Any:
@@ -397,14 +415,8 @@ class Worker:
 
             for k, out in zip(blob_at, pool.map(dec, zip(blob_at, blobs, strict=False)), strict=False):
                 items[k] = out
-        stack = None
-        ok = [it for it in items if not isinstance(it, BaseException)]
-        if self.device.type == "cuda" and len(ok) > 1 and all(t.shape == ok[0].shape for t in ok):
-            stack = torch.stack(ok)  # the per-image tensors are freed with this function's frame
-            rows = iter(stack.unbind(0))
-            items = [it if isinstance(it, BaseException) else next(rows) for it in items]
         _add(state.stages, "decode", time.perf_counter() - t0)
-        return _Batch(state, index, sources, items, stack)
+        return _Batch(state, index, sources, items, ready=ready)
 
     def _device_stage(self) -> None:
         import torch
@@ -426,6 +438,12 @@ class Worker:
                         return
                     continue
                 batch: _Batch = item.result()  # a decode future (decoding failures are per image)
+                if batch.ready is not None:  # decoded on another stream: order, and keep memory alive
+                    current = torch.cuda.current_stream(self.device)
+                    current.wait_event(batch.ready)
+                    for t in [batch.stack] if batch.stack is not None else batch.items:
+                        if isinstance(t, torch.Tensor):
+                            t.record_stream(current)
                 t0 = time.perf_counter()
                 results = self._reconstruct(batch)
                 secs = time.perf_counter() - t0

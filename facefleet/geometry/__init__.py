@@ -93,8 +93,17 @@ def load_geometry() -> FaceGeometry:
             arrays = {k: np.array(z[k]) for k in z.files}
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{ref}: missing; regenerate it with tools/make_geometry.py") from exc
-    need = ["canonical", "triangles", "uv", "landmarks68", "weights", "mirror", "eye_right", "eye_left",
-            "mouth"]
+    need = [
+        "canonical",
+        "triangles",
+        "uv",
+        "landmarks68",
+        "weights",
+        "mirror",
+        "eye_right",
+        "eye_left",
+        "mouth",
+    ]
     missing = [k for k in need if k not in arrays]
     if missing:
         raise ValueError(f"{ref}: missing arrays {missing}; regenerate it with tools/make_geometry.py")

@@ -43,8 +43,12 @@ __all__ = [
 
 # Network batch sizes on CUDA: every call is padded to one of these (larger ones go in chunks of the
 # largest). At 128 a call of these small networks is launch-bound (~3 ms for 64 or 128 crops on an
-# H200), so padding costs little; a second, small size keeps single-image latency low.
-FIXED_BATCH_SIZES = (16, 128)
+# H200), so padding costs little, and one size means one plan build (~1-2.5 s) per network.
+FIXED_BATCH_SIZES = (128,)
+# Models that run channels-last on CUDA. Measured on an H200 at batch 128, fp16 (tools/probe_shapes.py):
+# the landmark model runs 3.0 vs 4.7 ms per call channels-last, the detectors are as fast or faster
+# channels-first, and their cuDNN plans build in 0.15-1.6 s instead of 2.4-2.7 s.
+CHANNELS_LAST_ON_CUDA = frozenset({"face_landmark"})
 
 
 def load_model(
@@ -60,10 +64,11 @@ def load_model(
     detectors expect [-1, 1], the landmark model [0, 1]) and returns the TFLite outputs with batch ``B``:
     ``(B, 896, 16), (B, 896, 1)`` (short range), ``(B, 2304, 16), (B, 2304, 1)`` (full range),
     ``(B, 1, 1, 1404), (B, 1, 1, 1)`` (face_landmark). Weights come from :func:`model_path`.
-    ``channels_last`` (default: on for CUDA) keeps convolutions in NHWC memory layout, measured
-    faster on an H100 (docs/benchmarks.md); results are the same. On CUDA the network runs at fixed
-    batch sizes (:data:`FIXED_BATCH_SIZES`, see ``TFLiteModule.use_fixed_batches``: cuDNN plans are
-    built once per shape, at seconds per network); call ``module.warmup()`` to build them up front.
+    ``channels_last`` (default: on CUDA for the models in :data:`CHANNELS_LAST_ON_CUDA`) keeps
+    convolutions in NHWC memory layout, measured faster there; results are the same. On CUDA the
+    network runs at fixed batch sizes (:data:`FIXED_BATCH_SIZES`, see
+    ``TFLiteModule.use_fixed_batches``: cuDNN plans are built once per shape, at seconds per
+    network); call ``module.warmup()`` to build them up front.
     """
     import torch
 
@@ -72,7 +77,7 @@ def load_model(
     dev = torch.device(device)
     module = load_tflite(model_path(name, model_dir=model_dir))
     module = module.to(device=dev, dtype=dtype or torch.float32)
-    if channels_last if channels_last is not None else dev.type == "cuda":
+    if channels_last if channels_last is not None else (dev.type == "cuda" and name in CHANNELS_LAST_ON_CUDA):
         module.use_channels_last(True)
     if dev.type == "cuda":  # one input shape: cuDNN plans are built once, not per batch size
         module.use_fixed_batches(FIXED_BATCH_SIZES)

@@ -14,14 +14,17 @@ core)
     --json "$OUT/core_texture.json"
   ;;
 engine)
-  facefleet bench --images "${IMAGES:-6000}" --resolution 1920x1080 --baselines engine,loop,litert \
-    --formats parquet --formats obj,png --baseline-seconds 25 --json "$OUT/bench.json"
+  facefleet bench --images "${IMAGES:-8000}" --resolution 1920x1080 --baselines engine,loop,litert \
+    --formats parquet --baseline-seconds 25 --json "$OUT/bench.json"
+  # per-image OBJ + texture PNG files are much slower: a smaller corpus of the same kind
+  facefleet bench --images "${FILES_IMAGES:-2000}" --resolution 1920x1080 --baselines engine \
+    --formats obj,png --json "$OUT/bench_files.json"
   ;;
 scaling)
   facefleet bench --images "${IMAGES:-16000}" --resolution 1920x1080 --baselines engine \
     --gpus-scaling "${GPUS:-1,2,4}" --json "$OUT/scaling.json"
-  facefleet bench --baselines none --simulate-workers 1,2,4,8 --sim-rate "${SIM_RATE:-3000}" \
-    --json "$OUT/simulate.json"
+  [ "${SIM:-1}" = 0 ] || facefleet bench --baselines none --simulate-workers 1,2,4,8 \
+    --sim-rate "${SIM_RATE:-3000}" --json "$OUT/simulate.json"
   ;;
 profile)  # where the time of a GPU worker goes (tools/profile_gpu.py + a sampled engine run)
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-4000}, resolution=(1920, 1080), faces_per_image=(1, 1))"

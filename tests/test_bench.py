@@ -108,3 +108,16 @@ def test_bench_all_baselines_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "x loop" in text and "x LiteRT" in text
     assert doc["rows"][0]["batch_p50_s"] is not None
     assert (tmp_path / "w" / "out_parquet" / "report.html").is_file()
+
+
+def test_steady_rate_leaves_out_start_up_and_tail() -> None:
+    """The steady column: 12 s of start-up, 1,000 img/s for 20 s, a slow tail -> ~1,000 img/s
+    (the whole-run rate would be ~580)."""
+    from facefleet.bench.bench import steady_rate
+
+    pts = [{"t": float(t), "images": 0.0} for t in range(13)]
+    pts += [{"t": 12.0 + t, "images": 1000.0 * t} for t in range(1, 21)]
+    pts += [{"t": 33.0, "images": 20_400.0}, {"t": 35.0, "images": 20_500.0}]
+    rate = steady_rate(pts)
+    assert rate is not None and abs(rate - 1000.0) < 30
+    assert steady_rate(pts[:2]) is None

@@ -80,3 +80,48 @@ def test_environment_errors_are_not_blamed_on_images(tmp_path: Path) -> None:
     w = _worker(tmp_path, NoModule())
     with pytest.raises(ImportError):
         w._infer([torch.zeros(3, 4, 4, dtype=torch.uint8)] * 2, ["a", "b"], {})
+
+
+def test_per_image_files_written_by_a_process_pool(tmp_path: Path) -> None:
+    """GPU workers hand OBJ/PNG/JSON writing to spawned processes (PNG and OBJ encoding hold the GIL):
+    the files land under OUT/files mirroring the input tree, and the job reports its seconds."""
+    import json
+    from concurrent.futures import ProcessPoolExecutor
+
+    import numpy as np
+
+    from facefleet.engine.worker import write_files
+    from facefleet.geometry import load_geometry
+    from facefleet.types import Face, Pose
+
+    geo = load_geometry()
+    lm = np.asarray(geo.canonical, np.float32) * 4 + 200
+    tex = np.zeros((64, 64, 4), np.uint8)
+    tex[..., 0], tex[..., 3] = 200, 255
+    face = Face(
+        bbox=np.array([100, 100, 300, 300], np.float32), score=0.9, keypoints=np.zeros((6, 2), np.float32),
+        landmarks=lm, landmarks68=lm[:68, :2], pose=Pose(1.0, 2.0, 3.0, np.eye(4)), texture=tex,
+    )  # fmt: skip
+    result = ImageResult(str(tmp_path / "in" / "a" / "p.jpg"), 640, 480, faces=[face])
+    spec = WorkerSpec(
+        "t0", str(tmp_path / "out"), DeviceProfile("cpu", "cpu", 4, "fp32", "cpu", 1),
+        formats=("obj", "png", "json"), input_root=str(tmp_path / "in"), file_processes=True,
+    )  # fmt: skip
+    w = Worker(spec, reconstructor=_Flaky(1))
+    w.device = torch.device("cpu")
+    pool = w._file_pool()
+    try:
+        assert isinstance(pool, ProcessPoolExecutor)
+        secs = pool.submit(write_files, result, None, spec.out_dir, spec.input_root, spec.formats).result()
+    finally:
+        pool.shutdown()
+    assert secs > 0
+    files = tmp_path / "out" / "files" / "a"
+    assert {p.name for p in files.iterdir()} == {
+        "p.jpg.json", "p.jpg_face0.obj", "p.jpg_face0.mtl", "p.jpg_face0.png", "p.jpg_face0_texture.png"
+    }  # fmt: skip
+    obj = (files / "p.jpg_face0.obj").read_text().splitlines()
+    assert (
+        sum(line.startswith("v ") for line in obj) == 468 and sum(line.startswith("f ") for line in obj) > 800
+    )
+    assert json.loads((files / "p.jpg.json").read_text())["faces"][0]["score"] == 0.9

@@ -176,15 +176,27 @@ def _find_stats(d: dict[str, Any], *keys: str) -> Any:
     return None
 
 
-def steady_rate(throughput: list[dict[str, float]]) -> float | None:
-    """Images/s from the first finished batch to the end of the run (start-up excluded), from
-    the engine's cumulative throughput samples [{"t", "images", "faces"}, ...]."""
+def steady_rate(throughput: list[dict[str, float]], lo: float = 0.1, hi: float = 0.9) -> float | None:
+    """Images/s while the run is in full swing: between the moments ``lo`` and ``hi`` of all images
+    were done (interpolated in the engine's cumulative samples [{"t", "images", "faces"}, ...]).
+    Start-up (model loading, warm-up, workers that come up at different times) and the tail (the
+    last units, when some workers already idle) are left out alike for 1 or N workers."""
     pts = [(float(r["t"]), float(r["images"])) for r in throughput if "t" in r and "images" in r]
-    first = next((i for i, (_, n) in enumerate(pts) if n > 0), None)
-    if first is None or len(pts) - first < 3:
+    if len(pts) < 3 or pts[-1][1] <= 0:
         return None
-    (t0, n0), (t1, n1) = pts[first], pts[-1]
-    return (n1 - n0) / (t1 - t0) if t1 > t0 and n1 > n0 else None
+    total = pts[-1][1]
+
+    def when(frac: float) -> float | None:
+        goal = frac * total
+        for (t0, n0), (t1, n1) in zip(pts, pts[1:]):
+            if n0 < goal <= n1:
+                return t0 + (t1 - t0) * (goal - n0) / (n1 - n0)
+        return None
+
+    a, b = when(lo), when(hi)
+    if a is None or b is None or b <= a:
+        return None
+    return (hi - lo) * total / (b - a)
 
 
 def run_engine(

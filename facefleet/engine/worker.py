@@ -45,6 +45,7 @@ EXIT_OUTPUT = 3  # OUT cannot be written (disk full, read-only, permission): res
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 TEXTURE_FORMATS = frozenset({"png", "obj", "glb"})
+PROCESS_FORMATS = TEXTURE_FORMATS | {"overlay"}  # written by a process pool on GPU workers
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class WorkerSpec:
     readers: int = 4
     decoders: int = 2  # batches decoded at once (nvJPEG on CUDA; on CPU each batch uses `readers` threads)
     writers: int = 2
+    file_processes: bool | None = None  # per-image files in processes (None: on GPU workers, see _file_pool)
     coordinator_pid: int | None = None
     stage_timings: bool = True  # per-stage seconds (CUDA events on GPUs: no extra synchronisation)
     poll_seconds: float = 0.25
@@ -460,9 +462,25 @@ class Worker:
         except _Abort:
             pass
 
+    def _file_pool(self) -> Any:
+        """Executor for per-image files. Meshes and textures (PNG encoding, OBJ text) are CPU work
+        that holds the GIL, so a GPU worker writes them in spawned processes (as many as ``writers``);
+        JSON-only output and CPU workers (whose cores are taken by the networks) use threads."""
+        procs = self.spec.file_processes
+        if procs is None:
+            procs = self.device.type == "cuda" and bool(self.formats & PROCESS_FORMATS)
+        if procs:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            return ProcessPoolExecutor(max(1, self.spec.writers), mp_context=mp.get_context("spawn"))
+        return ThreadPoolExecutor(max(1, self.spec.writers), thread_name_prefix="writer")
+
     def _writer(self) -> None:
+        from concurrent.futures.process import BrokenProcessPool
+
         db = WorkQueue(self.spec.queue_path)
-        pool = ThreadPoolExecutor(max(1, self.spec.writers), thread_name_prefix="writer")
+        pool = self._file_pool()
         try:
             while True:
                 item = self._get(self._write_q)
@@ -480,7 +498,14 @@ class Worker:
                         if self.keep_images and r.error is None:
                             t = batch.items[k]
                             image = t.permute(1, 2, 0).cpu().numpy()
-                        st.files.append((i, pool.submit(self._write_files, r, image, st)))
+                        args = (r, image, self.spec.out_dir, self.spec.input_root, tuple(self.formats))
+                        try:
+                            fut = pool.submit(write_files, *args)
+                        except BrokenProcessPool:  # a writer process died (OOM killer...): new pool
+                            pool.shutdown(wait=False)
+                            pool = self._file_pool()
+                            fut = pool.submit(write_files, *args)
+                        st.files.append((i, fut))
         except _Abort:
             pass
         finally:
@@ -488,24 +513,12 @@ class Worker:
             db.close()
 
     # -- steps -----------------------------------------------------------------------------
-    def _write_files(self, result: ImageResult, image: Any, st: _UnitState) -> None:
-        from facefleet.engine.manifest import output_location
-        from facefleet.outputs import write_outputs
-
-        t0 = time.perf_counter()
-        rel, stem = output_location(result.source, self.spec.input_root)
-        out = Path(self.spec.out_dir) / "files" / rel
-        try:
-            write_outputs(result, image, out, stem, set(self.formats))
-        finally:
-            _add(st.stages, "write", time.perf_counter() - t0)
-
     def _finish_unit(self, st: _UnitState, db: WorkQueue) -> None:
         from facefleet.engine.manifest import write_unit
 
         for i, fut in st.files:
             try:
-                fut.result()
+                _add(st.stages, "write", fut.result())
             except OSError as e:
                 if e.errno in _DISK_ERRNOS:
                     raise OutputError(e.errno, f"cannot write to {self.spec.out_dir}: {e.strerror}") from e
@@ -614,6 +627,20 @@ def _device_broken(e: BaseException) -> bool:
     name = type(e).__name__
     msg = str(e)
     return name == "AcceleratorError" or "CUDA error" in msg or "CUBLAS_STATUS" in msg or "cuDNN error" in msg
+
+
+def write_files(
+    result: ImageResult, image: Any, out_dir: str, input_root: str | None, formats: tuple[str, ...]
+) -> float:
+    """Write one image's per-image files under ``OUT/files`` (mirroring the input tree); return the
+    seconds it took. Module level, so that a process pool can run it."""
+    from facefleet.engine.manifest import output_location
+    from facefleet.outputs import write_outputs
+
+    t0 = time.perf_counter()
+    rel, stem = output_location(result.source, input_root)
+    write_outputs(result, image, Path(out_dir) / "files" / rel, stem, set(formats))
+    return time.perf_counter() - t0
 
 
 def error_text(e: BaseException) -> str:

@@ -338,3 +338,27 @@ def test_tiling_policy_crowds_and_very_large_images_only() -> None:
     nets = {"short": _OneFaceNet("short"), "full": _OneFaceNet("full")}
     FaceDetector(model="auto", net=nets, crowd_face_fraction=0.0)([far])
     assert nets["full"].calls == 1
+
+
+def test_crowd_rule_tiles_distant_faces_and_groups_not_single_portraits() -> None:
+    """Which 1280-px images get tiles, from their whole-image candidates: a 60 px face (5 %) yes;
+    one 100 px face (8 %, several overlapping candidates of it) no; two 100 px faces side by side
+    (a group photo) yes; two 300 px faces no."""
+    det = FaceDetector(model="auto", net={"short": _OneFaceNet("short"), "full": _OneFaceNet("full")})
+
+    def box(x: float, y: float, s: float) -> list[float]:
+        return [x, y, x + s, y + s]
+
+    boxes = torch.tensor(
+        [
+            box(100, 100, 60),  # image 0: distant face
+            *(box(500, 300, 100), box(505, 302, 98), box(498, 296, 104)),  # image 1: one face, 3 candidates
+            *(box(300, 300, 100), box(600, 320, 100)),  # image 2: two mid-size faces
+            *(box(100, 100, 300), box(600, 100, 300)),  # image 3: two near faces
+        ]
+    )
+    idx = torch.tensor([0, 1, 1, 1, 2, 2, 3, 3])
+    crowded = det._crowded(boxes, idx, torch.full((5,), 1280.0))
+    assert crowded.tolist() == [True, False, True, False, False]  # image 4: no candidate
+    det.group_face_fraction = 0.0
+    assert det._crowded(boxes, idx, torch.full((5,), 1280.0)).tolist() == [True, False, False, False, False]

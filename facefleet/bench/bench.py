@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import itertools
 import json
 import os
 import platform
@@ -188,7 +189,7 @@ def steady_rate(throughput: list[dict[str, float]], lo: float = 0.1, hi: float =
 
     def when(frac: float) -> float | None:
         goal = frac * total
-        for (t0, n0), (t1, n1) in zip(pts, pts[1:]):
+        for (t0, n0), (t1, n1) in itertools.pairwise(pts):
             if n0 < goal <= n1:
                 return t0 + (t1 - t0) * (goal - n0) / (n1 - n0)
         return None

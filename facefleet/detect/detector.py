@@ -6,10 +6,11 @@ call per model, SSD decoding, score threshold, mapping back to source pixels, we
 A *view* is either a whole image or (for large images) a square tile of it. ``model="auto"`` runs the
 short-range model (faces close to the camera) and the full-range model (smaller, farther faces) on
 every whole image and the full-range model on overlapping tiles of images whose long side exceeds
-``tile_threshold`` (2048: phone photos), and of images longer than ``crowd_tile_threshold`` (768) where
-the whole-image passes saw a face smaller than ``crowd_face_fraction`` (7 %) of the long side (crowds,
-distant people), so that small faces in large photos are found without tiling every 1080p frame; all
-candidates of one image are merged by the weighted NMS.
+``tile_threshold`` (2048: phone photos), and of images longer than ``crowd_tile_threshold`` (768)
+where the whole-image passes saw a face smaller than ``crowd_face_fraction`` (7 %) of the long side
+(crowds, distant people) or several faces under ``group_face_fraction`` (12 %: group photos), so that
+small faces in large photos are found without tiling every 1080p frame; all candidates of one image
+are merged by the weighted NMS.
 
 Every stage runs per group of same-size images (letterbox, tiles cut as strided views of the group's
 stack, one network call per chunk of ``max_batch`` views, weighted NMS of all images at once): the number
@@ -153,6 +154,8 @@ class FaceDetector:
             ``crowd_tile_threshold`` and ``tile_threshold`` are tiled too when the whole-image passes
             found a face smaller than ``crowd_face_fraction`` of the long side (crowds, distant people);
             a portrait or a 1080p frame with a near face is not. ``crowd_face_fraction=0`` turns this off.
+        group_face_fraction: such images are tiled too when the whole-image passes found at least two
+            faces smaller than this fraction of the long side (group photos; 0 turns this off).
         max_batch: most views per network call.
         calibrate: map full-range boxes to the short-range box convention (see ``_full_to_short_box``),
             so boxes mean the same whichever model found the face.
@@ -175,6 +178,7 @@ class FaceDetector:
         max_tiles: int = 4,
         crowd_tile_threshold: int = 768,
         crowd_face_fraction: float = 0.07,
+        group_face_fraction: float = 0.12,
         max_batch: int = 256,
         calibrate: bool = True,
     ) -> None:
@@ -193,6 +197,7 @@ class FaceDetector:
         self.max_tiles = int(max_tiles)
         self.crowd_tile_threshold = int(crowd_tile_threshold)
         self.crowd_face_fraction = float(crowd_face_fraction)
+        self.group_face_fraction = float(group_face_fraction)
         self.max_batch = int(max_batch)
         self.calibrate = bool(calibrate)
         kinds = ("short", "full") if model == "auto" else (model,)
@@ -398,7 +403,7 @@ class FaceDetector:
         mid = [
             (m, st)
             for m, st in groups
-            if self.crowd_face_fraction > 0
+            if (self.crowd_face_fraction > 0 or self.group_face_fraction > 0)
             and self.crowd_tile_threshold < max(st.shape[2], st.shape[3]) <= self.tile_threshold
         ]
         if mid:
@@ -408,9 +413,7 @@ class FaceDetector:
                 long_side[m] = float(max(st.shape[2], st.shape[3]))
             boxes = torch.cat([c[0] for c in cands.values()])
             idx = torch.cat([c[3] for c in cands.values()])
-            side = (boxes[:, 2:] - boxes[:, :2]).amax(1)
-            small = side < self.crowd_face_fraction * long_side[idx]
-            crowd = (torch.bincount(idx[small], minlength=n) > 0).tolist()  # the one host sync
+            crowd = self._crowded(boxes, idx, long_side).tolist()  # the one host sync
             for m, st in mid:
                 local = [j for j, i in enumerate(m) if crowd[i]]
                 if local:
@@ -420,6 +423,25 @@ class FaceDetector:
             return None
         thr = min(self.tile_threshold, self.crowd_tile_threshold)
         return self._candidates("full", big, whole=False, tile_threshold=thr)
+
+    def _crowded(self, boxes: Tensor, idx: Tensor, long_side: Tensor) -> Tensor:
+        """Which images ``(n,)`` the whole-image candidates (``boxes`` ``(M, 4)`` of images ``idx``)
+        call for tiles: a face smaller than ``crowd_face_fraction`` of the long side (distant people),
+        or a group: faces under ``group_face_fraction`` whose centres spread wider than the largest of
+        them (at least two faces of that size: group photos, where more, smaller faces are likely)."""
+        n = int(long_side.shape[0])
+        side = (boxes[:, 2:] - boxes[:, :2]).amax(1)
+        frac = side / long_side[idx]
+        crowd = torch.bincount(idx[frac < self.crowd_face_fraction], minlength=n) > 0
+        m = frac < self.group_face_fraction
+        if self.group_face_fraction > 0:
+            ctr, gi = ((boxes[m, :2] + boxes[m, 2:]) / 2), idx[m]
+            at = gi[:, None].expand(-1, 2)
+            lo = ctr.new_full((n, 2), math.inf).scatter_reduce(0, at, ctr, "amin")
+            hi = ctr.new_full((n, 2), -math.inf).scatter_reduce(0, at, ctr, "amax")
+            largest = side.new_zeros(n).scatter_reduce(0, gi, side[m], "amax")
+            crowd |= (largest > 0) & ((hi - lo).amax(1) > largest)
+        return crowd
 
     def _nms(self, boxes: Tensor, kps: Tensor, scores: Tensor, idx: Tensor) -> Detections:
         return Detections(*weighted_nms(boxes, kps, scores, idx, self.nms_iou, self.max_faces))

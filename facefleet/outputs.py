@@ -34,7 +34,9 @@ def write_outputs(
     reconstructor was asked for one (``texture=True``); without it meshes are written untextured.
     """
     from facefleet.export import render_overlay, write_glb, write_json, write_obj, write_png
+    from facefleet.export.png import encode_png
     from facefleet.geometry import load_geometry
+    from facefleet.io.atomic import atomic_write_bytes
 
     out_dir = Path(out_dir)
     written: list[Path] = []
@@ -46,10 +48,12 @@ def write_outputs(
     tri, uv = geo.triangles, geo.uv
     for k, face in enumerate(result.faces):
         name = f"{stem}_face{k}"
+        png = None
+        if face.texture is not None and "png" in formats:
+            png = encode_png(face.texture, compress_level=1)  # once: texture file and OBJ material
+            written.append(atomic_write_bytes(out_dir / f"{name}_texture.png", png))
         if "obj" in formats:
-            written.append(write_obj(out_dir / name, face.landmarks, tri, uv, face.texture))
-        if "png" in formats and face.texture is not None:
-            written.append(write_png(out_dir / f"{name}_texture.png", face.texture))
+            written.append(write_obj(out_dir / name, face.landmarks, tri, uv, face.texture, texture_png=png))
     if "glb" in formats:
         written.append(
             write_glb(

@@ -125,3 +125,8 @@ def test_per_image_files_written_by_a_process_pool(tmp_path: Path) -> None:
         sum(line.startswith("v ") for line in obj) == 468 and sum(line.startswith("f ") for line in obj) > 800
     )
     assert json.loads((files / "p.jpg.json").read_text())["faces"][0]["score"] == 0.9
+    from PIL import Image
+
+    png = files / "p.jpg_face0_texture.png"
+    assert png.read_bytes() == (files / "p.jpg_face0.png").read_bytes()  # encoded once, written twice
+    assert np.array_equal(np.asarray(Image.open(png)), tex)

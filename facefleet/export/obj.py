@@ -45,6 +45,7 @@ def write_obj(
     material_name: str = "face",
     fix_winding: bool = True,
     png_compress_level: int = 1,
+    texture_png: bytes | None = None,
 ) -> Path:
     """Write ``NAME.obj`` (+ ``NAME.mtl`` and ``NAME.png`` when ``texture`` is given); return the OBJ path.
 
@@ -63,14 +64,21 @@ def write_obj(
     - indices are 1-based (``f a/a b/b c/c``), the texture and material are referenced by bare
       file names relative to the OBJ, so the three files can be moved together.
 
-    The PNG is written first and the OBJ last, each atomically, so an existing OBJ is complete.
+    ``texture_png``: the texture already encoded as PNG (callers that write the same texture elsewhere
+    too encode it once). The PNG is written first and the OBJ last, each atomically, so an existing
+    OBJ is complete.
     """
     mesh = prepare_mesh(vertices, triangles, uv, texture, fix_winding=fix_winding)
     obj_path, mtl_path, png_path = obj_paths(path_stem_or_path)
     has_mtl = mesh.texture is not None
 
     if mesh.texture is not None:
-        atomic_write_bytes(png_path, encode_png(mesh.texture, compress_level=png_compress_level))
+        png = (
+            texture_png
+            if texture_png is not None
+            else encode_png(mesh.texture, compress_level=png_compress_level)
+        )
+        atomic_write_bytes(png_path, png)
         mtl = (
             "# facefleet material\n"
             f"newmtl {material_name}\n"

@@ -130,3 +130,34 @@ def test_per_image_files_written_by_a_process_pool(tmp_path: Path) -> None:
     png = files / "p.jpg_face0_texture.png"
     assert png.read_bytes() == (files / "p.jpg_face0.png").read_bytes()  # encoded once, written twice
     assert np.array_equal(np.asarray(Image.open(png)), tex)
+
+
+def test_stack_sampler_reports_where_threads_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FACEFLEET_STACK_SAMPLES: per thread, the share of samples at each innermost stack."""
+    import threading
+    import time
+
+    from facefleet.engine.stacks import StackSampler
+
+    monkeypatch.delenv("FACEFLEET_STACK_SAMPLES", raising=False)
+    assert StackSampler.from_env("w") is None  # off unless asked for
+    monkeypatch.setenv("FACEFLEET_STACK_SAMPLES", str(tmp_path))
+    monkeypatch.setenv("FACEFLEET_STACK_INTERVAL", "0.005")
+    sampler = StackSampler.from_env("gpu0")
+    assert sampler is not None
+    stop = threading.Event()
+
+    def sleeper() -> None:
+        while not stop.is_set():
+            time.sleep(0.001)
+
+    t = threading.Thread(target=sleeper, name="busy-sleeper")
+    t.start()
+    sampler.start()
+    time.sleep(0.3)
+    out = sampler.stop()
+    stop.set()
+    t.join()
+    assert out == tmp_path / "stacks-gpu0.txt"
+    text = out.read_text()
+    assert "== busy-sleeper" in text and "sleeper" in text.split("== busy-sleeper")[1]

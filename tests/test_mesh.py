@@ -177,3 +177,56 @@ def test_batched_equals_per_image_for_a_mixed_batch(astronaut: np.ndarray) -> No
         assert torch.allclose(d.boxes[sel], di.boxes, atol=1e-3) and torch.allclose(d.scores[sel], di.scores)
         assert torch.allclose(m.landmarks[sel], mi.landmarks, atol=1e-2)
         assert (t[sel].int() - ti.int()).abs().max() <= 1
+
+
+def test_sampling_same_for_channels_first_and_last_layouts(astronaut: np.ndarray) -> None:
+    """Images decoded on the CPU are channels-last views of (H, W, 3) arrays; packing them as they lie
+    (no copy to planes) samples exactly what channels-first packing and grid_sample do."""
+    import torch.nn.functional as F
+
+    from facefleet.detect.views import is_hwc, stack_images
+    from facefleet.mesh.sampling import pack_images, sample_bilinear
+
+    hwc = [torch.from_numpy(np.ascontiguousarray(astronaut[s:, s:])).permute(2, 0, 1) for s in (0, 7)]
+    chw = [im.contiguous() for im in hwc]
+    assert all(is_hwc(im) for im in hwc) and not any(is_hwc(im) for im in chw)
+    rng = np.random.default_rng(0)
+    xy = torch.from_numpy(rng.uniform(-20, 530, (2, 500, 2)).astype(np.float32))
+    idx = torch.tensor([0, 1])
+    for mode in ("border", "zeros"):
+        a = sample_bilinear(pack_images(hwc), idx, xy, mode)
+        b = sample_bilinear(pack_images(chw), idx, xy, mode)
+        assert pack_images(hwc).hwc and not pack_images(chw).hwc
+        assert torch.equal(a, b)
+        for i, im in enumerate(chw):
+            h, w = im.shape[1:]
+            grid = torch.stack([xy[i, :, 0] / w * 2 - 1, xy[i, :, 1] / h * 2 - 1], -1)[None, None]
+            ref = F.grid_sample(
+                im[None].float(), grid, mode="bilinear", padding_mode=mode, align_corners=False
+            )
+            assert torch.allclose(a[i], ref[0, :, 0], atol=1e-3)
+    same = [hwc[0][:, :400, :400], hwc[1][:, :400, :400]]  # crops: strided views, still interleaved
+    stacked = stack_images(same)
+    assert all(is_hwc(im) for im in same) and stacked.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(stacked, torch.stack([im.contiguous() for im in same]))
+    s4 = sample_bilinear(pack_images(stacked), idx, xy.clamp(0, 399), "border")
+    c4 = sample_bilinear(pack_images(stacked.contiguous()), idx, xy.clamp(0, 399), "border")
+    l4 = sample_bilinear(pack_images(same), idx, xy.clamp(0, 399), "border")
+    assert torch.equal(s4, c4) and torch.equal(s4, l4)
+
+
+def test_cpu_uint8_letterbox_matches_float_path(astronaut: np.ndarray) -> None:
+    """The CPU letterbox resizes uint8 frames directly (fast path); it differs from the float resize by
+    whole-level rounding only."""
+    import torch.nn.functional as F
+
+    from facefleet.detect.views import letterbox_pixels
+
+    frame = torch.from_numpy(np.ascontiguousarray(np.tile(astronaut, (2, 3, 1))[:1000, :1500]))
+    x = frame.permute(2, 0, 1)[None]
+    fast = letterbox_pixels(x, 128)
+    ref = F.interpolate(x.float(), size=(85, 128), mode="bilinear", align_corners=False, antialias=True) / 255
+    assert fast.shape == (1, 3, 128, 128)
+    top = (128 - 85) // 2
+    assert (fast[:, :, top : top + 85] - ref).abs().max() <= 1.0 / 255 + 1e-6
+    assert fast[:, :, :top].abs().max() == 0  # black letterbox bars

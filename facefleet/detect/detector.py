@@ -30,7 +30,7 @@ from torch import Tensor
 
 from facefleet.detect.anchors import DETECTOR_SPECS, DetectorSpec, decode_boxes, sigmoid_scores, ssd_anchors
 from facefleet.detect.nms import weighted_nms
-from facefleet.detect.views import ViewTransform, letterbox_params, letterbox_pixels
+from facefleet.detect.views import ViewTransform, letterbox_params, letterbox_pixels, stack_images
 
 __all__ = ["Detections", "FaceDetector", "ImageBatch", "as_image_list", "tile_grid"]
 
@@ -279,7 +279,7 @@ class FaceDetector:
         for i, im in enumerate(images):
             members.setdefault((int(im.shape[1]), int(im.shape[2])), []).append(i)
         return [
-            (m, images[m[0]][None] if len(m) == 1 else torch.stack([images[i] for i in m]))
+            (m, images[m[0]][None] if len(m) == 1 else stack_images([images[i] for i in m]))
             for m in members.values()
         ]
 

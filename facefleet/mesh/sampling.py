@@ -1,10 +1,10 @@
 """Bilinear sampling of many uint8 images of any sizes at once, without converting whole images to float.
 
 Images are packed into one flat uint8 buffer (a free view when they already form a ``(B, 3, H, W)``
-tensor); each sample point names its image, so one gather serves every face of every image whatever
-the sizes, and only the sampled pixels are ever converted to float. The result equals
-``F.grid_sample(img.float(), grid, mode="bilinear", align_corners=False)`` (padding "border" or
-"zeros") up to float rounding.
+tensor, channels-first or channels-last); each sample point names its image, so one gather serves
+every face of every image whatever the sizes, and only the sampled pixels are ever converted to
+float. The result equals ``F.grid_sample(img.float(), grid, mode="bilinear", align_corners=False)``
+(padding "border" or "zeros") up to float rounding.
 
 Coordinates are facefleet pixels: continuous, origin at the top-left corner of the top-left pixel, so
 the centre of pixel ``(row i, col j)`` is ``(j + 0.5, i + 0.5)``.
@@ -18,19 +18,23 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from facefleet.detect.views import is_hwc
+
 __all__ = ["ImagePack", "pack_images", "sample_bilinear"]
 
 
 @dataclass(frozen=True)
 class ImagePack:
     """Images ``(3, H_i, W_i)`` uint8 flattened into ``data`` ``(sum 3 H_i W_i,)``; per image ``offset``,
-    ``height``, ``width`` ``(B,)`` long on the device, and ``sizes`` ``[(H_i, W_i)]`` on the host."""
+    ``height``, ``width`` ``(B,)`` long on the device, and ``sizes`` ``[(H_i, W_i)]`` on the host.
+    ``hwc``: each image is stored pixel by pixel (R, G, B interleaved) rather than plane by plane."""
 
     data: Tensor
     offset: Tensor
     height: Tensor
     width: Tensor
     sizes: tuple[tuple[int, int], ...]
+    hwc: bool = False
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -39,10 +43,12 @@ class ImagePack:
 def pack_images(images: Tensor | Sequence[Tensor], device: torch.device | str | None = None) -> ImagePack:
     """Pack a ``(B, 3, H, W)`` uint8 tensor (no copy when contiguous) or a list of ``(3, H, W)`` uint8
     tensors (one concatenation) into an :class:`ImagePack` on ``device`` (default: the images')."""
+    hwc = False
     if isinstance(images, Tensor) and images.ndim == 4:
         b, _c, h, w = (int(s) for s in images.shape)
         dev = torch.device(device) if device is not None else images.device
-        data = images.to(dev).reshape(-1)
+        hwc = is_hwc(images)
+        data = (images.permute(0, 2, 3, 1) if hwc else images).to(dev).reshape(-1)
         sizes = ((h, w),) * b
     else:
         ims = list(images)
@@ -52,9 +58,9 @@ def pack_images(images: Tensor | Sequence[Tensor], device: torch.device | str | 
         for i, im in enumerate(ims):
             if im.ndim != 3 or im.shape[0] != 3:
                 raise ValueError(f"pack_images: image {i} must be (3, H, W), got {tuple(im.shape)}")
-        data = (
-            torch.cat([im.to(dev).reshape(-1) for im in ims]) if len(ims) > 1 else ims[0].to(dev).reshape(-1)
-        )
+        hwc = all(is_hwc(im) for im in ims)
+        flat = [(im.permute(1, 2, 0) if hwc else im).to(dev).reshape(-1) for im in ims]
+        data = torch.cat(flat) if len(flat) > 1 else flat[0]
         sizes = tuple((int(im.shape[1]), int(im.shape[2])) for im in ims)
     if data.dtype != torch.uint8:
         raise ValueError(f"pack_images: expected uint8 images, got {data.dtype}")
@@ -63,7 +69,7 @@ def pack_images(images: Tensor | Sequence[Tensor], device: torch.device | str | 
         starts.append(starts[-1] + 3 * h * w)
     meta = torch.tensor([starts, [h for h, _ in sizes], [w for _, w in sizes]], dtype=torch.long)
     meta = meta.to(dev)  # one host-to-device copy
-    return ImagePack(data, meta[0], meta[1], meta[2], sizes)
+    return ImagePack(data, meta[0], meta[1], meta[2], sizes, hwc)
 
 
 def sample_bilinear(
@@ -104,9 +110,13 @@ def _sample(pack: ImagePack, idx: Tensor, xy: Tensor, padding_mode: str) -> Tens
     fx, fy = ix - x0f, iy - y0f
     x0, y0 = x0f.long(), y0f.long()
     plane = h * w  # (n, 1) pixels per channel
-    base = (
-        pack.offset[idx][:, None, None] + torch.arange(3, device=xy.device)[None, :, None] * plane[:, :, None]
-    )
+    channel = torch.arange(3, device=xy.device)[None, :, None]
+    if pack.hwc:  # pixel p, channel c at 3 p + c
+        base = pack.offset[idx][:, None, None] + channel
+        step = 3
+    else:  # channel planes: c H W + p
+        base = pack.offset[idx][:, None, None] + channel * plane[:, :, None]
+        step = 1
     acc = torch.zeros(xy.shape[0], 3, xy.shape[1], dtype=torch.float32, device=xy.device)
     for dx, dy, wt in (
         (0, 0, (1 - fx) * (1 - fy)),
@@ -117,6 +127,6 @@ def _sample(pack: ImagePack, idx: Tensor, xy: Tensor, padding_mode: str) -> Tens
         xs, ys = x0 + dx, y0 + dy
         inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
         lin = torch.minimum(ys.clamp(min=0), h - 1) * w + torch.minimum(xs.clamp(min=0), w - 1)  # (n, P)
-        vals = pack.data[base + lin[:, None, :]].float()  # (n, 3, P)
+        vals = pack.data[base + step * lin[:, None, :]].float()  # (n, 3, P)
         acc += vals * (wt * inside)[:, None, :]
     return acc

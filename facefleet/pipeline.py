@@ -241,6 +241,10 @@ class Reconstructor:
         if len(images) == 0:
             return []
         sizes = [(int(t.shape[-1]), int(t.shape[-2])) for t in images]
+        if not isinstance(images, torch.Tensor) and len(images) > 1 and len(set(sizes)) == 1:
+            from facefleet.detect.views import stack_images
+
+            images = stack_images(images)  # one copy; the detector and the mesh stage then share it
         with self._stage("detect", timings):
             det = self.detector(images)
         with self._stage("mesh", timings):

@@ -193,11 +193,16 @@ def test_sampling_same_for_channels_first_and_last_layouts(astronaut: np.ndarray
     rng = np.random.default_rng(0)
     xy = torch.from_numpy(rng.uniform(-20, 530, (2, 500, 2)).astype(np.float32))
     idx = torch.tensor([0, 1])
+    far = torch.tensor([[[600.0, 100.0]] * 500, [[-50.0, -80.0]] * 500])  # wholly outside the image
     for mode in ("border", "zeros"):
-        a = sample_bilinear(pack_images(hwc), idx, xy, mode)
-        b = sample_bilinear(pack_images(chw), idx, xy, mode)
+        a = sample_bilinear(pack_images(hwc), idx, xy, mode, regions=False)
+        b = sample_bilinear(pack_images(chw), idx, xy, mode, regions=False)
         assert pack_images(hwc).hwc and not pack_images(chw).hwc
         assert torch.equal(a, b)
+        for pts in (xy, xy[:, :50] * 0.1 + 100, far):  # the CPU region path: same samples
+            for pack in (pack_images(hwc), pack_images(chw)):
+                ref_pts = sample_bilinear(pack, idx, pts, mode, regions=False)
+                assert torch.allclose(sample_bilinear(pack, idx, pts, mode), ref_pts, atol=1e-3)
         for i, im in enumerate(chw):
             h, w = im.shape[1:]
             grid = torch.stack([xy[i, :, 0] / w * 2 - 1, xy[i, :, 1] / h * 2 - 1], -1)[None, None]

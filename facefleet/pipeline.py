@@ -241,7 +241,12 @@ class Reconstructor:
         if len(images) == 0:
             return []
         sizes = [(int(t.shape[-1]), int(t.shape[-2])) for t in images]
-        if not isinstance(images, torch.Tensor) and len(images) > 1 and len(set(sizes)) == 1:
+        if (
+            not isinstance(images, torch.Tensor)
+            and len(images) > 1
+            and len(set(sizes)) == 1
+            and len({(t.device, t.dtype, t.ndim) for t in images}) == 1  # else the stages say what is wrong
+        ):
             from facefleet.detect.views import stack_images
 
             images = stack_images(images)  # one copy; the detector and the mesh stage then share it

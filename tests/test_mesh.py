@@ -179,7 +179,7 @@ def test_batched_equals_per_image_for_a_mixed_batch(astronaut: np.ndarray) -> No
         assert (t[sel].int() - ti.int()).abs().max() <= 1
 
 
-def test_sampling_same_for_channels_first_and_last_layouts(astronaut: np.ndarray) -> None:
+def test_sampling_same_for_channels_first_and_last_layouts(astronaut: np.ndarray, device: str) -> None:
     """Images decoded on the CPU are channels-last views of (H, W, 3) arrays; packing them as they lie
     (no copy to planes) samples exactly what channels-first packing and grid_sample do."""
     import torch.nn.functional as F
@@ -187,13 +187,15 @@ def test_sampling_same_for_channels_first_and_last_layouts(astronaut: np.ndarray
     from facefleet.detect.views import is_hwc, stack_images
     from facefleet.mesh.sampling import pack_images, sample_bilinear
 
-    hwc = [torch.from_numpy(np.ascontiguousarray(astronaut[s:, s:])).permute(2, 0, 1) for s in (0, 7)]
+    hwc = [
+        torch.from_numpy(np.ascontiguousarray(astronaut[s:, s:])).permute(2, 0, 1).to(device) for s in (0, 7)
+    ]
     chw = [im.contiguous() for im in hwc]
     assert all(is_hwc(im) for im in hwc) and not any(is_hwc(im) for im in chw)
     rng = np.random.default_rng(0)
-    xy = torch.from_numpy(rng.uniform(-20, 530, (2, 500, 2)).astype(np.float32))
-    idx = torch.tensor([0, 1])
-    far = torch.tensor([[[600.0, 100.0]] * 500, [[-50.0, -80.0]] * 500])  # wholly outside the image
+    xy = torch.from_numpy(rng.uniform(-20, 530, (2, 500, 2)).astype(np.float32)).to(device)
+    idx = torch.tensor([0, 1], device=device)
+    far = torch.tensor([[[600.0, 100.0]] * 500, [[-50.0, -80.0]] * 500], device=device)  # outside the image
     for mode in ("border", "zeros"):
         a = sample_bilinear(pack_images(hwc), idx, xy, mode, regions=False)
         b = sample_bilinear(pack_images(chw), idx, xy, mode, regions=False)

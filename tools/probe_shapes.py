@@ -24,7 +24,7 @@ for cudnn in (True, False):
     ):
         for cl in (True, False):
             net = load_model(name, "cuda", torch.float16, channels_last=cl)
-            net.use_batch_buckets(False)
+            net.use_fixed_batches(None)  # each batch size as it comes (what is being measured)
             row = []
             for n in (64, 96, 100, 128):
                 x = torch.rand(n, 3, size, size, device="cuda", dtype=torch.float16)

@@ -52,3 +52,28 @@ def test_replaces_existing_and_normal_permissions(tmp_path: Path) -> None:
 def test_rejects_read_modes(tmp_path: Path) -> None:
     with pytest.raises(ValueError), atomic_open(tmp_path / "x", "rb"):
         pass
+
+
+def test_deferred_fsync_skips_fsyncs_until_one_filesystem_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine writes per-image files without fsyncs and flushes their filesystem once per unit:
+    the files are complete and atomic either way; only the fsync calls move."""
+    import os
+
+    from facefleet.io import atomic
+
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    with atomic.deferred_fsync():
+        atomic.atomic_write_bytes(tmp_path / "a" / "x.bin", b"abc")
+        atomic.atomic_write_text(tmp_path / "a" / "y.txt", "hello")
+    assert calls == []
+    assert (tmp_path / "a" / "x.bin").read_bytes() == b"abc" and (
+        tmp_path / "a" / "y.txt"
+    ).read_text() == "hello"
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["x.bin", "y.txt"]  # no temp files left
+    atomic.sync_filesystem(tmp_path)
+    atomic.atomic_write_bytes(tmp_path / "z.bin", b"z")
+    assert len(calls) >= 1  # outside the block: durable as before

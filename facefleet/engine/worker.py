@@ -525,6 +525,17 @@ class Worker:
                 _fail(st, i, f"cannot write output files: {e}")
             except Exception as e:
                 _fail(st, i, f"cannot write output files: {type(e).__name__}: {e}")
+        if st.files:  # per-image files were written without fsyncs: flush them in one call
+            from facefleet.io.atomic import sync_filesystem
+
+            t0 = time.perf_counter()
+            try:
+                sync_filesystem(Path(self.spec.out_dir))
+            except OSError as e:
+                if e.errno in _DISK_ERRNOS:
+                    raise OutputError(e.errno, f"cannot write to {self.spec.out_dir}: {e.strerror}") from e
+                raise
+            _add(st.stages, "write", time.perf_counter() - t0)
         results = [r for r in st.results if r is not None]
         if len(results) != len(st.unit.paths):  # cannot happen unless a stage lost items
             raise RuntimeError(f"unit {st.unit.id}: {len(results)} results for {len(st.unit.paths)} inputs")
@@ -635,11 +646,13 @@ def write_files(
     """Write one image's per-image files under ``OUT/files`` (mirroring the input tree); return the
     seconds it took. Module level, so that a process pool can run it."""
     from facefleet.engine.manifest import output_location
+    from facefleet.io.atomic import deferred_fsync
     from facefleet.outputs import write_outputs
 
     t0 = time.perf_counter()
     rel, stem = output_location(result.source, input_root)
-    write_outputs(result, image, Path(out_dir) / "files" / rel, stem, set(formats))
+    with deferred_fsync():  # made durable all at once before the unit is recorded (_finish_unit)
+        write_outputs(result, image, Path(out_dir) / "files" / rel, stem, set(formats))
     return time.perf_counter() - t0
 
 

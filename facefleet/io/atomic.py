@@ -3,19 +3,73 @@
 Data goes to a temporary file in the destination directory (same filesystem), is flushed and
 fsync'ed, then renamed over the destination with :func:`os.replace` (atomic on POSIX and
 Windows). If anything fails the temporary file is removed and the destination is untouched.
+
+Writers of many small files (the batch engine's per-image outputs) can defer the fsyncs: inside
+:func:`deferred_fsync` a write is still temp file + rename (a crash never leaves half a file), and
+one :func:`sync_filesystem` call later makes all of them durable at once (before the work that
+produced them is recorded as done). Two fsyncs per file were ~40 % of the time of writing an
+OBJ + MTL + two PNGs per face on the development machine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import ctypes
+import ctypes.util
 import functools
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "deferred_fsync", "sync_filesystem"]
+
+_DEFER_FSYNC: contextvars.ContextVar[bool] = contextvars.ContextVar("facefleet_defer_fsync", default=False)
+
+
+@contextlib.contextmanager
+def deferred_fsync() -> Iterator[None]:
+    """Atomic writes in this block (this thread or task) skip their fsyncs; call
+    :func:`sync_filesystem` on their filesystem before relying on them surviving a power loss."""
+    token = _DEFER_FSYNC.set(True)
+    try:
+        yield
+    finally:
+        _DEFER_FSYNC.reset(token)
+
+
+@functools.lru_cache(maxsize=1)
+def _syncfs() -> object | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def sync_filesystem(path: str | os.PathLike[str]) -> None:
+    """Flush every written file of the filesystem that holds ``path`` to stable storage (Linux
+    ``syncfs``; elsewhere ``os.sync``, which flushes all filesystems)."""
+    fn = _syncfs()
+    if fn is None:
+        if hasattr(os, "sync"):
+            os.sync()
+        return
+    fd = os.open(os.fspath(path), os.O_RDONLY)
+    try:
+        if fn(fd) != 0:  # type: ignore[operator]
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs({os.fspath(path)}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 @functools.lru_cache(maxsize=1)
@@ -81,18 +135,21 @@ def atomic_open(
         os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
+    durable = not _DEFER_FSYNC.get()
     try:
         with fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         # mkstemp creates 0600 files; give the result the usual permissions (umask applied).
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(directory)
+    if durable:
+        _fsync_dir(directory)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> Path:

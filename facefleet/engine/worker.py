@@ -383,8 +383,8 @@ class Worker:
                 blob_at.append(k)
         _add(state.stages, "read", read_s)
         t0 = time.perf_counter()
-        ready = None
         if self.device.type == "cuda" and blobs:
+            from facefleet.detect.views import stack_images
             from facefleet.io.gpu_decode import decode_batch
 
             # each decoder thread decodes on its own stream, so decoding overlaps the networks
@@ -398,7 +398,7 @@ class Worker:
                 ok = [it for it in items if not isinstance(it, BaseException)]
                 stack = None
                 if len(ok) > 1 and all(t.shape == ok[0].shape for t in ok):
-                    stack = torch.stack(ok)  # the per-image tensors are freed with this frame
+                    stack = stack_images(ok)  # the per-image tensors are freed with this frame
                     rows = iter(stack.unbind(0))
                     items = [it if isinstance(it, BaseException) else next(rows) for it in items]
                 del ok, decoded
@@ -406,7 +406,7 @@ class Worker:
                 ready.record(stream)
             _add(state.stages, "decode", time.perf_counter() - t0)
             return _Batch(state, index, sources, items, stack, ready)
-        elif blobs:
+        if blobs:
 
             def dec(k_data: tuple[int, bytes]) -> Any:
                 k, data = k_data
@@ -418,7 +418,7 @@ class Worker:
             for k, out in zip(blob_at, pool.map(dec, zip(blob_at, blobs, strict=False)), strict=False):
                 items[k] = out
         _add(state.stages, "decode", time.perf_counter() - t0)
-        return _Batch(state, index, sources, items, ready=ready)
+        return _Batch(state, index, sources, items)
 
     def _device_stage(self) -> None:
         import torch

@@ -240,6 +240,7 @@ class Reconstructor:
             raise ValueError(f"got {len(images)} images but {len(sources)} sources")
         if len(images) == 0:
             return []
+        self._events.clear()  # events of a batch that raised (e.g. out of memory) are not this one's
         sizes = [(int(t.shape[-1]), int(t.shape[-2])) for t in images]
         if (
             not isinstance(images, torch.Tensor)

@@ -69,6 +69,12 @@ class DeviceProfile:
         return d
 
 
+# Worker processes per GPU. One process drives its GPU from one Python thread: every host sync of the
+# detector (variable numbers of faces) leaves the GPU idle while Python prepares the next kernels,
+# and nvJPEG calls are serialised per process. More processes per GPU fill those gaps (measured in
+# docs/benchmarks.md, "workers per GPU"); each holds its own CUDA context and batches.
+DEFAULT_GPU_WORKERS = 1
+
 # Known GPUs: (substring of the CUDA device name, batch size). Precision follows the architecture.
 # Batch sizes keep peak memory of the pipeline on 1080p input at a few GB: throughput saturates
 # well before memory does, so bigger cards do not get proportionally bigger batches.
@@ -235,8 +241,10 @@ def plan_devices(
     batch_size: int | None = None,
     precision: str | None = None,
     cpu_workers: int | None = None,
+    gpu_workers: int | None = None,
 ) -> list[DeviceProfile]:
-    """One profile per worker process to start: one per GPU, or ``cpu_workers`` CPU processes.
+    """One profile per worker process to start: ``gpu_workers`` per GPU (config ``[gpu] workers``,
+    default :data:`DEFAULT_GPU_WORKERS`), or ``cpu_workers`` CPU processes.
 
     Precedence: explicit arguments (CLI) > config file > built-in profile.
     """
@@ -269,7 +277,10 @@ def plan_devices(
         prec = over.get("precision", prec0)
         if batch_size or precision:
             src = "cli"
-        profiles.append(
+        per_gpu = int(gpu_workers or over.get("workers") or DEFAULT_GPU_WORKERS)
+        if per_gpu < 1:
+            raise ValueError(f"workers per GPU must be at least 1, got {per_gpu}")
+        profiles.extend(
             DeviceProfile(
                 dev,
                 spec.name,
@@ -281,6 +292,7 @@ def plan_devices(
                 capability=spec.capability,
                 source=src,
             )
+            for _ in range(per_gpu)
         )
     return profiles
 

@@ -57,6 +57,12 @@ def build_parser(prog: str = "facefleet bench") -> argparse.ArgumentParser:
     )
     p.add_argument("--devices", default="auto", help="engine devices: auto, cpu or 0,1 (default auto)")
     p.add_argument("--workers", type=int, help="engine CPU workers (CPU mode)")
+    p.add_argument(
+        "--gpu-workers",
+        default="",
+        help="engine worker processes per GPU (default: the GPU profile); a comma list, e.g. 1,2,3, "
+        "gives one engine row per value",
+    )
     p.add_argument("--batch-size", type=int, help="engine batch size (default: the GPU profile)")
     p.add_argument("--unit-size", type=int, default=256)
     p.add_argument(
@@ -210,6 +216,7 @@ def run_engine(
     unit_size: int,
     workers: int | None,
     name: str,
+    gpu_workers: int | None = None,
 ) -> dict[str, Any]:
     """One ``facefleet.engine.run`` over the corpus; the row reads the run's stats.json."""
     from facefleet import engine
@@ -231,6 +238,7 @@ def run_engine(
             batch_size=batch_size,
             unit_size=unit_size,
             workers=workers,
+            gpu_workers=gpu_workers,
             force=True,
             quiet=True,
         )
@@ -502,25 +510,29 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
             devices = args.devices
             if devices == "auto" and ngpu == 0:
                 devices = "cpu"
+            per_gpu: list[int | None] = list(_parse_ints(args.gpu_workers)) or [None]
             if "engine" in baselines:
                 for fs in args.formats or ["parquet"]:
                     fmts = tuple(x for x in fs.replace(" ", "").split(",") if x and x != "parquet")
-                    name = "facefleet run" + ("" if not fmts else f" +{','.join(fmts)}")
-                    log(f"running {name} on {devices} ...")
-                    try:
-                        row = run_engine(
-                            corpus_dir,
-                            work / f"out_{'_'.join(fmts) or 'parquet'}",
-                            devices=devices,
-                            formats=fmts,
-                            batch_size=args.batch_size,
-                            unit_size=args.unit_size,
-                            workers=args.workers,
-                            name=name,
-                        )
-                    except Exception as e:
-                        row = _error_row(name, devices, e)
-                    result["rows"].append(row)
+                    for g in per_gpu:
+                        name = "facefleet run" + ("" if not fmts else f" +{','.join(fmts)}")
+                        name += f" ({g}/GPU)" if g and devices != "cpu" else ""
+                        log(f"running {name} on {devices} ...")
+                        try:
+                            row = run_engine(
+                                corpus_dir,
+                                work / f"out_{'_'.join(fmts) or 'parquet'}",
+                                devices=devices,
+                                formats=fmts,
+                                batch_size=args.batch_size,
+                                unit_size=args.unit_size,
+                                workers=args.workers,
+                                gpu_workers=g,
+                                name=name,
+                            )
+                        except Exception as e:
+                            row = _error_row(name, devices, e)
+                        result["rows"].append(row)
             if "loop" in baselines:
                 dev = (
                     "cpu"
@@ -567,6 +579,7 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                             batch_size=args.batch_size,
                             unit_size=args.unit_size,
                             workers=None,
+                            gpu_workers=per_gpu[0],
                             name=f"facefleet run x{k}",
                         )
                         row["gpus"] = k

@@ -39,6 +39,13 @@ def build_parser(prog: str = "facefleet run") -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output directory")
     p.add_argument("--devices", default="auto", help="all | cpu | auto (default: every GPU, else CPU) | 0,1")
     p.add_argument("--workers", type=_positive, default=None, help="CPU mode: number of worker processes")
+    p.add_argument(
+        "--gpu-workers",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="worker processes per GPU (default: the GPU profile)",
+    )
     p.add_argument("--formats", type=_formats, default=[], help=f"per-image files among {','.join(FORMATS)}")
     p.add_argument(
         "--batch-size", type=_positive, default=None, help="images per batch (default: GPU profile)"
@@ -85,6 +92,7 @@ def run_cli(argv: list[str]) -> int:
             precision=args.precision,
             unit_size=args.unit_size,
             workers=args.workers,
+            gpu_workers=args.gpu_workers,
             config=args.config,
             force=args.force,
             quiet=args.quiet,

@@ -109,6 +109,7 @@ def run(
     precision: str | None = None,
     unit_size: int | None = None,
     workers: int | None = None,
+    gpu_workers: int | None = None,
     config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
     force: bool = False,
     quiet: bool = False,
@@ -141,7 +142,12 @@ def run(
 
     try:
         profiles = plan_devices(
-            devices, config=cfg, batch_size=batch_size, precision=precision, cpu_workers=workers
+            devices,
+            config=cfg,
+            batch_size=batch_size,
+            precision=precision,
+            cpu_workers=workers,
+            gpu_workers=gpu_workers,
         )
     except ValueError as e:
         raise EngineError(str(e)) from None
@@ -200,6 +206,22 @@ def run(
         stream=progress_stream or sys.stderr,
     )
     return coord.run()
+
+
+def worker_names(profiles: Sequence[DeviceProfile]) -> list[str]:
+    """One name per worker: cpu0, cpu1, ...; gpuN for the (first) worker of GPU N, gpuN.K for its
+    K-th further worker when a GPU runs several."""
+    names: list[str] = []
+    seen: dict[str, int] = {}
+    for i, p in enumerate(profiles):
+        if p.device == "cpu":
+            names.append(f"cpu{i}")
+            continue
+        k = seen.get(p.device, 0)
+        seen[p.device] = k + 1
+        base = p.device.replace("cuda:", "gpu")
+        names.append(base if k == 0 else f"{base}.{k}")
+    return names
 
 
 def open_listing(spec: Any) -> tuple[list[str], Iterator[str]]:
@@ -343,8 +365,8 @@ class _Coordinator:
         interrupted = False
         try:
             if q.remaining() > 0 or listing_needed:
-                for i, prof in enumerate(self.profiles):
-                    self._start_worker(self._worker_name(prof, i), prof)
+                for name, prof in zip(worker_names(self.profiles), self.profiles):
+                    self._start_worker(name, prof)
             tick = 0.0
             while True:
                 now = time.time()
@@ -409,10 +431,6 @@ class _Coordinator:
             q.close()
 
     # -- workers ---------------------------------------------------------------------------
-    @staticmethod
-    def _worker_name(prof: DeviceProfile, i: int) -> str:
-        return f"cpu{i}" if prof.device == "cpu" else prof.device.replace("cuda:", "gpu")
-
     def _start_worker(self, name: str, prof: DeviceProfile) -> None:
         spec = WorkerSpec(name=name, out_dir=str(self.out), profile=prof, **self.spec_kwargs)
         self.handles[name] = self.executor.start(spec)
@@ -620,6 +638,7 @@ class _Coordinator:
         failures: list[dict[str, Any]] = []
         per_worker: dict[str, dict[str, Any]] = {}
         peak: dict[str, float] = {}
+        worker_peak: dict[tuple[str, str], float] = {}
         units_done = units_failed = 0
         for _uid, state, st in q.unit_stats():
             if state == "done":
@@ -656,9 +675,12 @@ class _Coordinator:
                 pw["seconds"] += float(st.get("seconds", 0.0))
                 pw["busy_seconds"] += float(st.get("busy_seconds", 0.0))
                 if "gpu_memory_peak_mib" in st:
-                    dev = str(st.get("device"))
-                    peak[dev] = max(peak.get(dev, 0.0), float(st["gpu_memory_peak_mib"]))
-        names = {self._worker_name(p, i): p for i, p in enumerate(self.profiles)}
+                    key = (str(st.get("device")), str(w))
+                    worker_peak[key] = max(worker_peak.get(key, 0.0), float(st["gpu_memory_peak_mib"]))
+        # several workers on one GPU: their peaks add up (an upper bound of the GPU's peak)
+        for (dev, _w), v in worker_peak.items():
+            peak[dev] = peak.get(dev, 0.0) + v
+        names = dict(zip(worker_names(self.profiles), self.profiles))
         for w, pw in per_worker.items():
             prof = names.get(w)
             if prof is not None:

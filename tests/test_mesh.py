@@ -237,3 +237,37 @@ def test_cpu_uint8_letterbox_matches_float_path(astronaut: np.ndarray) -> None:
     top = (128 - 85) // 2
     assert (fast[:, :, top : top + 85] - ref).abs().max() <= 1.0 / 255 + 1e-6
     assert fast[:, :, :top].abs().max() == 0  # black letterbox bars
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "n_out"), [(1080, 1920, 192), (1000, 1500, 85), (300, 40, 20), (90, 120, 128)]
+)
+def test_resize_matrix_is_the_antialiased_bilinear_resize(h: int, w: int, n_out: int) -> None:
+    """The GPU letterbox resizes with two matrix products; their weights are exactly torch's
+    antialiased (shrinking) or plain (enlarging) bilinear resize along each axis."""
+    import torch.nn.functional as F
+
+    from facefleet.detect.views import resize_matrix
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (1, 3, h, w)).double()
+    nh, nw = n_out, max(1, round(n_out * w / h))
+    ref = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=nh < h)
+    got = resize_matrix(h, nh) @ x @ resize_matrix(w, nw).t()
+    assert torch.allclose(got, ref, atol=1e-9)
+    padded = resize_matrix(h, nh, pad_before=3, total=nh + 5)
+    assert padded[:3].abs().sum() == 0 and padded[3 + nh :].abs().sum() == 0
+    assert torch.allclose(padded[3 : 3 + nh].sum(1), torch.ones(nh, dtype=torch.float64))
+
+
+def test_matmul_letterbox_matches_interpolate(astronaut: np.ndarray) -> None:
+    """The float16 matrix-product letterbox (the GPU path) against the float32 interpolate path."""
+    from facefleet.detect.views import _letterbox_matmul, letterbox_pixels
+
+    frame = torch.from_numpy(np.ascontiguousarray(np.tile(astronaut, (2, 3, 1))[:1000, :1500]))
+    x = frame.permute(2, 0, 1)[None].contiguous()
+    ref = letterbox_pixels(x.float(), 192)  # float input: the interpolate path
+    got = _letterbox_matmul(x, 192)
+    assert got.shape == ref.shape == (1, 3, 192, 192) and got.dtype == torch.float32
+    assert (got - ref).abs().max() <= 1.5 / 255
+    assert (got - ref).abs().mean() <= 0.1 / 255

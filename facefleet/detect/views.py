@@ -17,7 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ViewTransform", "is_hwc", "letterbox", "letterbox_params", "letterbox_pixels", "stack_images"]
+__all__ = [
+    "ViewTransform",
+    "is_hwc",
+    "letterbox",
+    "letterbox_params",
+    "letterbox_pixels",
+    "resize_matrix",
+    "stack_images",
+]
 
 
 @dataclass(frozen=True)
@@ -64,12 +72,60 @@ def letterbox_params(h: int, w: int, size: int) -> tuple[float, float, float, fl
     return size * w / nw, size * h / nh, -px * w / nw, -py * h / nh
 
 
+def resize_matrix(n_in: int, n_out: int, pad_before: int = 0, total: int | None = None) -> Tensor:
+    """``(total, n_in)`` float64 weights of a 1-D bilinear resize from ``n_in`` to ``n_out`` samples
+    (antialiased when shrinking: the triangle filter widened by the scale factor, each row normalised,
+    which is what ``F.interpolate(..., mode="bilinear", antialias=True, align_corners=False)`` computes
+    along one axis), placed at rows ``pad_before .. pad_before + n_out`` of ``total`` rows (default
+    ``n_out``); other rows are zero (letterbox padding)."""
+    total = n_out if total is None else total
+    scale = n_in / n_out
+    support = max(scale, 1.0)  # filter half-width in input samples
+    centre = (torch.arange(n_out, dtype=torch.float64) + 0.5) * scale  # output sample centres, input coords
+    pos = torch.arange(n_in, dtype=torch.float64) + 0.5
+    wts = (1.0 - ((pos[None, :] - centre[:, None]) / support).abs()).clamp(min=0.0)
+    if scale <= 1.0:  # enlarging: plain bilinear, edge samples clamped
+        src = ((centre - 0.5).clamp(0.0, n_in - 1.0))[:, None]
+        wts = (1.0 - (torch.arange(n_in, dtype=torch.float64)[None, :] - src).abs()).clamp(min=0.0)
+    wts = wts / wts.sum(1, keepdim=True)
+    out = torch.zeros(total, n_in, dtype=torch.float64)
+    out[pad_before : pad_before + n_out] = wts
+    return out
+
+
+_RESIZE_CACHE: dict[tuple[int, int, int, str, torch.dtype], tuple[Tensor, Tensor]] = {}
+
+
+def _letterbox_matmul(regions: Tensor, size: int) -> Tensor:
+    """The letterbox of :func:`letterbox_pixels` as two matrix products per chunk (rows, then columns),
+    in float16 on the GPU's tensor cores: ~10x faster than the antialiased ``interpolate`` kernel on
+    1080p frames, and the padding and the 1/255 scale come free with the weights."""
+    _, _, h, w = regions.shape
+    nh, nw = _fit(h, w, size)
+    py, px = (size - nh) // 2, (size - nw) // 2
+    key = (h, w, size, str(regions.device), torch.float16)
+    mats = _RESIZE_CACHE.get(key)
+    if mats is None:
+        wy = resize_matrix(h, nh, py, size) / 255.0  # (S, h)
+        wx = resize_matrix(w, nw, px, size)  # (S, w)
+        mats = (wy.to(regions.device, torch.float16), wx.t().contiguous().to(regions.device, torch.float16))
+        if len(_RESIZE_CACHE) > 64:
+            _RESIZE_CACHE.clear()
+        _RESIZE_CACHE[key] = mats
+    wy16, wxt16 = mats
+    cols = regions.to(torch.float16) @ wxt16  # (V, 3, h, S)
+    out = wy16 @ cols  # (V, 3, S, S)
+    return out.float().clamp_(0.0, 1.0)
+
+
 def letterbox_pixels(regions: Tensor, size: int) -> Tensor:
     """Same-sized regions ``(V, 3, h, w)`` (uint8 or float in [0, 255], may be a strided view) ->
     letterboxed float32 ``(V, 3, S, S)`` in [0, 1]; no host-device transfer."""
     _, _, h, w = regions.shape
     nh, nw = _fit(h, w, size)
     shrink = nh < h or nw < w
+    if regions.device.type == "cuda" and shrink:
+        return _letterbox_matmul(regions, size)
     if regions.dtype == torch.uint8 and regions.device.type == "cpu" and shrink:
         # the CPU has a fast uint8 antialiased resize (channels-last): ~15x the float path on 1080p
         # frames; the result differs from it by rounding to whole levels (< 1/255)

@@ -206,8 +206,10 @@ class Worker:
         sampler = StackSampler.from_env(spec.name.replace(":", "_"))
         if sampler is not None:
             sampler.start()
+        self._batcher_thread = threads[2]  # started by the device stage once the networks are ready
         for t in threads:
-            t.start()
+            if t is not self._batcher_thread:
+                t.start()
         try:
             self._guard(self._device_stage)()
         finally:
@@ -215,7 +217,8 @@ class Worker:
             if sampler is not None:
                 sampler.stop()
             for t in threads[1:]:
-                t.join(timeout=60)
+                if t.ident is not None:  # the batcher does not start when the warm-up failed
+                    t.join(timeout=60)
             self._flush_progress(db)
             if self._fatal is not None:
                 with self._held_lock:
@@ -425,12 +428,17 @@ class Worker:
 
         warm = getattr(self._rec, "warmup", None)
         if self.device.type == "cuda" and callable(warm):
+            # cuDNN plans and CUDA-graph captures, while the claimer reads the first files; the
+            # decoders start after it, so no other thread uses the device during the captures
             t0 = time.perf_counter()
-            warm()  # while the claimer and decoders fill the first batches
+            warm()
             print(
                 f"facefleet worker {self.spec.name}: networks ready in {time.perf_counter() - t0:.1f} s",
                 file=sys.stderr,
             )
+        batcher = getattr(self, "_batcher_thread", None)
+        if batcher is not None and batcher.ident is None:
+            batcher.start()
         try:
             while True:
                 item = self._get(self._gpu_q)

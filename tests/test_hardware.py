@@ -60,6 +60,7 @@ def test_parse_devices_with_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
 def _fake_gpus(monkeypatch: pytest.MonkeyPatch, specs: list[GpuSpec]) -> None:
     monkeypatch.setattr(hardware, "cuda_device_count", lambda: len(specs))
     monkeypatch.setattr(hardware, "gpu_spec", lambda i: specs[i])
+    monkeypatch.setattr(hardware, "cpu_count", lambda: 4)  # too few cores for two workers per GPU
 
 
 def test_plan_heterogeneous_gpus_and_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -115,3 +116,24 @@ def test_describe_devices_lists_cpu() -> None:
     assert devs[0]["device"] == "cpu" and devs[0]["cores"] >= 1
     for d in devs[1:]:
         assert d["device"].startswith("cuda:") and d["memory_bytes"] > 0
+
+
+def test_plan_gpu_workers_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big cards on hosts with the cores for it get two worker processes each (they fill each other's
+    host-side gaps); small cards or few cores get one; config and CLI override; names stay unique."""
+    from facefleet.engine.runner import worker_names
+
+    _fake_gpus(
+        monkeypatch, [GpuSpec("NVIDIA H200", 141 * GIB, (9, 0)), GpuSpec("Tesla T4", 15 * GIB, (7, 5))]
+    )
+    monkeypatch.setattr(hardware, "cpu_count", lambda: 32)
+    plan = plan_devices("all")
+    assert [p.device for p in plan] == ["cuda:0", "cuda:0", "cuda:1"]
+    assert worker_names(plan) == ["gpu0", "gpu0.1", "gpu1"]
+    monkeypatch.setattr(hardware, "cpu_count", lambda: 8)  # 8 cores for 2 GPUs: one worker each
+    assert [p.device for p in plan_devices("all")] == ["cuda:0", "cuda:1"]
+    assert [p.device for p in plan_devices("0", config={"gpu": {"workers": 3}})] == ["cuda:0"] * 3
+    assert [p.device for p in plan_devices("0,1", gpu_workers=2)] == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
+    assert worker_names(plan_devices("1", gpu_workers=3)) == ["gpu1", "gpu1.1", "gpu1.2"]
+    with pytest.raises(ValueError, match="workers per GPU"):
+        plan_devices("0", gpu_workers=-1)

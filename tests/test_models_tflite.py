@@ -482,3 +482,38 @@ def test_cuda_graphs_replay_the_eager_results(astronaut: np.ndarray) -> None:
         for a, b in zip(odd, eager, strict=True):
             assert a.shape[0] == 5
             torch.testing.assert_close(a, b[:5], rtol=1e-3, atol=1e-3)
+
+
+def test_cuda_graph_capture_failure_falls_back_to_eager(
+    astronaut: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU stack that cannot capture CUDA graphs must not sink a run: the module warns once and runs
+    eagerly from then on (the capture is simulated to fail, so this runs on the CPU too)."""
+    from facefleet.models.tflite_torch import TFLiteModule
+
+    net = load_model("face_landmark").use_fixed_batches((4,)).use_cuda_graphs(True)
+    x = torch.from_numpy(_inputs("face_landmark", astronaut)).permute(0, 3, 1, 2)[:1].repeat(4, 1, 1, 1)
+    ref = net._eager(x)
+
+    def fail(self: TFLiteModule, x: torch.Tensor, pool: object) -> None:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(TFLiteModule, "_capture", fail)
+    monkeypatch.setattr(TFLiteModule, "_graphable", lambda self, x: self.cuda_graphs)  # the CPU takes it too
+    monkeypatch.setattr(
+        "facefleet.models.tflite_torch._GraphDevice.of", classmethod(lambda cls, d: _FakeShared())
+    )
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
+        out = net(x)
+    assert not net.cuda_graphs
+    for a, b in zip(out, ref, strict=True):
+        assert torch.equal(a, b)
+
+
+class _FakeShared:
+    def __init__(self) -> None:
+        import threading
+
+        self.pool = None
+        self.lock = threading.Lock()
+        self.done = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -529,14 +530,15 @@ class TFLiteModule(nn.Module):
         return tuple(y[:n] for y in self._forward(x))
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if (
+        return self._replay(x) if self._graphable(x) else self._eager(x)
+
+    def _graphable(self, x: torch.Tensor) -> bool:
+        return (
             self.cuda_graphs
             and x.is_cuda
             and int(x.shape[0]) in self.batch_sizes
             and not torch.cuda.is_current_stream_capturing()
-        ):
-            return self._replay(x)
-        return self._eager(x)
+        )
 
     def _replay(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         key = (tuple(x.shape), x.dtype, x.device)
@@ -544,7 +546,16 @@ class TFLiteModule(nn.Module):
         with shared.lock:
             entry = self._graphs.get(key)
             if entry is None:
-                entry = self._graphs[key] = self._capture(x, shared.pool)
+                try:
+                    entry = self._graphs[key] = self._capture(x, shared.pool)
+                except RuntimeError as exc:  # a driver or build that cannot capture: run eagerly
+                    self.cuda_graphs = False
+                    warnings.warn(
+                        f"{Path(self.source).name}: CUDA graph capture failed ({exc}); running eagerly",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    return self._eager(x)
             graph, static_in, static_out = entry
             stream = torch.cuda.current_stream(x.device)
             if shared.done is not None:  # a replay queued by another thread/stream is over

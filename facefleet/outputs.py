@@ -1,8 +1,9 @@
 """Per-image output files shared by every runner (``reconstruct``, ``demo``, the batch engine).
 
 Formats: ``json`` (the per-image contract of DESIGN.md), ``obj`` (OBJ + MTL + texture PNG per
-face), ``glb`` (one binary glTF per image, one textured mesh node per face), ``png`` (the UV
-texture of each face) and ``overlay`` (mesh wireframe, box and pose axes drawn on the photo).
+face; with ``png`` too, the material references the ``png`` output instead of a copy), ``glb`` (one
+binary glTF per image, one textured mesh node per face), ``png`` (the UV texture of each face) and
+``overlay`` (mesh wireframe, box and pose axes drawn on the photo).
 Every file is written atomically.
 """
 
@@ -48,12 +49,14 @@ def write_outputs(
     tri, uv = geo.triangles, geo.uv
     for k, face in enumerate(result.faces):
         name = f"{stem}_face{k}"
-        png = None
+        tex_file = None
         if face.texture is not None and "png" in formats:
-            png = encode_png(face.texture, compress_level=1)  # once: texture file and OBJ material
-            written.append(atomic_write_bytes(out_dir / f"{name}_texture.png", png))
-        if "obj" in formats:
-            written.append(write_obj(out_dir / name, face.landmarks, tri, uv, face.texture, texture_png=png))
+            tex_file = out_dir / f"{name}_texture.png"
+            written.append(atomic_write_bytes(tex_file, encode_png(face.texture, compress_level=1)))
+        if "obj" in formats:  # with png too, the material uses that file: one texture on disk, not two
+            written.append(
+                write_obj(out_dir / name, face.landmarks, tri, uv, face.texture, texture_file=tex_file)
+            )
     if "glb" in formats:
         written.append(
             write_glb(

@@ -91,6 +91,19 @@ def test_obj_loads_in_trimesh(tmp_path: Path) -> None:
     assert image is not None and image.size == (32, 32)
 
 
+def test_obj_material_can_use_an_existing_texture_file(tmp_path: Path) -> None:
+    """With ``texture_file`` (the png output of the same face) no second copy of the texture is written
+    and the material points at that file; viewers load it."""
+    trimesh = pytest.importorskip("trimesh")
+    verts, tris, uv, tex = _dome()
+    Image.fromarray(tex).save(tmp_path / "face_texture.png")
+    obj = write_obj(tmp_path / "face", verts, tris, uv, tex, texture_file=tmp_path / "face_texture.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["face.mtl", "face.obj", "face_texture.png"]
+    assert "map_Kd face_texture.png" in (tmp_path / "face.mtl").read_text().splitlines()
+    mesh = trimesh.load(obj, process=False, maintain_order=True)
+    assert mesh.visual.material.image is not None and mesh.visual.material.image.size == (32, 32)
+
+
 def test_obj_without_texture(tmp_path: Path) -> None:
     verts, tris, _, _ = _dome()
     obj = write_obj(tmp_path / "plain", verts, tris)

@@ -4,7 +4,8 @@ Threads and bounded queues (backpressure at every step)::
 
     claimer ──(path, read future)──▶ batcher/decoder ──batch──▶ device stage ──results──▶ writer
       │ reader pool: bytes              decode (nvJPEG / Pillow)   Reconstructor        per-image files (pool)
-      │                                                                                  + unit Parquet + done
+      │                                                                                     │ finished units
+      │                                               finisher: wait for files, flush, unit Parquet, done
     heartbeat thread: extends this worker's leases, flushes progress counters
 
 Batches never span units; a unit is marked done only after its Parquet file is written. CUDA
@@ -485,17 +486,26 @@ class Worker:
         return ThreadPoolExecutor(max(1, self.spec.writers), thread_name_prefix="writer")
 
     def _writer(self) -> None:
+        """Hands each image's files to the pool as results arrive; finished units go to a finisher
+        thread, which waits for their files, flushes them and writes the unit's Parquet, so that
+        dispatching the next batches' files never waits for a unit's flush."""
         from concurrent.futures.process import BrokenProcessPool
 
-        db = WorkQueue(self.spec.queue_path)
         pool = self._file_pool()
+        done_q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=4)
+        finisher = threading.Thread(
+            target=self._guard(lambda: self._finisher(done_q)), name="finisher", daemon=True
+        )
+        finisher.start()
         try:
             while True:
                 item = self._get(self._write_q)
                 if item is _STOP:
+                    self._put(done_q, _STOP)
+                    finisher.join()
                     return
                 if isinstance(item, _End):
-                    self._finish_unit(item.state, db)
+                    self._put(done_q, item.state)
                     continue
                 batch, results = item
                 st = batch.state
@@ -517,7 +527,21 @@ class Worker:
         except _Abort:
             pass
         finally:
+            if finisher.is_alive():
+                finisher.join(timeout=60)
             pool.shutdown(wait=True)
+
+    def _finisher(self, done_q: queue_mod.Queue[Any]) -> None:
+        db = WorkQueue(self.spec.queue_path)
+        try:
+            while True:
+                st = self._get(done_q)
+                if st is _STOP:
+                    return
+                self._finish_unit(st, db)
+        except _Abort:
+            pass
+        finally:
             db.close()
 
     # -- steps -----------------------------------------------------------------------------

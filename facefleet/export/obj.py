@@ -46,6 +46,7 @@ def write_obj(
     fix_winding: bool = True,
     png_compress_level: int = 1,
     texture_png: bytes | None = None,
+    texture_file: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write ``NAME.obj`` (+ ``NAME.mtl`` and ``NAME.png`` when ``texture`` is given); return the OBJ path.
 
@@ -65,20 +66,26 @@ def write_obj(
       file names relative to the OBJ, so the three files can be moved together.
 
     ``texture_png``: the texture already encoded as PNG (callers that write the same texture elsewhere
-    too encode it once). The PNG is written first and the OBJ last, each atomically, so an existing
-    OBJ is complete.
+    too encode it once). ``texture_file``: a texture image already written in the OBJ's folder (e.g. the
+    ``png`` output of the same face); the material references it and no ``NAME.png`` is written. The
+    PNG is written first and the OBJ last, each atomically, so an existing OBJ is complete.
     """
     mesh = prepare_mesh(vertices, triangles, uv, texture, fix_winding=fix_winding)
     obj_path, mtl_path, png_path = obj_paths(path_stem_or_path)
-    has_mtl = mesh.texture is not None
+    has_mtl = mesh.texture is not None or texture_file is not None
 
-    if mesh.texture is not None:
-        png = (
-            texture_png
-            if texture_png is not None
-            else encode_png(mesh.texture, compress_level=png_compress_level)
-        )
-        atomic_write_bytes(png_path, png)
+    if has_mtl:
+        if texture_file is not None:
+            png_name = Path(texture_file).name
+        else:
+            assert mesh.texture is not None
+            png = (
+                texture_png
+                if texture_png is not None
+                else encode_png(mesh.texture, compress_level=png_compress_level)
+            )
+            atomic_write_bytes(png_path, png)
+            png_name = png_path.name
         mtl = (
             "# facefleet material\n"
             f"newmtl {material_name}\n"
@@ -88,7 +95,7 @@ def write_obj(
             "Ns 1.0\n"
             "d 1.0\n"
             "illum 1\n"
-            f"map_Kd {png_path.name}\n"
+            f"map_Kd {png_name}\n"
         )
         atomic_write_text(mtl_path, mtl)
 

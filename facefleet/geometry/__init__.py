@@ -39,12 +39,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from facefleet.types import Pose
+
+if TYPE_CHECKING:  # torch is imported where it is used: file writers need only the geometry arrays
+    import torch
+    from torch import Tensor
 
 __all__ = [
     "FaceGeometry",
@@ -142,6 +145,8 @@ class PoseBatch:
 
     def to_poses(self) -> list[Pose]:
         """One :class:`facefleet.types.Pose` per face (moves the small tensors to the host)."""
+        import torch
+
         ypr = torch.stack([self.yaw, self.pitch, self.roll], 1).detach().double().cpu().numpy()
         mats = self.matrix.detach().double().cpu().numpy()
         return [Pose(float(y), float(p), float(r), m) for (y, p, r), m in zip(ypr, mats, strict=True)]
@@ -149,6 +154,8 @@ class PoseBatch:
 
 @lru_cache(maxsize=8)
 def _device_arrays(device: str, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    import torch
+
     g = load_geometry()
     can = torch.tensor(g.canonical, dtype=dtype, device=device)
     w = torch.tensor(g.weights, dtype=dtype, device=device)
@@ -164,6 +171,8 @@ def estimate_pose(landmarks: Tensor, weights: Tensor | None = None) -> PoseBatch
     Returns a :class:`PoseBatch`; runs batched on the landmarks' device (float64 for the SVD
     on CPU/CUDA unless the input is float64 already, then cast back).
     """
+    import torch
+
     if landmarks.ndim != 3 or landmarks.shape[1:] != (468, 3):
         raise ValueError(f"estimate_pose: expected landmarks (N, 468, 3), got {tuple(landmarks.shape)}")
     out_dtype = landmarks.dtype if landmarks.is_floating_point() else torch.float32
@@ -208,6 +217,8 @@ def estimate_pose(landmarks: Tensor, weights: Tensor | None = None) -> PoseBatch
 def euler_to_matrix(yaw: Tensor, pitch: Tensor, roll: Tensor) -> Tensor:
     """(N,) degrees -> (N, 3, 3) head rotation ``R`` (canonical -> right-handed camera frame) with
     the module's convention: ``R.T = Rz(roll) @ Ry(yaw) @ Rx(pitch)``."""
+    import torch
+
     y, p, r = (torch.deg2rad(t) for t in (yaw, pitch, roll))
     one, zero = torch.ones_like(y), torch.zeros_like(y)
     rx = torch.stack([one, zero, zero, zero, p.cos(), -p.sin(), zero, p.sin(), p.cos()], -1)
@@ -219,6 +230,8 @@ def euler_to_matrix(yaw: Tensor, pitch: Tensor, roll: Tensor) -> Tensor:
 
 def to_landmarks68(landmarks: Tensor) -> Tensor:
     """(N, 468, 3) or (N, 468, 2) -> (N, 68, 2) iBUG-68 points (x, y), same device and dtype."""
+    import torch
+
     if landmarks.ndim != 3 or landmarks.shape[1] != 468:
         raise ValueError(f"to_landmarks68: expected landmarks (N, 468, C), got {tuple(landmarks.shape)}")
     idx = _device_arrays(str(landmarks.device), torch.float32)[2]

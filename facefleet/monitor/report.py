@@ -17,7 +17,7 @@ block is optional; the keys read are::
               "images_per_s"/"faces_per_s"), or {"t": [...], "images": [...], ...}
     batch_latency {"p50", "p99", ...} seconds, or batch_seconds / batch_latencies [s, ...]
     gpu | gpu_samples   GpuSampler.to_dict(): {"samples": [...], "summary": {...}}
-    gpu_memory_peak_mib {device: MiB} as reported by the workers (torch.cuda.max_memory_allocated)
+    gpu_memory_peak_mib {device: MiB} torch.cuda.max_memory_allocated of the workers, summed per device
     config | configuration                   dict of the settings used
 """
 
@@ -406,7 +406,7 @@ def render_html(stats: dict[str, Any], derived: dict[str, Any] | None = None) ->
         if peak_rows:
             body += (
                 '<table style="margin-top:10px;width:auto"><tr><th>device</th>'
-                f'<th class="n">torch peak allocated</th></tr>{peak_rows}</table>'
+                f'<th class="n">torch peak allocated (sum of its workers)</th></tr>{peak_rows}</table>'
             )
         parts.append(_section("GPUs", body))
 

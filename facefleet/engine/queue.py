@@ -5,7 +5,7 @@ hash of its paths, so the same listing always gives the same units and the same 
 names. Unit states: ``pending`` -> ``leased`` (owner, lease expiry, heartbeat) -> ``done`` or
 ``failed`` (after ``max_attempts`` leases that did not finish: a poison unit).
 
-Every transaction is short; several processes (coordinator, one worker per device) share the
+Every transaction is short; several processes (coordinator, one or two workers per device) share the
 file. Events (unit_started/unit_done, worker_started) are rows of the ``events`` table so that a
 worker killed with SIGKILL cannot corrupt them, unlike a pipe.
 """

@@ -517,3 +517,13 @@ class _FakeShared:
         self.pool = None
         self.lock = threading.Lock()
         self.done = None
+
+
+def test_moving_the_weights_drops_captured_graphs() -> None:
+    """A graph replays the weights it was captured with: .to()/.half() and the channels-last switch
+    replace them, so the captured graphs must go (they are captured again on the next call)."""
+    net = load_model("face_detection_short_range").use_fixed_batches((2,)).use_cuda_graphs(True)
+    for change in (lambda: net.to(torch.float32), lambda: net.use_channels_last(True)):
+        net._graphs[("stale",)] = (None, torch.zeros(1), (torch.zeros(1),))
+        change()
+        assert net._graphs == {}

@@ -463,6 +463,8 @@ class TFLiteModule(nn.Module):
         return f"source={self.source!r}, input=(B, {shape}), outputs={self.output_shapes}"
 
     channels_last = False  # run convolutions in NHWC memory layout (faster on GPUs); see use_channels_last
+    # captured CUDA graphs by input (shape, dtype, device): (graph, static input, static outputs)
+    _graphs: dict[tuple[Any, ...], tuple[Any, torch.Tensor, tuple[torch.Tensor, ...]]]
     batch_sizes: tuple[int, ...] = ()  # fixed network batch sizes (see use_fixed_batches); () = any
 
     def use_fixed_batches(self, sizes: Sequence[int] | None = (128,)) -> TFLiteModule:
@@ -499,11 +501,17 @@ class TFLiteModule(nn.Module):
         (:meth:`warmup` does it up front); calls from several threads are ordered on the device.
         Other batch sizes, devices and calls made while a stream is being captured run eagerly."""
         self.cuda_graphs = bool(enable)
-        self._graphs: dict[tuple[Any, ...], tuple[Any, torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+        self._graphs = {}
         return self
+
+    def _apply(self, *args: Any, **kwargs: Any) -> Any:
+        # .to() / .half() / .cuda() replace the weights: captured graphs would read the old ones
+        self._graphs = {}
+        return super()._apply(*args, **kwargs)
 
     def use_channels_last(self, enable: bool = True) -> TFLiteModule:
         """Keep weights and activations in channels-last memory (same results, faster cuDNN kernels)."""
+        self._graphs = {}  # the weights are replaced: captured graphs would read the old ones
         self.channels_last = bool(enable)
         fmt = torch.channels_last if enable else torch.contiguous_format
         for m in self.modules():

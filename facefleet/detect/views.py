@@ -98,8 +98,9 @@ _RESIZE_CACHE: dict[tuple[int, int, int, str, torch.dtype], tuple[Tensor, Tensor
 
 def _letterbox_matmul(regions: Tensor, size: int) -> Tensor:
     """The letterbox of :func:`letterbox_pixels` as two matrix products per chunk (rows, then columns),
-    in float16 on the GPU's tensor cores: ~10x faster than the antialiased ``interpolate`` kernel on
-    1080p frames, and the padding and the 1/255 scale come free with the weights."""
+    in float16 on the GPU's tensor cores. The antialiased ``interpolate`` kernel it replaces was the
+    largest GPU kernel of a 1080p batch (21 % of its GPU time, H200 profile); the padding and the
+    1/255 scale come free with the weights."""
     _, _, h, w = regions.shape
     nh, nw = _fit(h, w, size)
     py, px = (size - nh) // 2, (size - nw) // 2

@@ -594,8 +594,9 @@ class _Coordinator:
             parts.append(f"{failed} failed")
         per = []
         by_name: dict[str, int] = {}
-        for w in ws:
-            by_name[w["name"]] = by_name.get(w["name"], 0) + w["images"]
+        for w in ws:  # per GPU: gpu0 and gpu0.1 (two workers of GPU 0) add up
+            key = str(w["name"]).split(".", 1)[0]
+            by_name[key] = by_name.get(key, 0) + w["images"]
         for name, n in sorted(by_name.items()):
             t_prev, n_prev = self._rates.get(name, (self.t0, 0))
             r = (n - n_prev) / max(now - t_prev, 1e-6)

@@ -496,7 +496,8 @@ class TFLiteModule(nn.Module):
         one launch instead of one per operator (~100-200 per network), which is what bounds these
         small networks: torch.compile's CUDA-graph mode ran them 2-2.8x faster per call at batch 128
         on an H200, its kernel fusion alone 0.85-1.4x (``tools/probe_compile.py``), so the graph is
-        the part worth having; the engine went 935 -> 1,345 img/s with one worker on the H200.
+        the part worth having; the engine on an H200 went 935 -> 1,345 img/s with one worker and
+        1,632 -> 1,815 with two (single runs, which vary by ~20 %).
         Same kernels, same results as eager. A graph is captured on the first call of each shape
         (:meth:`warmup` does it up front); calls from several threads are ordered on the device.
         Other batch sizes, devices and calls made while a stream is being captured run eagerly."""

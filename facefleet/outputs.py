@@ -35,9 +35,7 @@ def write_outputs(
     reconstructor was asked for one (``texture=True``); without it meshes are written untextured.
     """
     from facefleet.export import render_overlay, write_glb, write_json, write_obj, write_png
-    from facefleet.export.png import encode_png
     from facefleet.geometry import load_geometry
-    from facefleet.io.atomic import atomic_write_bytes
 
     out_dir = Path(out_dir)
     written: list[Path] = []
@@ -52,7 +50,7 @@ def write_outputs(
         tex_file = None
         if face.texture is not None and "png" in formats:
             tex_file = out_dir / f"{name}_texture.png"
-            written.append(atomic_write_bytes(tex_file, encode_png(face.texture, compress_level=1)))
+            written.append(write_png(tex_file, face.texture))
         if "obj" in formats:  # with png too, the material uses that file: one texture on disk, not two
             written.append(
                 write_obj(out_dir / name, face.landmarks, tri, uv, face.texture, texture_file=tex_file)

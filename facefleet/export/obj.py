@@ -45,7 +45,6 @@ def write_obj(
     material_name: str = "face",
     fix_winding: bool = True,
     png_compress_level: int = 1,
-    texture_png: bytes | None = None,
     texture_file: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write ``NAME.obj`` (+ ``NAME.mtl`` and ``NAME.png`` when ``texture`` is given); return the OBJ path.
@@ -65,8 +64,7 @@ def write_obj(
     - indices are 1-based (``f a/a b/b c/c``), the texture and material are referenced by bare
       file names relative to the OBJ, so the three files can be moved together.
 
-    ``texture_png``: the texture already encoded as PNG (callers that write the same texture elsewhere
-    too encode it once). ``texture_file``: a texture image already written in the OBJ's folder (e.g. the
+    ``texture_file``: a texture image already written in the OBJ's folder (e.g. the
     ``png`` output of the same face); the material references it and no ``NAME.png`` is written. The
     PNG is written first and the OBJ last, each atomically, so an existing OBJ is complete.
     """
@@ -79,12 +77,7 @@ def write_obj(
             png_name = Path(texture_file).name
         else:
             assert mesh.texture is not None
-            png = (
-                texture_png
-                if texture_png is not None
-                else encode_png(mesh.texture, compress_level=png_compress_level)
-            )
-            atomic_write_bytes(png_path, png)
+            atomic_write_bytes(png_path, encode_png(mesh.texture, compress_level=png_compress_level))
             png_name = png_path.name
         mtl = (
             "# facefleet material\n"

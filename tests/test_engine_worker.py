@@ -167,3 +167,41 @@ def test_stack_sampler_reports_where_threads_wait(tmp_path: Path, monkeypatch: p
     assert out == tmp_path / "stacks-gpu0.txt"
     text = out.read_text()
     assert "== busy-sleeper" in text and "sleeper" in text.split("== busy-sleeper")[1]
+
+
+def test_unit_write_errors_disk_full_stops_other_errors_fail_the_image(tmp_path: Path) -> None:
+    """A full or read-only OUT stops the worker with OutputError (restarting cannot help); any other
+    error writing an image's files fails that image only and the unit is still recorded."""
+    import errno
+    import time
+    from concurrent.futures import Future
+
+    from facefleet.engine.queue import Unit
+    from facefleet.engine.worker import OutputError, _UnitState
+
+    def done(exc: BaseException | None) -> Future[Any]:
+        f: Future[Any] = Future()
+        f.set_exception(exc) if exc is not None else f.set_result(0.01)
+        return f
+
+    w = _worker(tmp_path, _Flaky(8))
+    db = _Completes()
+    unit = Unit("u1", 0, ["a.jpg", "b.jpg"], 1)
+    st = _UnitState(unit, time.time(), [ImageResult("a.jpg", 4, 4), ImageResult("b.jpg", 4, 4)], [])
+    st.files = [(0, done(None)), (1, done(OSError(errno.EIO, "I/O error")))]
+    w._finish_unit(st, db)  # type: ignore[arg-type]
+    assert db.completed == ["u1"]
+    assert st.results[0].error is None and "cannot write output files" in str(st.results[1].error)
+
+    st.files = [(0, done(OSError(errno.ENOSPC, "No space left on device")))]
+    with pytest.raises(OutputError, match="No space left on device"):
+        w._finish_unit(st, db)  # type: ignore[arg-type]
+    assert db.completed == ["u1"]  # not recorded a second time
+
+
+class _Completes:
+    def __init__(self) -> None:
+        self.completed: list[str] = []
+
+    def complete(self, uid: str, owner: str, stats: Any) -> None:
+        self.completed.append(uid)

@@ -169,6 +169,7 @@ class Worker:
         self.texture = bool(self.formats & TEXTURE_FORMATS)
         self.keep_images = "overlay" in self.formats
         self._rec = reconstructor
+        self._batcher_thread: threading.Thread | None = None  # started once the networks are ready
         self._local = threading.local()  # per decoder thread: its CUDA stream
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
@@ -207,7 +208,7 @@ class Worker:
         sampler = StackSampler.from_env(spec.name.replace(":", "_"))
         if sampler is not None:
             sampler.start()
-        self._batcher_thread = threads[2]  # started by the device stage once the networks are ready
+        self._batcher_thread = threads[2]  # the device stage starts it
         for t in threads:
             if t is not self._batcher_thread:
                 t.start()
@@ -437,9 +438,8 @@ class Worker:
                 f"facefleet worker {self.spec.name}: networks ready in {time.perf_counter() - t0:.1f} s",
                 file=sys.stderr,
             )
-        batcher = getattr(self, "_batcher_thread", None)
-        if batcher is not None and batcher.ident is None:
-            batcher.start()
+        if self._batcher_thread is not None and self._batcher_thread.ident is None:
+            self._batcher_thread.start()
         try:
             while True:
                 item = self._get(self._gpu_q)
@@ -545,15 +545,26 @@ class Worker:
             db.close()
 
     # -- steps -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _disk_errors(self) -> Any:
+        """OUT that cannot take more (disk full, read-only, permission) becomes :class:`OutputError`."""
+        try:
+            yield
+        except OSError as e:
+            if e.errno in _DISK_ERRNOS:
+                raise OutputError(e.errno, f"cannot write to {self.spec.out_dir}: {e.strerror}") from e
+            raise
+
     def _finish_unit(self, st: _UnitState, db: WorkQueue) -> None:
         from facefleet.engine.manifest import write_unit
 
         for i, fut in st.files:
             try:
-                _add(st.stages, "write", fut.result())
+                with self._disk_errors():
+                    _add(st.stages, "write", fut.result())
+            except OutputError:
+                raise
             except OSError as e:
-                if e.errno in _DISK_ERRNOS:
-                    raise OutputError(e.errno, f"cannot write to {self.spec.out_dir}: {e.strerror}") from e
                 _fail(st, i, f"cannot write output files: {e}")
             except Exception as e:
                 _fail(st, i, f"cannot write output files: {type(e).__name__}: {e}")
@@ -561,23 +572,15 @@ class Worker:
             from facefleet.io.atomic import sync_filesystem
 
             t0 = time.perf_counter()
-            try:
+            with self._disk_errors():
                 sync_filesystem(Path(self.spec.out_dir))
-            except OSError as e:
-                if e.errno in _DISK_ERRNOS:
-                    raise OutputError(e.errno, f"cannot write to {self.spec.out_dir}: {e.strerror}") from e
-                raise
             _add(st.stages, "write", time.perf_counter() - t0)
         results = [r for r in st.results if r is not None]
         if len(results) != len(st.unit.paths):  # cannot happen unless a stage lost items
             raise RuntimeError(f"unit {st.unit.id}: {len(results)} results for {len(st.unit.paths)} inputs")
         t0 = time.perf_counter()
-        try:
+        with self._disk_errors():
             write_unit(self.spec.out_dir, st.unit.id, results)
-        except OSError as e:
-            if e.errno in _DISK_ERRNOS:
-                raise OutputError(e.errno, f"cannot write to {self.spec.out_dir}: {e.strerror}") from e
-            raise
         _add(st.stages, "write", time.perf_counter() - t0)
         db.complete(st.unit.id, self.owner, unit_stats(st, results, self.spec))
         with self._held_lock:

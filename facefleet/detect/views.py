@@ -82,18 +82,19 @@ def resize_matrix(n_in: int, n_out: int, pad_before: int = 0, total: int | None 
     scale = n_in / n_out
     support = max(scale, 1.0)  # filter half-width in input samples
     centre = (torch.arange(n_out, dtype=torch.float64) + 0.5) * scale  # output sample centres, input coords
-    pos = torch.arange(n_in, dtype=torch.float64) + 0.5
-    wts = (1.0 - ((pos[None, :] - centre[:, None]) / support).abs()).clamp(min=0.0)
-    if scale <= 1.0:  # enlarging: plain bilinear, edge samples clamped
-        src = ((centre - 0.5).clamp(0.0, n_in - 1.0))[:, None]
-        wts = (1.0 - (torch.arange(n_in, dtype=torch.float64)[None, :] - src).abs()).clamp(min=0.0)
+    idx = torch.arange(n_in, dtype=torch.float64)
+    if scale > 1.0:  # shrinking: triangle filter over input pixel centres
+        dist = ((idx + 0.5)[None, :] - centre[:, None]) / support
+    else:  # enlarging: plain bilinear, edge samples clamped
+        dist = idx[None, :] - (centre - 0.5).clamp(0.0, n_in - 1.0)[:, None]
+    wts = (1.0 - dist.abs()).clamp(min=0.0)
     wts = wts / wts.sum(1, keepdim=True)
     out = torch.zeros(total, n_in, dtype=torch.float64)
     out[pad_before : pad_before + n_out] = wts
     return out
 
 
-_RESIZE_CACHE: dict[tuple[int, int, int, str, torch.dtype], tuple[Tensor, Tensor]] = {}
+_RESIZE_CACHE: dict[tuple[int, int, int, str], tuple[Tensor, Tensor]] = {}  # float16 weights
 
 
 def _letterbox_matmul(regions: Tensor, size: int) -> Tensor:
@@ -104,7 +105,7 @@ def _letterbox_matmul(regions: Tensor, size: int) -> Tensor:
     _, _, h, w = regions.shape
     nh, nw = _fit(h, w, size)
     py, px = (size - nh) // 2, (size - nw) // 2
-    key = (h, w, size, str(regions.device), torch.float16)
+    key = (h, w, size, str(regions.device))
     mats = _RESIZE_CACHE.get(key)
     if mats is None:
         wy = resize_matrix(h, nh, py, size) / 255.0  # (S, h)

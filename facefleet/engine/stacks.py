@@ -64,6 +64,6 @@ class StackSampler:
             lines.append(f"\n== {thread}")
             for key, n in c.most_common(top):
                 lines.append(f"{100 * n / self.samples:5.1f}%  {key}")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.out.write_text("\n".join(lines) + "\n")
-        return self.out
+        from facefleet.io.atomic import atomic_write_text
+
+        return atomic_write_text(self.out, "\n".join(lines) + "\n")

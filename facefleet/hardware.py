@@ -17,6 +17,9 @@ Config file (all keys optional)::
     batch_size = 64
     precision = "fp16"
     workers = 2           # worker processes per GPU (default: 2 on >= 32 GB cards, see default_gpu_workers)
+    decoder = "auto"      # JPEG decoder: auto (nvimgcodec when installed, else nvjpeg), nvimgcodec, nvjpeg
+    batches_in_flight = 2 # decoded batches a worker holds in device memory (the networks' one + the next)
+    decode_chunk = 32     # JPEGs per GPU decoder call (its own buffers hold this many images)
 
     [gpu."H100"]          # devices whose name contains "H100" (case-insensitive)
     batch_size = 128
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+GPU_DECODERS = ("auto", "nvimgcodec", "nvjpeg")  # = facefleet.io.gpu_decode.DECODER_NAMES (no torch here)
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,9 @@ class DeviceProfile:
     name: str
     batch_size: int
     precision: str
-    decoder: str  # "nvjpeg" (GPU decode of JPEGs, Pillow for the rest) or "cpu"
+    # GPU JPEG decoder: "auto" (nvImageCodec if installed, else nvJPEG), "nvimgcodec" or "nvjpeg"
+    # (torchvision); other formats are decoded with Pillow. "cpu" on CPU workers.
+    decoder: str
     threads: int  # torch intra-op threads of the worker process
     memory_bytes: int = 0
     capability: tuple[int, int] | None = None
@@ -169,7 +175,9 @@ def load_config(path: str | os.PathLike[str] | None) -> dict[str, Any]:
 def _check_overrides(d: Mapping[str, Any], where: str) -> None:
     if "precision" in d and d["precision"] not in PRECISIONS:
         raise ValueError(f"{where}: precision must be one of {PRECISIONS}, got {d['precision']!r}")
-    for k in ("batch_size", "workers", "threads"):
+    if "decoder" in d and d["decoder"] not in GPU_DECODERS:
+        raise ValueError(f"{where}: decoder must be one of {GPU_DECODERS}, got {d['decoder']!r}")
+    for k in ("batch_size", "workers", "threads", "batches_in_flight", "decode_chunk"):
         if k in d and (not isinstance(d[k], int) or d[k] < 1):
             raise ValueError(f"{where}: {k} must be a positive integer, got {d[k]!r}")
 
@@ -292,6 +300,9 @@ def plan_devices(
         if batch_size or precision:
             src = "cli"
         per_gpu = int(gpu_workers or over.get("workers") or default_gpu_workers(spec, len(gpus)))
+        decoder = str(over.get("decoder", "auto"))
+        if decoder not in GPU_DECODERS:
+            raise ValueError(f"[gpu] decoder must be one of {', '.join(GPU_DECODERS)}, got {decoder!r}")
         if per_gpu < 1:
             raise ValueError(f"workers per GPU must be at least 1, got {per_gpu}")
         profiles.extend(
@@ -300,7 +311,7 @@ def plan_devices(
                 spec.name,
                 int(batch_size or bs),
                 str(precision or prec),
-                "nvjpeg",
+                decoder,
                 int(over.get("threads", 4)),
                 memory_bytes=spec.memory_bytes,
                 capability=spec.capability,

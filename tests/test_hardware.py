@@ -67,8 +67,8 @@ def test_plan_heterogeneous_gpus_and_overrides(monkeypatch: pytest.MonkeyPatch, 
     _fake_gpus(monkeypatch, [GpuSpec("NVIDIA H100", 80 * GIB, (9, 0)), GpuSpec("Tesla T4", 15 * GIB, (7, 5))])
     plan = plan_devices("all")
     assert [(p.device, p.batch_size, p.precision, p.decoder) for p in plan] == [
-        ("cuda:0", 128, "fp16", "nvjpeg"),
-        ("cuda:1", 32, "fp16", "nvjpeg"),
+        ("cuda:0", 128, "fp16", "auto"),
+        ("cuda:1", 32, "fp16", "auto"),
     ]
     cfg_file = tmp_path / "ff.toml"
     cfg_file.write_text('[gpu]\nprecision = "bf16"\n[gpu."T4"]\nbatch_size = 8\nprecision = "fp16"\n')
@@ -78,6 +78,9 @@ def test_plan_heterogeneous_gpus_and_overrides(monkeypatch: pytest.MonkeyPatch, 
         (128, "bf16", "config"),
         (8, "fp16", "config"),
     ]
+    assert {p.decoder for p in plan_devices("all", config={"gpu": {"decoder": "nvjpeg"}})} == {"nvjpeg"}
+    with pytest.raises(ValueError, match="decoder"):
+        plan_devices("all", config={"gpu": {"decoder": "libjpeg"}})
     plan = plan_devices("1", config=cfg, batch_size=4)  # CLI beats config
     assert [(p.device, p.batch_size, p.precision, p.source) for p in plan] == [("cuda:1", 4, "fp16", "cli")]
 

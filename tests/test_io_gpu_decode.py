@@ -11,7 +11,13 @@ import torch
 from PIL import Image, ImageOps
 
 from facefleet.io.decode import ImageDecodeError, decode_image
-from facefleet.io.gpu_decode import apply_exif_orientation, decode_batch, nvjpeg_available
+from facefleet.io.gpu_decode import (
+    apply_exif_orientation,
+    decode_batch,
+    decode_images,
+    jpeg_decoder,
+    nvjpeg_available,
+)
 from facefleet.io.jpeg import parse_jpeg_header
 
 
@@ -85,17 +91,19 @@ def test_cpu_fallback_matches_decode_image(img: np.ndarray) -> None:
 
 
 class _FakeBatchDecoder:
-    """Stand-in for nvJPEG: decodes with Pillow *without* EXIF orientation, like nvJPEG, and
-    refuses progressive files in batch mode to exercise the per-file retry."""
+    """Stand-in for a GPU JPEG decoder: decodes with Pillow *without* EXIF orientation, like nvJPEG,
+    and refuses progressive files in batch mode to exercise the per-file retry."""
+
+    name = "fake"
+    borrowed = False
 
     def __init__(self) -> None:
         self.calls: list[int] = []
 
-    def __call__(self, data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    def __call__(self, data: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
         self.calls.append(len(data))
-        out = []
-        for t in data:
-            raw = t.numpy().tobytes()
+        out: list[torch.Tensor | None] = []
+        for raw in data:
             header = parse_jpeg_header(raw)
             assert header is not None and header.nvjpeg_ok  # only eligible JPEGs are sent
             if header.sof == 0xC2:
@@ -113,9 +121,9 @@ def test_batch_decoder_routing_orientation_and_fallbacks(img: np.ndarray) -> Non
     names = ["rot.jpg", "p.png", "cmyk.jpg", "prog.jpg", "big.jpg", "cut.jpg"]
     fake = _FakeBatchDecoder()
     out = decode_batch(blobs, names, "cpu", jpeg_decoder=fake, max_pixels=1000)
-    # one batched call with the four eligible JPEGs (rot, prog, big is refused by size first, cut
+    # one batched call with the two eligible JPEGs (rot, prog; big is refused by size first, cut
     # is incomplete), it fails on the progressive one, then a per-file retry of each.
-    assert fake.calls[0] == 2 and fake.calls[1:] == [1, 1]
+    assert fake.calls == [2, 1, 1]
     rot, png, cmyk, prog, bigr, cut = out
     assert isinstance(rot, torch.Tensor)
     assert torch.equal(rot.permute(1, 2, 0), torch.from_numpy(decode_image(blobs[0], "rot.jpg")))
@@ -127,21 +135,120 @@ def test_batch_decoder_routing_orientation_and_fallbacks(img: np.ndarray) -> Non
     assert isinstance(cut, ImageDecodeError) and "truncated" in str(cut)
 
 
+class _BorrowingDecoder(_FakeBatchDecoder):
+    """Like nvImageCodec: returns views of its own buffers, overwritten by its next call (garbage
+    first), so a caller that keeps them instead of copying them out gets wrong pixels."""
+
+    borrowed = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffers: list[torch.Tensor] = []
+
+    def __call__(self, data: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
+        out = super().__call__(data, device)
+        views: list[torch.Tensor | None] = []
+        for k, t in enumerate(out):
+            assert t is not None
+            if k >= len(self.buffers) or self.buffers[k].numel() < t.numel():
+                self.buffers[k : k + 1] = [torch.empty(t.numel(), dtype=torch.uint8)]
+            self.buffers[k].fill_(77)
+            view = self.buffers[k][: t.numel()].view(t.shape)
+            view.copy_(t)
+            views.append(view)
+        return views
+
+
+def _photo(w: int, h: int, seed: int) -> np.ndarray:
+    from skimage import data
+
+    a = data.astronaut()
+    y, x = (seed * 37) % (a.shape[0] - h), (seed * 53) % (a.shape[1] - w)
+    return np.ascontiguousarray(a[y : y + h, x : x + w])
+
+
+def test_stacked_chunked_decode_copies_out_of_a_borrowing_decoder() -> None:
+    # five same-size photos, one stored rotated (orientation 6: stored 24x40, shown 40x24)
+    arrays = [_photo(40, 24, k) for k in range(4)] + [np.ascontiguousarray(np.rot90(_photo(40, 24, 9)))]
+    blobs = [_jpeg(a) for a in arrays[:4]] + [_jpeg(arrays[4], 6)]
+    names = [f"{k}.jpg" for k in range(5)]
+    fake = _BorrowingDecoder()
+    got = decode_images(blobs, names, "cpu", jpeg_decoder_fn=fake, stack=True, chunk=2)
+    assert fake.calls == [2, 2, 1]  # chunks of two, decoded straight into the stack
+    assert got.stack is not None and tuple(got.stack.shape) == (5, 3, 24, 40)
+    for k, (blob, item) in enumerate(zip(blobs, got.items, strict=True)):
+        assert isinstance(item, torch.Tensor)
+        assert item.data_ptr() == got.stack[k].data_ptr()  # rows of the stack, not copies
+        assert torch.equal(item.permute(1, 2, 0), torch.from_numpy(decode_image(blob, names[k])))
+    # without a stack the items are owned copies, not views of the decoder's reused buffers
+    single = decode_images(blobs[:2], names[:2], "cpu", jpeg_decoder_fn=fake)
+    decode_images(blobs[2:4], names[2:4], "cpu", jpeg_decoder_fn=fake)
+    assert single.stack is None
+    for blob, name, item in zip(blobs[:2], names[:2], single.items, strict=True):
+        assert isinstance(item, torch.Tensor)
+        assert torch.equal(item.permute(1, 2, 0), torch.from_numpy(decode_image(blob, name)))
+
+
+def test_stack_only_when_every_image_has_one_size(img: np.ndarray) -> None:
+    a, b = _photo(40, 24, 1), _photo(40, 24, 2)
+    fake = _BorrowingDecoder()
+    # a PNG of the same size joins the stack (a copy), a failed file means no stack
+    mixed = decode_images([_jpeg(a), _png(b)], ["a.jpg", "b.png"], "cpu", jpeg_decoder_fn=fake, stack=True)
+    assert mixed.stack is not None and tuple(mixed.stack.shape) == (2, 3, 24, 40)
+    assert torch.equal(mixed.stack[1].permute(1, 2, 0), torch.from_numpy(b))
+    broken = decode_images([_jpeg(a), b"junk"], ["a.jpg", "x.jpg"], "cpu", jpeg_decoder_fn=fake, stack=True)
+    assert broken.stack is None and isinstance(broken.items[1], ImageDecodeError)
+    assert isinstance(broken.items[0], torch.Tensor)
+    assert torch.equal(broken.items[0].permute(1, 2, 0), torch.from_numpy(decode_image(_jpeg(a), "a.jpg")))
+    sizes = decode_images([_jpeg(a), _jpeg(img)], ["a.jpg", "i.jpg"], "cpu", jpeg_decoder_fn=fake, stack=True)
+    assert sizes.stack is None and [tuple(t.shape) for t in sizes.items] == [(3, 24, 40), (3, 6, 9)]
+    # Pillow only, and the decoder names
+    cpu = decode_images([_jpeg(a)], ["a.jpg"], "cpu", decoder="cpu")
+    assert isinstance(cpu.items[0], torch.Tensor)
+    assert jpeg_decoder("cpu") is None
+    with pytest.raises(ValueError, match="unknown JPEG decoder"):
+        jpeg_decoder("cpu", "turbo")
+
+
+def _gpu_decoders() -> list[str]:
+    names = ["nvjpeg"]
+    try:
+        import nvidia.nvimgcodec  # noqa: F401
+
+        names.append("nvimgcodec")
+    except Exception:
+        pass
+    return names
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_nvjpeg_on_cuda(img: np.ndarray) -> None:
+@pytest.mark.parametrize("decoder", _gpu_decoders())
+def test_gpu_decoders_on_cuda(img: np.ndarray, decoder: str) -> None:
     pytest.importorskip("torchvision")
     assert nvjpeg_available("cuda")
+    dec = jpeg_decoder("cuda", decoder)
+    assert dec is not None and dec.name == decoder
     from skimage import data
 
     # A real photo: decoders differ in chroma upsampling, which random colour blocks exaggerate.
     smooth = np.ascontiguousarray(data.astronaut()[::4, ::3])
     blobs = [_jpeg(smooth, o) for o in (1, 3, 6, 8)] + [_jpeg(smooth[..., 0]), _png(img)]
     names = [f"{i}.jpg" for i in range(len(blobs))]
-    out = decode_batch(blobs, names, "cuda")
-    for blob, name, t in zip(blobs, names, out, strict=True):
-        assert isinstance(t, torch.Tensor) and t.device.type == "cuda" and t.dtype == torch.uint8
-        ref = torch.from_numpy(decode_image(blob, name)).permute(2, 0, 1)
-        assert t.shape == ref.shape
-        diff = (t.cpu().int() - ref.int()).abs().float().mean().item()
-        assert diff < 2.0, (name, diff)  # mean |nvJPEG - libjpeg| in 8-bit levels
+    for _ in range(2):  # the second round reuses the decoder's buffers
+        out = decode_batch(blobs, names, "cuda", decoder=decoder)
+        same = [_jpeg(smooth, 1)] * 5
+        stacked = decode_images(
+            same, [f"s{i}.jpg" for i in range(5)], "cuda", decoder=decoder, stack=True, chunk=2
+        )
+        assert stacked.stack is not None and stacked.stack.shape[0] == 5
+        ref0 = torch.from_numpy(decode_image(same[0], "s0.jpg")).permute(2, 0, 1)
+        for t in stacked.items:
+            assert isinstance(t, torch.Tensor)
+            assert (t.cpu().int() - ref0.int()).abs().float().mean().item() < 2.0
+        for blob, name, t in zip(blobs, names, out, strict=True):
+            assert isinstance(t, torch.Tensor) and t.device.type == "cuda" and t.dtype == torch.uint8
+            ref = torch.from_numpy(decode_image(blob, name)).permute(2, 0, 1)
+            assert t.shape == ref.shape
+            diff = (t.cpu().int() - ref.int()).abs().float().mean().item()
+            assert diff < 2.0, (name, diff)  # mean |GPU decoder - libjpeg| in 8-bit levels

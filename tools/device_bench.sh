@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|profile
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"
 . tools/device_setup.sh
@@ -26,6 +26,13 @@ scaling)
   [ "${SIM:-1}" = 0 ] || facefleet bench --baselines none --simulate-workers 1,2,4,8 \
     --sim-rate "${SIM_RATE:-3000}" --json "$OUT/simulate.json"
   ;;
+decode)  # GPU JPEG decoders, and the engine with each (docs/benchmarks.md, "GPU JPEG decoders")
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  python3 -m pytest -q -p no:cacheprovider tests/test_io_gpu_decode.py 2>&1 | tail -3
+  python3 tools/probe_decode.py --corpus /tmp/ffcorpus --images 1024 --chunks "${CHUNKS:-16,32,128}" 2>&1 | tee "$OUT/probe_decode.txt"
+  facefleet bench --corpus /tmp/ffcorpus --baselines engine --decoders "${DECODERS:-nvjpeg,nvimgcodec}" \
+    --gpu-workers "${GPU_WORKERS:-1,2}" --json "$OUT/decoders.json"
+  ;;
 workers)  # worker processes per GPU, one corpus for every row (docs/benchmarks.md, "Workers per GPU")
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-12000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
   facefleet bench --corpus /tmp/ffcorpus --baselines engine --gpu-workers "${GPU_WORKERS:-1,2,3}" \
@@ -42,5 +49,5 @@ profile)  # where the time of a GPU worker goes (tools/profile_gpu.py + a sample
     cp /tmp/ffrun/report.json "$OUT/report-b$b.json" 2>/dev/null
   done
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|profile" >&2; exit 2 ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile" >&2; exit 2 ;;
 esac

@@ -63,6 +63,12 @@ def build_parser(prog: str = "facefleet bench") -> argparse.ArgumentParser:
         help="engine worker processes per GPU (default: the GPU profile); a comma list, e.g. 1,2,3, "
         "gives one engine row per value",
     )
+    p.add_argument(
+        "--decoders",
+        default="",
+        help="GPU JPEG decoder of the engine: auto, nvimgcodec, nvjpeg (default: auto); a comma list "
+        "gives one engine row per value",
+    )
     p.add_argument("--batch-size", type=int, help="engine batch size (default: the GPU profile)")
     p.add_argument("--unit-size", type=int, default=256)
     p.add_argument(
@@ -217,6 +223,7 @@ def run_engine(
     workers: int | None,
     name: str,
     gpu_workers: int | None = None,
+    decoder: str | None = None,
 ) -> dict[str, Any]:
     """One ``facefleet.engine.run`` over the corpus; the row reads the run's stats.json."""
     from facefleet import engine
@@ -239,6 +246,7 @@ def run_engine(
             unit_size=unit_size,
             workers=workers,
             gpu_workers=gpu_workers,
+            config={"gpu": {"decoder": decoder}} if decoder else None,
             force=True,
             quiet=True,
         )
@@ -511,12 +519,14 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
             if devices == "auto" and ngpu == 0:
                 devices = "cpu"
             per_gpu: list[int | None] = list(_parse_ints(args.gpu_workers)) or [None]
+            decoders: list[str | None] = [d for d in args.decoders.replace(" ", "").split(",") if d] or [None]
             if "engine" in baselines:
                 for fs in args.formats or ["parquet"]:
                     fmts = tuple(x for x in fs.replace(" ", "").split(",") if x and x != "parquet")
-                    for g in per_gpu:
+                    for g, dec in ((g, dec) for dec in decoders for g in per_gpu):
                         name = "facefleet run" + ("" if not fmts else f" +{','.join(fmts)}")
                         name += f" ({g}/GPU)" if g and devices != "cpu" else ""
+                        name += f" [{dec}]" if dec and devices != "cpu" else ""
                         log(f"running {name} on {devices} ...")
                         try:
                             row = run_engine(
@@ -528,6 +538,7 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                                 unit_size=args.unit_size,
                                 workers=args.workers,
                                 gpu_workers=g,
+                                decoder=dec,
                                 name=name,
                             )
                         except Exception as e:
@@ -580,6 +591,7 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                             unit_size=args.unit_size,
                             workers=None,
                             gpu_workers=per_gpu[0],
+                            decoder=decoders[0],
                             name=f"facefleet run x{k}",
                         )
                         row["gpus"] = k

@@ -66,6 +66,9 @@ class WorkerSpec:
     reconstructor_kwargs: dict[str, Any] = field(default_factory=dict)
     readers: int = 4
     decoders: int = 2  # batches decoded at once (nvJPEG on CUDA; on CPU each batch uses `readers` threads)
+    # CUDA: decoded batches that may hold device memory at once (the networks' one and the next ones)
+    gpu_batches: int = 2
+    decode_chunk: int = 32  # CUDA: JPEGs per GPU decoder call, written straight into the batch tensor
     writers: int = 2
     file_processes: bool | None = None  # per-image files in processes (None: on GPU workers, see _file_pool)
     coordinator_pid: int | None = None
@@ -151,6 +154,7 @@ class _Batch:
     # (items are views of it), so the pipeline packs the batch without another copy
     stack: Any = None
     ready: Any = None  # CUDA event recorded on the decode stream once the batch is decoded
+    slot: bool = False  # holds one of the worker's device-memory slots (released by the device stage)
 
 
 _STOP = object()
@@ -181,6 +185,9 @@ class Worker:
         self._read_q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=depth)
         # decoded batches waiting for the device (each holds its images in device memory)
         self._gpu_q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=max(1, spec.decoders))
+        # on CUDA a batch takes a slot before its images are decoded into device memory and gives it
+        # back once the networks are done with it: at batch 128 a 1080p batch is 0.8 GB
+        self._slots = threading.Semaphore(max(1, spec.gpu_batches))
         self._write_q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=4)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -344,12 +351,21 @@ class Worker:
         pending: list[tuple[_UnitState, int, str, Future[Any]]] = []
         per_image = ThreadPoolExecutor(max(1, self.spec.readers), thread_name_prefix="decoder")
         batches = ThreadPoolExecutor(max(1, self.spec.decoders), thread_name_prefix="batch-decoder")
+        gpu = self.device.type == "cuda"
+
+        def submit(batch: list[Any]) -> None:
+            if gpu:  # device memory for it, taken in batch order (so no later batch can starve it)
+                while not self._slots.acquire(timeout=0.2):
+                    if self._fatal is not None:
+                        raise _Abort()
+            self._put(self._gpu_q, batches.submit(self._decode, batch, per_image, gpu))
+
         try:
             while True:
                 item = self._get(self._read_q)
                 if item is _STOP or isinstance(item, _End):
                     if pending:
-                        self._put(self._gpu_q, batches.submit(self._decode, pending, per_image))
+                        submit(pending)
                         pending = []
                     self._put(self._gpu_q, item)
                     if item is _STOP:
@@ -357,7 +373,7 @@ class Worker:
                     continue
                 pending.append(item)
                 if len(pending) >= self.batch_size:
-                    self._put(self._gpu_q, batches.submit(self._decode, pending, per_image))
+                    submit(pending)
                     pending = []
         except _Abort:
             pass
@@ -365,8 +381,9 @@ class Worker:
             batches.shutdown(wait=True)
             per_image.shutdown(wait=False, cancel_futures=True)
 
-    def _decode(self, pending: list[Any], pool: ThreadPoolExecutor) -> _Batch:
-        """Wait for the reads of a batch and decode it: (3, H, W) uint8 tensors on the device."""
+    def _decode(self, pending: list[Any], pool: ThreadPoolExecutor, slot: bool = False) -> _Batch:
+        """Wait for the reads of a batch and decode it: (3, H, W) uint8 tensors on the device.
+        ``slot``: the batcher took a device-memory slot for it (passed on to the batch)."""
         import torch
 
         from facefleet.io.decode import decode_image
@@ -387,30 +404,38 @@ class Worker:
                 blobs.append(data)
                 blob_at.append(k)
         _add(state.stages, "read", read_s)
-        t0 = time.perf_counter()
         if self.device.type == "cuda" and blobs:
-            from facefleet.detect.views import stack_images
-            from facefleet.io.gpu_decode import decode_batch
+            from facefleet.io.gpu_decode import decode_images
 
+            t0 = time.perf_counter()
             # each decoder thread decodes on its own stream, so decoding overlaps the networks
             stream = getattr(self._local, "stream", None)
             if stream is None:
                 stream = self._local.stream = torch.cuda.Stream(self.device)
-            with torch.cuda.stream(stream):
-                decoded = decode_batch(blobs, [sources[k] for k in blob_at], self.device)
-                for k, out in zip(blob_at, decoded, strict=False):
-                    items[k] = out
-                ok = [it for it in items if not isinstance(it, BaseException)]
-                stack = None
-                if len(ok) > 1 and all(t.shape == ok[0].shape for t in ok):
-                    stack = stack_images(ok)  # the per-image tensors are freed with this frame
-                    rows = iter(stack.unbind(0))
-                    items = [it if isinstance(it, BaseException) else next(rows) for it in items]
-                del ok, decoded
-                ready = torch.cuda.Event()
-                ready.record(stream)
+            try:
+                with torch.cuda.stream(stream):
+                    decoded = decode_images(
+                        blobs,
+                        [sources[k] for k in blob_at],
+                        self.device,
+                        decoder=self.spec.profile.decoder,
+                        stack=True,
+                        chunk=self.spec.decode_chunk,
+                    )
+                    ready = torch.cuda.Event()
+                    ready.record(stream)
+            except BaseException:
+                if slot:
+                    self._slots.release()
+                raise
+            for k, out in zip(blob_at, decoded.items, strict=True):
+                items[k] = out
+            stack = decoded.stack if len(blob_at) == len(items) else None
             _add(state.stages, "decode", time.perf_counter() - t0)
-            return _Batch(state, index, sources, items, stack, ready)
+            return _Batch(state, index, sources, items, stack, ready, slot=slot)
+        if slot:  # nothing of it reaches device memory
+            self._slots.release()
+        t0 = time.perf_counter()
         if blobs:
 
             def dec(k_data: tuple[int, bytes]) -> Any:
@@ -456,11 +481,17 @@ class Worker:
                         if isinstance(t, torch.Tensor):
                             t.record_stream(current)
                 t0 = time.perf_counter()
-                results = self._reconstruct(batch)
+                try:
+                    results = self._reconstruct(batch)
+                finally:
+                    self._drop_device_images(batch)
                 secs = time.perf_counter() - t0
                 batch.state.batch_seconds.append(secs)
                 if self.device.type == "cuda":
-                    peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+                    from facefleet.io.gpu_decode import decoder_memory_bytes
+
+                    # the JPEG decoder's own buffers are outside torch's allocator
+                    peak = (torch.cuda.max_memory_allocated(self.device) + decoder_memory_bytes()) / 2**20
                     batch.state.stages["_peak_mib"] = max(batch.state.stages.get("_peak_mib", 0.0), peak)
                 with self._progress_lock:
                     self._progress[0] += len(results)
@@ -470,6 +501,21 @@ class Worker:
                 self._put(self._write_q, (batch, results))
         except _Abort:
             pass
+
+    def _drop_device_images(self, batch: _Batch) -> None:
+        """The networks are done with the batch: its device images go (overlays get host copies
+        first) and its memory slot is free for the next batch to decode into."""
+        if self.keep_images:
+            batch.items = [
+                t.permute(1, 2, 0).cpu().numpy() if not isinstance(t, BaseException) else t
+                for t in batch.items
+            ]
+        else:
+            batch.items = [t if isinstance(t, BaseException) else None for t in batch.items]
+        batch.stack = None
+        if batch.slot:
+            batch.slot = False
+            self._slots.release()
 
     def _file_pool(self) -> Any:
         """Executor for per-image files. Meshes and textures (PNG encoding, OBJ text) are CPU work
@@ -514,8 +560,7 @@ class Worker:
                     if self.formats:  # failed images get their JSON (with the error) too
                         image = None
                         if self.keep_images and r.error is None:
-                            t = batch.items[k]
-                            image = t.permute(1, 2, 0).cpu().numpy()
+                            image = batch.items[k]  # (H, W, 3) uint8 host copy
                         args = (r, image, self.spec.out_dir, self.spec.input_root, tuple(self.formats))
                         try:
                             fut = pool.submit(write_files, *args)

@@ -63,6 +63,7 @@ def build_parser(prog: str = "facefleet bench") -> argparse.ArgumentParser:
         help="engine worker processes per GPU (default: the GPU profile); a comma list, e.g. 1,2,3, "
         "gives one engine row per value",
     )
+    p.add_argument("--config", default=None, help="engine config file (TOML, as for facefleet run)")
     p.add_argument(
         "--decoders",
         default="",
@@ -212,6 +213,15 @@ def steady_rate(throughput: list[dict[str, float]], lo: float = 0.1, hi: float =
     return (hi - lo) * total / (b - a)
 
 
+def _engine_config(path: str | None, decoder: str | None) -> dict[str, Any]:
+    from facefleet.hardware import load_config
+
+    cfg = load_config(path) if path else {}
+    if decoder:
+        cfg.setdefault("gpu", {})["decoder"] = decoder
+    return cfg
+
+
 def run_engine(
     corpus: Path,
     out: Path,
@@ -224,6 +234,7 @@ def run_engine(
     name: str,
     gpu_workers: int | None = None,
     decoder: str | None = None,
+    config: str | None = None,
 ) -> dict[str, Any]:
     """One ``facefleet.engine.run`` over the corpus; the row reads the run's stats.json."""
     from facefleet import engine
@@ -246,7 +257,7 @@ def run_engine(
             unit_size=unit_size,
             workers=workers,
             gpu_workers=gpu_workers,
-            config={"gpu": {"decoder": decoder}} if decoder else None,
+            config=_engine_config(config, decoder),
             force=True,
             quiet=True,
         )
@@ -539,6 +550,7 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                                 workers=args.workers,
                                 gpu_workers=g,
                                 decoder=dec,
+                                config=args.config,
                                 name=name,
                             )
                         except Exception as e:
@@ -592,6 +604,7 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                             workers=None,
                             gpu_workers=per_gpu[0],
                             decoder=decoders[0],
+                            config=args.config,
                             name=f"facefleet run x{k}",
                         )
                         row["gpus"] = k

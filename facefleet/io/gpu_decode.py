@@ -28,6 +28,7 @@ import os
 import sys
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -151,7 +152,8 @@ class _NvImgCodecDecoder:
             apply_exif_orientation=False, color_spec=nv.ColorSpec.SRGB, sample_format=nv.SampleFormat.P_RGB
         )
         self._local = threading.local()
-        self._states: list[Any] = []
+        # every live thread's state (for memory_bytes); a state goes with its thread
+        self._states: weakref.WeakSet[_NvThreadState] = weakref.WeakSet()
         self._states_lock = threading.Lock()
 
     def _state(self, device: torch.device) -> Any:
@@ -161,7 +163,7 @@ class _NvImgCodecDecoder:
                 device, self._nv.Decoder(device_id=device.index or 0, max_num_cpu_threads=self._cpu_threads)
             )
             with self._states_lock:
-                self._states.append(st)
+                self._states.add(st)
         return st
 
     def memory_bytes(self) -> int:

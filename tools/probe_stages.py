@@ -1,0 +1,113 @@
+"""Device time of each step of the pipeline on one decoded batch (GPU host).
+
+Usage: python tools/probe_stages.py --corpus DIR [--batch 128] [--reps 5]
+
+Wraps the pipeline's steps (letterbox, each network, box decoding, NMS, tiling, mesh crops, pose...)
+in profiler ranges and prints, per step, the GPU kernel time it launched (summed over its calls) and
+its host time, per batch: what to optimise first. Steps nest (a network call is inside its
+detector step), so the rows do not add up; "batch" is the whole ``reconstruct_tensors`` call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+import facefleet.detect.detector as det_mod
+import facefleet.geometry as geo_mod
+import facefleet.mesh.predictor as mesh_mod
+from facefleet.io.gpu_decode import decode_images
+from facefleet.pipeline import Reconstructor
+
+STEPS: list[tuple[Any, str, str]] = [
+    (det_mod.FaceDetector, "__call__", "detect"),
+    (det_mod.FaceDetector, "_views", "detect: letterbox views"),
+    (det_mod.FaceDetector, "_run", "detect: network"),
+    (det_mod.FaceDetector, "_tile_candidates", "detect: tiles (crowd check + tiled views + network)"),
+    (det_mod.FaceDetector, "_crowded", "detect: crowd check"),
+    (det_mod.FaceDetector, "_nms", "detect: nms"),
+    (det_mod, "decode_boxes", "detect: decode boxes"),
+    (det_mod, "_keep_better", "detect: keep better"),
+    (det_mod, "letterbox_pixels", "letterbox_pixels"),
+    (mesh_mod.MeshPredictor, "__call__", "mesh"),
+    (mesh_mod, "crop_rois", "mesh: crops"),
+    (mesh_mod.MeshPredictor, "_run", "mesh: network"),
+    (mesh_mod, "pack_images", "mesh: pack images"),
+    (geo_mod, "estimate_pose", "pose"),
+    (geo_mod, "to_landmarks68", "landmarks68"),
+]
+
+
+def wrap(owner: Any, attr: str, label: str) -> None:
+    fn: Callable[..., Any] = getattr(owner, attr)
+
+    @functools.wraps(fn)
+    def inner(*a: Any, **k: Any) -> Any:
+        with record_function(label):
+            return fn(*a, **k)
+
+    setattr(owner, attr, inner)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corpus", required=True)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--device", default="cuda")
+    a = ap.parse_args()
+    files = sorted(Path(a.corpus).rglob("*.jpg"))[: a.batch]
+    got = decode_images([f.read_bytes() for f in files], [str(f) for f in files], a.device, stack=True)
+    assert got.stack is not None
+    imgs, names = got.stack, [str(f) for f in files]
+    cuda = a.device.startswith("cuda")
+    rec = Reconstructor(device=a.device, precision="fp16" if cuda else "fp32", runtime="torch")
+    rec.warmup()
+    for owner, attr, label in STEPS:
+        wrap(owner, attr, label)
+    for _ in range(3):
+        rec.reconstruct_tensors(imgs, names)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(a.reps):
+        res = rec.reconstruct_tensors(imgs, names)
+    sync()
+    wall = (time.perf_counter() - t0) / a.reps * 1e3
+    faces = sum(len(r.faces) for r in res)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(a.reps):
+            with record_function("batch"):
+                rec.reconstruct_tensors(imgs, names)
+        sync()
+    rows = {e.key: e for e in prof.key_averages()}
+    kernel_ms = (
+        sum(e.self_device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA") / 1e3
+    )
+    where = torch.cuda.get_device_name() if cuda else "cpu"
+    print(f"batch {len(imgs)} x {tuple(imgs.shape[2:])}, {faces} faces, {where}")
+    rate = len(imgs) / wall * 1e3
+    print(f"wall {wall:.1f} ms/batch ({rate:.0f} img/s); kernels {kernel_ms / a.reps:.1f} ms/batch")
+    print(f"{'step':56s} {'calls':>6s} {'GPU ms':>8s} {'host ms':>8s}")
+    for label in ["batch"] + [s[2] for s in STEPS]:
+        e = rows.get(label)
+        if e is None:
+            print(f"{label:56s} {'-':>6s}")
+            continue
+        print(
+            f"{label:56s} {e.count / a.reps:6.1f} {e.device_time_total / 1e3 / a.reps:8.2f} "
+            f"{e.cpu_time_total / 1e3 / a.reps:8.2f}"
+        )
+    print()
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()

@@ -274,3 +274,33 @@ def test_matmul_letterbox_matches_interpolate(astronaut: np.ndarray) -> None:
     assert got.shape == ref.shape == (1, 3, 192, 192) and got.dtype == torch.float32
     assert (got - ref).abs().max() <= 1.5 / 255
     assert (got - ref).abs().mean() <= 0.1 / 255
+
+
+def test_tile_letterboxes_from_block_matrix_products(astronaut: np.ndarray) -> None:
+    """Tiles of a grid letterboxed by two block matrix products over whole frames (the GPU path of
+    the detector's tiling) equal each tile letterboxed on its own, in tile-major order."""
+    from facefleet.detect.views import letterbox_pixels, letterbox_tiles
+
+    frame = torch.from_numpy(np.ascontiguousarray(np.tile(astronaut, (1, 2, 1))[:400, :700]))
+    x = torch.stack([frame, frame.flip(1), frame.flip(0)]).permute(0, 3, 1, 2).contiguous()
+    origins = [(0, 0), (300, 0), (420, 0), (0, 120), (420, 120), (300, 120)]  # any order, grid or not
+    got = letterbox_tiles(x, origins, 280, 96, dtype=torch.float32, budget=2 * 3 * 400 * 700)  # 2 chunks
+    assert got.shape == (len(origins) * 3, 3, 96, 96)
+    ref = torch.cat([letterbox_pixels(x[:, :, y : y + 280, c : c + 280].float(), 96) for c, y in origins])
+    assert (got - ref).abs().max() <= 1e-4
+    # elsewhere than on CUDA without a dtype: tile by tile, the same views
+    slow = letterbox_tiles(x, origins, 280, 96)
+    assert slow.shape == got.shape and (slow - ref).abs().max() <= 1.5 / 255
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tile_letterboxes_on_cuda(astronaut: np.ndarray) -> None:
+    from facefleet.detect.views import letterbox_pixels, letterbox_tiles
+
+    frame = torch.from_numpy(np.ascontiguousarray(np.tile(astronaut, (3, 4, 1))[:1080, :1920]))
+    x = torch.stack([frame, frame.flip(1)]).permute(0, 3, 1, 2).contiguous()
+    origins = [(0, 0), (704, 189), (1408, 568)]
+    got = letterbox_tiles(x.cuda(), origins, 512, 192).cpu()
+    ref = torch.cat([letterbox_pixels(x[:, :, y : y + 512, c : c + 512].float(), 192) for c, y in origins])
+    assert (got - ref).abs().max() <= 1.5 / 255 and (got - ref).abs().mean() <= 0.1 / 255

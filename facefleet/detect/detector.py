@@ -30,7 +30,13 @@ from torch import Tensor
 
 from facefleet.detect.anchors import DETECTOR_SPECS, DetectorSpec, decode_boxes, sigmoid_scores, ssd_anchors
 from facefleet.detect.nms import weighted_nms
-from facefleet.detect.views import ViewTransform, letterbox_params, letterbox_pixels, stack_images
+from facefleet.detect.views import (
+    ViewTransform,
+    letterbox_params,
+    letterbox_pixels,
+    letterbox_tiles,
+    stack_images,
+)
 
 __all__ = ["Detections", "FaceDetector", "ImageBatch", "as_image_list", "tile_grid"]
 
@@ -315,11 +321,13 @@ class FaceDetector:
             if not tiles:
                 continue
             sx, sy, ox, oy = letterbox_params(side, side, size)
-            step = max(1, self._letterbox_budget // (3 * side * side))
+            # tile-major, like the rows below
+            xs.append(
+                letterbox_tiles(
+                    stack, [(t[0], t[1]) for t in tiles], side, size, budget=self._letterbox_budget
+                )
+            )
             for x0, y0, c0, c1, c2, c3 in tiles:
-                region = stack[:, :, y0 : y0 + side, x0 : x0 + side]
-                for s in range(0, len(members), step):
-                    xs.append(letterbox_pixels(region[s : s + step], size))
                 rows += [(i, sx, sy, ox + x0, oy + y0, c0, c1, c2, c3, float(overlap)) for i in members]
         if not rows:
             return None

@@ -174,6 +174,7 @@ class Worker:
         self.keep_images = "overlay" in self.formats
         self._rec = reconstructor
         self._batcher_thread: threading.Thread | None = None  # started once the networks are ready
+        self._decoder_setup: threading.Thread | None = None
         self._local = threading.local()  # per decoder thread: its CUDA stream
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
@@ -200,6 +201,17 @@ class Worker:
         self.device = torch.device(local)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        if self.device.type == "cuda":
+            # the GPU JPEG decoder's set-up (~1-2 s for nvImageCodec) overlaps loading the networks
+            from facefleet.io.gpu_decode import jpeg_decoder
+
+            self._decoder_setup = threading.Thread(
+                target=jpeg_decoder,
+                args=(self.device, spec.profile.decoder),
+                name="decoder-setup",
+                daemon=True,
+            )
+            self._decoder_setup.start()
         if self._rec is None:
             self._rec = _make_reconstructor(spec, local)
         db = WorkQueue(spec.queue_path)
@@ -453,6 +465,8 @@ class Worker:
     def _device_stage(self) -> None:
         import torch
 
+        if self._decoder_setup is not None:  # no other thread uses the device during the captures
+            self._decoder_setup.join()
         warm = getattr(self._rec, "warmup", None)
         if self.device.type == "cuda" and callable(warm):
             # cuDNN plans and CUDA-graph captures, while the claimer reads the first files; the

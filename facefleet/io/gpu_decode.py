@@ -225,10 +225,18 @@ _NV_NOISE = ("nvjpeg2k", "nvJPEG2000", "nvtiff", "nvTIFF")
 _nv_decoders: dict[torch.device, _NvImgCodecDecoder] = {}
 
 
-@functools.lru_cache(maxsize=8)
+_NV_INIT = threading.Lock()
+
+
 def _nvimgcodec_decoder(device: torch.device) -> JpegBatchDecoder | None:
     """nvImageCodec, if importable and it decodes a test JPEG on ``device`` (else None, with the
-    reason on stderr once)."""
+    reason on stderr once). Decoder threads that ask at once wait for one set-up."""
+    with _NV_INIT:
+        return _nvimgcodec_setup(device)
+
+
+@functools.lru_cache(maxsize=8)
+def _nvimgcodec_setup(device: torch.device) -> JpegBatchDecoder | None:
     with _quiet_stderr() as noise:
         try:
             from nvidia import nvimgcodec as nv

@@ -362,8 +362,11 @@ class Worker:
         the device stage receives them in order (futures), so unit boundaries stay in place."""
         pending: list[tuple[_UnitState, int, str, Future[Any]]] = []
         per_image = ThreadPoolExecutor(max(1, self.spec.readers), thread_name_prefix="decoder")
-        batches = ThreadPoolExecutor(max(1, self.spec.decoders), thread_name_prefix="batch-decoder")
         gpu = self.device.type == "cuda"
+        # on CUDA at most gpu_batches - 1 batches decode while one is on the networks: more decoder
+        # threads would only wait for a slot (and each GPU decoder thread keeps its own buffers)
+        threads = max(1, min(self.spec.decoders, self.spec.gpu_batches - 1) if gpu else self.spec.decoders)
+        batches = ThreadPoolExecutor(threads, thread_name_prefix="batch-decoder")
 
         def submit(batch: list[Any]) -> None:
             if gpu:  # device memory for it, taken in batch order (so no later batch can starve it)

@@ -80,8 +80,9 @@ class DeviceProfile:
 # detector (the number of faces decides the shapes that follow) leaves the GPU idle while Python
 # prepares the next kernels, and nvJPEG calls are serialised per process. A second process per GPU
 # fills those gaps: on an H200, 1,345 -> 1,815 img/s (a third: 1,880) with CUDA graphs on
-# (docs/benchmarks.md). Each process holds its own CUDA context, batches and graphs (~4-6 GB at batch
-# 128), so only cards with room for it (>= 32 GB) and hosts with >= 4 cores per worker get two.
+# (docs/benchmarks.md). Each process holds its own CUDA context, batches and graphs (~3 GB allocated at
+# batch 128 on 1080p, more by NVML), so only cards with room for it (>= 32 GB) and hosts with >= 4 cores
+# per worker get two.
 BIG_GPU_WORKERS = 2
 BIG_GPU_MIN_BYTES = 32 << 30
 

@@ -234,6 +234,7 @@ def test_gpu_decoders_on_cuda(img: np.ndarray, decoder: str) -> None:
     # A real photo: decoders differ in chroma upsampling, which random colour blocks exaggerate.
     smooth = np.ascontiguousarray(data.astronaut()[::4, ::3])
     blobs = [_jpeg(smooth, o) for o in (1, 3, 6, 8)] + [_jpeg(smooth[..., 0]), _png(img)]
+    blobs.append(_jpeg(smooth, progressive=True))
     names = [f"{i}.jpg" for i in range(len(blobs))]
     for _ in range(2):  # the second round reuses the decoder's buffers
         out = decode_batch(blobs, names, "cuda", decoder=decoder)

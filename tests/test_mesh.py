@@ -304,3 +304,9 @@ def test_tile_letterboxes_on_cuda(astronaut: np.ndarray) -> None:
     got = letterbox_tiles(x.cuda(), origins, 512, 192).cpu()
     ref = torch.cat([letterbox_pixels(x[:, :, y : y + 512, c : c + 512].float(), 192) for c, y in origins])
     assert (got - ref).abs().max() <= 1.5 / 255 and (got - ref).abs().mean() <= 0.1 / 255
+    # both detectors' whole-frame letterboxes from one pass (letterbox_sizes)
+    from facefleet.detect.views import letterbox_sizes
+
+    for size, out in zip((128, 192), letterbox_sizes(x.cuda(), (128, 192)), strict=True):
+        ref = letterbox_pixels(x.float(), size)
+        assert out.shape == ref.shape and (out.cpu() - ref).abs().max() <= 1.5 / 255

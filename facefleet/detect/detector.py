@@ -34,6 +34,7 @@ from facefleet.detect.views import (
     ViewTransform,
     letterbox_params,
     letterbox_pixels,
+    letterbox_sizes,
     letterbox_tiles,
     stack_images,
 )
@@ -289,8 +290,31 @@ class FaceDetector:
             for m in members.values()
         ]
 
+    def _whole_letterboxes(self, groups: list[tuple[list[int], Tensor]]) -> dict[str, list[list[Tensor]]]:
+        """Whole-image letterboxes of every image for every model of this detector, per kind, per size
+        group, per chunk (as :meth:`_views` cuts them): the models' sizes share one pass over the
+        frames (:func:`letterbox_sizes`)."""
+        kinds = self._kinds
+        sizes = [DETECTOR_SPECS[k].input_size for k in kinds]
+        out: dict[str, list[list[Tensor]]] = {k: [] for k in kinds}
+        for members, stack in groups:
+            h, w = int(stack.shape[2]), int(stack.shape[3])
+            step = max(1, self._letterbox_budget // (3 * h * w))
+            chunks: dict[str, list[Tensor]] = {k: [] for k in kinds}
+            for s in range(0, len(members), step):
+                for k, x in zip(kinds, letterbox_sizes(stack[s : s + step], sizes), strict=True):
+                    chunks[k].append(x)
+            for k in kinds:
+                out[k].append(chunks[k])
+        return out
+
     def _views(
-        self, kind: str, groups: list[tuple[list[int], Tensor]], whole: bool, tile_threshold: int | None
+        self,
+        kind: str,
+        groups: list[tuple[list[int], Tensor]],
+        whole: bool,
+        tile_threshold: int | None,
+        pre: list[list[Tensor]] | None = None,
     ) -> tuple[Tensor, ViewTransform, Tensor, Tensor, Tensor] | None:
         """Letterboxed inputs ``(V, 3, S, S)``, their transforms, image index ``(V,)``, tile cores
         ``(V, 4)`` (infinite for whole images) and the largest box side kept per view ``(V,)``; None when
@@ -300,19 +324,23 @@ class FaceDetector:
         Per size group: the whole images, then each tile position cut from all images of the group at
         once (a strided view), so the number of operations depends on the number of distinct sizes and
         tile positions, never on the number of images. The view table is built on the host and copied
-        to the device once."""
+        to the device once. ``pre``: the whole-image letterboxes, already made (see
+        :meth:`_whole_letterboxes`)."""
         size = DETECTOR_SPECS[kind].input_size
         inf = math.inf
         xs: list[Tensor] = []
         rows: list[
             tuple[float, ...]
         ] = []  # per view: image, scale x/y, offset x/y, core x0/y0/x1/y1, max side
-        for members, stack in groups:
+        for g, (members, stack) in enumerate(groups):
             h, w = int(stack.shape[2]), int(stack.shape[3])
             if whole:
-                step = max(1, self._letterbox_budget // (3 * h * w))
-                for s in range(0, len(members), step):
-                    xs.append(letterbox_pixels(stack[s : s + step], size))
+                if pre is not None:
+                    xs.extend(pre[g])
+                else:
+                    step = max(1, self._letterbox_budget // (3 * h * w))
+                    for s in range(0, len(members), step):
+                        xs.append(letterbox_pixels(stack[s : s + step], size))
                 sx, sy, ox, oy = letterbox_params(h, w, size)
                 rows += [(i, sx, sy, ox, oy, -inf, -inf, inf, inf, inf) for i in members]
             if tile_threshold is None:
@@ -346,12 +374,13 @@ class FaceDetector:
         groups: list[tuple[list[int], Tensor]],
         whole: bool = True,
         tile_threshold: int | None = None,
+        pre: list[list[Tensor]] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None:
         """Run one model on its views; candidates above ``min_score`` in source pixels:
         boxes ``(M, 4)``, keypoints ``(M, 6, 2)``, scores ``(M,)``, image index ``(M,)``,
         from-a-tile flags ``(M,)``."""
         spec: DetectorSpec = DETECTOR_SPECS[kind]
-        views = self._views(kind, groups, whole, tile_threshold)
+        views = self._views(kind, groups, whole, tile_threshold, pre)
         if views is None:
             return None
         x, tf, img_idx, cores, max_side = views
@@ -381,9 +410,10 @@ class FaceDetector:
             raise ValueError(f"images on {batch.device}, the detector runs on {self.device}")
         n = len(imgs)
         groups = self._groups(imgs, batch)
+        pre = self._whole_letterboxes(groups) if len(self._kinds) > 1 else None
         cands = {}
         for k in self._kinds:
-            c = self._candidates(k, groups)
+            c = self._candidates(k, groups, pre=None if pre is None else pre.pop(k))
             assert c is not None
             cands[k] = c
         if "full" in cands and self.tile:
@@ -396,8 +426,20 @@ class FaceDetector:
             b, kp, sc, ix, tile = cands["full"]
             keep = ~(tile & _inside_larger(b, ix, wb, wi))
             cands["full"] = (b[keep], kp[keep], sc[keep], ix[keep], tile[keep])
-        dets = [self._nms(*cands[k][:4]) for k in self._kinds]
-        det = dets[0] if len(dets) == 1 else _keep_better(dets[0], dets[1])
+        if len(self._kinds) == 1:
+            det = self._nms(*cands[self._kinds[0]][:4])
+        else:  # one NMS (one set of host syncs) for both models: model j's images are groups j*n..
+            both = [cands[k] for k in self._kinds]
+            merged = self._nms(
+                torch.cat([c[0] for c in both]),
+                torch.cat([c[1] for c in both]),
+                torch.cat([c[2] for c in both]),
+                torch.cat([c[3] + j * n for j, c in enumerate(both)]),
+            )
+            first = merged.image_index < n
+            a, b2 = merged.select(first), merged.select(~first)
+            b2 = Detections(b2.boxes, b2.keypoints, b2.scores, b2.image_index - n)
+            det = _keep_better(a, b2)
         return _finish(det, self.max_faces, n)
 
     def _tile_candidates(

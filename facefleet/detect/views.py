@@ -23,6 +23,7 @@ __all__ = [
     "letterbox",
     "letterbox_params",
     "letterbox_pixels",
+    "letterbox_sizes",
     "letterbox_tiles",
     "resize_matrix",
     "stack_images",
@@ -98,24 +99,30 @@ def resize_matrix(n_in: int, n_out: int, pad_before: int = 0, total: int | None 
 _RESIZE_CACHE: dict[tuple[int, int, int, str], tuple[Tensor, Tensor]] = {}  # float16 weights
 
 
+def _letterbox_weights(h: int, w: int, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """float16 letterbox weights of an ``h x w`` region to ``size``: rows ``(S, h)`` (with the 1/255
+    scale and the padding rows) and transposed columns ``(w, S)``."""
+    key = (h, w, size, str(device))
+    mats = _RESIZE_CACHE.get(key)
+    if mats is None:
+        nh, nw = _fit(h, w, size)
+        py, px = (size - nh) // 2, (size - nw) // 2
+        wy = resize_matrix(h, nh, py, size) / 255.0  # (S, h)
+        wx = resize_matrix(w, nw, px, size)  # (S, w)
+        mats = (wy.to(device, torch.float16), wx.t().contiguous().to(device, torch.float16))
+        if len(_RESIZE_CACHE) > 64:
+            _RESIZE_CACHE.clear()
+        _RESIZE_CACHE[key] = mats
+    return mats
+
+
 def _letterbox_matmul(regions: Tensor, size: int) -> Tensor:
     """The letterbox of :func:`letterbox_pixels` as two matrix products per chunk (rows, then columns),
     in float16 on the GPU's tensor cores. The antialiased ``interpolate`` kernel it replaces was the
     largest GPU kernel of a 1080p batch (21 % of its GPU time, H200 profile); the padding and the
     1/255 scale come free with the weights."""
     _, _, h, w = regions.shape
-    nh, nw = _fit(h, w, size)
-    py, px = (size - nh) // 2, (size - nw) // 2
-    key = (h, w, size, str(regions.device))
-    mats = _RESIZE_CACHE.get(key)
-    if mats is None:
-        wy = resize_matrix(h, nh, py, size) / 255.0  # (S, h)
-        wx = resize_matrix(w, nw, px, size)  # (S, w)
-        mats = (wy.to(regions.device, torch.float16), wx.t().contiguous().to(regions.device, torch.float16))
-        if len(_RESIZE_CACHE) > 64:
-            _RESIZE_CACHE.clear()
-        _RESIZE_CACHE[key] = mats
-    wy16, wxt16 = mats
+    wy16, wxt16 = _letterbox_weights(h, w, size, regions.device)
     cols = regions.to(torch.float16) @ wxt16  # (V, 3, h, S)
     out = wy16 @ cols  # (V, 3, S, S)
     return out.float().clamp_(0.0, 1.0)
@@ -146,6 +153,24 @@ def letterbox_pixels(regions: Tensor, size: int) -> Tensor:
     x = (x / 255.0).clamp(0.0, 1.0)
     py, px = (size - nh) // 2, (size - nw) // 2
     return F.pad(x, (px, size - nw - px, py, size - nh - py), value=0.0)
+
+
+def letterbox_sizes(regions: Tensor, sizes: Sequence[int]) -> list[Tensor]:
+    """:func:`letterbox_pixels` of the same regions to several sizes: one float32 ``(V, 3, S, S)`` per
+    size. On CUDA, when every size shrinks the regions, one float16 conversion and one column product
+    (the sizes' column weights side by side) serve all sizes: the two detectors' letterboxes of a
+    1080p batch then read the frames once instead of twice."""
+    _, _, h, w = regions.shape
+    fits = [_fit(h, w, size) for size in sizes]
+    if len(sizes) < 2 or regions.device.type != "cuda" or not all(nh < h or nw < w for nh, nw in fits):
+        return [letterbox_pixels(regions, size) for size in sizes]
+    mats = [_letterbox_weights(h, w, size, regions.device) for size in sizes]
+    cols = regions.to(torch.float16) @ torch.cat([wxt for _, wxt in mats], 1)  # (V, 3, h, sum S)
+    outs, at = [], 0
+    for size, (wy16, _) in zip(sizes, mats, strict=True):
+        outs.append((wy16 @ cols[..., at : at + size]).float().clamp_(0.0, 1.0))
+        at += size
+    return outs
 
 
 _TILE_CACHE: dict[tuple[object, ...], tuple[Tensor, Tensor]] = {}

@@ -201,10 +201,6 @@ class Worker:
         self.device = torch.device(local)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-            # The device thread releases the GIL around every kernel launch (~1,000 per batch); when
-            # another thread (decoder, claimer, writer) holds it meanwhile, Python lets the device
-            # thread wait up to the switch interval (5 ms by default) before taking it back.
-            sys.setswitchinterval(float(os.environ.get("FACEFLEET_GIL_SWITCH_S", "0.0005")))
         if self.device.type == "cuda":
             # the GPU JPEG decoder's set-up (~1-2 s for nvImageCodec) overlaps loading the networks
             from facefleet.io.gpu_decode import jpeg_decoder

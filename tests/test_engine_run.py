@@ -205,7 +205,7 @@ def test_mixed_bad_files_are_reported_not_fatal(tmp_path: Path, astronaut: np.nd
             "--log-json",
             str(log),
             "--formats",
-            "json",
+            "json,overlay",
             *(["--reconstructor", RECON] if RECON else []),
         ]
     )
@@ -235,6 +235,17 @@ def test_mixed_bad_files_are_reported_not_fatal(tmp_path: Path, astronaut: np.nd
     assert face_json["error"] is None and face_json["width"] == 256
     notes_json = json.loads((out / "files" / "sub" / "notes.jpg.json").read_text())
     assert notes_json["error"] and notes_json["faces"] == []
+    # overlays are drawn on the decoded photos (kept on the host past the device stage), for the
+    # images with a face
+    overlays = sorted(p.relative_to(out / "files").as_posix() for p in (out / "files").rglob("*_overlay.png"))
+    assert overlays == (["face.jpg_overlay.png"] if RECON is None else overlays)
+    if RECON is None:
+        with Image.open(out / "files" / "face.jpg_overlay.png") as im:
+            assert im.size == (256, 256)
+            # the photo itself is under the drawing: most pixels equal the decoded input
+            drawn = np.asarray(im.convert("RGB")).astype(int)
+            photo = np.asarray(Image.open(inp / "face.jpg").convert("RGB")).astype(int)
+            assert (np.abs(drawn - photo).max(-1) <= 2).mean() > 0.5
     stats = json.loads((out / "stats.json").read_text())
     reasons = stats["totals"]["failed_by_reason"]
     assert stats["totals"]["failed"] == 5 and sum(reasons.values()) == 5

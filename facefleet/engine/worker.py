@@ -155,6 +155,7 @@ class _Batch:
     stack: Any = None
     ready: Any = None  # CUDA event recorded on the decode stream once the batch is decoded
     slot: bool = False  # holds one of the worker's device-memory slots (released by the device stage)
+    host_ready: Any = None  # CUDA event: the pinned host copies of the images (overlays) are complete
 
 
 _STOP = object()
@@ -520,13 +521,24 @@ class Worker:
             pass
 
     def _drop_device_images(self, batch: _Batch) -> None:
-        """The networks are done with the batch: its device images go (overlays get host copies
-        first) and its memory slot is free for the next batch to decode into."""
+        """The networks are done with the batch: its device images go and its memory slot is free
+        for the next batch to decode into. Overlays need the images on the host: they are copied into
+        pinned memory asynchronously (the writer waits for ``batch.host_ready``), so this thread does
+        not wait for the copies (0.8 GB per batch of 128 1080p frames)."""
+        import torch
+
         if self.keep_images:
-            batch.items = [
-                t.permute(1, 2, 0).cpu().numpy() if not isinstance(t, BaseException) else t
-                for t in batch.items
-            ]
+            items: list[Any] = []
+            for t in batch.items:
+                if isinstance(t, torch.Tensor) and t.device.type == "cuda":
+                    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                    host.copy_(t, non_blocking=True)  # on this stream: the memory is reused after it
+                    t = host
+                items.append(t)
+            if any(isinstance(t, torch.Tensor) and t.is_pinned() for t in items):
+                batch.host_ready = torch.cuda.Event()
+                batch.host_ready.record()
+            batch.items = items
         else:
             batch.items = [t if isinstance(t, BaseException) else None for t in batch.items]
         batch.stack = None
@@ -577,7 +589,10 @@ class Worker:
                     if self.formats:  # failed images get their JSON (with the error) too
                         image = None
                         if self.keep_images and r.error is None:
-                            image = batch.items[k]  # (H, W, 3) uint8 host copy
+                            if batch.host_ready is not None:  # the copies from the device are done
+                                batch.host_ready.synchronize()
+                                batch.host_ready = None
+                            image = batch.items[k].permute(1, 2, 0).numpy()  # (H, W, 3) uint8
                         args = (r, image, self.spec.out_dir, self.spec.input_root, tuple(self.formats))
                         try:
                             fut = pool.submit(write_files, *args)

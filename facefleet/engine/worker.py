@@ -475,10 +475,14 @@ class Worker:
         if self.device.type == "cuda" and callable(warm):
             # cuDNN plans and CUDA-graph captures, while the claimer reads the first files; the
             # decoders start after it, so no other thread uses the device during the captures
+            from facefleet.io.gpu_decode import jpeg_decoder
+
             t0 = time.perf_counter()
             warm()
+            dec = jpeg_decoder(self.device, self.spec.profile.decoder)  # set up already: cached
             print(
-                f"facefleet worker {self.spec.name}: networks ready in {time.perf_counter() - t0:.1f} s",
+                f"facefleet worker {self.spec.name}: networks ready in {time.perf_counter() - t0:.1f} s, "
+                f"JPEG decoder {dec.name if dec is not None else 'Pillow (CPU)'}",
                 file=sys.stderr,
             )
         if self._batcher_thread is not None and self._batcher_thread.ident is None:

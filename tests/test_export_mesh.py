@@ -79,6 +79,19 @@ def test_obj_roundtrip_by_hand(tmp_path: Path, flip: bool) -> None:
     assert np.array_equal(np.asarray(Image.open(png_p)), tex)
 
 
+def test_obj_sections_of_several_meshes_in_one_process(tmp_path: Path) -> None:
+    """The UV and face sections are formatted once per distinct mesh layout and reused: writing
+    meshes of other layouts in between must not mix them up."""
+    meshes = [_dome(n=5), _dome(n=7), _dome(n=5, flip=True), _dome(n=5)]
+    for k, (verts, tris, uv, tex) in enumerate(meshes):
+        obj = write_obj(tmp_path / f"m{k}", verts * (k + 1), tris, uv if k != 1 else uv[::-1], tex)
+        v, vt, f, _ = _parse_obj(obj)
+        np.testing.assert_allclose(v, verts * (k + 1) * [1, -1, 1], atol=1e-4)
+        np.testing.assert_allclose(vt[:, 1], 1.0 - (uv if k != 1 else uv[::-1])[:, 1], atol=1e-6)
+        faces0 = f[..., 0] - 1
+        assert sorted(map(tuple, np.sort(faces0, axis=1))) == sorted(map(tuple, np.sort(tris, axis=1)))
+
+
 def test_obj_loads_in_trimesh(tmp_path: Path) -> None:
     trimesh = pytest.importorskip("trimesh")
     verts, tris, uv, tex = _dome()

@@ -35,6 +35,22 @@ def _rows(fmt: str, arr: np.ndarray) -> str:
     return ((fmt + "\n") * len(arr)) % tuple(arr.reshape(-1).tolist())
 
 
+_ROWS_CACHE: dict[tuple[str, str, tuple[int, ...], bytes], str] = {}
+
+
+def _constant_rows(fmt: str, arr: np.ndarray) -> str:
+    """:func:`_rows` for arrays that repeat from call to call (the topology and UV layout are the same
+    for every face): formatted once, then looked up by content (~1 ms of the ~1.5 ms an OBJ took)."""
+    a = np.ascontiguousarray(arr)
+    key = (fmt, a.dtype.str, a.shape, a.tobytes())
+    text = _ROWS_CACHE.get(key)
+    if text is None:
+        if len(_ROWS_CACHE) >= 8:
+            _ROWS_CACHE.clear()
+        text = _ROWS_CACHE[key] = _rows(fmt, a)
+    return text
+
+
 def write_obj(
     path_stem_or_path: str | os.PathLike[str],
     vertices: np.ndarray,
@@ -102,14 +118,14 @@ def write_obj(
     parts.append(_rows("v %.6f %.6f %.6f", mesh.vertices))
     if mesh.uv is not None:
         vt = np.stack([mesh.uv[:, 0], 1.0 - mesh.uv[:, 1]], axis=1)
-        parts.append(_rows("vt %.6f %.6f", vt))
+        parts.append(_constant_rows("vt %.6f %.6f", vt))
     if has_mtl:
         parts.append(f"usemtl {material_name}\n")
     parts.append("s 1\n")
     f1 = mesh.triangles + 1
     if mesh.uv is not None:
-        parts.append(_rows("f %d/%d %d/%d %d/%d", np.repeat(f1, 2, axis=1)))
+        parts.append(_constant_rows("f %d/%d %d/%d %d/%d", np.repeat(f1, 2, axis=1)))
     else:
-        parts.append(_rows("f %d %d %d", f1))
+        parts.append(_constant_rows("f %d %d %d", f1))
     atomic_write_text(obj_path, "".join(parts))
     return obj_path

@@ -18,6 +18,8 @@ Config file (all keys optional)::
     precision = "fp16"
     workers = 2           # worker processes per GPU (default: 2 on >= 32 GB cards, see default_gpu_workers)
     decoder = "auto"      # JPEG decoder: auto (nvimgcodec when installed, else nvjpeg), nvimgcodec, nvjpeg
+                          # (nvimgcodec was measured on H200s, whose hardware JPEG engines it uses; on
+                          # cards without one it decodes with CUDA/CPU: compare with nvjpeg there)
     batches_in_flight = 2 # decoded batches a worker holds in device memory (the networks' one + the next)
     decode_chunk = 32     # JPEGs per GPU decoder call (its own buffers hold this many images)
 

@@ -196,6 +196,12 @@ def test_stack_only_when_every_image_has_one_size(img: np.ndarray) -> None:
     mixed = decode_images([_jpeg(a), _png(b)], ["a.jpg", "b.png"], "cpu", jpeg_decoder_fn=fake, stack=True)
     assert mixed.stack is not None and tuple(mixed.stack.shape) == (2, 3, 24, 40)
     assert torch.equal(mixed.stack[1].permute(1, 2, 0), torch.from_numpy(b))
+    # a file the GPU decoder refuses goes to Pillow: the stack holds its pixels, not an unwritten row
+    progressive = [_jpeg(a), _jpeg(b, progressive=True)]
+    refused = decode_images(progressive, ["a.jpg", "p.jpg"], "cpu", jpeg_decoder_fn=fake, stack=True)
+    assert refused.stack is not None
+    for blob, name, row in zip(progressive, ["a.jpg", "p.jpg"], refused.stack, strict=True):
+        assert torch.equal(row.permute(1, 2, 0), torch.from_numpy(decode_image(blob, name)))
     broken = decode_images([_jpeg(a), b"junk"], ["a.jpg", "x.jpg"], "cpu", jpeg_decoder_fn=fake, stack=True)
     assert broken.stack is None and isinstance(broken.items[1], ImageDecodeError)
     assert isinstance(broken.items[0], torch.Tensor)

@@ -401,6 +401,7 @@ def decode_images(
                 continue
         cpu_items.append(i)
     buf: torch.Tensor | None = None
+    filled = 0  # rows of buf written by the GPU decoder
     if gpu_items:
         assert dec is not None
         borrowed = bool(getattr(dec, "borrowed", False))
@@ -422,6 +423,7 @@ def decode_images(
                 if buf is not None and tuple(tensor.shape[1:]) == tuple(buf.shape[2:]):
                     buf[row].copy_(tensor)
                     out[i] = buf[row]
+                    filled += 1
                 elif borrowed or not tensor.is_contiguous():
                     out[i] = tensor.clone(memory_format=torch.contiguous_format)
                 else:
@@ -444,7 +446,7 @@ def decode_images(
     result = DecodedBatch(items)
     if stack:
         ok = [t for t in items if isinstance(t, torch.Tensor)]
-        if buf is not None and len(ok) == len(buf) == n:
+        if buf is not None and filled == len(buf) == n:
             result.stack = buf  # every image decoded on the GPU, in its row
         elif len(ok) > 1 and len(ok) == n and all(t.shape == ok[0].shape for t in ok):
             from facefleet.detect.views import stack_images

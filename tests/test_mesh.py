@@ -274,6 +274,12 @@ def test_matmul_letterbox_matches_interpolate(astronaut: np.ndarray) -> None:
     assert got.shape == ref.shape == (1, 3, 192, 192) and got.dtype == torch.float32
     assert (got - ref).abs().max() <= 1.5 / 255
     assert (got - ref).abs().mean() <= 0.1 / 255
+    # several sizes from one column product: each as its own letterbox
+    from facefleet.detect.views import _letterbox_matmuls
+
+    small, big = _letterbox_matmuls(x, (128, 192))
+    assert torch.equal(big, got) and small.shape == (1, 3, 128, 128)
+    assert (small - letterbox_pixels(x.float(), 128)).abs().max() <= 1.5 / 255
 
 
 def test_tile_letterboxes_from_block_matrix_products(astronaut: np.ndarray) -> None:

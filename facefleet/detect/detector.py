@@ -33,7 +33,6 @@ from facefleet.detect.nms import weighted_nms
 from facefleet.detect.views import (
     ViewTransform,
     letterbox_params,
-    letterbox_pixels,
     letterbox_sizes,
     letterbox_tiles,
     stack_images,
@@ -292,8 +291,8 @@ class FaceDetector:
 
     def _whole_letterboxes(self, groups: list[tuple[list[int], Tensor]]) -> dict[str, list[list[Tensor]]]:
         """Whole-image letterboxes of every image for every model of this detector, per kind, per size
-        group, per chunk (as :meth:`_views` cuts them): the models' sizes share one pass over the
-        frames (:func:`letterbox_sizes`)."""
+        group, per chunk of at most ``_letterbox_budget`` elements: the models' sizes share one pass
+        over the frames (:func:`letterbox_sizes`)."""
         kinds = self._kinds
         sizes = [DETECTOR_SPECS[k].input_size for k in kinds]
         out: dict[str, list[list[Tensor]]] = {k: [] for k in kinds}
@@ -312,20 +311,19 @@ class FaceDetector:
         self,
         kind: str,
         groups: list[tuple[list[int], Tensor]],
-        whole: bool,
+        whole: list[list[Tensor]] | None,
         tile_threshold: int | None,
-        pre: list[list[Tensor]] | None = None,
     ) -> tuple[Tensor, ViewTransform, Tensor, Tensor, Tensor] | None:
         """Letterboxed inputs ``(V, 3, S, S)``, their transforms, image index ``(V,)``, tile cores
         ``(V, 4)`` (infinite for whole images) and the largest box side kept per view ``(V,)``; None when
-        there is no view. ``whole``: the whole images; tiles of images longer than ``tile_threshold``
-        (None: no tiles).
+        there is no view. ``whole``: this model's whole-image letterboxes per size group (from
+        :meth:`_whole_letterboxes`; None: no whole-image views); tiles of images longer than
+        ``tile_threshold`` (None: no tiles).
 
-        Per size group: the whole images, then each tile position cut from all images of the group at
-        once (a strided view), so the number of operations depends on the number of distinct sizes and
-        tile positions, never on the number of images. The view table is built on the host and copied
-        to the device once. ``pre``: the whole-image letterboxes, already made (see
-        :meth:`_whole_letterboxes`)."""
+        Per size group: the whole images, then every tile of all images of the group at once
+        (:func:`letterbox_tiles`), so the number of operations depends on the number of distinct sizes,
+        never on the number of images. The view table is built on the host and copied to the device
+        once."""
         size = DETECTOR_SPECS[kind].input_size
         inf = math.inf
         xs: list[Tensor] = []
@@ -334,13 +332,8 @@ class FaceDetector:
         ] = []  # per view: image, scale x/y, offset x/y, core x0/y0/x1/y1, max side
         for g, (members, stack) in enumerate(groups):
             h, w = int(stack.shape[2]), int(stack.shape[3])
-            if whole:
-                if pre is not None:
-                    xs.extend(pre[g])
-                else:
-                    step = max(1, self._letterbox_budget // (3 * h * w))
-                    for s in range(0, len(members), step):
-                        xs.append(letterbox_pixels(stack[s : s + step], size))
+            if whole is not None:
+                xs.extend(whole[g])
                 sx, sy, ox, oy = letterbox_params(h, w, size)
                 rows += [(i, sx, sy, ox, oy, -inf, -inf, inf, inf, inf) for i in members]
             if tile_threshold is None:
@@ -372,15 +365,14 @@ class FaceDetector:
         self,
         kind: str,
         groups: list[tuple[list[int], Tensor]],
-        whole: bool = True,
+        whole: list[list[Tensor]] | None = None,
         tile_threshold: int | None = None,
-        pre: list[list[Tensor]] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None:
-        """Run one model on its views; candidates above ``min_score`` in source pixels:
+        """Run one model on its views (see :meth:`_views`); candidates above ``min_score`` in source pixels:
         boxes ``(M, 4)``, keypoints ``(M, 6, 2)``, scores ``(M,)``, image index ``(M,)``,
         from-a-tile flags ``(M,)``."""
         spec: DetectorSpec = DETECTOR_SPECS[kind]
-        views = self._views(kind, groups, whole, tile_threshold, pre)
+        views = self._views(kind, groups, whole, tile_threshold)
         if views is None:
             return None
         x, tf, img_idx, cores, max_side = views
@@ -410,10 +402,10 @@ class FaceDetector:
             raise ValueError(f"images on {batch.device}, the detector runs on {self.device}")
         n = len(imgs)
         groups = self._groups(imgs, batch)
-        pre = self._whole_letterboxes(groups) if len(self._kinds) > 1 else None
+        letterboxes = self._whole_letterboxes(groups)
         cands = {}
         for k in self._kinds:
-            c = self._candidates(k, groups, pre=None if pre is None else pre.pop(k))
+            c = self._candidates(k, groups, whole=letterboxes.pop(k))
             assert c is not None
             cands[k] = c
         if "full" in cands and self.tile:
@@ -472,7 +464,7 @@ class FaceDetector:
         if not big:
             return None
         thr = min(self.tile_threshold, self.crowd_tile_threshold)
-        return self._candidates("full", big, whole=False, tile_threshold=thr)
+        return self._candidates("full", big, tile_threshold=thr)
 
     def _crowded(self, boxes: Tensor, idx: Tensor, long_side: Tensor) -> Tensor:
         """Which images ``(n,)`` the whole-image candidates (``boxes`` ``(M, 4)`` of images ``idx``)

@@ -96,36 +96,49 @@ def resize_matrix(n_in: int, n_out: int, pad_before: int = 0, total: int | None 
     return out
 
 
-_RESIZE_CACHE: dict[tuple[int, int, int, str], tuple[Tensor, Tensor]] = {}  # float16 weights
+_RESIZE_CACHE: dict[tuple[int, int, tuple[int, ...], str], tuple[list[Tensor], Tensor]] = {}
 
 
-def _letterbox_weights(h: int, w: int, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """float16 letterbox weights of an ``h x w`` region to ``size``: rows ``(S, h)`` (with the 1/255
-    scale and the padding rows) and transposed columns ``(w, S)``."""
-    key = (h, w, size, str(device))
+def _letterbox_weights(
+    h: int, w: int, sizes: tuple[int, ...], device: torch.device
+) -> tuple[list[Tensor], Tensor]:
+    """float16 letterbox weights of an ``h x w`` region to each of ``sizes``: rows ``(S, h)`` per size
+    (with the 1/255 scale and the padding rows), and the sizes' transposed column weights side by
+    side ``(w, sum S)``."""
+    key = (h, w, sizes, str(device))
     mats = _RESIZE_CACHE.get(key)
     if mats is None:
-        nh, nw = _fit(h, w, size)
-        py, px = (size - nh) // 2, (size - nw) // 2
-        wy = resize_matrix(h, nh, py, size) / 255.0  # (S, h)
-        wx = resize_matrix(w, nw, px, size)  # (S, w)
-        mats = (wy.to(device, torch.float16), wx.t().contiguous().to(device, torch.float16))
+        rows, cols = [], []
+        for size in sizes:
+            nh, nw = _fit(h, w, size)
+            py, px = (size - nh) // 2, (size - nw) // 2
+            rows.append((resize_matrix(h, nh, py, size) / 255.0).to(device, torch.float16))  # (S, h)
+            cols.append(resize_matrix(w, nw, px, size).t())  # (w, S)
+        mats = (rows, torch.cat(cols, 1).contiguous().to(device, torch.float16))
         if len(_RESIZE_CACHE) > 64:
             _RESIZE_CACHE.clear()
         _RESIZE_CACHE[key] = mats
     return mats
 
 
-def _letterbox_matmul(regions: Tensor, size: int) -> Tensor:
-    """The letterbox of :func:`letterbox_pixels` as two matrix products per chunk (rows, then columns),
-    in float16 on the GPU's tensor cores. The antialiased ``interpolate`` kernel it replaces was the
-    largest GPU kernel of a 1080p batch (21 % of its GPU time, H200 profile); the padding and the
-    1/255 scale come free with the weights."""
+def _letterbox_matmuls(regions: Tensor, sizes: Sequence[int]) -> list[Tensor]:
+    """The letterboxes of :func:`letterbox_pixels` to each of ``sizes`` as matrix products, in float16
+    on the GPU's tensor cores: one column product for all sizes, then one row product per size. The
+    antialiased ``interpolate`` kernel this replaces was the largest GPU kernel of a 1080p batch
+    (21 % of its GPU time, H200 profile); the padding and the 1/255 scale come free with the weights."""
     _, _, h, w = regions.shape
-    wy16, wxt16 = _letterbox_weights(h, w, size, regions.device)
-    cols = regions.to(torch.float16) @ wxt16  # (V, 3, h, S)
-    out = wy16 @ cols  # (V, 3, S, S)
-    return out.float().clamp_(0.0, 1.0)
+    rows, cols_t = _letterbox_weights(h, w, tuple(sizes), regions.device)
+    cols = regions.to(torch.float16) @ cols_t  # (V, 3, h, sum S)
+    outs, at = [], 0
+    for size, wy16 in zip(sizes, rows, strict=True):
+        outs.append((wy16 @ cols[..., at : at + size]).float().clamp_(0.0, 1.0))  # (V, 3, S, S)
+        at += size
+    return outs
+
+
+def _letterbox_matmul(regions: Tensor, size: int) -> Tensor:
+    """:func:`_letterbox_matmuls` to one size."""
+    return _letterbox_matmuls(regions, (size,))[0]
 
 
 def letterbox_pixels(regions: Tensor, size: int) -> Tensor:
@@ -164,13 +177,7 @@ def letterbox_sizes(regions: Tensor, sizes: Sequence[int]) -> list[Tensor]:
     fits = [_fit(h, w, size) for size in sizes]
     if len(sizes) < 2 or regions.device.type != "cuda" or not all(nh < h or nw < w for nh, nw in fits):
         return [letterbox_pixels(regions, size) for size in sizes]
-    mats = [_letterbox_weights(h, w, size, regions.device) for size in sizes]
-    cols = regions.to(torch.float16) @ torch.cat([wxt for _, wxt in mats], 1)  # (V, 3, h, sum S)
-    outs, at = [], 0
-    for size, (wy16, _) in zip(sizes, mats, strict=True):
-        outs.append((wy16 @ cols[..., at : at + size]).float().clamp_(0.0, 1.0))
-        at += size
-    return outs
+    return _letterbox_matmuls(regions, sizes)
 
 
 _TILE_CACHE: dict[tuple[object, ...], tuple[Tensor, Tensor]] = {}

@@ -65,7 +65,8 @@ class WorkerSpec:
     reconstructor: str | None = None  # "module:callable"; default facefleet.pipeline.Reconstructor
     reconstructor_kwargs: dict[str, Any] = field(default_factory=dict)
     readers: int = 4
-    decoders: int = 2  # batches decoded at once (nvJPEG on CUDA; on CPU each batch uses `readers` threads)
+    # batches decoded at once (on CUDA at most gpu_batches - 1; on CPU each batch uses `readers` threads)
+    decoders: int = 2
     # CUDA: decoded batches that may hold device memory at once (the networks' one and the next ones)
     gpu_batches: int = 2
     decode_chunk: int = 32  # CUDA: JPEGs per GPU decoder call, written straight into the batch tensor
@@ -202,7 +203,6 @@ class Worker:
         self.device = torch.device(local)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        if self.device.type == "cuda":
             # the GPU JPEG decoder's set-up (~1-2 s for nvImageCodec) overlaps loading the networks
             from facefleet.io.gpu_decode import jpeg_decoder
 

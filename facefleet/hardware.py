@@ -303,9 +303,8 @@ def plan_devices(
         if batch_size or precision:
             src = "cli"
         per_gpu = int(gpu_workers or over.get("workers") or default_gpu_workers(spec, len(gpus)))
+        _check_overrides(over, "[gpu]")  # also a config given as a mapping rather than a file
         decoder = str(over.get("decoder", "auto"))
-        if decoder not in GPU_DECODERS:
-            raise ValueError(f"[gpu] decoder must be one of {', '.join(GPU_DECODERS)}, got {decoder!r}")
         if per_gpu < 1:
             raise ValueError(f"workers per GPU must be at least 1, got {per_gpu}")
         profiles.extend(

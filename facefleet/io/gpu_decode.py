@@ -372,8 +372,8 @@ def decode_images(
     """Decode encoded images to ``(3, H, W)`` uint8 RGB tensors on ``device``, EXIF-oriented.
 
     ``decoder`` names the GPU JPEG decoder (see :func:`jpeg_decoder`; "cpu": Pillow for every file);
-    ``jpeg_decoder_fn`` replaces
-    it with any :class:`JpegBatchDecoder`-like callable (e.g. for tests; used on any device).
+    ``jpeg_decoder_fn`` replaces it with any :class:`JpegBatchDecoder`-like callable (e.g. for tests;
+    used on any device).
     ``stack=True`` also returns the batch as one ``(B, 3, H, W)`` tensor when every image has the same
     size; when the JPEG headers already say so, the GPU decoder writes ``chunk`` images at a time
     (default: all) straight into it, so at most ``chunk`` decoded images exist outside it.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import flatbuffers
 import numpy as np
@@ -427,10 +428,10 @@ def test_sparse_weights_densify_in_traversal_order() -> None:
 
 @pytest.mark.parametrize("name", ["face_detection_short_range", "face_landmark"])
 def test_channels_last_gives_the_same_outputs(name: str) -> None:
-    """The channels-last layout used on GPUs must not change results."""
+    """The channels-last layout (CPUs, and the landmark model on GPUs) must not change results."""
     from facefleet.models import load_model
 
-    a = load_model(name)
+    a = load_model(name, channels_last=False)
     b = load_model(name, channels_last=True)
     size = a.input_shape[-1]
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(3))
@@ -438,6 +439,33 @@ def test_channels_last_gives_the_same_outputs(name: str) -> None:
         for ya, yb in zip(a(x), b(x), strict=True):
             assert ya.shape == yb.shape
             assert torch.allclose(ya, yb, atol=1e-3 * max(1.0, float(ya.abs().max())), rtol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name", NAMES)
+def test_activations_keep_one_memory_layout(name: str, channels_last: bool) -> None:
+    """Every activation stays in the network's layout: one of another layout (a 1x1 convolution
+    whose weight strides read as channels-last made one) sends each residual ADD through torch's
+    slow strided kernel, and on CPUs makes the convolutions slower."""
+    from facefleet.models import load_model
+    from facefleet.models import tflite_torch as tt
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = load_model(name, channels_last=channels_last)
+    seen: list[str] = []
+
+    def check(module: torch.nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        for t in [*args, out]:
+            if isinstance(t, torch.Tensor) and t.dim() == 4 and not t.is_contiguous(memory_format=fmt):
+                seen.append(f"{type(module).__name__} {tuple(t.shape)} strides {t.stride()}")
+
+    for m in net.modules():
+        if isinstance(m, (tt._Conv, tt._Binary, tt._PReLU, tt._Pool, tt._Pad)):
+            m.register_forward_hook(check)
+    size = net.input_shape[-1]
+    with torch.no_grad():
+        net(torch.rand(2, 3, size, size))
+    assert not seen, f"{len(seen)} activations in another layout, e.g. {seen[:3]}"
 
 
 @pytest.mark.parametrize("name", ["face_detection_short_range", "face_detection_full_range", "face_landmark"])

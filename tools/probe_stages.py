@@ -1,16 +1,21 @@
 """Device time of each step of the pipeline on one decoded batch (GPU host).
 
-Usage: python tools/probe_stages.py --corpus DIR [--batch 128] [--reps 5]
+Usage: python tools/probe_stages.py --corpus DIR [--batch 128] [--reps 5] [--contend decoder,python]
 
 Wraps the pipeline's steps (letterbox, each network, box decoding, NMS, tiling, mesh crops, pose...)
 in profiler ranges and prints, per step, the GPU kernel time it launched (summed over its calls) and
 its host time, per batch: what to optimise first. Steps nest (a network call is inside its
 detector step), so the rows do not add up; "batch" is the whole ``reconstruct_tensors`` call.
+
+``--contend`` then times the batch again with company, as in an engine worker: "decoder" decodes
+the next batch's JPEGs on a thread and stream of its own while each batch runs (what the worker's
+decoder thread does), "python" keeps a pure-Python thread busy (the worst case for the GIL).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -35,7 +40,8 @@ STEPS: list[tuple[Any, str, str]] = [
     (det_mod.FaceDetector, "_nms", "detect: nms"),
     (det_mod, "decode_boxes", "detect: decode boxes"),
     (det_mod, "_keep_better", "detect: keep better"),
-    (det_mod, "letterbox_pixels", "letterbox_pixels"),
+    (det_mod, "letterbox_sizes", "detect: whole-frame letterboxes"),
+    (det_mod, "letterbox_tiles", "detect: tile letterboxes"),
     (mesh_mod.MeshPredictor, "__call__", "mesh"),
     (mesh_mod, "crop_rois", "mesh: crops"),
     (mesh_mod.MeshPredictor, "_run", "mesh: network"),
@@ -62,15 +68,72 @@ def wrap(owner: Any, attr: str, label: str) -> None:
     setattr(owner, attr, inner)
 
 
+def contended(
+    mode: str, step: Callable[[], Any], blobs: list[bytes], names: list[str], device: str, reps: int
+) -> float:
+    """Wall ms per batch of ``step`` while ``mode``'s threads run (see the module docstring)."""
+    import threading
+
+    parts = set(mode.split("+"))
+    unknown = parts - {"decoder", "python"}
+    if unknown:
+        raise SystemExit(f"--contend: unknown mode(s) {sorted(unknown)}")
+    stop = threading.Event()
+    tokens = threading.Semaphore(0)
+    threads = []
+    if "decoder" in parts:
+
+        def decode() -> None:
+            cuda = device.startswith("cuda")
+            stream = torch.cuda.Stream(device) if cuda else None
+            with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+                while True:
+                    tokens.acquire()
+                    if stop.is_set():
+                        return
+                    decode_images(blobs, names, device, stack=True, chunk=32)
+                    if stream is not None:
+                        stream.synchronize()
+
+        threads.append(threading.Thread(target=decode, daemon=True))
+    if "python" in parts:
+
+        def spin() -> None:
+            x = 0
+            while not stop.is_set():
+                for i in range(1000):
+                    x ^= i
+
+        threads.append(threading.Thread(target=spin, daemon=True))
+    for t in threads:
+        t.start()
+    step()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        tokens.release()
+        step()
+    sync()
+    ms = (time.perf_counter() - t0) / reps * 1e3
+    stop.set()
+    tokens.release()
+    for t in threads:
+        t.join()
+    return ms
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--contend", default="", help="comma list of decoder, python, decoder+python")
     a = ap.parse_args()
     files = sorted(Path(a.corpus).rglob("*.jpg"))[: a.batch]
-    got = decode_images([f.read_bytes() for f in files], [str(f) for f in files], a.device, stack=True)
+    blobs = [f.read_bytes() for f in files]
+    got = decode_images(blobs, [str(f) for f in files], a.device, stack=True)
     assert got.stack is not None
     imgs, names = got.stack, [str(f) for f in files]
     cuda = a.device.startswith("cuda")
@@ -114,6 +177,9 @@ def main() -> None:
             f"{label:56s} {e.count / a.reps:6.1f} {e.device_time_total / 1e3 / a.reps:8.2f} "
             f"{host.get(label, 0.0) * 1e3 / a.reps:8.2f}"
         )
+    for mode in [m for m in a.contend.split(",") if m]:
+        ms = contended(mode, lambda: rec.reconstruct_tensors(imgs, names), blobs, names, a.device, a.reps)
+        print(f"with {mode}: wall {ms:.1f} ms/batch ({len(imgs) / ms * 1e3:.0f} img/s)")
     print()
     print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60))
 

@@ -1,8 +1,9 @@
 """A sampling profiler of a worker's threads, for finding where a pipeline stalls.
 
 Set ``FACEFLEET_STACK_SAMPLES=DIR`` and every worker samples the Python stacks of all its threads
-(``sys._current_frames``) every ``FACEFLEET_STACK_INTERVAL`` seconds (default 0.01) and, on exit,
-writes ``DIR/stacks-<worker>.txt``: per thread, the share of samples spent at each innermost
+(``sys._current_frames``) every ``FACEFLEET_STACK_INTERVAL`` seconds (default 0.01) from the moment
+its networks are ready (the steady state) and, on exit, writes ``DIR/stacks-<worker>.txt``: per
+thread, the share of samples spent at each innermost
 stack (a thread waiting on a queue shows as ``queue.py get``: idle). Standard-library only, works
 where ``py-spy`` cannot attach (containers without ptrace); costs one GIL acquisition per sample.
 """
@@ -15,6 +16,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
+from typing import Any
 
 ENV = "FACEFLEET_STACK_SAMPLES"
 
@@ -56,7 +58,8 @@ class StackSampler:
 
     def stop(self, top: int = 12) -> Path | None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started (a worker starts it once its networks are ready)
+            self._thread.join(timeout=5)
         if not self.samples:
             return None
         lines = [f"{self.samples} samples every {self.interval * 1e3:.0f} ms"]
@@ -67,3 +70,93 @@ class StackSampler:
         from facefleet.io.atomic import atomic_write_text
 
         return atomic_write_text(self.out, "\n".join(lines) + "\n")
+
+
+PROFILE_ENV = "FACEFLEET_TORCH_PROFILE"
+
+
+class BatchWindowProfiler:
+    """``FACEFLEET_TORCH_PROFILE=DIR``: the torch profiler (CUPTI: every thread and stream of the
+    process) over batches ``FACEFLEET_TORCH_PROFILE_BATCHES`` (default ``5:15``, after the warm-up)
+    of a GPU worker's device loop. Writes ``DIR/torch-<worker>.json`` (a Chrome trace) and
+    ``DIR/torch-<worker>.txt``: the window's wall time, how much of it the GPU ran kernels (union over
+    streams), kernel time per stream, and the largest kernels: where a batch's time goes in the
+    engine, with its decoder and writer threads running, rather than alone."""
+
+    def __init__(self, out: str | os.PathLike[str], name: str, first: int, end: int) -> None:
+        self.out = Path(out)
+        self.name = name
+        self.first, self.end = first, end
+        self.seen = 0
+        self._prof: Any = None
+        self._t0 = 0.0
+
+    @classmethod
+    def from_env(cls, name: str) -> BatchWindowProfiler | None:
+        d = os.environ.get(PROFILE_ENV)
+        if not d:
+            return None
+        first, _, end = os.environ.get(f"{PROFILE_ENV}_BATCHES", "5:15").partition(":")
+        return cls(d, name, int(first), int(end or int(first) + 10))
+
+    def batch_starts(self) -> None:
+        """Called by the device loop before each batch."""
+        import time
+
+        from torch.profiler import ProfilerActivity, profile
+
+        if self.seen == self.first:
+            self._prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+            self._prof.__enter__()
+            self._t0 = time.perf_counter()
+        elif self.seen == self.end:
+            self.finish()
+        self.seen += 1
+
+    def finish(self) -> Path | None:
+        import json
+        import time
+
+        import torch
+
+        if self._prof is None:
+            return None
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - self._t0
+        prof, self._prof = self._prof, None
+        prof.__exit__(None, None, None)
+        self.out.mkdir(parents=True, exist_ok=True)
+        trace = self.out / f"torch-{self.name}.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text()).get("traceEvents", [])
+        kernels = [e for e in events if e.get("cat") == "kernel" and "dur" in e]
+        spans = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in kernels)
+        busy, end = 0.0, float("-inf")
+        for start, stop in spans:  # union of kernel intervals over all streams
+            if stop > end:
+                busy += stop - max(start, end)
+                end = stop
+        per_stream: dict[str, float] = collections.defaultdict(float)
+        per_kernel: dict[str, float] = collections.defaultdict(float)
+        for k in kernels:
+            per_stream[str(k.get("args", {}).get("stream", "?"))] += float(k["dur"])
+            per_kernel[str(k.get("name", "?"))[:90]] += float(k["dur"])
+        n = self.end - self.first
+        window = (spans[-1][1] - spans[0][0]) if spans else 0.0
+        lines = [
+            f"{n} batches in {wall * 1e3:.1f} ms of wall time ({wall * 1e3 / max(1, n):.1f} ms per batch)",
+            f"GPU kernel span {window / 1e3:.1f} ms, busy (kernels on any stream) {busy / 1e3:.1f} ms "
+            f"= {100 * busy / max(window, 1e-9):.0f} % of it",
+            "kernel ms per stream: "
+            + ", ".join(f"stream {s}: {t / 1e3:.1f}" for s, t in sorted(per_stream.items(), key=_second)),
+            "",
+            "largest kernels (ms in the window):",
+        ]
+        lines += [f"{t / 1e3:9.2f}  {k}" for k, t in sorted(per_kernel.items(), key=_second)[:20]]
+        from facefleet.io.atomic import atomic_write_text
+
+        return atomic_write_text(self.out / f"torch-{self.name}.txt", "\n".join(lines) + "\n")
+
+
+def _second(kv: tuple[str, float]) -> float:
+    return -kv[1]  # largest first

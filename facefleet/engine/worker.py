@@ -177,6 +177,8 @@ class Worker:
         self._rec = reconstructor
         self._batcher_thread: threading.Thread | None = None  # started once the networks are ready
         self._decoder_setup: threading.Thread | None = None
+        self._sampler: Any = None  # StackSampler (FACEFLEET_STACK_SAMPLES)
+        self._window: Any = None  # BatchWindowProfiler (FACEFLEET_TORCH_PROFILE)
         self._local = threading.local()  # per decoder thread: its CUDA stream
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
@@ -223,11 +225,12 @@ class Worker:
             threading.Thread(target=self._guard(self._batcher), name="batcher", daemon=True),
             threading.Thread(target=self._guard(self._writer), name="writer", daemon=True),
         ]
-        from facefleet.engine.stacks import StackSampler
+        from facefleet.engine.stacks import BatchWindowProfiler, StackSampler
 
-        sampler = StackSampler.from_env(spec.name.replace(":", "_"))
-        if sampler is not None:
-            sampler.start()
+        # profilers of the steady state: they start once the networks are ready (_device_stage)
+        sampler = self._sampler = StackSampler.from_env(spec.name.replace(":", "_"))
+        if self.device.type == "cuda":
+            self._window = BatchWindowProfiler.from_env(spec.name.replace(":", "_"))
         self._batcher_thread = threads[2]  # the device stage starts it
         for t in threads:
             if t is not self._batcher_thread:
@@ -485,44 +488,61 @@ class Worker:
                 f"JPEG decoder {dec.name if dec is not None else 'Pillow (CPU)'}",
                 file=sys.stderr,
             )
+        if self._sampler is not None:
+            self._sampler.start()
         if self._batcher_thread is not None and self._batcher_thread.ident is None:
             self._batcher_thread.start()
+        # the networks run on a stream of their own: on the legacy default stream every kernel would
+        # also wait for (and hold up) the blocking streams and synchronous copies of other threads,
+        # such as those of the JPEG decoder libraries
+        own = torch.cuda.stream(torch.cuda.Stream(self.device)) if self.device.type == "cuda" else None
         try:
-            while True:
-                item = self._get(self._gpu_q)
-                if item is _STOP or isinstance(item, _End):
-                    self._put(self._write_q, item)
-                    if item is _STOP:
-                        return
-                    continue
-                batch: _Batch = item.result()  # a decode future (decoding failures are per image)
-                if batch.ready is not None:  # decoded on another stream: order, and keep memory alive
-                    current = torch.cuda.current_stream(self.device)
-                    current.wait_event(batch.ready)
-                    for t in [batch.stack] if batch.stack is not None else batch.items:
-                        if isinstance(t, torch.Tensor):
-                            t.record_stream(current)
-                t0 = time.perf_counter()
-                try:
-                    results = self._reconstruct(batch)
-                finally:
-                    self._drop_device_images(batch)
-                secs = time.perf_counter() - t0
-                batch.state.batch_seconds.append(secs)
-                if self.device.type == "cuda":
-                    from facefleet.io.gpu_decode import decoder_memory_bytes
-
-                    # the JPEG decoder's own buffers are outside torch's allocator
-                    peak = (torch.cuda.max_memory_allocated(self.device) + decoder_memory_bytes()) / 2**20
-                    batch.state.stages["_peak_mib"] = max(batch.state.stages.get("_peak_mib", 0.0), peak)
-                with self._progress_lock:
-                    self._progress[0] += len(results)
-                    self._progress[1] += sum(len(r.faces) for r in results)
-                    self._progress[2] += sum(r.error is not None for r in results)
-                    self._progress[3] += secs
-                self._put(self._write_q, (batch, results))
+            with own if own is not None else contextlib.nullcontext():
+                self._device_loop()
         except _Abort:
             pass
+        finally:
+            if self._window is not None:
+                self._window.finish()
+
+    def _device_loop(self) -> None:
+        import torch
+
+        while True:
+            item = self._get(self._gpu_q)
+            if item is _STOP or isinstance(item, _End):
+                self._put(self._write_q, item)
+                if item is _STOP:
+                    return
+                continue
+            if self._window is not None:
+                self._window.batch_starts()
+            batch: _Batch = item.result()  # a decode future (decoding failures are per image)
+            if batch.ready is not None:  # decoded on another stream: order, and keep memory alive
+                current = torch.cuda.current_stream(self.device)
+                current.wait_event(batch.ready)
+                for t in [batch.stack] if batch.stack is not None else batch.items:
+                    if isinstance(t, torch.Tensor):
+                        t.record_stream(current)
+            t0 = time.perf_counter()
+            try:
+                results = self._reconstruct(batch)
+            finally:
+                self._drop_device_images(batch)
+            secs = time.perf_counter() - t0
+            batch.state.batch_seconds.append(secs)
+            if self.device.type == "cuda":
+                from facefleet.io.gpu_decode import decoder_memory_bytes
+
+                # the JPEG decoder's own buffers are outside torch's allocator
+                peak = (torch.cuda.max_memory_allocated(self.device) + decoder_memory_bytes()) / 2**20
+                batch.state.stages["_peak_mib"] = max(batch.state.stages.get("_peak_mib", 0.0), peak)
+            with self._progress_lock:
+                self._progress[0] += len(results)
+                self._progress[1] += sum(len(r.faces) for r in results)
+                self._progress[2] += sum(r.error is not None for r in results)
+                self._progress[3] += secs
+            self._put(self._write_q, (batch, results))
 
     def _drop_device_images(self, batch: _Batch) -> None:
         """The networks are done with the batch: its device images go and its memory slot is free

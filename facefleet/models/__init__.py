@@ -49,6 +49,10 @@ FIXED_BATCH_SIZES = (128,)
 # the landmark model runs 3.0 vs 4.7 ms per call channels-last, the detectors are as fast or faster
 # channels-first, and their cuDNN plans build in 0.15-1.6 s instead of 2.4-2.7 s.
 CHANNELS_LAST_ON_CUDA = frozenset({"face_landmark"})
+# On CPUs (oneDNN) every model runs about twice as fast channels-last: 2 cores of the development
+# machine, batch 16, fp32 (tools/probe_layouts.py): short-range detector 83 -> 36 ms, full-range
+# 211 -> 104 ms, landmarks 65 -> 35 ms per call.
+CHANNELS_LAST_ON_CPU = frozenset(MODELS)
 # Fixed-size calls on CUDA replay captured CUDA graphs (TFLiteModule.use_cuda_graphs; engine on an H200:
 # 935 -> 1,345 img/s with one worker, 1,632 -> 1,815 with two). FACEFLEET_CUDA_GRAPHS=0 turns them
 # off (e.g. to profile operator by operator).
@@ -68,8 +72,9 @@ def load_model(
     detectors expect [-1, 1], the landmark model [0, 1]) and returns the TFLite outputs with batch ``B``:
     ``(B, 896, 16), (B, 896, 1)`` (short range), ``(B, 2304, 16), (B, 2304, 1)`` (full range),
     ``(B, 1, 1, 1404), (B, 1, 1, 1)`` (face_landmark). Weights come from :func:`model_path`.
-    ``channels_last`` (default: on CUDA for the models in :data:`CHANNELS_LAST_ON_CUDA`) keeps
-    convolutions in NHWC memory layout, measured faster there; results are the same. On CUDA the
+    ``channels_last`` (default: the models in :data:`CHANNELS_LAST_ON_CUDA` on CUDA, in
+    :data:`CHANNELS_LAST_ON_CPU` elsewhere) keeps convolutions in NHWC memory layout, measured faster
+    there; results are the same. On CUDA the
     network runs at fixed batch sizes (:data:`FIXED_BATCH_SIZES`, see
     ``TFLiteModule.use_fixed_batches``: cuDNN plans are built once per shape, at seconds per
     network); call ``module.warmup()`` to build them up front.
@@ -81,7 +86,9 @@ def load_model(
     dev = torch.device(device)
     module = load_tflite(model_path(name, model_dir=model_dir))
     module = module.to(device=dev, dtype=dtype or torch.float32)
-    if channels_last if channels_last is not None else (dev.type == "cuda" and name in CHANNELS_LAST_ON_CUDA):
+    if channels_last is None:
+        channels_last = name in (CHANNELS_LAST_ON_CUDA if dev.type == "cuda" else CHANNELS_LAST_ON_CPU)
+    if channels_last:
         module.use_channels_last(True)
     if dev.type == "cuda":  # one input shape: cuDNN plans are built once, not per batch size
         module.use_fixed_batches(FIXED_BATCH_SIZES)

@@ -225,7 +225,12 @@ def _act(x: torch.Tensor, code: int) -> torch.Tensor:
 
 
 def _frozen(arr: np.ndarray) -> nn.Parameter:
-    return nn.Parameter(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), requires_grad=False)
+    # clone: canonical strides. NumPy keeps a transposed weight's strides on its size-1 dimensions
+    # (a 1x1 kernel permuted from TFLite's OHWI came out with strides (I, 1, I, I)), which torch
+    # reads as channels-last: such a convolution returned channels-last activations inside a
+    # channels-first network, and each residual ADD of mixed layouts ran torch's slow strided kernel
+    t = torch.from_numpy(np.asarray(arr, dtype=np.float32)).clone(memory_format=torch.contiguous_format)
+    return nn.Parameter(t, requires_grad=False)
 
 
 class _Conv(nn.Module):
@@ -517,8 +522,8 @@ class TFLiteModule(nn.Module):
         fmt = torch.channels_last if enable else torch.contiguous_format
         for m in self.modules():
             for _name, p in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
-                if p is not None and p.dim() == 4:
-                    p.data = p.data.contiguous(memory_format=fmt)
+                if p is not None and p.dim() == 4:  # clone: canonical strides (see _frozen)
+                    p.data = p.data.clone(memory_format=fmt)
         return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -255,7 +255,7 @@ class Reconstructor:
             det = self.detector(images)
         with self._stage("mesh", timings):
             mesh = self.mesher(images, det)
-            keep = mesh.keep
+            keep = mesh.keep.nonzero().squeeze(1)  # one wait for the device, not one per tensor
             lm = mesh.landmarks[keep].float()
             img_idx = det.image_index[keep]
             boxes = det.boxes[keep].float()
@@ -271,8 +271,9 @@ class Reconstructor:
                 tex = self.sampler(images, lm, img_idx)
                 tex_host = tex.permute(0, 2, 3, 1).contiguous().cpu().numpy()
         with self._stage("transfer", timings):
-            host = {
-                k: v.detach().cpu().numpy()
+            # asynchronous copies (into pinned memory on CUDA) and one wait for all of them
+            host_t = {
+                k: v.detach().to("cpu", non_blocking=True)
                 for k, v in {
                     "lm": lm,
                     "idx": img_idx,
@@ -287,6 +288,10 @@ class Reconstructor:
                     "lm68": lm68,
                 }.items()
             }
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()
+            # copied out of pinned memory: results may be kept long, pinned blocks are for reuse
+            host = {k: v.numpy().copy() if v.is_pinned() else v.numpy() for k, v in host_t.items()}
         self._collect_events()
         results = [ImageResult(source=str(s), width=w, height=h) for s, (w, h) in zip(sources, sizes)]
         # highest score first within each image

@@ -28,6 +28,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
+from facefleet._device import host_to_device
 from facefleet.detect.anchors import DETECTOR_SPECS, DetectorSpec, decode_boxes, sigmoid_scores, ssd_anchors
 from facefleet.detect.nms import weighted_nms
 from facefleet.detect.views import (
@@ -66,6 +67,8 @@ class Detections:
     def select(self, mask_or_index: Tensor) -> Detections:
         """The subset given by a boolean mask ``(N,)`` or an index tensor."""
         m = mask_or_index
+        if m.dtype == torch.bool:  # one wait for the device, not one per tensor
+            m = m.nonzero().squeeze(1)
         return Detections(
             self.boxes[m], self.keypoints[m], self.scores[m], self.image_index[m], self.num_images
         )
@@ -352,7 +355,7 @@ class FaceDetector:
                 rows += [(i, sx, sy, ox + x0, oy + y0, c0, c1, c2, c3, float(overlap)) for i in members]
         if not rows:
             return None
-        table = torch.tensor(rows, dtype=torch.float64).to(self.device)  # one host-to-device copy
+        table = host_to_device(torch.tensor(rows, dtype=torch.float64), self.device)  # one copy
         return (
             torch.cat(xs) if len(xs) > 1 else xs[0],
             ViewTransform(table[:, 1:3].float(), table[:, 3:5].float()),
@@ -377,20 +380,22 @@ class FaceDetector:
             return None
         x, tf, img_idx, cores, max_side = views
         regs, scores = self._run(kind, x)
-        v, a = torch.nonzero(scores >= self.min_score, as_tuple=True)
-        boxes, kps = decode_boxes(regs[v, a], self._anchors[kind][a], spec.input_size, spec.num_keypoints)
-        scale, off = tf.scale[v], tf.offset[v]
-        boxes = boxes * scale.repeat(1, 2) + off.repeat(1, 2)
-        kps = kps * scale[:, None] + off[:, None]
+        # every anchor of every view is decoded and tested (a few hundred thousand rows: microseconds
+        # on a GPU), so that one nonzero, the one wait for the device here, picks the candidates
+        boxes, kps = decode_boxes(regs, self._anchors[kind], spec.input_size, spec.num_keypoints)
+        scale, off = tf.scale[:, None], tf.offset[:, None]  # (V, 1, 2)
+        boxes = boxes * scale.repeat(1, 1, 2) + off.repeat(1, 1, 2)
+        kps = kps * scale[:, :, None] + off[:, :, None]
         # tile views keep only faces centred in their core and no larger than the tile overlap
-        c = (boxes[:, :2] + boxes[:, 2:]) / 2
-        core = cores[v]
-        side = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-        keep = (c >= core[:, :2]).all(1) & (c < core[:, 2:]).all(1) & (side <= max_side[v])
+        c = (boxes[..., :2] + boxes[..., 2:]) / 2
+        core = cores[:, None]
+        side = torch.maximum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1])
+        keep = (c >= core[..., :2]).all(-1) & (c < core[..., 2:]).all(-1) & (side <= max_side[:, None])
+        v, a = torch.nonzero(keep & (scores >= self.min_score), as_tuple=True)
+        boxes = boxes[v, a]
         if kind == "full" and self.calibrate:
             boxes = _full_to_short_box(boxes)
-        from_tile = torch.isfinite(core[:, 0])
-        return boxes[keep], kps[keep], scores[v, a][keep], img_idx[v][keep], from_tile[keep]
+        return boxes, kps[v, a], scores[v, a], img_idx[v], torch.isfinite(cores[v, 0])
 
     # -- public ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -413,10 +418,11 @@ class FaceDetector:
             if tiled is not None:
                 cands["full"] = tuple(torch.cat([a, b]) for a, b in zip(cands["full"], tiled))  # type: ignore[assignment]
             whole = [c for k, c in cands.items() if k == "short"] + [cands["full"]]
-            wb = torch.cat([c[0][~c[4]] for c in whole])
-            wi = torch.cat([c[3][~c[4]] for c in whole])
+            wb = torch.cat([c[0] for c in whole])
+            wi = torch.cat([c[3] for c in whole])
+            w_whole = ~torch.cat([c[4] for c in whole])  # only whole-image candidates count as larger
             b, kp, sc, ix, tile = cands["full"]
-            keep = ~(tile & _inside_larger(b, ix, wb, wi))
+            keep = (~(tile & _inside_larger(b, ix, wb, wi, w_whole))).nonzero().squeeze(1)
             cands["full"] = (b[keep], kp[keep], sc[keep], ix[keep], tile[keep])
         if len(self._kinds) == 1:
             det = self._nms(*cands[self._kinds[0]][:4])
@@ -428,10 +434,9 @@ class FaceDetector:
                 torch.cat([c[2] for c in both]),
                 torch.cat([c[3] + j * n for j, c in enumerate(both)]),
             )
-            first = merged.image_index < n
-            a, b2 = merged.select(first), merged.select(~first)
-            b2 = Detections(b2.boxes, b2.keypoints, b2.scores, b2.image_index - n)
-            det = _keep_better(a, b2)
+            from_b = merged.image_index >= n
+            merged.image_index = merged.image_index - n * from_b
+            det = merged.select(_keep_better(merged, ~from_b))
         return _finish(det, self.max_faces, n)
 
     def _tile_candidates(
@@ -459,7 +464,7 @@ class FaceDetector:
             for m, st in mid:
                 local = [j for j, i in enumerate(m) if crowd[i]]
                 if local:
-                    sel = torch.tensor(local, device=st.device)
+                    sel = host_to_device(torch.tensor(local), st.device)
                     big.append(([m[j] for j in local], st if len(local) == len(m) else st[sel]))
         if not big:
             return None
@@ -515,11 +520,18 @@ def _io_min(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _inside_larger(
-    b: Tensor, bi: Tensor, w: Tensor, wi: Tensor, ratio: float = 2.0, grow: float = 1.5
+    b: Tensor,
+    bi: Tensor,
+    w: Tensor,
+    wi: Tensor,
+    w_mask: Tensor | None = None,
+    ratio: float = 2.0,
+    grow: float = 1.5,
 ) -> Tensor:
     """``(N,)`` True where box ``b`` has its centre inside a same-image box of ``w`` (grown ``grow`` times
     about its centre, i.e. the head region) at least ``ratio`` times larger: a tile's view of part of a
-    big head (an ear, an eye) is not a face of its own."""
+    big head (an ear, an eye) is not a face of its own. ``w_mask`` ``(M,)``: the boxes of ``w`` that
+    count (default all)."""
     if b.shape[0] == 0 or w.shape[0] == 0:
         return torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)
     c = (b[:, :2] + b[:, 2:]) / 2
@@ -527,28 +539,24 @@ def _inside_larger(
     inside = ((c[:, None] >= (wc - wh)[None]) & (c[:, None] <= (wc + wh)[None])).all(-1)
     side_b = (b[:, 2:] - b[:, :2]).amax(1)
     side_w = (w[:, 2:] - w[:, :2]).amax(1)
-    return (inside & (side_w[None] >= ratio * side_b[:, None]) & (bi[:, None] == wi[None])).any(1)
+    hit = inside & (side_w[None] >= ratio * side_b[:, None]) & (bi[:, None] == wi[None])
+    return (hit if w_mask is None else hit & w_mask[None]).any(1)
 
 
-def _keep_better(a: Detections, b: Detections, thresh: float = 0.5) -> Detections:
-    """Union of two models' detections; of two same-image detections overlapping by more than ``thresh``
-    (intersection over the smaller box) only the higher-scoring one stays (ties: ``a``)."""
-    if len(a) == 0 or len(b) == 0:
-        return _concat(a, b)
-    hit = (_io_min(a.boxes, b.boxes) > thresh) & (a.image_index[:, None] == b.image_index[None])
-    a_wins = a.scores[:, None] >= b.scores[None]
+def _keep_better(det: Detections, from_a: Tensor, thresh: float = 0.5) -> Tensor:
+    """Which detections ``(N,)`` of two models' (``from_a``: the first model's) to keep: of two
+    same-image detections of different models overlapping by more than ``thresh`` (intersection over
+    the smaller box) only the higher-scoring one stays (ties: the first model's). A mask, so that the
+    caller selects once."""
+    if len(det) == 0:
+        return from_a
+    img = det.image_index
+    hit = (_io_min(det.boxes, det.boxes) > thresh) & (img[:, None] == img[None])
+    hit &= from_a[:, None] & ~from_a[None]  # hit[i, j]: i of the first model, j of the second
+    a_wins = det.scores[:, None] >= det.scores[None]
     drop_a = (hit & ~a_wins).any(1)
     drop_b = (hit & a_wins).any(0)
-    return _concat(a.select(~drop_a), b.select(~drop_b))
-
-
-def _concat(a: Detections, b: Detections) -> Detections:
-    return Detections(
-        torch.cat([a.boxes, b.boxes]),
-        torch.cat([a.keypoints, b.keypoints]),
-        torch.cat([a.scores, b.scores]),
-        torch.cat([a.image_index, b.image_index]),
-    )
+    return ~(drop_a | drop_b)
 
 
 def _finish(det: Detections, max_faces: int, num_images: int) -> Detections:

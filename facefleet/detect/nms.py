@@ -6,8 +6,9 @@ output detection of a seed is the score-weighted average of the boxes and keypoi
 score stays the seed's score (as in MediaPipe's ``NonMaxSuppressionCalculator``, algorithm WEIGHTED).
 
 The IoU matrices are computed on the device for all images at once; the greedy pass, which is
-inherently sequential, runs on one small boolean array copied to the host once (a single sync for the
-whole batch); the weighted averages are computed back on the device with ``index_add_``.
+inherently sequential, runs on the host on one small boolean array (two waits for the device per
+batch: the sorted image indices, then that array); the weighted averages are computed back on the
+device with ``index_add_``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
+
+from facefleet._device import host_to_device
 
 __all__ = ["box_iou", "weighted_nms"]
 
@@ -82,31 +85,39 @@ def weighted_nms(
     order = torch.sort(scores, descending=True, stable=True).indices
     order = order[torch.sort(groups[order], stable=True).indices]
     boxes, keypoints, scores, groups = boxes[order], keypoints[order], scores[order], groups[order]
-    uniq, counts = torch.unique_consecutive(groups, return_counts=True)
-    counts_h = counts.cpu()
-    g, k = int(uniq.shape[0]), int(counts_h.max())
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.repeat_interleave(torch.arange(g, device=dev), counts)  # padded row of each candidate
-    col = torch.arange(m, device=dev) - starts[slot]
-    flat = slot * k + col
+    # the bookkeeping (groups, padded slots, who absorbed whom) runs on the host from two copies, the
+    # sorted groups and the overlap matrix; the indices go back through pinned memory, so the device's
+    # stream never waits for the host in between (boolean-mask indexing would sync once per tensor)
+    groups_h = groups.cpu().numpy()
+    starts_h = np.flatnonzero(np.r_[True, groups_h[1:] != groups_h[:-1]])
+    counts_h = np.diff(np.r_[starts_h, m])
+    g, k = len(starts_h), int(counts_h.max())
+    slot_h = np.repeat(np.arange(g), counts_h)  # padded row of each candidate
+    col_h = np.arange(m) - starts_h[slot_h]
+    flat_h = slot_h * k + col_h
+    valid_flat = np.zeros(g * k, dtype=bool)
+    valid_flat[flat_h] = True
+    valid_h = valid_flat.reshape(g, k)
+    flat = host_to_device(flat_h, dev)
     pb = torch.zeros(g * k, 4, device=dev).index_copy_(0, flat, boxes).view(g, k, 4)
-    valid = torch.zeros(g * k, dtype=torch.bool, device=dev).index_fill_(0, flat, True).view(g, k)
-    overlap = (box_iou(pb, pb) > iou_threshold) & valid[:, :, None] & valid[:, None, :]
-    owner_h = _greedy_owners(overlap.cpu().numpy(), valid.cpu().numpy(), int(max_per_group))
-    owner = torch.from_numpy(owner_h).to(dev).view(-1)[flat]  # (M,) seed column, -1 = dropped
-    kept = owner >= 0
-    target = slot[kept] * k + owner[kept]
+    overlap = box_iou(pb, pb) > iou_threshold
+    owner_h = _greedy_owners(
+        overlap.cpu().numpy() & valid_h[:, :, None] & valid_h[:, None, :], valid_h, int(max_per_group)
+    ).reshape(-1)[flat_h]  # (M,) seed column, -1 = dropped
+    kept_h = np.flatnonzero(owner_h >= 0)
+    seed_h = np.flatnonzero(owner_h == col_h)
+    kept, target, seeds = (
+        host_to_device(a, dev) for a in (kept_h, slot_h[kept_h] * k + owner_h[kept_h], seed_h)
+    )
     w = scores[kept]
     acc = torch.zeros(g * k, 4 + 2 * p + 1, device=dev)
     vals = torch.cat([boxes[kept], keypoints[kept].reshape(-1, 2 * p), torch.ones_like(w)[:, None]], 1)
     acc.index_add_(0, target, vals * w[:, None])
-    is_seed = owner == col
-    seed_rows = flat[is_seed]
-    merged = acc[seed_rows]
+    merged = acc[flat[seeds]]
     merged = merged[:, :-1] / merged[:, -1:].clamp(min=1e-12)
     return (
         merged[:, :4],
         merged[:, 4:].reshape(-1, p, 2),
-        scores[is_seed],
-        groups[is_seed],
+        scores[seeds],
+        groups[seeds],
     )

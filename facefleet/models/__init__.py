@@ -45,10 +45,11 @@ __all__ = [
 # largest). At 128 a call of these small networks is launch-bound (~3 ms for 64 or 128 crops on an
 # H200), so padding costs little, and one size means one plan build (~1-2.5 s) per network.
 FIXED_BATCH_SIZES = (128,)
-# Models that run channels-last on CUDA. Measured on an H200 at batch 128, fp16 (tools/probe_shapes.py):
-# the landmark model runs 3.0 vs 4.7 ms per call channels-last, the detectors are as fast or faster
-# channels-first, and their cuDNN plans build in 0.15-1.6 s instead of 2.4-2.7 s.
-CHANNELS_LAST_ON_CUDA = frozenset({"face_landmark"})
+# Models that run channels-last on CUDA: all. Measured on an H200 at batch 128, fp16, CUDA graphs
+# (tools/probe_layouts.py, 2026-11-30), ms per call channels-first -> channels-last: short-range
+# detector 1.55 -> 1.35, full-range 9.33 -> 4.13, landmarks 2.30 -> 1.94; their cuDNN plans take
+# 0.4-1.3 s longer to build (once per worker).
+CHANNELS_LAST_ON_CUDA = frozenset(MODELS)
 # On CPUs (oneDNN) every model runs about twice as fast channels-last: 2 cores of the development
 # machine, batch 16, fp32 (tools/probe_layouts.py): short-range detector 83 -> 36 ms, full-range
 # 211 -> 104 ms, landmarks 65 -> 35 ms per call.

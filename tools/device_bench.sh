@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"
 . tools/device_setup.sh
@@ -49,5 +49,10 @@ profile)  # where the time of a GPU worker goes (tools/profile_gpu.py + a sample
     cp /tmp/ffrun/report.json "$OUT/report-b$b.json" 2>/dev/null
   done
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|decode|profile" >&2; exit 2 ;;
+probe)  # one batch alone and beside a decoder thread; each network in each memory layout
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', 512, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  python3 tools/probe_layouts.py --device cuda 2>&1 | tee "$OUT/layouts.txt"
+  python3 tools/probe_stages.py --corpus /tmp/ffcorpus --reps 10 --contend decoder 2>&1 | tee "$OUT/probe_stages.txt"
+  ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe" >&2; exit 2 ;;
 esac

@@ -69,6 +69,10 @@ class DeviceProfile:
     decoder: str
     threads: int  # torch intra-op threads of the worker process
     memory_bytes: int = 0
+    # CUDA: decoded batches a worker holds in device memory (the networks' one + the next), and JPEGs
+    # per GPU decoder call (written straight into the batch tensor; the decoder's buffers hold as many)
+    batches_in_flight: int = 2
+    decode_chunk: int = 32
     capability: tuple[int, int] | None = None
     source: str = "builtin"  # where batch size/precision came from
 
@@ -316,6 +320,8 @@ def plan_devices(
                 decoder,
                 int(over.get("threads", 4)),
                 memory_bytes=spec.memory_bytes,
+                batches_in_flight=int(over.get("batches_in_flight", 2)),
+                decode_chunk=int(over.get("decode_chunk", 32)),
                 capability=spec.capability,
                 source=src,
             )

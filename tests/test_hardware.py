@@ -83,6 +83,10 @@ def test_plan_heterogeneous_gpus_and_overrides(monkeypatch: pytest.MonkeyPatch, 
         plan_devices("all", config={"gpu": {"decoder": "libjpeg"}})
     plan = plan_devices("1", config=cfg, batch_size=4)  # CLI beats config
     assert [(p.device, p.batch_size, p.precision, p.source) for p in plan] == [("cuda:1", 4, "fp16", "cli")]
+    # device-memory settings per GPU name too (they were read from the top-level [gpu] table only)
+    cfg_file.write_text('[gpu]\ndecode_chunk = 16\n[gpu."T4"]\nbatches_in_flight = 1\ndecode_chunk = 8\n')
+    plan = plan_devices("all", config=load_config(cfg_file))
+    assert [(p.batches_in_flight, p.decode_chunk) for p in plan] == [(2, 16), (1, 8)]
 
 
 def test_plan_cpu_workers_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -193,8 +193,6 @@ def run(
             "reconstructor_kwargs": dict(reconstructor_kwargs or {}),
             "coordinator_pid": os.getpid(),
             "stage_timings": bool(run_cfg.get("stage_timings", True)),
-            "gpu_batches": int(cfg.get("gpu", {}).get("batches_in_flight", 2)),
-            "decode_chunk": int(cfg.get("gpu", {}).get("decode_chunk", 32)),
             # per-image files (PNG/OBJ encoding) need CPU: share the host's cores among workers
             "writers": int(
                 run_cfg.get("writers", max(2, min(16, cpu_count() // max(1, len(profiles)) // 2)))

@@ -65,11 +65,9 @@ class WorkerSpec:
     reconstructor: str | None = None  # "module:callable"; default facefleet.pipeline.Reconstructor
     reconstructor_kwargs: dict[str, Any] = field(default_factory=dict)
     readers: int = 4
-    # batches decoded at once (on CUDA at most gpu_batches - 1; on CPU each batch uses `readers` threads)
+    # batches decoded at once (on CUDA at most profile.batches_in_flight - 1; on CPU each batch uses
+    # `readers` threads)
     decoders: int = 2
-    # CUDA: decoded batches that may hold device memory at once (the networks' one and the next ones)
-    gpu_batches: int = 2
-    decode_chunk: int = 32  # CUDA: JPEGs per GPU decoder call, written straight into the batch tensor
     writers: int = 2
     file_processes: bool | None = None  # per-image files in processes (None: on GPU workers, see _file_pool)
     coordinator_pid: int | None = None
@@ -192,7 +190,7 @@ class Worker:
         self._gpu_q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=max(1, spec.decoders))
         # on CUDA a batch takes a slot before its images are decoded into device memory and gives it
         # back once the networks are done with it: at batch 128 a 1080p batch is 0.8 GB
-        self._slots = threading.Semaphore(max(1, spec.gpu_batches))
+        self._slots = threading.Semaphore(max(1, spec.profile.batches_in_flight))
         self._write_q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=4)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -367,9 +365,10 @@ class Worker:
         pending: list[tuple[_UnitState, int, str, Future[Any]]] = []
         per_image = ThreadPoolExecutor(max(1, self.spec.readers), thread_name_prefix="decoder")
         gpu = self.device.type == "cuda"
-        # on CUDA at most gpu_batches - 1 batches decode while one is on the networks: more decoder
+        # on CUDA at most batches_in_flight - 1 batches decode while one is on the networks: more decoder
         # threads would only wait for a slot (and each GPU decoder thread keeps its own buffers)
-        threads = max(1, min(self.spec.decoders, self.spec.gpu_batches - 1) if gpu else self.spec.decoders)
+        in_flight = self.spec.profile.batches_in_flight
+        threads = max(1, min(self.spec.decoders, in_flight - 1) if gpu else self.spec.decoders)
         batches = ThreadPoolExecutor(threads, thread_name_prefix="batch-decoder")
 
         def submit(batch: list[Any]) -> None:
@@ -439,7 +438,7 @@ class Worker:
                         self.device,
                         decoder=self.spec.profile.decoder,
                         stack=True,
-                        chunk=self.spec.decode_chunk,
+                        chunk=self.spec.profile.decode_chunk,
                     )
                     ready = torch.cuda.Event()
                     ready.record(stream)

@@ -42,11 +42,8 @@ def _torch_runner(name: str, batch: int, channels_last: bool, threads: int) -> C
     from facefleet.models import load_model
 
     torch.set_num_threads(threads)
-    net = load_model(name)
+    net = load_model(name, channels_last=channels_last)  # the module converts its input itself
     x = torch.rand(batch, *net.input_shape)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        x = x.contiguous(memory_format=torch.channels_last)
 
     def run() -> Any:
         with torch.inference_mode():

@@ -401,7 +401,7 @@ def decode_images(
                 continue
         cpu_items.append(i)
     buf: torch.Tensor | None = None
-    filled = 0  # rows of buf written by the GPU decoder
+    in_buf: list[tuple[int, int]] = []  # (item, row of buf) written by the GPU decoder
     if gpu_items:
         assert dec is not None
         borrowed = bool(getattr(dec, "borrowed", False))
@@ -413,6 +413,16 @@ def decode_images(
         for s in range(0, len(gpu_items), step):
             part = gpu_items[s : s + step]
             decoded = _gpu_decode(dec, [blobs[i] for i, _ in part], dev)
+            if buf is not None and all(
+                t is not None and h.orientation == 1 and t.shape == buf.shape[1:]
+                for (_, h), t in zip(part, decoded, strict=True)
+            ):
+                # the usual chunk: one copy into its rows (torch calls on this thread hold the GIL,
+                # which the networks' thread needs for each of its own calls)
+                torch.stack(decoded, out=buf[s : s + len(part)])  # type: ignore[arg-type]
+                in_buf += [(i, row) for row, (i, _) in enumerate(part, start=s)]
+                del decoded
+                continue
             for row, ((i, header), tensor) in enumerate(zip(part, decoded, strict=True), start=s):
                 if tensor is None:
                     cpu_items.append(i)
@@ -422,13 +432,17 @@ def decode_images(
                 tensor = apply_exif_orientation(tensor, header.orientation)
                 if buf is not None and tuple(tensor.shape[1:]) == tuple(buf.shape[2:]):
                     buf[row].copy_(tensor)
-                    out[i] = buf[row]
-                    filled += 1
+                    in_buf.append((i, row))
                 elif borrowed or not tensor.is_contiguous():
                     out[i] = tensor.clone(memory_format=torch.contiguous_format)
                 else:
                     out[i] = tensor
             del decoded
+    if in_buf:
+        assert buf is not None
+        buf_rows = buf.unbind(0)
+        for i, row in in_buf:
+            out[i] = buf_rows[row]
     if dec is not None and cpu_items:
         _warn_once(
             "cpu",
@@ -446,7 +460,7 @@ def decode_images(
     result = DecodedBatch(items)
     if stack:
         ok = [t for t in items if isinstance(t, torch.Tensor)]
-        if buf is not None and filled == len(buf) == n:
+        if buf is not None and len(in_buf) == len(buf) == n:
             result.stack = buf  # every image decoded on the GPU, in its row
         elif len(ok) > 1 and len(ok) == n and all(t.shape == ok[0].shape for t in ok):
             from facefleet.detect.views import stack_images

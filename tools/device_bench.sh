@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab
 # Results go to $OUT (default ./bench-out).
-OUT=${OUT:-bench-out}; mkdir -p "$OUT"
+OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
 case "$1" in
 core)
@@ -54,5 +54,16 @@ probe)  # one batch alone and beside a decoder thread; each network in each memo
   python3 tools/probe_layouts.py --device cuda 2>&1 | tee "$OUT/layouts.txt"
   python3 tools/probe_stages.py --corpus /tmp/ffcorpus --reps 10 --contend decoder 2>&1 | tee "$OUT/probe_stages.txt"
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe" >&2; exit 2 ;;
+ab)  # this tree against an older one on one corpus and machine (the lent machines differ by 10-20 %)
+  # before: git archive REV facefleet | tar -x -C .carry/old   (the device copy has no .git)
+  OLD=${OLD:-$PWD/.carry/old}; [ -d "$OLD/facefleet" ] || { echo "no old tree at $OLD" >&2; exit 2; }
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  for v in new old new; do  # new twice: the spread of one tree shows the noise
+    if [ $v = old ]; then here=$PWD; cd /tmp; export PYTHONPATH=$OLD; fi  # the old package first on the path
+    facefleet bench --corpus /tmp/ffcorpus --baselines engine --gpu-workers "${GPU_WORKERS:-1,2}" \
+      --json "$OUT/ab_$v.json" 2>&1 | grep "facefleet run ("
+    if [ $v = old ]; then cd "$here"; unset PYTHONPATH; fi
+  done
+  ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab" >&2; exit 2 ;;
 esac

@@ -380,22 +380,26 @@ class FaceDetector:
             return None
         x, tf, img_idx, cores, max_side = views
         regs, scores = self._run(kind, x)
-        # every anchor of every view is decoded and tested (a few hundred thousand rows: microseconds
-        # on a GPU), so that one nonzero, the one wait for the device here, picks the candidates
-        boxes, kps = decode_boxes(regs, self._anchors[kind], spec.input_size, spec.num_keypoints)
-        scale, off = tf.scale[:, None], tf.offset[:, None]  # (V, 1, 2)
-        boxes = boxes * scale.repeat(1, 1, 2) + off.repeat(1, 1, 2)
-        kps = kps * scale[:, :, None] + off[:, :, None]
+        anchors = self._anchors[kind]
+        # the box of every anchor of every view is decoded and tested (a few hundred thousand rows:
+        # microseconds on a GPU), so that one nonzero, the one wait for the device here, picks the
+        # candidates; keypoints (three quarters of the values) only for those
+        dense, _ = decode_boxes(regs[..., :4], anchors, spec.input_size, 0)  # (V, A, 4)
+        dense = dense * tf.scale.repeat(1, 2)[:, None] + tf.offset.repeat(1, 2)[:, None]
         # tile views keep only faces centred in their core and no larger than the tile overlap
-        c = (boxes[..., :2] + boxes[..., 2:]) / 2
+        c = (dense[..., :2] + dense[..., 2:]) / 2
         core = cores[:, None]
-        side = torch.maximum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1])
+        side = torch.maximum(dense[..., 2] - dense[..., 0], dense[..., 3] - dense[..., 1])
         keep = (c >= core[..., :2]).all(-1) & (c < core[..., 2:]).all(-1) & (side <= max_side[:, None])
         v, a = torch.nonzero(keep & (scores >= self.min_score), as_tuple=True)
-        boxes = boxes[v, a]
+        del dense, c, side, keep
+        boxes, kps = decode_boxes(regs[v, a], anchors[a], spec.input_size, spec.num_keypoints)
+        scale, off = tf.scale[v], tf.offset[v]
+        boxes = boxes * scale.repeat(1, 2) + off.repeat(1, 2)  # the same values as dense[v, a]
+        kps = kps * scale[:, None] + off[:, None]
         if kind == "full" and self.calibrate:
             boxes = _full_to_short_box(boxes)
-        return boxes, kps[v, a], scores[v, a], img_idx[v], torch.isfinite(cores[v, 0])
+        return boxes, kps, scores[v, a], img_idx[v], torch.isfinite(cores[v, 0])
 
     # -- public ---------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -468,7 +468,7 @@ class FaceDetector:
             for m, st in mid:
                 local = [j for j, i in enumerate(m) if crowd[i]]
                 if local:
-                    sel = host_to_device(torch.tensor(local), st.device)
+                    sel = host_to_device(local, st.device)
                     big.append(([m[j] for j in local], st if len(local) == len(m) else st[sel]))
         if not big:
             return None

@@ -471,7 +471,7 @@ class Worker:
     def _device_stage(self) -> None:
         import torch
 
-        if self._decoder_setup is not None:  # no other thread uses the device during the captures
+        if self._decoder_setup is not None:
             self._decoder_setup.join()
         warm = getattr(self._rec, "warmup", None)
         if self.device.type == "cuda" and callable(warm):
@@ -507,6 +507,8 @@ class Worker:
     def _device_loop(self) -> None:
         import torch
 
+        from facefleet.io.gpu_decode import decoder_memory_bytes
+
         while True:
             item = self._get(self._gpu_q)
             if item is _STOP or isinstance(item, _End):
@@ -531,8 +533,6 @@ class Worker:
             secs = time.perf_counter() - t0
             batch.state.batch_seconds.append(secs)
             if self.device.type == "cuda":
-                from facefleet.io.gpu_decode import decoder_memory_bytes
-
                 # the JPEG decoder's own buffers are outside torch's allocator
                 peak = (torch.cuda.max_memory_allocated(self.device) + decoder_memory_bytes()) / 2**20
                 batch.state.stages["_peak_mib"] = max(batch.state.stages.get("_peak_mib", 0.0), peak)
@@ -552,13 +552,14 @@ class Worker:
 
         if self.keep_images:
             items: list[Any] = []
+            copied = False
             for t in batch.items:
                 if isinstance(t, torch.Tensor) and t.device.type == "cuda":
                     host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
                     host.copy_(t, non_blocking=True)  # on this stream: the memory is reused after it
-                    t = host
+                    t, copied = host, True
                 items.append(t)
-            if any(isinstance(t, torch.Tensor) and t.is_pinned() for t in items):
+            if copied:
                 batch.host_ready = torch.cuda.Event()
                 batch.host_ready.record()
             batch.items = items

@@ -320,8 +320,7 @@ def plan_devices(
                 decoder,
                 int(over.get("threads", 4)),
                 memory_bytes=spec.memory_bytes,
-                batches_in_flight=int(over.get("batches_in_flight", 2)),
-                decode_chunk=int(over.get("decode_chunk", 32)),
+                **{k: int(over[k]) for k in ("batches_in_flight", "decode_chunk") if k in over},
                 capability=spec.capability,
                 source=src,
             )

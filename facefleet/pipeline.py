@@ -16,9 +16,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from facefleet._device import host_to_device
 from facefleet.types import Face, ImageResult, Pose
 
 ImageInput = "str | Path | np.ndarray | torch.Tensor"
+
+# columns of the per-face table copied to the host once per batch (see reconstruct_tensors)
+_LM = 468 * 3
+_KP = 6 * 2
+_BOX = _LM
+_SCORE = _BOX + 4 + _KP
+_PRESENCE, _KEEP, _IDX = _SCORE + 1, _SCORE + 2, _SCORE + 3
 
 _PRECISIONS = {
     "fp32": torch.float32,
@@ -255,63 +263,57 @@ class Reconstructor:
             det = self.detector(images)
         with self._stage("mesh", timings):
             mesh = self.mesher(images, det)
-            keep = mesh.keep.nonzero().squeeze(1)  # one wait for the device, not one per tensor
-            lm = mesh.landmarks[keep].float()
-            img_idx = det.image_index[keep]
-            boxes = det.boxes[keep].float()
-            scores = det.scores[keep].float()
-            kps = det.keypoints[keep].float()
-            presence = mesh.presence[keep].float()
-        with self._stage("geometry", timings):
-            pose = estimate_pose(lm)
-            lm68 = to_landmarks68(lm)
-        tex_host: np.ndarray | None = None
-        with self._stage("texture", timings):
-            if texture and lm.shape[0] > 0:
-                tex = self.sampler(images, lm, img_idx)
-                tex_host = tex.permute(0, 2, 3, 1).contiguous().cpu().numpy()
         with self._stage("transfer", timings):
-            # asynchronous copies (into pinned memory on CUDA) and one wait for all of them
-            host_t = {
-                k: v.detach().to("cpu", non_blocking=True)
-                for k, v in {
-                    "lm": lm,
-                    "idx": img_idx,
-                    "box": boxes,
-                    "score": scores,
-                    "kp": kps,
-                    "pres": presence,
-                    "yaw": pose.yaw,
-                    "pitch": pose.pitch,
-                    "roll": pose.roll,
-                    "mat": pose.matrix,
-                    "lm68": lm68,
-                }.items()
-            }
+            # every per-face value of every detection in one float32 table, one asynchronous copy
+            # (into pinned memory on CUDA) and one wait; the presence filter is applied on the host
+            n = len(det)
+            table = torch.cat(
+                [
+                    mesh.landmarks.reshape(n, _LM).float(),
+                    det.boxes.float(),
+                    det.keypoints.reshape(n, _KP).float(),
+                    det.scores.float()[:, None],
+                    mesh.presence.float()[:, None],
+                    mesh.keep.float()[:, None],
+                    det.image_index.float()[:, None],  # exact: batches are far below 2**24 images
+                ],
+                1,
+            ).to("cpu", non_blocking=True)
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()
-            # copied out of pinned memory: results may be kept long, pinned blocks are for reuse
-            host = {k: v.numpy().copy() if v.is_pinned() else v.numpy() for k, v in host_t.items()}
+            kept = np.flatnonzero(table.numpy()[:, _KEEP] > 0.5)
+            host = table.numpy()[kept]  # a copy: pinned blocks are for reuse
+        lm_host = host[:, :_LM].reshape(-1, 468, 3)
+        img_idx = host[:, _IDX].astype(np.int64)
+        scores = host[:, _SCORE]
+        with self._stage("geometry", timings, host=True):
+            # small dense maths on a few hundred faces: on the host, from the copied landmarks
+            lm_cpu = torch.from_numpy(lm_host)
+            pose = estimate_pose(lm_cpu)
+            lm68 = to_landmarks68(lm_cpu).numpy()
+            yaw, pitch, roll = pose.yaw.numpy(), pose.pitch.numpy(), pose.roll.numpy()
+            mat = pose.matrix.numpy().astype(np.float64)
+        tex_host: np.ndarray | None = None
+        with self._stage("texture", timings):
+            if texture and len(host) > 0:
+                keep = host_to_device(kept, self.device)
+                tex = self.sampler(images, mesh.landmarks[keep].float(), mesh.image_index[keep])
+                tex_host = tex.permute(0, 2, 3, 1).contiguous().cpu().numpy()
         self._collect_events()
         results = [ImageResult(source=str(s), width=w, height=h) for s, (w, h) in zip(sources, sizes)]
+        boxes = host[:, _BOX : _BOX + 4]
+        kps = host[:, _BOX + 4 : _BOX + 4 + _KP].reshape(-1, _KP // 2, 2)
         # highest score first within each image
-        order = np.lexsort((-host["score"], host["idx"]))
-        for j in order:
-            i = int(host["idx"][j])
-            results[i].faces.append(
+        for j in np.lexsort((-scores, img_idx)):
+            results[int(img_idx[j])].faces.append(
                 Face(
-                    bbox=host["box"][j],
-                    score=float(host["score"][j]),
-                    keypoints=host["kp"][j],
-                    landmarks=host["lm"][j],
-                    landmarks68=host["lm68"][j],
-                    pose=Pose(
-                        yaw=float(host["yaw"][j]),
-                        pitch=float(host["pitch"][j]),
-                        roll=float(host["roll"][j]),
-                        matrix=host["mat"][j].astype(np.float64),
-                    ),
-                    presence=float(host["pres"][j]),
+                    bbox=boxes[j],
+                    score=float(scores[j]),
+                    keypoints=kps[j],
+                    landmarks=lm_host[j],
+                    landmarks68=lm68[j],
+                    pose=Pose(yaw=float(yaw[j]), pitch=float(pitch[j]), roll=float(roll[j]), matrix=mat[j]),
+                    presence=float(host[j, _PRESENCE]),
                     texture=None if tex_host is None else tex_host[j],
                 )
             )
@@ -326,14 +328,14 @@ class Reconstructor:
         return self._sampler
 
     @contextmanager
-    def _stage(self, name: str, timings: dict[str, float] | None) -> Any:
+    def _stage(self, name: str, timings: dict[str, float] | None, host: bool = False) -> Any:
         """Time a stage into ``timings``: on CUDA with a pair of events (read back once the batch's
         results reached the host, see :meth:`_collect_events`: no synchronisation between stages, so
-        the host keeps queueing work), elsewhere with the wall clock."""
+        the host keeps queueing work), elsewhere (or for ``host`` work) with the wall clock."""
         if timings is None:
             yield
             return
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and not host:
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
             start.record()

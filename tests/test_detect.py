@@ -253,6 +253,18 @@ def test_tiles_find_a_small_face_in_a_large_image() -> None:
     assert len(tiles) > 1 and overlap >= side // 4
 
 
+def test_tile_candidates_are_flagged_in_every_tile_column() -> None:
+    """Candidates found on tiles are marked as such (only they may be dropped as a part of a larger
+    head), the first row and column of tiles included, whose cores reach out to infinity."""
+    net = _OneFaceNet("full")
+    det = FaceDetector(model="full", net=net, tile_threshold=768)
+    for box in [(60, 60, 90, 90), (60, 1300, 90, 1330), (1800, 60, 1830, 90), (1300, 900, 1330, 930)]:
+        img = _square_image(1500, 2000, box)
+        got = det._candidates("full", det._groups([img], None), whole=None, tile_threshold=768)
+        assert got is not None and len(got[0]) >= 1, box
+        assert bool(got[4].all()), box  # from a tile, every one
+
+
 # --------------------------------------------------------------------------------- real networks
 @pytest.fixture(scope="module")
 def astronaut_t(astronaut: np.ndarray) -> Tensor:

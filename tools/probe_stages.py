@@ -1,11 +1,15 @@
 """Device time of each step of the pipeline on one decoded batch (GPU host).
 
-Usage: python tools/probe_stages.py --corpus DIR [--batch 128] [--reps 5] [--contend decoder,python]
+Usage: python tools/probe_stages.py --corpus DIR [--batch 128] [--reps 5] [--ops] [--contend decoder,python]
 
 Wraps the pipeline's steps (letterbox, each network, box decoding, NMS, tiling, mesh crops, pose...)
 in profiler ranges and prints, per step, the GPU kernel time it launched (summed over its calls) and
 its host time, per batch: what to optimise first. Steps nest (a network call is inside its
 detector step), so the rows do not add up; "batch" is the whole ``reconstruct_tensors`` call.
+
+``--ops`` counts the torch operations one batch dispatches (each a host call; those that are not
+views of a tensor launch a kernel or wait on a GPU), per facefleet function that issued them
+(network internals as one row).
 
 ``--contend`` then times the batch again with company, as in an engine worker: "decoder" decodes
 the next batch's JPEGs on a thread and stream of its own while each batch runs (what the worker's
@@ -38,7 +42,6 @@ STEPS: list[tuple[Any, str, str]] = [
     (det_mod.FaceDetector, "_tile_candidates", "detect: tiles (crowd check + tiled views + network)"),
     (det_mod.FaceDetector, "_crowded", "detect: crowd check"),
     (det_mod.FaceDetector, "_nms", "detect: nms"),
-    (det_mod, "decode_boxes", "detect: decode boxes"),
     (det_mod, "_keep_better", "detect: keep better"),
     (det_mod, "letterbox_sizes", "detect: whole-frame letterboxes"),
     (det_mod, "letterbox_tiles", "detect: tile letterboxes"),
@@ -55,7 +58,10 @@ HOST: dict[str, float] = {}
 
 
 def wrap(owner: Any, attr: str, label: str) -> None:
-    fn: Callable[..., Any] = getattr(owner, attr)
+    found: Callable[..., Any] | None = getattr(owner, attr, None)
+    if found is None:  # an older or newer tree (``PYTHONPATH=OLD``) without this step
+        return
+    fn = found
 
     @functools.wraps(fn)
     def inner(*a: Any, **k: Any) -> Any:
@@ -123,12 +129,53 @@ def contended(
     return ms
 
 
+def count_ops(step: Callable[[], Any], top: int = 30) -> None:
+    """Print the torch operations one call of ``step`` dispatches, per facefleet function."""
+    import collections
+    import sys
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.by: collections.Counter[str] = collections.Counter()
+            self.views: collections.Counter[str] = collections.Counter()
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            f: Any = sys._getframe(1)
+            key = "(outside facefleet)"
+            while f is not None:
+                name = f.f_code.co_filename
+                if "/facefleet/" in name:
+                    rel = name.split("/facefleet/")[-1]
+                    key = "networks" if rel.startswith("models/") else f"{rel}:{f.f_code.co_name}"
+                    break
+                f = f.f_back
+            self.by[key] += 1
+            self.views[key] += bool(func.is_view)
+            return func(*args, **(kwargs or {}))
+
+    mode = Count()
+    with mode:
+        step()
+    total, views = sum(mode.by.values()), sum(mode.views.values())
+    net = mode.by["networks"] - mode.views["networks"]
+    outside = total - views - net
+    print(f"torch operations per batch: {total}, {total - views} not views ({outside} outside the networks)")
+    print(f"{'ops':>7s} {'views':>7s}  issued by")
+    for key, n in sorted(mode.by.items(), key=lambda kv: mode.views[kv[0]] - kv[1])[:top]:
+        print(f"{n - mode.views[key]:7d} {mode.views[key]:7d}  {key}")
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--ops", action="store_true", help="count torch operations per function")
     ap.add_argument("--contend", default="", help="comma list of decoder, python, decoder+python")
     a = ap.parse_args()
     files = sorted(Path(a.corpus).rglob("*.jpg"))[: a.batch]
@@ -139,6 +186,9 @@ def main() -> None:
     cuda = a.device.startswith("cuda")
     rec = Reconstructor(device=a.device, precision="fp16" if cuda else "fp32", runtime="torch")
     rec.warmup()
+    if a.ops:
+        rec.reconstruct_tensors(imgs, names)
+        count_ops(lambda: rec.reconstruct_tensors(imgs, names))
     for owner, attr, label in STEPS:
         wrap(owner, attr, label)
     for _ in range(3):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["DETECTOR_SPECS", "DetectorSpec", "decode_boxes", "sigmoid_scores", "ssd_anchors"]
+__all__ = ["DETECTOR_SPECS", "DetectorSpec", "anchor_parts", "decode_boxes", "sigmoid_scores", "ssd_anchors"]
 
 
 @dataclass(frozen=True)
@@ -81,17 +81,17 @@ def decode_boxes(
     anchor_x`` (raw order x, y, w, h, then keypoint x, y pairs).
     """
     raw = raw.float()
-    s = float(input_size)
-    ax, ay, aw, ah = anchors.unbind(-1)
-    cx = raw[..., 0] / s * aw + ax
-    cy = raw[..., 1] / s * ah + ay
-    w = raw[..., 2] / s * aw
-    h = raw[..., 3] / s * ah
-    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
-    kp = raw[..., 4 : 4 + 2 * num_keypoints].reshape(*raw.shape[:-1], num_keypoints, 2)
-    kx = kp[..., 0] / s * aw[:, None] + ax[:, None]
-    ky = kp[..., 1] / s * ah[:, None] + ay[:, None]
-    return boxes, torch.stack([kx, ky], dim=-1)
+    xy, scale = anchor_parts(anchors, input_size)
+    c = torch.addcmul(xy, raw[..., 0:2], scale)
+    half = raw[..., 2:4] * (scale * 0.5)
+    kp = raw[..., 4 : 4 + 2 * num_keypoints].unflatten(-1, (num_keypoints, 2))
+    return torch.cat([c - half, c + half], -1), torch.addcmul(xy[..., None, :], kp, scale[..., None, :])
+
+
+def anchor_parts(anchors: Tensor, input_size: int) -> tuple[Tensor, Tensor]:
+    """Anchors ``(..., 4)`` -> centres ``(..., 2)`` and the factors ``(..., 2)`` that turn raw regressor
+    values (input pixels) into normalised offsets: ``x = raw * anchor_w / input_size + anchor_x``."""
+    return anchors[..., :2], anchors[..., 2:] / float(input_size)
 
 
 def sigmoid_scores(raw: Tensor, clip: float = 100.0) -> Tensor:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from facefleet._device import host_to_device
-from facefleet.detect.anchors import DETECTOR_SPECS, DetectorSpec, decode_boxes, sigmoid_scores, ssd_anchors
+from facefleet.detect.anchors import DETECTOR_SPECS, DetectorSpec, anchor_parts, sigmoid_scores, ssd_anchors
 from facefleet.detect.nms import weighted_nms
 from facefleet.detect.views import (
     ViewTransform,
@@ -166,7 +166,7 @@ class FaceDetector:
         group_face_fraction: such images are tiled too when the whole-image passes found at least two
             faces smaller than this fraction of the long side (group photos; 0 turns this off).
         max_batch: most views per network call.
-        calibrate: map full-range boxes to the short-range box convention (see ``_full_to_short_box``),
+        calibrate: map full-range boxes to the short-range box convention (see ``_FULL_BOX_SCALE``),
             so boxes mean the same whichever model found the face.
     """
 
@@ -222,6 +222,7 @@ class FaceDetector:
             else:
                 raise ValueError("FaceDetector: model='auto' needs net={'short': ..., 'full': ...}")
         self._kinds = kinds
+        self._shift_cache: dict[torch.device, Tensor] = {}
         self._anchors = {
             k: ssd_anchors(DETECTOR_SPECS[k].input_size, DETECTOR_SPECS[k].strides,
                            DETECTOR_SPECS[k].interpolated_anchor, self.device)
@@ -316,12 +317,12 @@ class FaceDetector:
         groups: list[tuple[list[int], Tensor]],
         whole: list[list[Tensor]] | None,
         tile_threshold: int | None,
-    ) -> tuple[Tensor, ViewTransform, Tensor, Tensor, Tensor] | None:
+    ) -> tuple[Tensor, ViewTransform, Tensor, Tensor, Tensor, bool] | None:
         """Letterboxed inputs ``(V, 3, S, S)``, their transforms, image index ``(V,)``, tile cores
-        ``(V, 4)`` (infinite for whole images) and the largest box side kept per view ``(V,)``; None when
-        there is no view. ``whole``: this model's whole-image letterboxes per size group (from
-        :meth:`_whole_letterboxes`; None: no whole-image views); tiles of images longer than
-        ``tile_threshold`` (None: no tiles).
+        ``(V, 4)`` (infinite for whole images), the largest box side kept per view ``(V,)`` and whether
+        any view is a tile; None when there is no view. ``whole``: this model's whole-image letterboxes
+        per size group (from :meth:`_whole_letterboxes`; None: no whole-image views); tiles of images
+        longer than ``tile_threshold`` (None: no tiles).
 
         Per size group: the whole images, then every tile of all images of the group at once
         (:func:`letterbox_tiles`), so the number of operations depends on the number of distinct sizes,
@@ -362,6 +363,7 @@ class FaceDetector:
             table[:, 0].long(),
             table[:, 5:9].float(),
             table[:, 9].float(),
+            any(r[9] != inf for r in rows),
         )
 
     def _candidates(
@@ -378,28 +380,36 @@ class FaceDetector:
         views = self._views(kind, groups, whole, tile_threshold)
         if views is None:
             return None
-        x, tf, img_idx, cores, max_side = views
+        x, tf, img_idx, cores, max_side, tiles = views
         regs, scores = self._run(kind, x)
-        anchors = self._anchors[kind]
-        # the box of every anchor of every view is decoded and tested (a few hundred thousand rows:
-        # microseconds on a GPU), so that one nonzero, the one wait for the device here, picks the
-        # candidates; keypoints (three quarters of the values) only for those
-        dense, _ = decode_boxes(regs[..., :4], anchors, spec.input_size, 0)  # (V, A, 4)
-        dense = dense * tf.scale.repeat(1, 2)[:, None] + tf.offset.repeat(1, 2)[:, None]
-        # tile views keep only faces centred in their core and no larger than the tile overlap
-        c = (dense[..., :2] + dense[..., 2:]) / 2
-        core = cores[:, None]
-        side = torch.maximum(dense[..., 2] - dense[..., 0], dense[..., 3] - dense[..., 1])
-        keep = (c >= core[..., :2]).all(-1) & (c < core[..., 2:]).all(-1) & (side <= max_side[:, None])
-        v, a = torch.nonzero(keep & (scores >= self.min_score), as_tuple=True)
-        del dense, c, side, keep
-        boxes, kps = decode_boxes(regs[v, a], anchors[a], spec.input_size, spec.num_keypoints)
-        scale, off = tf.scale[v], tf.offset[v]
-        boxes = boxes * scale.repeat(1, 2) + off.repeat(1, 2)  # the same values as dense[v, a]
-        kps = kps * scale[:, None] + off[:, None]
-        if kind == "full" and self.calibrate:
-            boxes = _full_to_short_box(boxes)
-        return boxes, kps, scores[v, a], img_idx[v], torch.isfinite(cores[v, 0])
+        a_xy, a_scale = anchor_parts(self._anchors[kind], spec.input_size)
+        vs, vo = tf.scale[:, None], tf.offset[:, None]  # (V, 1, 2): model input -> source pixels
+        # the box centre and half size of every anchor of every view, in source pixels (a few hundred
+        # thousand rows: microseconds on a GPU), so that one nonzero, the one wait for the device
+        # here, picks the candidates; keypoints (three quarters of the values) only for those
+        c = torch.addcmul(a_xy, regs[..., 0:2], a_scale) * vs + vo  # (V, A, 2)
+        half = regs[..., 2:4] * (a_scale * 0.5) * vs
+        keep = scores >= self.min_score
+        if bool(tiles):  # tile views keep only faces centred in their core and no larger than the overlap
+            core = cores[:, None]
+            keep &= (c >= core[..., :2]).all(-1) & (c < core[..., 2:]).all(-1)
+            keep &= 2 * half.amax(-1) <= max_side[:, None]
+        v, a = torch.nonzero(keep, as_tuple=True)
+        del keep
+        c, half = c[v, a], half[v, a]
+        if kind == "full" and self.calibrate:  # to the short-range box convention
+            half = half * _FULL_BOX_SCALE
+            c = torch.addcmul(c, half, self._calibration_shift(c))
+        kps = regs[v, a, 4 : 4 + 2 * spec.num_keypoints].unflatten(-1, (spec.num_keypoints, 2))
+        kps = torch.addcmul(a_xy[a][:, None], kps, a_scale[a][:, None]) * vs[v] + vo[v]
+        return torch.cat([c - half, c + half], 1), kps, scores[v, a], img_idx[v], torch.isfinite(max_side[v])
+
+    def _calibration_shift(self, like: Tensor) -> Tensor:
+        """``(2,)`` the centre shift per half box size of :data:`_FULL_BOX_DY` (cached per device)."""
+        t = self._shift_cache.get(like.device)
+        if t is None:
+            t = self._shift_cache[like.device] = torch.tensor([0.0, 2 * _FULL_BOX_DY], device=like.device)
+        return t
 
     # -- public ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -503,14 +513,6 @@ class FaceDetector:
 # face-mesh ROI (scale 1.5 of the box) was designed for
 _FULL_BOX_SCALE = 1.0 / 1.067
 _FULL_BOX_DY = 0.043
-
-
-def _full_to_short_box(boxes: Tensor) -> Tensor:
-    """Full-range boxes ``(M, 4)`` -> short-range box convention ``(M, 4)``."""
-    c = (boxes[:, :2] + boxes[:, 2:]) / 2
-    half = (boxes[:, 2:] - boxes[:, :2]) / 2 * _FULL_BOX_SCALE
-    c = c + torch.stack([torch.zeros_like(half[:, 1]), 2 * half[:, 1] * _FULL_BOX_DY], 1)
-    return torch.cat([c - half, c + half], 1)
 
 
 def _io_min(a: Tensor, b: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from facefleet.detect.detector import Detections, ImageBatch, as_image_list
-from facefleet.mesh.roi import crop_rois, crop_to_image, roi_from_detections, roi_from_landmarks
+from facefleet.mesh.roi import crop_affine, crop_rois, roi_from_detections, roi_from_landmarks
 from facefleet.mesh.sampling import ImagePack, pack_images
 
 __all__ = ["MeshPredictor", "MeshResult"]
@@ -109,12 +109,10 @@ class MeshPredictor:
     ) -> tuple[Tensor, Tensor]:
         """One pass on given ROIs ``(N, 5)``: landmarks ``(N, 468, 3)`` in image pixels, presence ``(N,)``.
         ``images``: as for :func:`crop_rois` (pack them once with ``pack_images`` for several passes)."""
-        crops = crop_rois(images, image_index, roi, CROP_SIZE, self.padding_mode)
+        m, t = affine = crop_affine(roi.float(), CROP_SIZE)  # crop pixels and depth -> image pixels
+        crops = crop_rois(images, image_index, roi, CROP_SIZE, self.padding_mode, affine)
         lm, logit = self._run(crops)
-        xy = crop_to_image(lm[..., :2], roi, CROP_SIZE)
-        # MediaPipe z: crop pixels, smaller = closer -> facefleet: image pixels, larger = closer
-        z = -lm[..., 2] * (roi[:, None, 2] / CROP_SIZE)
-        return torch.cat([xy, z[..., None]], -1), torch.sigmoid(logit)
+        return torch.baddbmm(t[:, None], lm, m.mT), torch.sigmoid(logit)
 
     @torch.inference_mode()
     def __call__(

@@ -10,6 +10,7 @@ continuous with the origin at the top-left corner of the image (pixel ``(i, j)``
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -19,6 +20,7 @@ from torch import Tensor
 from facefleet.mesh.sampling import ImagePack, pack_images, sample_bilinear
 
 __all__ = [
+    "crop_affine",
     "crop_points",
     "crop_rois",
     "crop_to_image",
@@ -60,31 +62,45 @@ def roi_from_landmarks(landmarks: Tensor, scale: float = ROI_SCALE) -> Tensor:
     return _roi(boxes, xy[:, RIGHT_EYE_MESH], xy[:, LEFT_EYE_MESH], scale)
 
 
+def crop_affine(roi: Tensor, crop_size: int) -> tuple[Tensor, Tensor]:
+    """Affine maps of ROIs ``(N, 5)`` from crop pixels to image pixels: ``(N, 3, 3)`` matrices ``m`` and
+    offsets ``t`` ``(N, 3)`` with ``image = m @ (x, y, z) + t`` for a point ``(x, y)`` of the crop (side
+    ``crop_size``, origin at its top-left corner) and MediaPipe's depth ``z`` in crop pixels (smaller =
+    closer), giving facefleet's depth: image pixels, larger = closer."""
+    cos, sin = torch.cos(roi[:, 4]), torch.sin(roi[:, 4])
+    w, h = roi[:, 2] / crop_size, roi[:, 3] / crop_size  # image pixels per crop pixel
+    zero = torch.zeros_like(w)
+    m = torch.stack([cos * w, -sin * h, zero, sin * w, cos * h, zero, zero, zero, -w], 1).view(-1, 3, 3)
+    # the crop's centre lands on the ROI's centre
+    t = torch.cat([roi[:, :2], zero[:, None]], 1) - (crop_size / 2) * (m[:, :, 0] + m[:, :, 1])
+    return m, t
+
+
 def crop_to_image(points: Tensor, roi: Tensor, crop_size: int) -> Tensor:
     """Crop pixel coordinates ``(N, P, 2)`` (crop of side ``crop_size``) -> image pixels ``(N, P, 2)``."""
-    cos, sin = torch.cos(roi[:, 4]), torch.sin(roi[:, 4])
-    u = (points[..., 0] / crop_size - 0.5) * roi[:, None, 2]
-    v = (points[..., 1] / crop_size - 0.5) * roi[:, None, 3]
-    x = cos[:, None] * u - sin[:, None] * v + roi[:, None, 0]
-    y = sin[:, None] * u + cos[:, None] * v + roi[:, None, 1]
-    return torch.stack([x, y], -1)
+    m, t = crop_affine(roi, crop_size)
+    return torch.baddbmm(t[:, None, :2], points, m[:, :2, :2].mT)
 
 
 def rois_to_image(roi: Tensor) -> Tensor:
     """Affine maps ``(N, 2, 3)`` from normalised crop coordinates in [0, 1] to image pixels."""
-    cos, sin = torch.cos(roi[:, 4]), torch.sin(roi[:, 4])
-    w, h = roi[:, 2], roi[:, 3]
-    a = torch.stack([cos * w, -sin * h, roi[:, 0] - 0.5 * (cos * w - sin * h)], 1)
-    b = torch.stack([sin * w, cos * h, roi[:, 1] - 0.5 * (sin * w + cos * h)], 1)
-    return torch.stack([a, b], 1)
+    m, t = crop_affine(roi, 1)
+    return torch.cat([m[:, :2, :2], t[:, :2, None]], 2)
 
 
-def crop_points(roi: Tensor, size: int) -> Tensor:
-    """Image pixel coordinates ``(N, size * size, 2)`` of the pixel centres of each ROI's crop (row-major)."""
-    t = (torch.arange(size, device=roi.device, dtype=torch.float32) + 0.5) / size - 0.5  # (size,)
-    v, u = torch.meshgrid(t, t, indexing="ij")
-    uv = torch.stack([u.reshape(-1), v.reshape(-1)], -1)  # (size^2, 2)
-    return uv[None] @ rois_to_image(roi)[:, :, :2].transpose(1, 2) + roi[:, None, :2]
+@functools.lru_cache(maxsize=8)
+def _pixel_centres(size: int, device: torch.device) -> Tensor:
+    """``(size * size, 2)`` crop pixel centres (x, y), row-major."""
+    c = torch.arange(size, dtype=torch.float32) + 0.5
+    v, u = torch.meshgrid(c, c, indexing="ij")
+    return torch.stack([u.reshape(-1), v.reshape(-1)], -1).to(device)
+
+
+def crop_points(roi: Tensor, size: int, affine: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Image pixel coordinates ``(N, size * size, 2)`` of the pixel centres of each ROI's crop (row-major).
+    ``affine``: ``crop_affine(roi, size)`` when the caller has it already."""
+    m, t = crop_affine(roi, size) if affine is None else affine
+    return torch.matmul(_pixel_centres(size, roi.device), m[:, :2, :2].mT) + t[:, None, :2]
 
 
 def crop_rois(
@@ -93,6 +109,7 @@ def crop_rois(
     roi: Tensor,
     size: int = 192,
     padding_mode: str = "border",
+    affine: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Rotated square crops ``(N, 3, size, size)`` float32 in [0, 1] of ROIs ``(N, 5)`` from uint8 images.
 
@@ -100,12 +117,13 @@ def crop_rois(
     :class:`ImagePack` of them; ``image_index``: ``(N,)`` the image of each ROI. Bilinear sampling of all
     faces of all images at once (``grid_sample`` semantics, align_corners=False), with no per-image or
     per-face loop. ``padding_mode`` "border" repeats edge pixels (MediaPipe's default), "zeros" pads black.
+    ``affine``: ``crop_affine(roi, size)`` when the caller has it already.
     """
     n = int(roi.shape[0])
     if n == 0:
         return torch.zeros(0, 3, size, size, device=roi.device)
     pack = images if isinstance(images, ImagePack) else pack_images(images, roi.device)
     roi = roi.float()
-    pts = crop_points(roi, size)
-    crops = sample_bilinear(pack, image_index.to(roi.device), pts, padding_mode)
-    return (crops / 255.0).view(n, 3, size, size)
+    pts = crop_points(roi, size, affine)
+    crops = sample_bilinear(pack, image_index.to(roi.device), pts, padding_mode, scale=1 / 255.0)
+    return crops.unflatten(2, (size, size))  # channels-last on the gather path: no copy

@@ -25,8 +25,9 @@ ImageInput = "str | Path | np.ndarray | torch.Tensor"
 _LM = 468 * 3
 _KP = 6 * 2
 _BOX = _LM
-_SCORE = _BOX + 4 + _KP
-_PRESENCE, _KEEP, _IDX = _SCORE + 1, _SCORE + 2, _SCORE + 3
+_MAT = _BOX + 4 + _KP
+_SCORE = _MAT + 16
+_PRESENCE, _KEEP, _IDX, _YAW = _SCORE + 1, _SCORE + 2, _SCORE + 3, _SCORE + 4
 
 _PRECISIONS = {
     "fp32": torch.float32,
@@ -242,7 +243,7 @@ class Reconstructor:
         'texture', 'transfer') are added to it (device time between stage boundaries on CUDA,
         measured with events, no extra synchronisation; wall time on the CPU).
         """
-        from facefleet.geometry import estimate_pose, to_landmarks68
+        from facefleet.geometry import estimate_pose
 
         if len(images) != len(sources):
             raise ValueError(f"got {len(images)} images but {len(sources)} sources")
@@ -263,19 +264,31 @@ class Reconstructor:
             det = self.detector(images)
         with self._stage("mesh", timings):
             mesh = self.mesher(images, det)
-        with self._stage("transfer", timings):
-            # every per-face value of every detection in one float32 table, one asynchronous copy
-            # (into pinned memory on CUDA) and one wait; the presence filter is applied on the host
+        with self._stage("geometry", timings):
             n = len(det)
+            lm = mesh.landmarks.float()
+            pose = estimate_pose(lm)  # of every detection: the presence filter is applied on the host
+        with self._stage("transfer", timings):
+            # every per-face value in one float32 table: one asynchronous copy (into pinned memory on
+            # CUDA) and one wait
             table = torch.cat(
                 [
-                    mesh.landmarks.reshape(n, _LM).float(),
+                    lm.reshape(n, _LM),
                     det.boxes.float(),
                     det.keypoints.reshape(n, _KP).float(),
-                    det.scores.float()[:, None],
-                    mesh.presence.float()[:, None],
-                    mesh.keep.float()[:, None],
-                    det.image_index.float()[:, None],  # exact: batches are far below 2**24 images
+                    pose.matrix.reshape(n, 16),
+                    torch.stack(
+                        [
+                            det.scores.float(),
+                            mesh.presence.float(),
+                            mesh.keep.float(),
+                            det.image_index.float(),  # exact: batches are far below 2**24 images
+                            pose.yaw,
+                            pose.pitch,
+                            pose.roll,
+                        ],
+                        1,
+                    ),
                 ],
                 1,
             ).to("cpu", non_blocking=True)
@@ -284,15 +297,10 @@ class Reconstructor:
             kept = np.flatnonzero(table.numpy()[:, _KEEP] > 0.5)
             host = table.numpy()[kept]  # a copy: pinned blocks are for reuse
         lm_host = host[:, :_LM].reshape(-1, 468, 3)
+        lm68 = lm_host[:, self.geometry.landmarks68_index, :2]
         img_idx = host[:, _IDX].astype(np.int64)
         scores = host[:, _SCORE]
-        with self._stage("geometry", timings, host=True):
-            # small dense maths on a few hundred faces: on the host, from the copied landmarks
-            lm_cpu = torch.from_numpy(lm_host)
-            pose = estimate_pose(lm_cpu)
-            lm68 = to_landmarks68(lm_cpu).numpy()
-            yaw, pitch, roll = pose.yaw.numpy(), pose.pitch.numpy(), pose.roll.numpy()
-            mat = pose.matrix.numpy().astype(np.float64)
+        mat = host[:, _MAT : _MAT + 16].reshape(-1, 4, 4).astype(np.float64)
         tex_host: np.ndarray | None = None
         with self._stage("texture", timings):
             if texture and len(host) > 0:
@@ -312,7 +320,12 @@ class Reconstructor:
                     keypoints=kps[j],
                     landmarks=lm_host[j],
                     landmarks68=lm68[j],
-                    pose=Pose(yaw=float(yaw[j]), pitch=float(pitch[j]), roll=float(roll[j]), matrix=mat[j]),
+                    pose=Pose(
+                        yaw=float(host[j, _YAW]),
+                        pitch=float(host[j, _YAW + 1]),
+                        roll=float(host[j, _YAW + 2]),
+                        matrix=mat[j],
+                    ),
                     presence=float(host[j, _PRESENCE]),
                     texture=None if tex_host is None else tex_host[j],
                 )
@@ -328,14 +341,14 @@ class Reconstructor:
         return self._sampler
 
     @contextmanager
-    def _stage(self, name: str, timings: dict[str, float] | None, host: bool = False) -> Any:
+    def _stage(self, name: str, timings: dict[str, float] | None) -> Any:
         """Time a stage into ``timings``: on CUDA with a pair of events (read back once the batch's
         results reached the host, see :meth:`_collect_events`: no synchronisation between stages, so
-        the host keeps queueing work), elsewhere (or for ``host`` work) with the wall clock."""
+        the host keeps queueing work), elsewhere with the wall clock."""
         if timings is None:
             yield
             return
-        if self.device.type == "cuda" and not host:
+        if self.device.type == "cuda":
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
             start.record()

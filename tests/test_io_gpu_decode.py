@@ -189,6 +189,46 @@ def test_stacked_chunked_decode_copies_out_of_a_borrowing_decoder() -> None:
         assert torch.equal(item.permute(1, 2, 0), torch.from_numpy(decode_image(blob, name)))
 
 
+class _IntoDecoder(_FakeBatchDecoder):
+    """Like nvImageCodec's decode_into: writes straight into the caller's rows; refuses progressive
+    files there (they go to the batch call, which refuses them too, then to Pillow)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.into_calls: list[int] = []
+
+    def decode_into(self, data: list[bytes], targets: list[torch.Tensor], device: torch.device) -> list[bool]:
+        self.into_calls.append(len(data))
+        done = []
+        for raw, t in zip(data, targets, strict=True):
+            header = parse_jpeg_header(raw)
+            assert header is not None and header.orientation == 1  # upright files only
+            if header.sof == 0xC2:
+                done.append(False)
+                continue
+            rgb = np.array(Image.open(io.BytesIO(raw)).convert("RGB"))
+            t.copy_(torch.from_numpy(rgb).permute(2, 0, 1))
+            done.append(True)
+        return done
+
+
+def test_decode_into_the_stack_with_fallbacks() -> None:
+    arrays = [_photo(40, 24, k) for k in range(5)]
+    rotated = np.ascontiguousarray(np.rot90(_photo(40, 24, 9)))
+    blobs = [_jpeg(arrays[0]), _jpeg(arrays[1], progressive=True), _jpeg(arrays[2]), _jpeg(rotated, 6)]
+    blobs += [_jpeg(arrays[3]), _jpeg(arrays[4])]
+    names = [f"{k}.jpg" for k in range(len(blobs))]
+    fake = _IntoDecoder()
+    got = decode_images(blobs, names, "cpu", jpeg_decoder_fn=fake, stack=True, chunk=2)
+    # chunk 1 straight in but the progressive file (batch call refuses it, per-file retry refuses it
+    # too, then Pillow); chunk 2 holds a rotated file: batch call; chunk 3 straight in
+    assert fake.into_calls == [2, 2] and fake.calls == [1, 1, 2]
+    assert got.stack is not None and tuple(got.stack.shape) == (6, 3, 24, 40)
+    for k, (blob, item) in enumerate(zip(blobs, got.items, strict=True)):
+        assert isinstance(item, torch.Tensor) and item.data_ptr() == got.stack[k].data_ptr()
+        assert torch.equal(item.permute(1, 2, 0), torch.from_numpy(decode_image(blob, names[k]))), k
+
+
 def test_stack_only_when_every_image_has_one_size(img: np.ndarray) -> None:
     a, b = _photo(40, 24, 1), _photo(40, 24, 2)
     fake = _BorrowingDecoder()

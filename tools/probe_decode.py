@@ -1,21 +1,26 @@
 """Which GPU JPEG decoder, and how many images per call? (GPU host)
 
-Usage: python tools/probe_decode.py --corpus DIR [--images 1024] [--batch 128] [--chunks 16,32,128]
+Usage: python tools/probe_decode.py --corpus DIR [--images 1024] [--batch 128] [--chunks 16,32,128] [--steps]
 
 Decodes the same JPEG bytes (held in memory) through ``facefleet.io.gpu_decode.decode_images`` as a
 worker does (batches of ``--batch`` stacked into one tensor, ``chunk`` images per decoder call), with
 each GPU decoder available here (torchvision's nvJPEG; nvImageCodec when ``nvidia-nvimgcodec`` is
 installed). Prints images/s with one thread and with two (two decoder threads or two workers per
 GPU), the decoder's own buffer memory, and the pixel difference against Pillow (libjpeg-turbo).
+
+``--steps``: where one batch's time goes on the decoder thread with nvImageCodec (header parsing,
+nvImageCodec's per-file objects, the decode calls alone in chunks, ``decode_images`` as a whole).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,17 +61,64 @@ def rate(blobs: list[bytes], batch: int, threads: int, decoder: str, chunk: int)
     return len(blobs) / (time.perf_counter() - t0)
 
 
+def steps(blobs: list[bytes], batch: int, chunks: list[int]) -> None:
+    """Milliseconds per batch of each step of nvImageCodec decoding on one thread."""
+    from facefleet.io.jpeg import parse_jpeg_header
+
+    dec = jpeg_decoder("cuda", "nvimgcodec")
+    if dec is None:
+        print("--steps: nvImageCodec not available here")
+        return
+    nv = dec._nv  # type: ignore[attr-defined]
+    state = dec._state(torch.device("cuda", torch.cuda.current_device()))  # type: ignore[attr-defined]
+    stream = torch.cuda.current_stream()
+    part = blobs[:batch]
+    buf = torch.empty((len(part), 3, *decode_images(part[:1], ["0"], "cuda").items[0].shape[1:]),
+                      dtype=torch.uint8, device="cuda")  # fmt: skip
+
+    def timed(label: str, fn: Any, reps: int = 3) -> None:
+        fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+        print(f"{label:58s} {(time.perf_counter() - t0) / reps * 1e3:8.2f} ms per {len(part)} files")
+
+    timed("JPEG headers (facefleet.io.jpeg)", lambda: [parse_jpeg_header(b) for b in part])
+    timed("nvImageCodec CodeStream per file", lambda: [nv.CodeStream(b) for b in part])
+    rows = range(len(part))
+    timed("nvImageCodec as_image per row of the batch", lambda: [nv.as_image(buf[i]) for i in rows])
+    srcs = [nv.CodeStream(b) for b in part]
+    images = [nv.as_image(buf[i]) for i in rows]
+    names = [f"{i}.jpg" for i in rows]
+
+    def calls(c: int) -> None:
+        for s in range(0, len(part), c):
+            kw = {"params": dec._params, "cuda_stream": stream.cuda_stream}  # type: ignore[attr-defined]
+            state.decoder.decode(srcs[s : s + c], images=images[s : s + c], **kw)
+
+    for c in chunks:
+        timed(f"decode calls alone, {c} files per call", lambda c=c: calls(c))
+        whole = functools.partial(decode_images, part, names, "cuda", stack=True, chunk=c)
+        timed(f"decode_images, chunk {c}", whole)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--images", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--chunks", default="16,32,128")
+    ap.add_argument("--steps", action="store_true", help="time the steps of one nvImageCodec batch")
     a = ap.parse_args()
     files = sorted(Path(a.corpus).rglob("*.jpg"))[: a.images]
     blobs = [f.read_bytes() for f in files]
     mb = sum(map(len, blobs)) / len(blobs) / 1e6
     print(f"{len(blobs)} JPEGs, {mb:.2f} MB each on average, batch {a.batch}, {torch.cuda.get_device_name()}")
+    if a.steps:
+        steps(blobs, a.batch, [int(c) for c in a.chunks.split(",")])
+        return
     pil = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs[:16]]
     cols = ("chunk", "1 thread", "2 threads", "own MiB", "mean|d|", "max|d|")
     print(f"{'decoder':12s} " + " ".join(f"{c:>9s}" for c in cols))

@@ -210,8 +210,9 @@ class _NvImgCodecDecoder:
         self, blobs: Sequence[bytes], targets: Sequence[torch.Tensor], device: torch.device
     ) -> list[bool]:
         """Decode straight into the targets (views of the caller's batch tensor): no pool of the
-        decoder's own, no copy, no tensor per image (measured on an H200: 23 ms per 128 1080p
-        JPEGs, where decoding into the pool and copying out took 62 ms on the decoder thread)."""
+        decoder's own (~0.2 GB per worker), no copy out of it, no torch call per image on the
+        decoder thread (each one holds the GIL the networks' thread needs). The decode itself takes
+        as long either way (docs/benchmarks.md, fifth session)."""
         nv = self._nv
         st = self._state(device)
         stream = torch.cuda.current_stream(device)

@@ -79,13 +79,18 @@ def results_table(results: Sequence[ImageResult], uid: str) -> pa.Table:
     n = len(src)
     has = np.array([f is not None for f in faces], dtype=bool)
     mask = pa.array(~has) if n else None
+    present = [f for f in faces if f is not None]
 
-    def scalar(get: str) -> pa.Array:
-        vals = np.zeros(n, np.float32)
-        for i, f in enumerate(faces):
-            if f is not None:
-                vals[i] = float(_attr(f, get))  # type: ignore[arg-type]
-        return pa.array(vals, type=_F32, mask=~has)
+    def column(values: list[object], size: int) -> np.ndarray:
+        """``(n, size)`` float32: the faces' values in their rows (one NumPy stack, no loop per
+        face), zeros in the rows without a face (masked as null)."""
+        out = np.zeros((n, size), np.float32)
+        if present:
+            out[has] = np.asarray(values, dtype=np.float32).reshape(len(values), size)
+        return out
+
+    def scalar(values: list[object]) -> pa.Array:
+        return pa.array(column(values, 1).reshape(-1), type=_F32, mask=~has)
 
     cols: dict[str, pa.Array] = {
         "source": pa.array(src, pa.string()),
@@ -93,29 +98,24 @@ def results_table(results: Sequence[ImageResult], uid: str) -> pa.Table:
         "face_index": pa.array(face_index, pa.int32()),
         "width": pa.array(widths, pa.int32()),
         "height": pa.array(heights, pa.int32()),
-        "score": scalar("score"),
-        "pose_yaw": scalar("pose.yaw"),
-        "pose_pitch": scalar("pose.pitch"),
-        "pose_roll": scalar("pose.roll"),
-        "presence": scalar("presence"),
+        "score": scalar([f.score for f in present]),
+        "pose_yaw": scalar([f.pose.yaw for f in present]),
+        "pose_pitch": scalar([f.pose.pitch for f in present]),
+        "pose_roll": scalar([f.pose.roll for f in present]),
+        "presence": scalar([f.presence for f in present]),
         "error": pa.array(errors, pa.string()),
     }
+    lists: dict[str, list[object]] = {
+        "bbox": [f.bbox for f in present],
+        "keypoints": [f.keypoints for f in present],
+        "pose_matrix": [f.pose.matrix for f in present],
+        "landmarks": [f.landmarks for f in present],
+        "landmarks68": [f.landmarks68 for f in present],
+    }
     for name, size in _LISTS:
-        vals = np.zeros((n, size), np.float32)
-        for i, f in enumerate(faces):
-            if f is not None:
-                vals[i] = np.asarray(_attr(f, name), dtype=np.float32).reshape(-1)[:size]
+        vals = column(lists[name], size)
         cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(vals.reshape(-1)), size, mask=mask)
     return pa.Table.from_arrays([cols[f.name] for f in SCHEMA], schema=SCHEMA)
-
-
-def _attr(face: object, name: str) -> object:
-    if name == "pose_matrix":
-        return face.pose.matrix  # type: ignore[attr-defined]
-    obj = face
-    for part in name.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def write_unit(out_dir: str | os.PathLike[str], uid: str, results: Sequence[ImageResult]) -> Path:

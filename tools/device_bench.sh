@@ -30,6 +30,7 @@ decode)  # GPU JPEG decoders, and the engine with each (docs/benchmarks.md, "GPU
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
   python3 -m pytest -q -p no:cacheprovider tests/test_io_gpu_decode.py 2>&1 | tail -3
   python3 tools/probe_decode.py --corpus /tmp/ffcorpus --images 1024 --chunks "${CHUNKS:-16,32,128}" 2>&1 | tee "$OUT/probe_decode.txt"
+  python3 tools/probe_decode.py --corpus /tmp/ffcorpus --steps --chunks 32,128 2>&1 | tee -a "$OUT/probe_decode.txt"
   facefleet bench --corpus /tmp/ffcorpus --baselines engine --decoders "${DECODERS:-nvjpeg,nvimgcodec}" \
     --gpu-workers "${GPU_WORKERS:-1,2}" --json "$OUT/decoders.json"
   ;;

@@ -28,6 +28,36 @@ def _add_model_opts(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_pipeline_options(p: argparse.ArgumentParser, *, max_faces: int | None = 16) -> None:
+    """The detection and mesh options of the pipeline (``facefleet reconstruct``, ``run``, ``eval``).
+    ``max_faces=None``: every option defaults to None (unset: a config file or the pipeline decides)."""
+    unset = max_faces is None
+    p.add_argument(
+        "--detector",
+        default=None if unset else "auto",
+        choices=["auto", "short", "full"],
+        help="auto (default): both BlazeFace models, tiles for large or crowded images; short: the "
+        "short-range model only (faces within ~2 m; faster, misses small and distant faces); full: the "
+        "full-range model only",
+    )
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=None if unset else 2,
+        metavar="N",
+        help="extra mesh passes on the previous pass's landmarks (default 2; 0: faster, less accurate)",
+    )
+    p.add_argument("--max-faces", type=int, default=max_faces, help=f"per image (default {max_faces or 16})")
+    p.add_argument("--min-score", type=float, default=None if unset else 0.5, help="detector score threshold")
+
+
+def pipeline_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    """The :class:`facefleet.pipeline.Reconstructor` arguments of :func:`add_pipeline_options` that
+    are set."""
+    names = ("detector", "refine", "max_faces", "min_score")
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
 def _add_recon_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -37,9 +67,7 @@ def _add_recon_opts(p: argparse.ArgumentParser) -> None:
         default={"json", "obj", "overlay"},
         help=f"comma-separated outputs among {','.join(FORMATS)} (default json,obj,overlay)",
     )
-    p.add_argument("--detector", default="auto", choices=["auto", "short", "full"])
-    p.add_argument("--max-faces", type=int, default=16)
-    p.add_argument("--min-score", type=float, default=0.5)
+    add_pipeline_options(p)
     p.add_argument("--texture-size", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=16)
     _add_model_opts(p)

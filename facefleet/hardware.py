@@ -168,15 +168,38 @@ def load_config(path: str | os.PathLike[str] | None) -> dict[str, Any]:
         raise ValueError(f"config file {p} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"config file {p} is not valid TOML: {e}") from None
-    unknown = set(data) - {"run", "gpu", "cpu"}
+    unknown = set(data) - {"run", "model", "gpu", "cpu"}
     if unknown:
-        raise ValueError(f"config file {p}: unknown section(s) {sorted(unknown)}; expected run, gpu, cpu")
+        raise ValueError(
+            f"config file {p}: unknown section(s) {sorted(unknown)}; expected run, model, gpu, cpu"
+        )
+    check_model_settings(data.get("model", {}), f"{p} [model]")
     for section in ("gpu", "cpu"):
         _check_overrides(data.get(section, {}), f"{p} [{section}]")
     for key, sub in data.get("gpu", {}).items():
         if isinstance(sub, dict):
             _check_overrides(sub, f'{p} [gpu."{key}"]')
     return data
+
+
+MODEL_SETTINGS = ("detector", "refine", "max_faces", "min_score", "min_presence")
+
+
+def check_model_settings(d: Mapping[str, Any], where: str) -> None:
+    """The pipeline settings of a run (``[model]`` / ``facefleet run --detector ...``): known keys,
+    sane values, else a ValueError naming ``where``."""
+    unknown = set(d) - set(MODEL_SETTINGS)
+    if unknown:
+        expected = ", ".join(MODEL_SETTINGS)
+        raise ValueError(f"{where}: unknown setting(s) {sorted(unknown)}; expected {expected}")
+    if "detector" in d and d["detector"] not in ("auto", "short", "full"):
+        raise ValueError(f"{where}: detector must be auto, short or full, got {d['detector']!r}")
+    for k, low in (("refine", 0), ("max_faces", 1)):
+        if k in d and (not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < low):
+            raise ValueError(f"{where}: {k} must be an integer >= {low}, got {d[k]!r}")
+    for k in ("min_score", "min_presence"):
+        if k in d and (not isinstance(d[k], (int, float)) or isinstance(d[k], bool) or not 0 <= d[k] <= 1):
+            raise ValueError(f"{where}: {k} must be a number in [0, 1], got {d[k]!r}")
 
 
 def _check_overrides(d: Mapping[str, Any], where: str) -> None:

@@ -30,16 +30,15 @@ def _stem_for(path: str, seen: dict[str, int]) -> str:
 
 
 def _make_reconstructor(args: argparse.Namespace) -> Any:
+    from facefleet.cli import pipeline_kwargs
     from facefleet.pipeline import Reconstructor
 
     return Reconstructor(
         device=args.device,
         precision=args.precision,
         model_dir=args.model_dir,
-        detector=args.detector,
-        max_faces=args.max_faces,
-        min_score=args.min_score,
         texture_size=args.texture_size,
+        **pipeline_kwargs(args),  # type: ignore[arg-type]
     )
 
 

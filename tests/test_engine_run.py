@@ -308,3 +308,27 @@ def test_command_line_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "--unit-size 256" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_cli([str(one), "-o", str(tmp_path / "o3"), "--formats", "json,stl"])
+
+
+def test_pipeline_settings_from_flags_and_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inp = tmp_path / "in"
+    make_corpus(inp, 3, subdirs=1)  # astronaut crops: a face each
+    out = tmp_path / "out"
+    cfg = tmp_path / "ff.toml"
+    cfg.write_text('[model]\ndetector = "full"\nmax_faces = 2\n')
+    args = [str(inp), "-o", str(out), "--devices", "cpu", "--workers", "1", "--quiet", "--config", str(cfg)]
+    assert run_cli([*args, "--detector", "short", "--refine", "0"]) == 0
+    record = json.loads((out / "run.json").read_text())
+    # flags over the config file, the file's other settings kept
+    assert record["model"] == {"detector": "short", "max_faces": 2, "refine": 0}
+    assert read_manifest(out).num_rows >= 3
+    # resuming with other settings would mix two pipelines in one manifest: refused
+    assert run_cli([*args, "--detector", "short"]) == 2
+    assert "pipeline settings" in capsys.readouterr().err
+    assert run_cli([*args, "--detector", "short", "--refine", "0"]) == 0  # the same: resumes (nothing left)
+    # bad values: one line, exit 2
+    assert run_cli([*args, "--refine", "-1", "--force"]) == 2
+    assert "refine must be an integer >= 0" in capsys.readouterr().err
+    cfg.write_text("[model]\nrefines = 1\n")
+    assert run_cli([*args, "--force"]) == 2
+    assert "unknown setting(s) ['refines']" in capsys.readouterr().err

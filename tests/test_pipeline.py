@@ -55,3 +55,12 @@ def test_tensor_batch_equals_list(rec: Reconstructor, astronaut: np.ndarray) -> 
     for ra, rb in zip(a, b, strict=True):
         assert len(ra.faces) == len(rb.faces) == 1
         assert np.array_equal(ra.faces[0].landmarks, rb.faces[0].landmarks)
+
+
+def test_refine_passes(astronaut: np.ndarray) -> None:
+    one = Reconstructor(device="cpu", runtime="torch", refine=0)
+    assert one.mesher.refine == 0
+    a = one([astronaut])[0].faces[0]
+    b = Reconstructor(device="cpu", runtime="torch")([astronaut])[0].faces[0]  # two passes more
+    shift = np.abs(a.landmarks[:, :2] - b.landmarks[:, :2]).max()
+    assert 0 < shift < 0.1 * (b.bbox[2] - b.bbox[0])  # the same face, the ROI refined

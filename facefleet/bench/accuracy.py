@@ -147,15 +147,16 @@ def eval_cli(argv: list[str]) -> int:
     p.add_argument("--what", default="aflw,recall", help="aflw, recall or both (default)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     p.add_argument("--model-dir", type=Path, default=None)
-    p.add_argument("--max-faces", type=int, default=256, help="per image (crowds have 100+)")
+    from facefleet.cli import add_pipeline_options, pipeline_kwargs
+
+    add_pipeline_options(p, max_faces=256)  # 256: crowds have 100+
     args = p.parse_args(argv)
     if not (args.data / "benchmarks").is_dir():
         print(f"facefleet eval: no benchmark data at {args.data} (use --data)", file=sys.stderr)
         return 2
-    rec = Reconstructor(
-        device=args.device, precision=args.precision, model_dir=args.model_dir, max_faces=args.max_faces
-    )
-    report: dict[str, Any] = {"device": str(rec.device), "precision": args.precision}
+    settings = pipeline_kwargs(args)
+    rec = Reconstructor(device=args.device, precision=args.precision, model_dir=args.model_dir, **settings)  # type: ignore[arg-type]
+    report: dict[str, Any] = {"device": str(rec.device), "precision": args.precision, "settings": settings}
     what = {w.strip() for w in args.what.split(",")}
     if "aflw" in what:
         rows, summ = eval_aflw(rec, args.data)

@@ -57,12 +57,17 @@ def build_parser(prog: str = "facefleet run") -> argparse.ArgumentParser:
         help="network precision (default: GPU profile; fp32 on CPU)",
     )
     p.add_argument("--unit-size", type=_positive, default=None, help="images per unit of work (default 256)")
-    p.add_argument("--config", default=None, metavar="FILE", help="TOML config file ([run], [gpu], [cpu])")
+    p.add_argument(
+        "--config", default=None, metavar="FILE", help="TOML config file ([run], [model], [gpu], [cpu])"
+    )
     p.add_argument("--force", action="store_true", help="clear OUT's queue and manifest and redo everything")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--log-json", default=None, metavar="FILE", help="append JSON-lines events to FILE")
     p.add_argument("--model-dir", default=None, metavar="D", help="folder with the MediaPipe model files")
     p.add_argument("--texture-size", type=_positive, default=512, help="UV texture side in texels")
+    from facefleet.cli import add_pipeline_options
+
+    add_pipeline_options(p, max_faces=None)  # unset: the config file's [model], else the defaults
     p.add_argument("--lease-seconds", type=float, default=None, help="work lease (default 30)")
     p.add_argument(
         "--max-attempts", type=_positive, default=None, help="attempts before a unit fails (default 3)"
@@ -80,6 +85,7 @@ def build_parser(prog: str = "facefleet run") -> argparse.ArgumentParser:
 def run_cli(argv: list[str]) -> int:
     """Exit codes: 0 all images done, 1 done but some images failed, 2 error, 130 interrupted."""
     args = build_parser().parse_args(argv)
+    from facefleet.cli import pipeline_kwargs
     from facefleet.engine.runner import EngineError, run
 
     try:
@@ -102,6 +108,7 @@ def run_cli(argv: list[str]) -> int:
             model_dir=args.model_dir,
             texture_size=args.texture_size,
             reconstructor=args.reconstructor,
+            model=pipeline_kwargs(args),
         )
     except EngineError as e:
         print(f"facefleet run: error: {e}", file=sys.stderr)

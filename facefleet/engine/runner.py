@@ -30,7 +30,14 @@ from facefleet.engine.executor import Executor, WorkerHandle, make_executor
 from facefleet.engine.manifest import MANIFEST_DIR, unit_path
 from facefleet.engine.queue import QUEUE_FILE, WorkQueue, enqueue_listing
 from facefleet.engine.worker import EXIT_OUTPUT, WorkerSpec, error_kind, owner_id
-from facefleet.hardware import DeviceProfile, cpu_count, describe_devices, load_config, plan_devices
+from facefleet.hardware import (
+    DeviceProfile,
+    check_model_settings,
+    cpu_count,
+    describe_devices,
+    load_config,
+    plan_devices,
+)
 
 RUN_FILE = "run.json"
 STATS_FILE = "stats.json"
@@ -121,6 +128,7 @@ def run(
     texture_size: int = 512,
     reconstructor: str | None = None,
     reconstructor_kwargs: Mapping[str, Any] | None = None,
+    model: Mapping[str, Any] | None = None,
     executor: str | Executor | None = None,
     report: bool = True,
     progress_stream: TextIO | None = None,
@@ -130,6 +138,8 @@ def run(
     Resumes a previous run into the same ``out_dir`` (``force=True`` starts over). Returns the
     run's :class:`RunSummary`; raises :class:`EngineError` for problems that stop the run.
     ``reconstructor`` ("module:callable") replaces :class:`facefleet.pipeline.Reconstructor`.
+    ``model``: pipeline settings (detector, refine, max_faces, min_score, min_presence) over the
+    config file's ``[model]``; ``reconstructor_kwargs`` (any argument of the pipeline) over both.
     """
     cfg = dict(config) if isinstance(config, Mapping) else load_config(config)
     run_cfg = dict(cfg.get("run", {}))
@@ -137,6 +147,12 @@ def run(
     lease = float(lease_seconds or run_cfg.get("lease_seconds", 30.0))
     attempts = int(max_attempts or run_cfg.get("max_attempts", 3))
     fmts = tuple(sorted({f.strip().lower() for f in formats if f.strip()}))
+    model_cfg = {**cfg.get("model", {}), **dict(model or {})}
+    try:
+        check_model_settings(model_cfg, "model settings")
+    except ValueError as e:
+        raise EngineError(str(e)) from None
+    rec_kwargs = {**model_cfg, **dict(reconstructor_kwargs or {})}
     out = Path(out_dir)
     identity = input_identity(input_spec)
 
@@ -164,6 +180,7 @@ def run(
         "lease_seconds": lease,
         "max_attempts": attempts,
         "texture_size": texture_size,
+        "model": model_cfg,
         "model_dir": str(model_dir) if model_dir else None,
         "config_file": None if isinstance(config, Mapping) or config is None else str(config),
         "executor": executor if isinstance(executor, str) or executor is None else executor.name,
@@ -190,7 +207,7 @@ def run(
             "model_dir": str(model_dir) if model_dir else None,
             "texture_size": texture_size,
             "reconstructor": reconstructor,
-            "reconstructor_kwargs": dict(reconstructor_kwargs or {}),
+            "reconstructor_kwargs": rec_kwargs,
             "coordinator_pid": os.getpid(),
             "stage_timings": bool(run_cfg.get("stage_timings", True)),
             # per-image files (PNG/OBJ encoding) need CPU: share the host's cores among workers
@@ -275,6 +292,11 @@ def _prepare_out(out: Path, identity: Any, unit_size: int, force: bool, record: 
             raise EngineError(
                 f"{out} was made with --unit-size {old.get('unit_size')} (asked: {unit_size}); "
                 "use the same unit size to resume, or --force to start over"
+            )
+        if old.get("model", {}) != record.get("model", {}):  # one manifest, one set of pipeline settings
+            raise EngineError(
+                f"{out} was made with pipeline settings {old.get('model', {})} (asked: "
+                f"{record.get('model')}); use the same settings to resume, or --force to start over"
             )
     elif (out / QUEUE_FILE).exists():
         raise EngineError(f"{out} has a work queue but no {RUN_FILE}; use --force to start over")

@@ -189,7 +189,8 @@ def decode_image(
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
             im.load()
-            oriented = ImageOps.exif_transpose(im)
+            # Pillow's exif_transpose copies the whole image when there is nothing to do (most files)
+            oriented = ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) in range(2, 9) else im
             rgb = _to_rgb(oriented if oriented is not None else im, background)
         except ImageDecodeError:
             raise

@@ -390,7 +390,7 @@ class FaceDetector:
         c = torch.addcmul(a_xy, regs[..., 0:2], a_scale) * vs + vo  # (V, A, 2)
         half = regs[..., 2:4] * (a_scale * 0.5) * vs
         keep = scores >= self.min_score
-        if bool(tiles):  # tile views keep only faces centred in their core and no larger than the overlap
+        if tiles:  # tile views keep only faces centred in their core and no larger than the overlap
             core = cores[:, None]
             keep &= (c >= core[..., :2]).all(-1) & (c < core[..., 2:]).all(-1)
             keep &= 2 * half.amax(-1) <= max_side[:, None]

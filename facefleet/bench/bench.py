@@ -294,8 +294,12 @@ def run_engine(
     )
 
 
-def run_loop(files: list[Path], out: Path, *, device: str, budget_s: float) -> dict[str, Any]:
-    """The tutorial loop: per image open, decode (Pillow), Reconstructor([img]), write JSON."""
+def run_loop(
+    files: list[Path], out: Path, *, device: str, budget_s: float, model: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The tutorial loop: per image open, decode (Pillow), Reconstructor([img]), write JSON.
+    ``model``: the pipeline settings the engine runs with (a config file's ``[model]``), so that
+    both do the same work per image."""
     import numpy as np
     import torch
     from PIL import Image, ImageOps
@@ -303,7 +307,7 @@ def run_loop(files: list[Path], out: Path, *, device: str, budget_s: float) -> d
     from facefleet.pipeline import Reconstructor
 
     out.mkdir(parents=True, exist_ok=True)
-    rec = Reconstructor(device=device)
+    rec = Reconstructor(device=device, **(model or {}))
     with Image.open(files[0]) as im:  # warm-up: first call loads/compiles kernels
         rec([np.asarray(im.convert("RGB"))])
     if rec.device.type == "cuda":
@@ -569,6 +573,7 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                         work / "out_loop",
                         device=dev,
                         budget_s=args.baseline_seconds,
+                        model=_engine_config(args.config, None).get("model"),
                     )
                 except Exception as e:
                     row = _error_row("loop (1 image at a time)", dev, e)

@@ -126,15 +126,18 @@ def _sample_regions(pack: ImagePack, idx: Tensor, xy: Tensor, padding_mode: str,
     offsets = pack.offset.tolist()
     lo = torch.floor(xy.amin(1) - 0.5).long() - 2  # (N, 2) x, y
     hi = torch.ceil(xy.amax(1) - 0.5).long() + 3
-    for k, (i, (x0, y0), (x1, y1)) in enumerate(zip(idx.tolist(), lo.tolist(), hi.tolist(), strict=True)):
+    boxes = []  # per point set: the region (x0, y0, x1, y1), clipped to its image, at least one pixel
+    for i, (x0, y0), (x1, y1) in zip(idx.tolist(), lo.tolist(), hi.tolist(), strict=True):
         h, w = pack.sizes[i]
         x0, x1 = min(max(x0, 0), w - 1), max(min(x1, w), 1)
         y0, y1 = min(max(y0, 0), h - 1), max(min(y1, h), 1)
-        x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+        boxes.append((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
+    b = torch.tensor(boxes, dtype=xy.dtype)
+    grids = (xy - b[:, None, :2]) / (b[:, None, 2:] - b[:, None, :2]) * 2 - 1  # every set's grid at once
+    for k, (i, (x0, y0, x1, y1)) in enumerate(zip(idx.tolist(), boxes, strict=True)):
         region = _image(pack, i, offsets[i])[:, y0:y1, x0:x1].float()[None]
-        g = (xy[k] - xy.new_tensor([x0, y0])) / xy.new_tensor([x1 - x0, y1 - y0]) * 2 - 1
         out[k] = F.grid_sample(
-            region, g[None, None], mode="bilinear", padding_mode=padding_mode, align_corners=False
+            region, grids[k, None, None], mode="bilinear", padding_mode=padding_mode, align_corners=False
         )[0, :, 0]
     return out
 

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["DETECTOR_SPECS", "DetectorSpec", "anchor_parts", "decode_boxes", "sigmoid_scores", "ssd_anchors"]
+__all__ = [
+    "DETECTOR_SPECS",
+    "DetectorSpec",
+    "decode_boxes",
+    "decode_centres",
+    "decode_keypoints",
+    "sigmoid_scores",
+    "ssd_anchors",
+]
 
 
 @dataclass(frozen=True)
@@ -81,14 +89,25 @@ def decode_boxes(
     anchor_x`` (raw order x, y, w, h, then keypoint x, y pairs).
     """
     raw = raw.float()
-    xy, scale = anchor_parts(anchors, input_size)
-    c = torch.addcmul(xy, raw[..., 0:2], scale)
-    half = raw[..., 2:4] * (scale * 0.5)
+    c, half = decode_centres(raw, anchors, input_size)
+    return torch.cat([c - half, c + half], -1), decode_keypoints(raw, anchors, input_size, num_keypoints)
+
+
+def decode_centres(raw: Tensor, anchors: Tensor, input_size: int) -> tuple[Tensor, Tensor]:
+    """Box centres and half sizes ``(..., A, 2)`` of regressors ``(..., A, >= 4)`` (see
+    :func:`decode_boxes`); ``anchors`` ``(A, 4)``, or one per row of ``raw``."""
+    xy, scale = _anchor_parts(anchors, input_size)
+    return torch.addcmul(xy, raw[..., 0:2], scale), raw[..., 2:4] * (scale * 0.5)
+
+
+def decode_keypoints(raw: Tensor, anchors: Tensor, input_size: int, num_keypoints: int = 6) -> Tensor:
+    """Keypoints ``(..., A, K, 2)`` of regressors ``(..., A, 4 + 2K)`` (see :func:`decode_boxes`)."""
+    xy, scale = _anchor_parts(anchors, input_size)
     kp = raw[..., 4 : 4 + 2 * num_keypoints].unflatten(-1, (num_keypoints, 2))
-    return torch.cat([c - half, c + half], -1), torch.addcmul(xy[..., None, :], kp, scale[..., None, :])
+    return torch.addcmul(xy[..., None, :], kp, scale[..., None, :])
 
 
-def anchor_parts(anchors: Tensor, input_size: int) -> tuple[Tensor, Tensor]:
+def _anchor_parts(anchors: Tensor, input_size: int) -> tuple[Tensor, Tensor]:
     """Anchors ``(..., 4)`` -> centres ``(..., 2)`` and the factors ``(..., 2)`` that turn raw regressor
     values (input pixels) into normalised offsets: ``x = raw * anchor_w / input_size + anchor_x``."""
     return anchors[..., :2], anchors[..., 2:] / float(input_size)

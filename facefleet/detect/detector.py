@@ -29,7 +29,14 @@ import torch
 from torch import Tensor
 
 from facefleet._device import host_to_device
-from facefleet.detect.anchors import DETECTOR_SPECS, DetectorSpec, anchor_parts, sigmoid_scores, ssd_anchors
+from facefleet.detect.anchors import (
+    DETECTOR_SPECS,
+    DetectorSpec,
+    decode_centres,
+    decode_keypoints,
+    sigmoid_scores,
+    ssd_anchors,
+)
 from facefleet.detect.nms import weighted_nms
 from facefleet.detect.views import (
     ViewTransform,
@@ -382,13 +389,13 @@ class FaceDetector:
             return None
         x, tf, img_idx, cores, max_side, tiles = views
         regs, scores = self._run(kind, x)
-        a_xy, a_scale = anchor_parts(self._anchors[kind], spec.input_size)
+        anchors = self._anchors[kind]
         vs, vo = tf.scale[:, None], tf.offset[:, None]  # (V, 1, 2): model input -> source pixels
         # the box centre and half size of every anchor of every view, in source pixels (a few hundred
         # thousand rows: microseconds on a GPU), so that one nonzero, the one wait for the device
         # here, picks the candidates; keypoints (three quarters of the values) only for those
-        c = torch.addcmul(a_xy, regs[..., 0:2], a_scale) * vs + vo  # (V, A, 2)
-        half = regs[..., 2:4] * (a_scale * 0.5) * vs
+        c, half = decode_centres(regs, anchors, spec.input_size)  # (V, A, 2)
+        c, half = c * vs + vo, half * vs
         keep = scores >= self.min_score
         if tiles:  # tile views keep only faces centred in their core and no larger than the overlap
             core = cores[:, None]
@@ -400,8 +407,7 @@ class FaceDetector:
         if kind == "full" and self.calibrate:  # to the short-range box convention
             half = half * _FULL_BOX_SCALE
             c = torch.addcmul(c, half, self._calibration_shift(c))
-        kps = regs[v, a, 4 : 4 + 2 * spec.num_keypoints].unflatten(-1, (spec.num_keypoints, 2))
-        kps = torch.addcmul(a_xy[a][:, None], kps, a_scale[a][:, None]) * vs[v] + vo[v]
+        kps = decode_keypoints(regs[v, a], anchors[a], spec.input_size, spec.num_keypoints) * vs[v] + vo[v]
         return torch.cat([c - half, c + half], 1), kps, scores[v, a], img_idx[v], torch.isfinite(max_side[v])
 
     def _calibration_shift(self, like: Tensor) -> Tensor:

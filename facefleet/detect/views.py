@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from facefleet._device import host_to_device
+
 __all__ = [
     "ViewTransform",
     "is_hwc",
@@ -245,7 +247,7 @@ def letterbox_tiles(
     ys = tuple(sorted({y0 for _, y0 in origins}))
     wy, wx = _tile_weights(h, w, xs, ys, side, size, images.device, dtype)
     # (T,) positions of the requested tiles in the (len(ys), len(xs)) grid
-    pick = torch.tensor([ys.index(y0) * len(xs) + xs.index(x0) for x0, y0 in origins], device=images.device)
+    pick = host_to_device([ys.index(y0) * len(xs) + xs.index(x0) for x0, y0 in origins], images.device)
     step = max(1, budget // (3 * h * w))
     parts = []
     for s in range(0, n, step):

@@ -153,14 +153,17 @@ class PoseBatch:
 
 
 @lru_cache(maxsize=8)
-def _device_arrays(device: str, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+def _device_arrays(device: str, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Canonical shape, weights, 68-point index and the y flip on ``device`` (made once: a copy from
+    the host waits for the device's queued work)."""
     import torch
 
     g = load_geometry()
     can = torch.tensor(g.canonical, dtype=dtype, device=device)
     w = torch.tensor(g.weights, dtype=dtype, device=device)
     idx = torch.tensor(g.landmarks68_index, dtype=torch.long, device=device)
-    return can, w, idx
+    flip = torch.tensor(_FLIP_Y, dtype=dtype, device=device)
+    return can, w, idx, flip
 
 
 def estimate_pose(landmarks: Tensor, weights: Tensor | None = None) -> PoseBatch:
@@ -178,10 +181,9 @@ def estimate_pose(landmarks: Tensor, weights: Tensor | None = None) -> PoseBatch
     out_dtype = landmarks.dtype if landmarks.is_floating_point() else torch.float32
     dtype = torch.float64 if landmarks.device.type != "mps" else torch.float32
     dev = landmarks.device
-    can, w_def, _ = _device_arrays(str(dev), dtype)
+    can, w_def, _, flip = _device_arrays(str(dev), dtype)
     w = (w_def if weights is None else weights.to(device=dev, dtype=dtype)).clamp_min(0)
     w = w / w.sum()
-    flip = torch.tensor(_FLIP_Y, dtype=dtype, device=dev)
     q = landmarks.to(dtype) * flip  # right-handed: x right, y up, z toward the camera
     mu_c = w @ can  # (3,)
     mu_q = torch.einsum("v,nvc->nc", w, q)  # (N, 3)

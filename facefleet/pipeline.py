@@ -252,7 +252,7 @@ class Reconstructor:
         'texture', 'transfer') are added to it (device time between stage boundaries on CUDA,
         measured with events, no extra synchronisation; wall time on the CPU).
         """
-        from facefleet.geometry import estimate_pose
+        from facefleet.geometry import estimate_pose, to_landmarks68
 
         if len(images) != len(sources):
             raise ValueError(f"got {len(images)} images but {len(sources)} sources")
@@ -306,7 +306,7 @@ class Reconstructor:
             kept = np.flatnonzero(table.numpy()[:, _KEEP] > 0.5)
             host = table.numpy()[kept]  # a copy: pinned blocks are for reuse
         lm_host = host[:, :_LM].reshape(-1, 468, 3)
-        lm68 = lm_host[:, self.geometry.landmarks68_index, :2]
+        lm68 = to_landmarks68(torch.from_numpy(lm_host)).numpy()
         img_idx = host[:, _IDX].astype(np.int64)
         scores = host[:, _SCORE]
         mat = host[:, _MAT : _MAT + 16].reshape(-1, 4, 4).astype(np.float64)

@@ -29,6 +29,7 @@ __all__ = [
     "letterbox_tiles",
     "resize_matrix",
     "stack_images",
+    "stack_rows",
 ]
 
 
@@ -61,6 +62,17 @@ def stack_images(images: Sequence[Tensor]) -> Tensor:
     if all(is_hwc(im) for im in images):
         return torch.stack([im.permute(1, 2, 0) for im in images]).permute(0, 3, 1, 2)
     return torch.stack(list(images))
+
+
+def stack_rows(items: Sequence[object]) -> tuple[list[object], Tensor | None]:
+    """Items (tensors, or anything else for a failed image) as rows of one ``(B, 3, H, W)`` stack
+    (:func:`stack_images`) when they are two or more tensors of one shape: ``(rows, stack)``; else
+    ``(items, None)``."""
+    tensors = [t for t in items if isinstance(t, Tensor)]
+    if len(tensors) < 2 or len(tensors) != len(items) or any(t.shape != tensors[0].shape for t in tensors):
+        return list(items), None
+    stack = stack_images(tensors)
+    return list(stack.unbind(0)), stack
 
 
 def _fit(h: int, w: int, size: int) -> tuple[int, int]:

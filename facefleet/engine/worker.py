@@ -465,15 +465,11 @@ class Worker:
 
             for k, out in zip(blob_at, pool.map(dec, zip(blob_at, blobs, strict=False)), strict=False):
                 items[k] = out
-        stack = None
-        shapes = {tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in items}
-        if len(items) > 1 and len(shapes) == 1 and None not in shapes:
-            # batched here, on this thread, rather than by the pipeline on the device thread (one
-            # copy of every image either way; the networks' thread has the cores' work to do)
-            from facefleet.detect.views import stack_images
+        # batched here, on this thread, rather than by the pipeline on the device thread (one copy of
+        # every image either way; the networks' thread has the cores' work to do)
+        from facefleet.detect.views import stack_rows
 
-            stack = stack_images(items)
-            items = list(stack.unbind(0))
+        items, stack = stack_rows(items)
         _add(state.stages, "decode", time.perf_counter() - t0)
         return _Batch(state, index, sources, items, stack)
 

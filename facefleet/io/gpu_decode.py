@@ -527,15 +527,13 @@ def decode_images(
         items.append(item)
     result = DecodedBatch(items)
     if stack:
-        ok = [t for t in items if isinstance(t, torch.Tensor)]
         if buf is not None and len(in_buf) == len(buf) == n:
             result.stack = buf  # every image decoded on the GPU, in its row
-        elif len(ok) > 1 and len(ok) == n and all(t.shape == ok[0].shape for t in ok):
-            from facefleet.detect.views import stack_images
+        else:
+            from facefleet.detect.views import stack_rows
 
-            result.stack = stack_images(ok)
-            rows = iter(result.stack.unbind(0))
-            result.items = [next(rows) for _ in items]
+            rows, result.stack = stack_rows(items)
+            result.items = rows  # type: ignore[assignment]
     return result
 
 

@@ -22,6 +22,7 @@ Config file (all keys optional)::
                           # cards without one it decodes with CUDA/CPU: compare with nvjpeg there)
     batches_in_flight = 2 # decoded batches a worker holds in device memory (the networks' one + the next)
     decode_chunk = 32     # JPEGs per GPU decoder call (its own buffers hold this many images)
+    compile = true        # networks' CUDA graphs from torch.compile's fused kernels (if Triton is there)
 
     [gpu."H100"]          # devices whose name contains "H100" (case-insensitive)
     batch_size = 128
@@ -73,6 +74,9 @@ class DeviceProfile:
     # per GPU decoder call (written straight into the batch tensor; the decoder's buffers hold as many)
     batches_in_flight: int = 2
     decode_chunk: int = 32
+    # CUDA: the networks' graphs from torch.compile's fused kernels where Triton is installed
+    # (TFLiteModule.use_compile); false: eager kernels
+    compile: bool = True
     capability: tuple[int, int] | None = None
     source: str = "builtin"  # where batch size/precision came from
 
@@ -208,8 +212,10 @@ def _check_overrides(d: Mapping[str, Any], where: str) -> None:
     if "decoder" in d and d["decoder"] not in GPU_DECODERS:
         raise ValueError(f"{where}: decoder must be one of {GPU_DECODERS}, got {d['decoder']!r}")
     for k in ("batch_size", "workers", "threads", "batches_in_flight", "decode_chunk"):
-        if k in d and (not isinstance(d[k], int) or d[k] < 1):
+        if k in d and (not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 1):
             raise ValueError(f"{where}: {k} must be a positive integer, got {d[k]!r}")
+    if "compile" in d and not isinstance(d["compile"], bool):
+        raise ValueError(f"{where}: compile must be true or false, got {d['compile']!r}")
 
 
 def _gpu_overrides(config: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -344,6 +350,7 @@ def plan_devices(
                 int(over.get("threads", 4)),
                 memory_bytes=spec.memory_bytes,
                 **{k: int(over[k]) for k in ("batches_in_flight", "decode_chunk") if k in over},
+                compile=bool(over.get("compile", True)),
                 capability=spec.capability,
                 source=src,
             )

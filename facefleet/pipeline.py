@@ -112,6 +112,8 @@ class Reconstructor:
             installed, since it measured 2-4x faster than the torch port there
             (``python -m facefleet.bench.runtimes``), else torch.
         threads: CPU threads for the networks (default: all cores).
+        compiled: on CUDA, run the networks' CUDA graphs from ``torch.compile``'s fused kernels (default:
+            when Triton is installed; :func:`facefleet.models.compile_available`).
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class Reconstructor:
         runtime: str = "auto",
         threads: int | None = None,
         refine: int = 2,
+        compiled: bool | None = None,
     ) -> None:
         from facefleet.detect import FaceDetector
         from facefleet.geometry import load_geometry
@@ -159,6 +162,7 @@ class Reconstructor:
             max_faces=max_faces,
             model_dir=model_dir,
             net=det_net,
+            compiled=compiled,
         )
         self.mesher = MeshPredictor(
             device=self.device,
@@ -167,6 +171,7 @@ class Reconstructor:
             min_presence=min_presence,
             net=mesh_net,
             refine=refine,
+            compiled=compiled,
         )
         self._sampler: Any = None
         self._events: list[tuple[str, Any, Any, dict[str, float]]] = []

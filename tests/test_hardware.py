@@ -87,6 +87,13 @@ def test_plan_heterogeneous_gpus_and_overrides(monkeypatch: pytest.MonkeyPatch, 
     cfg_file.write_text('[gpu]\ndecode_chunk = 16\n[gpu."T4"]\nbatches_in_flight = 1\ndecode_chunk = 8\n')
     plan = plan_devices("all", config=load_config(cfg_file))
     assert [(p.batches_in_flight, p.decode_chunk) for p in plan] == [(2, 16), (1, 8)]
+    # torch.compile's fused kernels: on by default, off per card or everywhere, a boolean only
+    assert [p.compile for p in plan] == [True, True]
+    cfg_file.write_text('[gpu."T4"]\ncompile = false\n')
+    assert [p.compile for p in plan_devices("all", config=load_config(cfg_file))] == [True, False]
+    cfg_file.write_text('[gpu]\ncompile = "no"\n')
+    with pytest.raises(ValueError, match="compile must be true or false"):
+        load_config(cfg_file)
 
 
 def test_plan_cpu_workers_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -316,3 +316,27 @@ def test_tile_letterboxes_on_cuda(astronaut: np.ndarray) -> None:
     for size, out in zip((128, 192), letterbox_sizes(x.cuda(), (128, 192)), strict=True):
         ref = letterbox_pixels(x.float(), size)
         assert out.shape == ref.shape and (out.cpu() - ref).abs().max() <= 1.5 / 255
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_gather_matches_eager_on_cuda(astronaut: np.ndarray) -> None:
+    """On CUDA the bilinear gather runs as torch.compile code by default: the same samples as the eager
+    operations (float rounding aside) for both padding modes, both memory layouts and any point count."""
+    from facefleet.mesh import pack_images, sample_bilinear, sampling
+    from facefleet.models import compile_available
+
+    if not compile_available():
+        pytest.skip("no Triton here")
+    img = torch.from_numpy(astronaut).permute(2, 0, 1).cuda()
+    g = torch.Generator(device="cuda").manual_seed(3)
+    planar = torch.stack([img, img.flip(2)])
+    for batch in (planar, planar.flip(2).contiguous(memory_format=torch.channels_last)):
+        pack = pack_images(batch)
+        for n, p in ((3, 1000), (17, 37)):
+            xy = torch.rand(n, p, 2, generator=g, device="cuda") * 700 - 100  # also outside the image
+            idx = torch.randint(0, 2, (n,), generator=g, device="cuda")
+            for mode in ("border", "zeros"):
+                ref = sample_bilinear(pack, idx, xy, mode, compiled=False, scale=0.5)
+                got = sample_bilinear(pack, idx, xy, mode, compiled=True, scale=0.5)
+                torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-3)
+    assert sampling._COMPILED.get("fn") is not False, "compilation failed and fell back to eager"

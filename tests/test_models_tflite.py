@@ -491,7 +491,7 @@ def test_cuda_graphs_replay_the_eager_results(astronaut: np.ndarray) -> None:
     """On CUDA the fixed-size calls replay captured graphs: the same numbers as the eager module,
     outputs that later calls do not overwrite, and other batch sizes still work (padded)."""
     for name in NAMES:
-        net = load_model(name, device="cuda", dtype=torch.float16)
+        net = load_model(name, device="cuda", dtype=torch.float16, compiled=False)
         assert net.cuda_graphs and net.batch_sizes
         size = net.batch_sizes[-1]
         x = torch.from_numpy(_inputs(name, astronaut)).permute(0, 3, 1, 2).cuda()
@@ -510,6 +510,48 @@ def test_cuda_graphs_replay_the_eager_results(astronaut: np.ndarray) -> None:
         for a, b in zip(odd, eager, strict=True):
             assert a.shape[0] == 5
             torch.testing.assert_close(a, b[:5], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_compiled_cuda_graphs_match_eager_within_fp16_rounding(astronaut: np.ndarray) -> None:
+    """With torch.compile (the default where Triton is installed) the graphs run fused kernels: the
+    same outputs as the eager module up to fp16 rounding, and a later call does not overwrite them."""
+    from facefleet.models import compile_available
+
+    if not compile_available():
+        pytest.skip("no Triton here")
+    for name in NAMES:
+        net = load_model(name, device="cuda", dtype=torch.float16)
+        assert net.compiled
+        size = net.batch_sizes[-1]
+        x = torch.from_numpy(_inputs(name, astronaut)).permute(0, 3, 1, 2).cuda()
+        x = (
+            x[torch.arange(size) % x.shape[0]]
+            * torch.linspace(0.5, 1.0, size, device="cuda")[:, None, None, None]
+        )
+        first = net(x)
+        net(x.flip(0))
+        assert net.compiled, f"{name}: compilation failed and fell back to eager"
+        for a, b in zip(first, net._eager(x.half()), strict=True):
+            scale = max(1.0, float(b.float().abs().max()))
+            assert float((a.float() - b.float()).abs().max()) <= 2e-2 * scale, name
+
+
+def test_compile_failure_falls_back_to_eager(astronaut: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch.compile that fails (no Triton, an unsupported build) must not sink a run: the graph is
+    captured from the eager code, with one warning (runs on the CPU: the capture is not needed)."""
+    net = load_model("face_landmark").use_compile(True)
+    x = torch.from_numpy(_inputs("face_landmark", astronaut)).permute(0, 3, 1, 2)[:2]
+
+    def broken(fn: object, **kwargs: object) -> object:
+        raise RuntimeError("Cannot find a working triton installation")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*triton"):
+        body = net._compiled_body(x)
+    assert not net.compiled
+    for a, b in zip(body(x), net._eager(x), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_cuda_graph_capture_failure_falls_back_to_eager(

@@ -197,6 +197,7 @@ class FaceDetector:
         group_face_fraction: float = 0.12,
         max_batch: int = 256,
         calibrate: bool = True,
+        compiled: bool | None = None,
     ) -> None:
         if model not in ("auto", "short", "full"):
             raise ValueError(f"FaceDetector: model must be 'auto', 'short' or 'full', got {model!r}")
@@ -216,6 +217,7 @@ class FaceDetector:
         self.group_face_fraction = float(group_face_fraction)
         self.max_batch = int(max_batch)
         self.calibrate = bool(calibrate)
+        self.compiled = compiled  # load_model's ``compiled`` (None: its default)
         kinds = ("short", "full") if model == "auto" else (model,)
         self._nets: dict[str, Net] = {}
         if net is not None:
@@ -251,7 +253,11 @@ class FaceDetector:
             from facefleet.models import load_model
 
             self._nets[kind] = load_model(
-                DETECTOR_SPECS[kind].model_name, self.device, self.dtype, self.model_dir
+                DETECTOR_SPECS[kind].model_name,
+                self.device,
+                self.dtype,
+                self.model_dir,
+                compiled=self.compiled,
             )
         return self._nets[kind]
 

@@ -75,6 +75,7 @@ class MeshPredictor:
         refine: int | bool = 2,
         padding_mode: str = "border",
         max_batch: int = 256,
+        compiled: bool | None = None,
     ) -> None:
         if padding_mode not in ("border", "zeros"):
             raise ValueError(f"MeshPredictor: padding_mode must be 'border' or 'zeros', got {padding_mode!r}")
@@ -85,6 +86,7 @@ class MeshPredictor:
         self.refine = int(refine)
         self.padding_mode = padding_mode
         self.max_batch = int(max_batch)
+        self.compiled = compiled  # load_model's ``compiled`` (None: its default)
         self._net = net
 
     @property
@@ -92,7 +94,9 @@ class MeshPredictor:
         if self._net is None:
             from facefleet.models import load_model
 
-            self._net = load_model("face_landmark", self.device, self.dtype, self.model_dir)
+            self._net = load_model(
+                "face_landmark", self.device, self.dtype, self.model_dir, compiled=self.compiled
+            )
         return self._net
 
     def _run(self, crops: Tensor) -> tuple[Tensor, Tensor]:
@@ -110,7 +114,7 @@ class MeshPredictor:
         """One pass on given ROIs ``(N, 5)``: landmarks ``(N, 468, 3)`` in image pixels, presence ``(N,)``.
         ``images``: as for :func:`crop_rois` (pack them once with ``pack_images`` for several passes)."""
         m, t = affine = crop_affine(roi.float(), CROP_SIZE)  # crop pixels and depth -> image pixels
-        crops = crop_rois(images, image_index, roi, CROP_SIZE, self.padding_mode, affine)
+        crops = crop_rois(images, image_index, roi, CROP_SIZE, self.padding_mode, affine, self.compiled)
         lm, logit = self._run(crops)
         return torch.baddbmm(t[:, None], lm, m.mT), torch.sigmoid(logit)
 

@@ -110,6 +110,7 @@ def crop_rois(
     size: int = 192,
     padding_mode: str = "border",
     affine: tuple[Tensor, Tensor] | None = None,
+    compiled: bool | None = None,
 ) -> Tensor:
     """Rotated square crops ``(N, 3, size, size)`` float32 in [0, 1] of ROIs ``(N, 5)`` from uint8 images.
 
@@ -117,7 +118,8 @@ def crop_rois(
     :class:`ImagePack` of them; ``image_index``: ``(N,)`` the image of each ROI. Bilinear sampling of all
     faces of all images at once (``grid_sample`` semantics, align_corners=False), with no per-image or
     per-face loop. ``padding_mode`` "border" repeats edge pixels (MediaPipe's default), "zeros" pads black.
-    ``affine``: ``crop_affine(roi, size)`` when the caller has it already.
+    ``affine``: ``crop_affine(roi, size)`` when the caller has it already. ``compiled``: as for
+    :func:`sample_bilinear`.
     """
     n = int(roi.shape[0])
     if n == 0:
@@ -125,5 +127,7 @@ def crop_rois(
     pack = images if isinstance(images, ImagePack) else pack_images(images, roi.device)
     roi = roi.float()
     pts = crop_points(roi, size, affine)
-    crops = sample_bilinear(pack, image_index.to(roi.device), pts, padding_mode, scale=1 / 255.0)
+    crops = sample_bilinear(
+        pack, image_index.to(roi.device), pts, padding_mode, scale=1 / 255.0, compiled=compiled
+    )
     return crops.unflatten(2, (size, size))  # channels-last on the gather path: no copy

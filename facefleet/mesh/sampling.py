@@ -12,8 +12,10 @@ the centre of pixel ``(row i, col j)`` is ``(j + 0.5, i + 0.5)``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -81,6 +83,7 @@ def sample_bilinear(
     *,
     regions: bool = True,
     scale: float = 1.0,
+    compiled: bool | None = None,
 ) -> Tensor:
     """Bilinear samples ``(N, 3, P)`` float32 in [0, 255] (times ``scale``) of the images at pixel
     coordinates ``xy`` ``(N, P, 2)`` (x, y), point set ``n`` taken from image ``image_index[n]``
@@ -90,6 +93,10 @@ def sample_bilinear(
     ``grid_sample``). Work is split into chunks of about ``chunk_points`` points to bound memory.
     On the CPU each point set is sampled from a float copy of the region its points reach
     (``regions=False``: the gather path every device uses otherwise; same result).
+    ``compiled`` (default: on CUDA where :func:`facefleet.models.compile_available`): the gather path
+    as one ``torch.compile`` kernel rather than ~30 passes over index and weight tensors (on an H200,
+    128 mesh crops of 192x192 from 1080p frames: 2.8 ms -> see docs/benchmarks.md); the same
+    arithmetic, float rounding aside.
     """
     if padding_mode not in ("border", "zeros"):
         raise ValueError(f"sample_bilinear: padding_mode must be 'border' or 'zeros', got {padding_mode!r}")
@@ -100,14 +107,50 @@ def sample_bilinear(
         out = torch.empty(n, 3, p, dtype=torch.float32, device=xy.device)
         out = _sample_regions(pack, image_index, xy.float(), padding_mode, out)
         return out.mul_(scale) if scale != 1.0 else out
+    if compiled is None:
+        compiled = xy.device.type == "cuda" and _compile_available()
+    sample = _compiled_sample if compiled else _sample
     step = max(1, chunk_points // p)
     if step >= n:  # one chunk: no copy
-        return _sample(pack, image_index, xy.float(), padding_mode, scale)
+        return sample(pack, image_index, xy.float(), padding_mode, scale)
     out = torch.empty(n, p, 3, dtype=torch.float32, device=xy.device).permute(0, 2, 1)
     for s in range(0, n, step):
         xs = xy[s : s + step].float()
-        out[s : s + step] = _sample(pack, image_index[s : s + step], xs, padding_mode, scale)
+        out[s : s + step] = sample(pack, image_index[s : s + step], xs, padding_mode, scale)
     return out
+
+
+def _compile_available() -> bool:
+    from facefleet.models import compile_available
+
+    return compile_available()
+
+
+_COMPILED: dict[str, Any] = {}  # "fn": the compiled gather path (made on first use), False once it failed
+
+
+def _compiled_sample(
+    pack: ImagePack, idx: Tensor, xy: Tensor, padding_mode: str, scale: float = 1.0
+) -> Tensor:
+    """:func:`_sample` through ``torch.compile`` (dynamic shapes: one compilation serves every number of
+    faces and image size); :func:`_sample` from the first compiler failure on, with a warning."""
+    fn = _COMPILED.get("fn")
+    if fn is None:
+        fn = _COMPILED["fn"] = torch.compile(_sample_tensors, dynamic=True)
+    if fn is not False:
+        try:
+            return fn(pack.data, pack.offset, pack.height, pack.width, idx, xy, pack.hwc,
+                      padding_mode == "border", float(scale))  # fmt: skip
+        except torch.OutOfMemoryError:  # the engine halves the batch
+            raise
+        except Exception as exc:  # a compiler failure (no Triton, an unsupported build)
+            _COMPILED["fn"] = False
+            warnings.warn(
+                f"sample_bilinear: torch.compile failed ({type(exc).__name__}); using eager operations",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return _sample(pack, idx, xy, padding_mode, scale)
 
 
 def _image(pack: ImagePack, i: int, offset: int) -> Tensor:
@@ -147,9 +190,26 @@ def _sample(pack: ImagePack, idx: Tensor, xy: Tensor, padding_mode: str, scale: 
     a weighted sum over the taps; ~30 operations per call (each a host call and a kernel launch)
     whatever the number of points. Returns a ``(n, 3, P)`` view of ``(n, P, 3)`` memory (pixel by
     pixel, as a channels-last network input wants it)."""
-    size = torch.stack([pack.width[idx], pack.height[idx]], 1)[:, None]  # (n, 1, 2) long: x, y
+    return _sample_tensors(
+        pack.data, pack.offset, pack.height, pack.width, idx, xy, pack.hwc, padding_mode == "border", scale
+    )
+
+
+def _sample_tensors(
+    data: Tensor,
+    offset: Tensor,
+    height: Tensor,
+    width: Tensor,
+    idx: Tensor,
+    xy: Tensor,
+    hwc: bool,
+    border: bool,
+    scale: float,
+) -> Tensor:
+    """:func:`_sample` on the fields of an :class:`ImagePack` (tensors and flags: ``torch.compile`` input)."""
+    size = torch.stack([width[idx], height[idx]], 1)[:, None]  # (n, 1, 2) long: x, y
     q = xy - 0.5  # pixel-centre index coordinates (grid_sample, align_corners=False)
-    if padding_mode == "border":  # clamped into the image: both taps inside (the second weighs 0 at an edge)
+    if border:  # clamped into the image: both taps inside (the second weighs 0 at an edge)
         q = torch.minimum(q.clamp(min=0.0), size - 1)
     q0 = torch.floor(q)
     f = q - q0
@@ -157,20 +217,20 @@ def _sample(pack: ImagePack, idx: Tensor, xy: Tensor, padding_mode: str, scale: 
     i = torch.stack([i0, i0 + 1], -1)  # (n, P, 2 [x, y], 2 [tap])
     wt = torch.stack([1 - f, f], -1)  # the same layout: weight of each tap along each axis
     del q, q0, f, i0
-    if padding_mode == "zeros":  # taps outside the image read black: zero weight, any index inside
+    if not border:  # zeros: taps outside the image read black: zero weight, any index inside
         wt = wt * ((i >= 0) & (i < size[..., None]))
     i = i.clamp_(min=0).clamp_(max=size[..., None] - 1)
     # (n, P, 2 [y tap], 2 [x tap]): pixel index within the image, and the weight of the tap
     lin = i[:, :, 1, :, None] * size[..., 0, None, None] + i[:, :, 0, None, :]
     wt = wt[:, :, 1, :, None] * (wt[:, :, 0, None, :] * scale)
     del i
-    if pack.hwc:  # interleaved pixels: one row of 3 bytes per index
-        lin += (pack.offset[idx] // 3)[:, None, None, None]  # first pixel of each image
-        px = pack.data.view(-1, 3)[lin]  # (n, P, 2, 2, 3) uint8
+    if hwc:  # interleaved pixels: one row of 3 bytes per index
+        lin += (offset[idx] // 3)[:, None, None, None]  # first pixel of each image
+        px = data.view(-1, 3)[lin]  # (n, P, 2, 2, 3) uint8
     else:  # channel planes: offset + c H W + pixel
-        plane = (pack.height[idx] * pack.width[idx])[:, None, None, None, None]
+        plane = (height[idx] * width[idx])[:, None, None, None, None]
         lin = lin[..., None] + torch.arange(3, device=xy.device) * plane
-        px = pack.data[lin + pack.offset[idx][:, None, None, None, None]]
+        px = data[lin + offset[idx][:, None, None, None, None]]
     del lin
     out = px[:, :, 0, 0].float().mul_(wt[:, :, 0, 0, None])  # (n, P, 3)
     for a, b in ((0, 1), (1, 0), (1, 1)):

@@ -33,6 +33,7 @@ __all__ = [
     "ModelNotFoundError",
     "ModelSpec",
     "cache_dir",
+    "compile_available",
     "fetch_models",
     "get_spec",
     "list_models",
@@ -60,12 +61,21 @@ CHANNELS_LAST_ON_CPU = frozenset(MODELS)
 CUDA_GRAPHS = os.environ.get("FACEFLEET_CUDA_GRAPHS", "1") != "0"
 
 
+def compile_available() -> bool:
+    """Whether :meth:`TFLiteModule.use_compile` can work here: ``FACEFLEET_COMPILE`` is not "0" and
+    Triton (TorchInductor's GPU code generator, installed with CUDA builds of torch) is importable."""
+    import importlib.util
+
+    return os.environ.get("FACEFLEET_COMPILE", "1") != "0" and importlib.util.find_spec("triton") is not None
+
+
 def load_model(
     name: str,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     model_dir: str | os.PathLike[str] | None = None,
     channels_last: bool | None = None,
+    compiled: bool | None = None,
 ) -> TFLiteModule:
     """Load MediaPipe model ``name`` as a torch module on ``device`` in ``dtype`` (default float32).
 
@@ -78,7 +88,9 @@ def load_model(
     there; results are the same. On CUDA the
     network runs at fixed batch sizes (:data:`FIXED_BATCH_SIZES`, see
     ``TFLiteModule.use_fixed_batches``: cuDNN plans are built once per shape, at seconds per
-    network); call ``module.warmup()`` to build them up front.
+    network); call ``module.warmup()`` to build them up front. ``compiled`` (default: on CUDA when
+    :func:`compile_available`) captures those graphs from ``torch.compile``'s fused kernels
+    (``TFLiteModule.use_compile``).
     """
     import torch
 
@@ -94,6 +106,7 @@ def load_model(
     if dev.type == "cuda":  # one input shape: cuDNN plans are built once, not per batch size
         module.use_fixed_batches(FIXED_BATCH_SIZES)
         module.use_cuda_graphs(CUDA_GRAPHS)
+        module.use_compile(compile_available() if compiled is None else compiled)
     return module
 
 

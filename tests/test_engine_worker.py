@@ -138,59 +138,6 @@ def test_per_image_files_written_by_a_process_pool(tmp_path: Path) -> None:
     assert len(mesh.vertices) == 468 and mesh.visual.material.image.size == (tex.shape[1], tex.shape[0])
 
 
-def test_textures_reach_writer_processes_through_shared_memory(tmp_path: Path) -> None:
-    """A batch's face textures go to the writer processes in one shared-memory block: the PNGs hold
-    the same texels, the results kept for the manifest keep their textures, and the block is gone
-    once every write of the batch is over."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import shared_memory
-
-    import numpy as np
-    from PIL import Image
-
-    from facefleet.engine.worker import SharedTextures, write_files_shared
-    from facefleet.types import Face, Pose
-
-    rng = np.random.default_rng(0)
-
-    def face(tex: np.ndarray | None) -> Face:
-        return Face(
-            bbox=np.array([10, 10, 50, 50], np.float32), score=0.9, keypoints=np.zeros((6, 2), np.float32),
-            landmarks=np.zeros((468, 3), np.float32), landmarks68=np.zeros((68, 2), np.float32),
-            pose=Pose(0.0, 0.0, 0.0, np.eye(4)), texture=tex,
-        )  # fmt: skip
-
-    texs = rng.integers(0, 255, (3, 32, 32, 4), dtype=np.uint8)
-    results = [
-        ImageResult(str(tmp_path / "in" / "a.jpg"), 64, 64, faces=[face(texs[0]), face(texs[1])]),
-        ImageResult(str(tmp_path / "in" / "b.jpg"), 64, 64),  # no face
-        ImageResult(str(tmp_path / "in" / "c.jpg"), 64, 64, faces=[face(None), face(texs[2])]),
-    ]
-    shared = SharedTextures()
-    batch = shared.share(results)
-    assert batch is not None and [len(t) for t in batch.textures] == [2, 0, 1]
-    out, root = str(tmp_path / "out"), str(tmp_path / "in")
-    with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
-        futs = []
-        for k in range(len(results)):
-            if batch.textures[k]:
-                fut = pool.submit(write_files_shared, batch.name, batch.textures[k], batch.stripped[k], None,
-                                  out, root, ("png",))  # fmt: skip
-                batch.hold(fut)
-                futs.append(fut)
-        batch.submitted()
-        assert all(f.result() > 0 for f in futs)
-    files = tmp_path / "out" / "files"
-    for name, tex in (("a.jpg_face0", texs[0]), ("a.jpg_face1", texs[1]), ("c.jpg_face1", texs[2])):
-        assert np.array_equal(np.asarray(Image.open(files / f"{name}_texture.png")), tex)
-    assert np.shares_memory(results[0].faces[1].texture, texs)  # the kept results are untouched
-    assert not shared.live
-    with pytest.raises(FileNotFoundError):
-        shared_memory.SharedMemory(name=batch.name)
-    assert shared.share([results[1]]) is None  # nothing to share: no block
-
-
 def test_stack_sampler_reports_where_threads_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """FACEFLEET_STACK_SAMPLES: per thread, the share of samples at each innermost stack."""
     import threading

@@ -600,8 +600,6 @@ class Worker:
         from concurrent.futures.process import BrokenProcessPool
 
         pool = self._file_pool()
-        # writer processes get the textures through shared memory rather than pickled through the pool
-        textures = SharedTextures() if self.texture and _is_process_pool(pool) else None
         done_q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=4)
         finisher = threading.Thread(
             target=self._guard(lambda: self._finisher(done_q)), name="finisher", daemon=True
@@ -619,7 +617,6 @@ class Worker:
                     continue
                 batch, results = item
                 st = batch.state
-                shared = textures.share(results) if textures is not None else None
                 for k, (i, r) in enumerate(zip(batch.index, results, strict=False)):
                     st.results[i] = r
                     if self.formats:  # failed images get their JSON (with the error) too
@@ -629,31 +626,20 @@ class Worker:
                                 batch.host_ready.synchronize()
                                 batch.host_ready = None
                             image = batch.items[k].permute(1, 2, 0).numpy()  # (H, W, 3) uint8
-                        fn: Callable[..., float] = write_files
-                        args: tuple[Any, ...] = (r, image, self.spec.out_dir, self.spec.input_root,
-                                                 tuple(self.formats))  # fmt: skip
-                        if shared is not None and shared.textures[k]:  # r without its textures
-                            fn = write_files_shared
-                            args = (shared.name, shared.textures[k], shared.stripped[k], *args[1:])
+                        args = (r, image, self.spec.out_dir, self.spec.input_root, tuple(self.formats))
                         try:
-                            fut = pool.submit(fn, *args)
+                            fut = pool.submit(write_files, *args)
                         except BrokenProcessPool:  # a writer process died (OOM killer...): new pool
                             pool.shutdown(wait=False)
                             pool = self._file_pool()
-                            fut = pool.submit(fn, *args)
-                        if shared is not None:
-                            shared.hold(fut)
+                            fut = pool.submit(write_files, *args)
                         st.files.append((i, fut))
-                if shared is not None:
-                    shared.submitted()
         except _Abort:
             pass
         finally:
             if finisher.is_alive():
                 finisher.join(timeout=60)
             pool.shutdown(wait=True)
-            if textures is not None:
-                textures.release_all()
 
     def _finisher(self, done_q: queue_mod.Queue[Any]) -> None:
         db = WorkQueue(self.spec.queue_path)
@@ -813,123 +799,6 @@ def write_files(
     with deferred_fsync():  # made durable all at once before the unit is recorded (_finish_unit)
         write_outputs(result, image, Path(out_dir) / "files" / rel, stem, set(formats))
     return time.perf_counter() - t0
-
-
-def write_files_shared(
-    block: str, textures: list[tuple[int, int, tuple[int, ...]]], result: ImageResult, *args: Any
-) -> float:
-    """:func:`write_files` for a result whose face textures wait in shared-memory block ``block``:
-    ``textures`` lists (face index, byte offset, shape) of each. Runs in a writer process."""
-    from multiprocessing import shared_memory
-
-    import numpy as np
-
-    shm = shared_memory.SharedMemory(name=block)
-    try:
-        for j, offset, shape in textures:
-            result.faces[j].texture = np.ndarray(shape, np.uint8, buffer=shm.buf, offset=offset)
-        return write_files(result, *args)
-    finally:
-        for j, _, _ in textures:
-            result.faces[j].texture = None  # no view of the block may outlive it
-        with contextlib.suppress(BufferError):  # a library still holds a view: unmapped with it
-            shm.close()
-
-
-def _is_process_pool(pool: Any) -> bool:
-    from concurrent.futures import ProcessPoolExecutor
-
-    return isinstance(pool, ProcessPoolExecutor)
-
-
-@dataclass(eq=False)
-class _SharedBatch:
-    """One batch's textures in one shared-memory block; unlinked once every file write of the batch
-    that reads it is over (futures' callbacks) and the batch was fully submitted."""
-
-    owner: SharedTextures
-    block: Any  # multiprocessing.shared_memory.SharedMemory
-    textures: list[list[tuple[int, int, tuple[int, ...]]]]  # per result: (face, offset, shape)
-    stripped: list[ImageResult | None]  # per result with textures: a copy whose faces carry none
-    pending: int = 1  # submitted writes not done yet, + 1 until submitted() is called
-
-    @property
-    def name(self) -> str:
-        return str(self.block.name)
-
-    def hold(self, fut: Future[Any]) -> None:
-        with self.owner.lock:
-            self.pending += 1
-        fut.add_done_callback(lambda _f: self._done())
-
-    def submitted(self) -> None:
-        self._done()
-
-    def _done(self) -> None:
-        with self.owner.lock:
-            self.pending -= 1
-            last = self.pending == 0
-        if last:
-            self.owner.release(self)
-
-
-class SharedTextures:
-    """Hands face textures to writer processes through shared memory: a batch's textures are copied
-    once into one block (instead of each ~1 MiB texture being pickled by the pool's one feeder thread
-    and read back through its one pipe: on the development machine 404-433 textures/s pickled,
-    662-669 through shared memory, ``tools/probe_texture_transport.py``)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.live: set[_SharedBatch] = set()
-
-    def share(self, results: list[ImageResult]) -> _SharedBatch | None:
-        """The textures of ``results`` in a new block, or None when they have none."""
-        import dataclasses
-        from multiprocessing import shared_memory
-
-        import numpy as np
-
-        sizes = [f.texture.nbytes for r in results for f in r.faces if f.texture is not None]
-        if not sizes:
-            return None
-        block = shared_memory.SharedMemory(create=True, size=sum(sizes))
-        specs: list[list[tuple[int, int, tuple[int, ...]]]] = []
-        stripped: list[ImageResult | None] = []
-        offset = 0
-        for r in results:
-            mine: list[tuple[int, int, tuple[int, ...]]] = []
-            for j, f in enumerate(r.faces):
-                if f.texture is None:
-                    continue
-                t = np.ascontiguousarray(f.texture, dtype=np.uint8)
-                np.ndarray(t.shape, np.uint8, buffer=block.buf, offset=offset)[...] = t
-                mine.append((j, offset, tuple(t.shape)))
-                offset += t.nbytes
-            specs.append(mine)
-            stripped.append(
-                dataclasses.replace(r, faces=[dataclasses.replace(f, texture=None) for f in r.faces])
-                if mine
-                else None
-            )
-        batch = _SharedBatch(self, block, specs, stripped)
-        with self.lock:
-            self.live.add(batch)
-        return batch
-
-    def release(self, batch: _SharedBatch) -> None:
-        with self.lock:
-            if batch not in self.live:
-                return
-            self.live.discard(batch)
-        batch.block.close()
-        batch.block.unlink()
-
-    def release_all(self) -> None:
-        with self.lock:
-            left = list(self.live)
-        for b in left:
-            self.release(b)
 
 
 def error_text(e: BaseException) -> str:

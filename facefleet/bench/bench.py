@@ -308,6 +308,7 @@ def run_loop(
 
     out.mkdir(parents=True, exist_ok=True)
     rec = Reconstructor(device=device, **(model or {}))
+    rec.warmup()  # on CUDA: cuDNN plans, CUDA graphs and torch.compile code, outside the timed loop
     with Image.open(files[0]) as im:  # warm-up: first call loads/compiles kernels
         rec([np.asarray(im.convert("RGB"))])
     if rec.device.type == "cuda":

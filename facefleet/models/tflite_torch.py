@@ -518,9 +518,11 @@ class TFLiteModule(nn.Module):
         into one kernel rather than a pass over memory each. On an H200 at batch 128, fp16 this took the
         kernel time of a 1080p batch (both detectors, tiles, mesh passes) from 38.2 to 27.5 ms
         (``tools/probe_stages.py``; docs/benchmarks.md). Outputs differ from eager by fp16 rounding of
-        the fused operations. The compilation (~20 s per network and process, then cached by torch on
-        disk) happens at the first capture, in :meth:`warmup`; if it fails the graphs capture eager
-        code, with a warning. Only the graph path uses it: other calls and devices run eagerly."""
+        the fused operations. The compilation happens at the first capture, in :meth:`warmup` (a cold
+        machine: 65 s for the three networks and the gathers in one process with Inductor's compiler
+        pool; ~20 s per process once torch's on-disk cache holds the code); if it fails the graphs
+        capture eager code, with a warning. Only the graph path uses it: other calls and devices run
+        eagerly."""
         self.compiled = bool(enable)
         self._graphs = {}
         return self

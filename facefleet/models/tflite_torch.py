@@ -622,6 +622,13 @@ class TFLiteModule(nn.Module):
         """``torch.compile`` of :meth:`_eager` for the fixed shape of ``x``, compiled now (a first call)
         so that capturing it records kernels only; :meth:`_eager` when that fails (no Triton, an
         unsupported build), with a warning."""
+        import torch._dynamo
+
+        # every network (and batch size, dtype) is one more compiled entry of the same code object,
+        # TFLiteModule._eager: past torch's default of 8 per code object, further modules would silently
+        # run uncompiled (a process benchmarking several precisions holds more than 8)
+        cfg = torch._dynamo.config
+        cfg.cache_size_limit = max(int(cfg.cache_size_limit), 64)
         try:
             fn = torch.compile(self._eager, dynamic=False)
             fn(x)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
@@ -66,5 +66,17 @@ ab)  # this tree against an older one on one corpus and machine (the lent machin
     if [ $v = old ]; then cd "$here"; unset PYTHONPATH; fi
   done
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab" >&2; exit 2 ;;
+compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_mesh.py \
+    -k "compiled or cuda_graphs_replay or on_cuda" 2>&1 | tail -3
+  python3 tools/probe_compile_agreement.py --corpus /tmp/ffcorpus 2>&1 | tail -3 | tee "$OUT/compile_agreement.txt"
+  for c in 1 0; do
+    FACEFLEET_COMPILE=$c python3 tools/probe_stages.py --corpus /tmp/ffcorpus --reps 10 2>&1 \
+      | grep "Self CUDA time total" | sed "s/^/FACEFLEET_COMPILE=$c, 10 batches: /" | tee -a "$OUT/compile_kernels.txt"
+    FACEFLEET_COMPILE=$c facefleet bench --corpus /tmp/ffcorpus --baselines engine --gpu-workers "${GPU_WORKERS:-1,2}" \
+      --json "$OUT/compile_$c.json" 2>&1 | grep "facefleet run ("
+  done
+  ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile" >&2; exit 2 ;;
 esac

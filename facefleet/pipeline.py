@@ -362,7 +362,9 @@ class Reconstructor:
         if self._sampler is None:
             from facefleet.texture import TextureSampler
 
-            self._sampler = TextureSampler(size=self.texture_size, device=self.device)
+            self._sampler = TextureSampler(
+                size=self.texture_size, device=self.device, compiled=self.mesher.compiled
+            )
         return self._sampler
 
     @contextmanager

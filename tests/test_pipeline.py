@@ -64,3 +64,23 @@ def test_refine_passes(astronaut: np.ndarray) -> None:
     b = Reconstructor(device="cpu", runtime="torch")([astronaut])[0].faces[0]  # two passes more
     shift = np.abs(a.landmarks[:, :2] - b.landmarks[:, :2]).max()
     assert 0 < shift < 0.1 * (b.bbox[2] - b.bbox[0])  # the same face, the ROI refined
+
+
+def test_compile_setting_reaches_every_network_and_gather(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compiled=False`` (``[gpu] compile = false``) turns torch.compile off for the three networks and
+    the texture gather alike (the crop gather follows the mesh predictor's setting)."""
+    import facefleet.models
+
+    real = facefleet.models.load_model
+    seen = []
+
+    def recording(name: str, *args: object, compiled: bool | None = None, **kwargs: object) -> object:
+        seen.append((name, compiled))
+        return real(name, *args, compiled=compiled, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(facefleet.models, "load_model", recording)
+    rec = Reconstructor(device="cpu", runtime="torch", texture_size=64, compiled=False)
+    rec.detector.network("short"), rec.detector.network("full"), rec.mesher.network
+    assert seen == [("face_detection_short_range", False), ("face_detection_full_range", False),
+                    ("face_landmark", False)]  # fmt: skip
+    assert rec.mesher.compiled is False and rec.sampler.compiled is False

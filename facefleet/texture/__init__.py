@@ -66,12 +66,20 @@ class TextureSampler:
     image of each face returns (N, 4, T, T) uint8: RGB plus alpha 255 where the texel lies on a
     mesh triangle that faces the camera and inside its image, else 0 (RGB 0 there too).
     ``chunk`` bounds how many faces are sampled together (memory ~ chunk * T^2 * 40 bytes).
+    ``compiled``: the gather as ``torch.compile`` code (see :func:`sample_bilinear`; None: its default).
     """
 
-    def __init__(self, size: int = 512, device: str | torch.device = "cpu", chunk: int = 32) -> None:
+    def __init__(
+        self,
+        size: int = 512,
+        device: str | torch.device = "cpu",
+        chunk: int = 32,
+        compiled: bool | None = None,
+    ) -> None:
         self.size = int(size)
         self.device = torch.device(device)
         self.chunk = max(1, int(chunk))
+        self.compiled = compiled
         tri_id, bary = texel_map(self.size)
         flat = tri_id.reshape(-1)
         covered = np.nonzero(flat >= 0)[0]
@@ -140,7 +148,7 @@ class TextureSampler:
         h = pack.height[idx].float()[:, None]
         inside = (pos[..., 0] >= 0) & (pos[..., 0] <= w) & (pos[..., 1] >= 0) & (pos[..., 1] <= h)
         visible = self.facing(lm)[:, self.texel_tri] & inside  # (m, K)
-        rgb = sample_bilinear(pack, idx, pos, "border")  # (m, 3, K) float in [0, 255]
+        rgb = sample_bilinear(pack, idx, pos, "border", compiled=self.compiled)  # (m, 3, K) in [0, 255]
         rgb = rgb.round().clamp(0, 255).to(torch.uint8) * visible[:, None]
         res = torch.zeros(m, 4, self.size * self.size, dtype=torch.uint8, device=self.device)
         res[:, :3, self.texels] = rgb

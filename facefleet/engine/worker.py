@@ -108,8 +108,9 @@ def worker_main(spec: WorkerSpec) -> None:
         # pinned memory, decoders or library handles created on "the current device".
         os.environ["CUDA_VISIBLE_DEVICES"] = visible_device(spec.profile.device)
         # torch.compile (the networks' graphs, the crop gather) compiles in this process rather than in a
-        # pool of one compiler process per core: on a 16-core H200 host that pool held ~8 GB of host
-        # memory per worker for the rest of the run; compiled code is cached on disk after the first run
+        # pool of one compiler process per core: on a 16-core H200 host with that pool a run's processes
+        # held 9.7 GB of host memory with one worker (18.9 GB with two) for the whole run; compiled code
+        # is cached on disk after the first run
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
         local = "cuda:0"
     code = EXIT_ERROR

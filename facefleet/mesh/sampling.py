@@ -13,7 +13,7 @@ the centre of pixel ``(row i, col j)`` is ``(j + 0.5, i + 0.5)``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from facefleet.detect.views import is_hwc
+from facefleet.models import compile_available
 
 __all__ = ["ImagePack", "pack_images", "sample_bilinear"]
 
@@ -108,7 +109,7 @@ def sample_bilinear(
         out = _sample_regions(pack, image_index, xy.float(), padding_mode, out)
         return out.mul_(scale) if scale != 1.0 else out
     if compiled is None:
-        compiled = xy.device.type == "cuda" and _compile_available()
+        compiled = xy.device.type == "cuda" and compile_available()
     sample = _compiled_sample if compiled else _sample
     step = max(1, chunk_points // p)
     if step >= n:  # one chunk: no copy
@@ -118,12 +119,6 @@ def sample_bilinear(
         xs = xy[s : s + step].float()
         out[s : s + step] = sample(pack, image_index[s : s + step], xs, padding_mode, scale)
     return out
-
-
-def _compile_available() -> bool:
-    from facefleet.models import compile_available
-
-    return compile_available()
 
 
 _COMPILED: dict[str, Any] = {}  # "fn": the compiled gather path (made on first use), False once it failed
@@ -139,8 +134,7 @@ def _compiled_sample(
         fn = _COMPILED["fn"] = torch.compile(_sample_tensors, dynamic=True)
     if fn is not False:
         try:
-            return fn(pack.data, pack.offset, pack.height, pack.width, idx, xy, pack.hwc,
-                      padding_mode == "border", float(scale))  # fmt: skip
+            return _sample(pack, idx, xy, padding_mode, float(scale), fn)
         except torch.OutOfMemoryError:  # the engine halves the batch
             raise
         except Exception as exc:  # a compiler failure (no Triton, an unsupported build)
@@ -185,12 +179,20 @@ def _sample_regions(pack: ImagePack, idx: Tensor, xy: Tensor, padding_mode: str,
     return out
 
 
-def _sample(pack: ImagePack, idx: Tensor, xy: Tensor, padding_mode: str, scale: float = 1.0) -> Tensor:
+def _sample(
+    pack: ImagePack,
+    idx: Tensor,
+    xy: Tensor,
+    padding_mode: str,
+    scale: float = 1.0,
+    fn: Callable[..., Tensor] | None = None,
+) -> Tensor:
     """Gather path: the four taps of every point as one ``(n, P, 2, 2)`` pixel index and one gather, then
     a weighted sum over the taps; ~30 operations per call (each a host call and a kernel launch)
     whatever the number of points. Returns a ``(n, 3, P)`` view of ``(n, P, 3)`` memory (pixel by
-    pixel, as a channels-last network input wants it)."""
-    return _sample_tensors(
+    pixel, as a channels-last network input wants it). ``fn``: :func:`_sample_tensors` (default) or
+    its compiled form."""
+    return (fn or _sample_tensors)(
         pack.data, pack.offset, pack.height, pack.width, idx, xy, pack.hwc, padding_mode == "border", scale
     )
 

@@ -23,6 +23,7 @@ Config file (all keys optional)::
     batches_in_flight = 2 # decoded batches a worker holds in device memory (the networks' one + the next)
     decode_chunk = 32     # JPEGs per GPU decoder call (its own buffers hold this many images)
     compile = true        # networks' CUDA graphs from torch.compile's fused kernels (if Triton is there)
+    decode_process = true # read and decode files in a child process of each worker (false: threads)
 
     [gpu."H100"]          # devices whose name contains "H100" (case-insensitive)
     batch_size = 128
@@ -30,6 +31,8 @@ Config file (all keys optional)::
     [cpu]
     batch_size = 8
     workers = 4           # processes; torch threads per process = cores // workers
+    decode_process = false  # as for [gpu], in shared memory (default off: the networks' threads
+                            # leave the GIL alone for long stretches on CPUs)
 
 Importing this module does not import torch or initialise CUDA.
 """
@@ -77,6 +80,10 @@ class DeviceProfile:
     # CUDA: the networks' graphs from torch.compile's fused kernels where Triton is installed
     # (TFLiteModule.use_compile); false: eager kernels
     compile: bool = True
+    # files are read and decoded in a child process of the worker, into (device) memory it shares
+    # (facefleet.engine.decode_proc); false: on threads of the worker process. On by default on CUDA
+    # (plan_devices), off on CPU workers (whose networks' threads leave the GIL alone for long stretches)
+    decode_process: bool = False
     capability: tuple[int, int] | None = None
     source: str = "builtin"  # where batch size/precision came from
 
@@ -214,8 +221,9 @@ def _check_overrides(d: Mapping[str, Any], where: str) -> None:
     for k in ("batch_size", "workers", "threads", "batches_in_flight", "decode_chunk"):
         if k in d and (not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 1):
             raise ValueError(f"{where}: {k} must be a positive integer, got {d[k]!r}")
-    if "compile" in d and not isinstance(d["compile"], bool):
-        raise ValueError(f"{where}: compile must be true or false, got {d['compile']!r}")
+    for k in ("compile", "decode_process"):
+        if k in d and not isinstance(d[k], bool):
+            raise ValueError(f"{where}: {k} must be true or false, got {d[k]!r}")
 
 
 def _gpu_overrides(config: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -321,7 +329,11 @@ def plan_devices(
             if prec == "fp16":
                 raise ValueError("fp16 is not supported on the CPU: use fp32 or bf16")
             src = "cli" if (batch_size or precision) else "config" if cpu_cfg else "builtin"
-            base = DeviceProfile("cpu", _cpu_name(), int(bs), str(prec), "cpu", threads, source=src)
+            _check_overrides(cpu_cfg, "[cpu]")
+            base = DeviceProfile(
+                "cpu", _cpu_name(), int(bs), str(prec), "cpu", threads, source=src,
+                decode_process=bool(cpu_cfg.get("decode_process", False)),
+            )  # fmt: skip
             profiles.extend(base for _ in range(int(n)))
             continue
         idx = int(dev.split(":")[1])
@@ -351,6 +363,7 @@ def plan_devices(
                 memory_bytes=spec.memory_bytes,
                 **{k: int(over[k]) for k in ("batches_in_flight", "decode_chunk") if k in over},
                 compile=bool(over.get("compile", True)),
+                decode_process=bool(over.get("decode_process", True)),
                 capability=spec.capability,
                 source=src,
             )

@@ -8,6 +8,12 @@ Threads and bounded queues (backpressure at every step)::
       │                                               finisher: wait for files, flush, unit Parquet, done
     heartbeat thread: extends this worker's leases, flushes progress counters
 
+On CUDA, reading and decoding run in a child process instead (``[gpu] decode_process``, default on;
+:mod:`facefleet.engine.decode_proc`): the batcher sends it each batch's paths and a free slot of device
+memory the worker shares with it, so no thread of the worker process reads or decodes (each would
+take the GIL the device thread needs for every torch call: 56-59 ms per batch of 128 beside such a
+thread against 32-40 ms alone, H200). A child that cannot start leaves the worker on threads.
+
 Batches never span units; a unit is marked done only after its Parquet file is written. CUDA
 out-of-memory halves the batch (and lowers the batch size for the rest of the run); an exception
 on a batch is narrowed down to the failing image, which gets an error row. A CUDA error that
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import importlib
 import os
 import queue as queue_mod
@@ -160,9 +167,64 @@ class _Batch:
     ready: Any = None  # CUDA event recorded on the decode stream once the batch is decoded
     slot: bool = False  # holds one of the worker's device-memory slots (released by the device stage)
     host_ready: Any = None  # CUDA event: the pinned host copies of the images (overlays) are complete
+    arena: int | None = None  # the shared slot (decoder process) holding the images, freed after the batch
+    child_bytes: int = 0  # the decoder process's own peak device memory
 
 
 _STOP = object()
+
+
+class _ProcBatch:
+    """A batch in the decoder process: ``result()`` waits for it and views its images in the slot."""
+
+    def __init__(self, worker: Worker, pending: list[Any], slot: int, fut: Future[Any]) -> None:
+        self.worker, self.pending, self.slot, self.fut = worker, pending, slot, fut
+
+    def result(self) -> _Batch:
+        import math
+
+        w = self.worker
+        try:
+            d = self.fut.result()
+        except BaseException:
+            w._arena_free.put(self.slot)
+            raise
+        state: _UnitState = self.pending[0][0]
+        index = [p[1] for p in self.pending]
+        sources = [p[2] for p in self.pending]
+        arena = w._arenas[self.slot]
+        _add(state.stages, "read", d.read_seconds)
+        _add(state.stages, "decode", d.decode_seconds)
+        stack = None
+        items: list[Any]
+        if d.stacked:
+            shape = d.items[0][2]
+            stack = arena[: len(d.items) * math.prod(shape)].view(len(d.items), *shape)
+            items = list(stack.unbind(0))
+        else:
+            items = []
+            encoded: list[int] = []
+            for k, it in enumerate(d.items):
+                if it[0] == "slot":
+                    items.append(arena[it[1] : it[1] + math.prod(it[2])].view(it[2]))
+                elif it[0] == "encoded":
+                    items.append(None)
+                    encoded.append(k)
+                else:
+                    items.append(it[1])
+            if encoded:  # larger than what was left of the slot: decoded here, in device memory of its own
+                from facefleet.io.gpu_decode import decode_images
+
+                got = decode_images(
+                    [d.items[k][1] for k in encoded],
+                    [sources[k] for k in encoded],
+                    w.device,
+                    decoder=w.spec.profile.decoder,
+                    chunk=w.spec.profile.decode_chunk,
+                )
+                for k, t in zip(encoded, got.items, strict=True):
+                    items[k] = t
+        return _Batch(state, index, sources, items, stack, arena=self.slot, child_bytes=d.device_bytes)
 
 
 class Worker:
@@ -197,6 +259,11 @@ class Worker:
         # back once the networks are done with it: at batch 128 a 1080p batch is 0.8 GB
         self._slots = threading.Semaphore(max(1, spec.profile.batches_in_flight))
         self._write_q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=4)
+        # decoder process (CUDA): its slots of shared device memory and the free ones
+        self._proc: Any = None
+        self._arenas: list[Any] = []
+        self._arena_free: queue_mod.Queue[int] = queue_mod.Queue()
+        self._batch_no = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> int:
@@ -206,7 +273,8 @@ class Worker:
         torch.set_num_threads(max(1, spec.profile.threads))
         local = self.local_device
         self.device = torch.device(local)
-        if self.device.type == "cuda":
+        cuda = self.device.type == "cuda"
+        if cuda:
             torch.cuda.set_device(self.device)
             # the GPU JPEG decoder's set-up (~1-2 s for nvImageCodec) overlaps loading the networks
             from facefleet.io.gpu_decode import jpeg_decoder
@@ -218,6 +286,8 @@ class Worker:
                 daemon=True,
             )
             self._decoder_setup.start()
+        if spec.profile.decode_process:
+            self._start_decoder_process()
         if self._rec is None:
             self._rec = _make_reconstructor(spec, local)
         db = WorkQueue(spec.queue_path)
@@ -247,6 +317,8 @@ class Worker:
             for t in threads[1:]:
                 if t.ident is not None:  # the batcher does not start when the warm-up failed
                     t.join(timeout=60)
+            if self._proc is not None:
+                self._proc.close()
             self._flush_progress(db)
             if self._fatal is not None:
                 with self._held_lock:
@@ -257,6 +329,38 @@ class Worker:
         if self._fatal is not None:
             raise self._fatal
         return EXIT_OK
+
+    def _start_decoder_process(self) -> None:
+        """Slots of device memory (one per batch in flight, sized for ``batch_size`` 1080p frames) and
+        the child that reads and decodes into them; it starts now and finishes setting up while the
+        networks warm up (:meth:`_device_stage` waits for it). Failing that: threads, with a warning."""
+        import torch
+
+        from facefleet.engine.decode_proc import DecoderProcess
+
+        p = self.spec.profile
+        cap = self.batch_size * 3 * 1088 * 1920  # larger images than that go back encoded, decoded here
+        try:
+            slots = max(1, p.batches_in_flight)
+            self._arenas = [torch.empty(cap, dtype=torch.uint8, device=self.device) for _ in range(slots)]
+            if self.device.type == "cpu":  # (tests) shared memory rather than CUDA IPC
+                self._arenas = [a.share_memory_() for a in self._arenas]
+            self._proc = DecoderProcess(
+                self._arenas, decoder=p.decoder, chunk=p.decode_chunk, readers=self.spec.readers
+            ).start()
+        except Exception as e:
+            self._decoder_process_failed(e)
+
+    def _decoder_process_failed(self, e: BaseException) -> None:
+        print(
+            f"facefleet worker {self.spec.name}: no decoder process ({type(e).__name__}: {e}); "
+            "reading and decoding on threads of the worker",
+            file=sys.stderr,
+        )
+        if self._proc is not None:
+            self._proc.close()
+        self._proc = None
+        self._arenas = []
 
     def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
         def wrapped() -> None:
@@ -322,20 +426,9 @@ class Worker:
         return cp is not None and os.getppid() != cp  # coordinator gone: finish up and leave
 
     def _claimer(self) -> None:
-        from facefleet.io.discover import read_bytes
-
         spec = self.spec
         db = WorkQueue(spec.queue_path)
         pool = ThreadPoolExecutor(max(1, spec.readers), thread_name_prefix="reader")
-
-        def read(path: str) -> tuple[Any, float]:
-            t0 = time.perf_counter()
-            try:
-                data: Any = read_bytes(path)
-            except Exception as e:
-                data = e
-            return data, time.perf_counter() - t0
-
         try:
             while not self._stop.is_set():
                 if self._draining(db):
@@ -350,8 +443,8 @@ class Worker:
                     self._held.add(unit.id)
                 n = len(unit.paths)
                 state = _UnitState(unit, time.time(), [None] * n, [None] * n if self.keep_images else [])
-                for i, p in enumerate(unit.paths):
-                    self._put(self._read_q, (state, i, p, pool.submit(read, p)))
+                for i, p in enumerate(unit.paths):  # the decoder process reads for itself
+                    self._put(self._read_q, (state, i, p, None if self._proc else pool.submit(read_file, p)))
                 self._put(self._read_q, _End(state))
                 if unit.retried:  # run a suspect unit alone, so that a crash blames only it
                     while not self._stop.is_set() and unit.id in self._held:
@@ -377,6 +470,13 @@ class Worker:
         batches = ThreadPoolExecutor(threads, thread_name_prefix="batch-decoder")
 
         def submit(batch: list[Any]) -> None:
+            if self._proc is not None:  # the decoder process reads now, decodes once a slot is free
+                no = self._batch_no
+                self._batch_no += 1
+                self._proc.read(no, [p[2] for p in batch])
+                slot = self._get(self._arena_free)
+                self._put(self._gpu_q, _ProcBatch(self, batch, slot, self._proc.decode(no, slot)))
+                return
             if gpu:  # device memory for it, taken in batch order (so no later batch can starve it)
                 while not self._slots.acquire(timeout=0.2):
                     if self._fatal is not None:
@@ -418,8 +518,9 @@ class Worker:
         blobs: list[bytes] = []
         blob_at: list[int] = []
         read_s = 0.0
-        for k, (_, _, _, fut) in enumerate(pending):
-            data, secs = fut.result()
+        for k, (_, _, path, fut) in enumerate(pending):
+            # no read future: queued for a decoder process that then failed to start
+            data, secs = fut.result() if fut is not None else read_file(path)
             read_s += secs
             if isinstance(data, BaseException):
                 items[k] = data
@@ -484,6 +585,7 @@ class Worker:
         if self._decoder_setup is not None:
             self._decoder_setup.join()
         warm = getattr(self._rec, "warmup", None)
+        where = None
         if self.device.type == "cuda" and callable(warm):
             # cuDNN plans and CUDA-graph captures, while the claimer reads the first files; the
             # decoders start after it, so no other thread uses the device during the captures
@@ -492,11 +594,23 @@ class Worker:
             t0 = time.perf_counter()
             warm()
             dec = jpeg_decoder(self.device, self.spec.profile.decoder)  # set up already: cached
-            print(
-                f"facefleet worker {self.spec.name}: networks ready in {time.perf_counter() - t0:.1f} s, "
-                f"JPEG decoder {dec.name if dec is not None else 'Pillow (CPU)'}",
-                file=sys.stderr,
-            )
+            where = f"networks ready in {time.perf_counter() - t0:.1f} s, JPEG decoder "
+            where += dec.name if dec is not None else "Pillow (CPU)"
+        if self._proc is not None:
+            try:
+                child = self._proc.wait_ready().decoder_name
+                where = f"{where}; " if where else ""
+                where += f"reading and decoding in a child process ({child})"
+                for k in range(len(self._arenas)):
+                    self._arena_free.put(k)
+            except Exception as e:
+                self._decoder_process_failed(e)
+        if where:
+            print(f"facefleet worker {self.spec.name}: {where}", file=sys.stderr)
+        # everything allocated so far (torch, the compiled networks: ~750,000 objects) stays for the
+        # whole run: out of the cyclic collector's sight, whose full passes over it took ~0.4 s each
+        gc.collect()
+        gc.freeze()
         if self._sampler is not None:
             self._sampler.start()
         if self._batcher_thread is not None and self._batcher_thread.ident is None:
@@ -544,7 +658,9 @@ class Worker:
             batch.state.batch_seconds.append(secs)
             if self.device.type == "cuda":
                 # the JPEG decoder's own buffers are outside torch's allocator
-                peak = (torch.cuda.max_memory_allocated(self.device) + decoder_memory_bytes()) / 2**20
+                peak = (
+                    torch.cuda.max_memory_allocated(self.device) + decoder_memory_bytes() + batch.child_bytes
+                ) / 2**20
                 batch.state.stages["_peak_mib"] = max(batch.state.stages.get("_peak_mib", 0.0), peak)
             with self._progress_lock:
                 self._progress[0] += len(results)
@@ -568,6 +684,8 @@ class Worker:
                     host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
                     host.copy_(t, non_blocking=True)  # on this stream: the memory is reused after it
                     t, copied = host, True
+                elif isinstance(t, torch.Tensor) and batch.arena is not None:
+                    t = t.clone()  # a view of a slot that the decoder process is about to rewrite
                 items.append(t)
             if copied:
                 batch.host_ready = torch.cuda.Event()
@@ -579,6 +697,23 @@ class Worker:
         if batch.slot:
             batch.slot = False
             self._slots.release()
+        if batch.arena is not None:
+            # the slot is rewritten by the decoder process as soon as it is back: after this stream's
+            # reads of it (and the overlays' copies out of it) are done; nearly always already
+            slot, batch.arena = batch.arena, None
+            if self.device.type != "cuda":
+                self._arena_free.put(slot)
+                return
+            done = torch.cuda.Event()
+            done.record()
+            if done.query():
+                self._arena_free.put(slot)
+            else:
+                threading.Thread(target=self._free_after, args=(done, slot), daemon=True).start()
+
+    def _free_after(self, event: Any, slot: int) -> None:
+        event.synchronize()
+        self._arena_free.put(slot)
 
     def _file_pool(self) -> Any:
         """Executor for per-image files. Meshes and textures (PNG encoding, OBJ text) are CPU work
@@ -771,6 +906,18 @@ _ADD_LOCK = threading.Lock()
 def _add(d: dict[str, float], key: str, v: float) -> None:
     with _ADD_LOCK:  # several reader/writer threads add to the same unit's timings
         d[key] = d.get(key, 0.0) + v
+
+
+def read_file(path: str) -> tuple[Any, float]:
+    """A file's bytes (or the exception reading it raised) and the seconds it took."""
+    from facefleet.io.discover import read_bytes
+
+    t0 = time.perf_counter()
+    try:
+        data: Any = read_bytes(path)
+    except Exception as e:
+        data = e
+    return data, time.perf_counter() - t0
 
 
 def _fail(st: _UnitState, i: int, msg: str) -> None:

@@ -1,0 +1,364 @@
+"""File reading and image decoding of a GPU worker in a child process of its own.
+
+Why a process: a worker's device thread issues ~1,500 torch calls per batch, and every call gives the
+GIL up and must win it back. A decoder thread in the same process (reading 128 files, parsing their
+headers, preparing and running the GPU JPEG decoder's calls) takes the GIL between its own C calls,
+and each hand-over stalls the device thread: on an H200 one batch of 128 1080p frames took 32-40 ms
+alone and 56-59 ms beside a decoder thread paced like a worker's (whatever the decoder: nvImageCodec in
+chunks of 32 or 128, torchvision's nvJPEG), but 36-38 ms beside a decoder in another process decoding
+3,500 img/s (docs/benchmarks.md, seventh session).
+
+The worker allocates ``slots`` (one flat uint8 buffer per batch in flight) in its device memory and
+hands them to the child once, through CUDA IPC (torch.multiprocessing's sharing of CUDA tensors; on
+the CPU, shared memory, which the tests use). Per batch the worker sends the paths as soon as the
+batch is cut (the child starts reading them), then the slot once one is free; the child decodes into
+its own memory, copies the images into the slot (one device copy), waits for its stream and answers
+with where each image lies in the slot.
+Images that do not fit in what is left of the slot (photos much larger than the frames the slot was
+sized for) go back encoded, and the worker decodes those itself. The worker reuses a slot only after
+the kernels that read it are done.
+
+The child exits when the worker's end of its pipe closes (the worker ended, or was killed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+ALIGN = 512  # bytes: each image starts on an aligned offset of its slot
+
+
+@dataclass
+class Decoded:
+    """What the child made of one batch. ``items[k]``: ``("slot", offset, (3, h, w))``, ``("encoded",
+    bytes)`` (decoded, but larger than what was left of the slot: the worker decodes it itself) or
+    ``("error", ImageDecodeError)``; ``stacked``: every image is in the slot, same size, one after the
+    other from offset 0 (the worker views them as one ``(B, 3, H, W)`` tensor). ``device_bytes``: the
+    child's peak device memory (its decoding buffers, outside the slots)."""
+
+    batch: int
+    items: list[tuple[Any, ...]]
+    stacked: bool
+    read_seconds: float
+    decode_seconds: float
+    device_bytes: int = 0
+
+
+class DecoderProcessError(RuntimeError):
+    """The decoder process failed or ended."""
+
+
+class DecoderProcess:
+    """Worker side: starts the child, sends requests, hands out the answers as futures.
+
+    >>> proc = DecoderProcess(slots, decoder="auto", chunk=32, readers=4).start()   # doctest: +SKIP
+    >>> proc.wait_ready()
+    >>> proc.read(7, paths)                 # as soon as batch 7 is cut: the child starts reading
+    >>> fut = proc.decode(7, slot=0)        # once slot 0 is free: Future[Decoded]
+    """
+
+    def __init__(
+        self,
+        slots: Sequence[Any],
+        *,
+        decoder: str = "auto",
+        chunk: int = 32,
+        readers: int = 4,
+        start_timeout: float = 120.0,
+    ) -> None:
+        self.slots = list(slots)
+        self.decoder = decoder
+        self.chunk = int(chunk)
+        self.readers = int(readers)
+        self.start_timeout = float(start_timeout)
+        self._proc: Any = None
+        self._to_child: Any = None
+        self._from_child: Any = None
+        self._futures: dict[int, Future[Decoded]] = {}
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._receiver: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._closing = False
+
+    def start(self) -> DecoderProcess:
+        import multiprocessing as mp
+
+        import torch.multiprocessing  # noqa: F401  (registers the pickling of CUDA / shared tensors)
+
+        ctx = mp.get_context("spawn")
+        req_r, req_w = ctx.Pipe(duplex=False)
+        ans_r, ans_w = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(
+            target=child_main,
+            args=(req_r, ans_w, self.slots, self.decoder, self.chunk, self.readers),
+            name="facefleet-decoder",
+            daemon=True,
+        )
+        self._proc.start()
+        req_r.close()
+        ans_w.close()
+        self._to_child, self._from_child = req_w, ans_r
+        return self
+
+    def wait_ready(self) -> DecoderProcess:
+        """Wait for the child's set-up (imports, CUDA context, JPEG decoder: seconds), so that it
+        overlaps the worker's own (:meth:`start` returns at once)."""
+        ans_r = self._from_child
+        if not ans_r.poll(self.start_timeout):
+            self.close()
+            raise DecoderProcessError(f"the decoder process did not start within {self.start_timeout:.0f} s")
+        try:
+            hello = ans_r.recv()
+        except (EOFError, OSError) as e:
+            self.close()
+            code = self._exitcode()
+            raise DecoderProcessError(f"the decoder process ended while starting (exit code {code})") from e
+        if hello[0] != "ready":
+            self.close()
+            raise DecoderProcessError(f"the decoder process failed to start: {hello[1]}")
+        self.decoder_name = str(hello[1])
+        self._receiver = threading.Thread(target=self._receive, name="decoder-answers", daemon=True)
+        self._receiver.start()
+        return self
+
+    def read(self, batch: int, paths: Sequence[str]) -> None:
+        """Batch ``batch`` is cut: the child starts reading its files."""
+        self._send(("read", batch, list(paths)))
+
+    def decode(self, batch: int, slot: int) -> Future[Decoded]:
+        """Decode batch ``batch`` (announced with :meth:`read`) into slot ``slot``."""
+        fut: Future[Decoded] = Future()
+        with self._lock:
+            if self._error is not None:
+                fut.set_exception(self._error)
+                return fut
+            self._futures[batch] = fut
+        self._send(("decode", batch, int(slot)))
+        return fut
+
+    def _send(self, msg: tuple[Any, ...]) -> None:
+        try:
+            with self._send_lock:
+                self._to_child.send(msg)
+        except (OSError, ValueError) as e:
+            raise DecoderProcessError(f"the decoder process is gone (exit code {self._exitcode()})") from e
+
+    def _receive(self) -> None:
+        err: BaseException | None = None
+        try:
+            while True:
+                msg = self._from_child.recv()
+                if msg[0] == "done":
+                    with self._lock:
+                        fut = self._futures.pop(msg[1].batch, None)
+                    if fut is not None:
+                        fut.set_result(msg[1])
+                elif msg[0] == "failed":
+                    err = DecoderProcessError(f"the decoder process failed: {msg[1]}")
+                    break
+        except (EOFError, OSError):
+            if not self._closing:
+                err = DecoderProcessError(f"the decoder process ended (exit code {self._exitcode()})")
+        if err is None:
+            err = DecoderProcessError("the decoder process was closed")
+        with self._lock:
+            self._error = err
+            pending, self._futures = list(self._futures.values()), {}
+        for fut in pending:
+            fut.set_exception(err)
+
+    def _exitcode(self) -> Any:
+        if self._proc is None:
+            return None
+        self._proc.join(timeout=0.5)
+        return self._proc.exitcode
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._closing = True
+        if self._to_child is not None:
+            with contextlib.suppress(Exception):
+                self._send(("stop",))
+            with contextlib.suppress(Exception):
+                self._to_child.close()
+        if self._proc is not None:
+            self._proc.join(timeout=timeout)
+            if self._proc.is_alive():
+                self._proc.terminate()
+                self._proc.join(timeout=5)
+        if self._receiver is not None:
+            self._receiver.join(timeout=5)
+        if self._from_child is not None:
+            with contextlib.suppress(Exception):
+                self._from_child.close()
+
+
+# -- the child ------------------------------------------------------------------------------------
+def child_main(requests: Any, answers: Any, slots: list[Any], decoder: str, chunk: int, readers: int) -> None:
+    """Entry point of the decoder process."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's
+    try:
+        import torch
+
+        device = slots[0].device
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            from facefleet.io.gpu_decode import jpeg_decoder
+
+            dec = jpeg_decoder(device, decoder)
+            name = dec.name if dec is not None else "Pillow (CPU)"
+        else:
+            name = "Pillow (CPU)"
+        child = _Child(answers, slots, decoder, chunk, readers)
+    except BaseException as e:
+        with contextlib.suppress(Exception):
+            answers.send(("failed", f"{type(e).__name__}: {e}"))
+        os._exit(1)
+    answers.send(("ready", name))
+    code = 0
+    try:
+        child.run(requests)
+    except BaseException as e:
+        traceback.print_exc()
+        with contextlib.suppress(Exception):
+            answers.send(("failed", f"{type(e).__name__}: {e}"))
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class _Child:
+    def __init__(self, answers: Any, slots: list[Any], decoder: str, chunk: int, readers: int) -> None:
+        import queue
+
+        self.answers = answers
+        self.slots = slots
+        self.decoder = decoder
+        self.chunk = chunk
+        self.pool = ThreadPoolExecutor(max(1, readers), thread_name_prefix="reader")
+        self.reads: dict[int, list[tuple[str, Future[Any]]]] = {}
+        self.work: queue.Queue[Any] = queue.Queue()
+
+    def run(self, requests: Any) -> None:
+        """Reads requests on this thread (reads start at once); decodes on another, in order."""
+        worker = threading.Thread(target=self._decode_loop, name="decode", daemon=True)
+        worker.start()
+        try:
+            while True:
+                try:
+                    msg = requests.recv()
+                except (EOFError, OSError):  # the worker is gone
+                    break
+                if msg[0] == "read":
+                    self.reads[msg[1]] = [(p, self.pool.submit(_read, p)) for p in msg[2]]
+                elif msg[0] == "decode":
+                    self.work.put((msg[1], msg[2], self.reads.pop(msg[1])))
+                elif msg[0] == "stop":
+                    break
+        finally:
+            self.work.put(None)
+            worker.join()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        if self._failure is not None:
+            raise self._failure
+
+    _failure: BaseException | None = None
+
+    def _decode_loop(self) -> None:
+        try:
+            while True:
+                job = self.work.get()
+                if job is None:
+                    return
+                batch, slot, reads = job
+                self.answers.send(("done", self._decode(batch, self.slots[slot], reads)))
+        except BaseException as e:  # reported by run(), which then ends the process
+            self._failure = e
+            with contextlib.suppress(Exception):
+                self.answers.send(("failed", f"{type(e).__name__}: {e}"))
+
+    def _decode(self, batch: int, slot: Any, reads: list[tuple[str, Future[Any]]]) -> Decoded:
+        import torch
+
+        from facefleet.io.decode import ImageDecodeError
+        from facefleet.io.gpu_decode import decode_images
+
+        sources = [p for p, _ in reads]
+        items: list[tuple[Any, ...] | None] = [None] * len(reads)
+        blobs: list[bytes] = []
+        at: list[int] = []
+        read_s = 0.0
+        for k, (path, fut) in enumerate(reads):
+            data, secs = fut.result()
+            read_s += secs
+            if isinstance(data, BaseException):
+                items[k] = ("error", _as_decode_error(path, data))
+            else:
+                blobs.append(data)
+                at.append(k)
+        t0 = time.perf_counter()
+        stacked = False
+        if blobs:
+            names = [sources[k] for k in at]
+            got = decode_images(blobs, names, slot.device, decoder=self.decoder, stack=True, chunk=self.chunk)
+            cap = int(slot.numel())
+            off = 0
+            if got.stack is not None and len(at) == len(reads) and got.stack.numel() <= cap:
+                n = int(got.stack.numel())
+                slot[:n].view(got.stack.shape).copy_(got.stack)
+                per = n // len(at)
+                shape = tuple(int(s) for s in got.stack.shape[1:])
+                for j, k in enumerate(at):
+                    items[k] = ("slot", j * per, shape)
+                stacked = True
+            else:
+                for j, (k, t) in enumerate(zip(at, got.items, strict=True)):
+                    if isinstance(t, ImageDecodeError):
+                        items[k] = ("error", t)
+                        continue
+                    n = int(t.numel())
+                    if off + n <= cap:
+                        slot[off : off + n].view(t.shape).copy_(t)
+                        items[k] = ("slot", off, tuple(int(s) for s in t.shape))
+                        off += -(-n // ALIGN) * ALIGN
+                    else:  # does not fit: the worker decodes it
+                        items[k] = ("encoded", blobs[j])
+            del got
+            if slot.device.type == "cuda":
+                torch.cuda.current_stream(slot.device).synchronize()
+        done: list[tuple[Any, ...]] = []
+        for it in items:
+            assert it is not None
+            done.append(it)
+        dev_bytes = 0
+        if slot.device.type == "cuda":
+            from facefleet.io.gpu_decode import decoder_memory_bytes
+
+            dev_bytes = torch.cuda.max_memory_allocated(slot.device) + decoder_memory_bytes()
+        return Decoded(batch, done, stacked, read_s, time.perf_counter() - t0, dev_bytes)
+
+
+def _read(path: str) -> tuple[Any, float]:
+    from facefleet.engine.worker import read_file
+
+    return read_file(path)
+
+
+def _as_decode_error(path: str, e: BaseException) -> Any:
+    """A picklable error with the manifest's wording (``ImageDecodeError.reason``)."""
+    from facefleet.engine.worker import error_text
+    from facefleet.io.decode import ImageDecodeError
+
+    return e if isinstance(e, ImageDecodeError) else ImageDecodeError(path, error_text(e))

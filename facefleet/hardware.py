@@ -100,6 +100,12 @@ class DeviceProfile:
 # (docs/benchmarks.md). Each process holds its own CUDA context, batches and graphs (~3 GB allocated at
 # batch 128 on 1080p, more by NVML), so only cards with room for it (>= 32 GB) and hosts with >= 4 cores
 # per worker get two.
+#
+# That was with reading and decoding on threads of the worker ([gpu] decode_process = false), whose GIL
+# hand-overs were most of what a second process filled. With the decoder process (the default) one
+# worker per GPU measured the same as two on an H200 (2,200 / 2,425 img/s against 2,050 / 2,444, two
+# runs, 8,000 images; docs/benchmarks.md, seventh session) at half the memory (2.9 against 5.7 GB) and
+# one compilation: plan_devices then asks for one.
 BIG_GPU_WORKERS = 2
 BIG_GPU_MIN_BYTES = 32 << 30
 
@@ -347,7 +353,10 @@ def plan_devices(
         prec = over.get("precision", prec0)
         if batch_size or precision:
             src = "cli"
-        per_gpu = int(gpu_workers or over.get("workers") or default_gpu_workers(spec, len(gpus)))
+        decode_process = bool(over.get("decode_process", True))
+        # with the decoder process one worker per GPU runs as fast as two (default_gpu_workers' note)
+        default = 1 if decode_process else default_gpu_workers(spec, len(gpus))
+        per_gpu = int(gpu_workers or over.get("workers") or default)
         _check_overrides(over, "[gpu]")  # also a config given as a mapping rather than a file
         decoder = str(over.get("decoder", "auto"))
         if per_gpu < 1:
@@ -363,7 +372,7 @@ def plan_devices(
                 memory_bytes=spec.memory_bytes,
                 **{k: int(over[k]) for k in ("batches_in_flight", "decode_chunk") if k in over},
                 compile=bool(over.get("compile", True)),
-                decode_process=bool(over.get("decode_process", True)),
+                decode_process=decode_process,
                 capability=spec.capability,
                 source=src,
             )

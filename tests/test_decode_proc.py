@@ -145,7 +145,7 @@ def test_engine_run_through_a_decoder_process_matches_threads(tmp_path: Path) ->
     for mode in (False, True):
         out = tmp_path / f"out{int(mode)}"
         summary = run(
-            str(inp), out, devices="cpu", workers=1, batch_size=8, unit_size=12, quiet=True,
+            str(inp), out, devices="cpu", workers=1, batch_size=2, unit_size=12, quiet=True,
             formats=["overlay"], config={"cpu": {"decode_process": mode}},
             log_json=tmp_path / f"{mode}.jsonl",
         )  # fmt: skip

@@ -133,8 +133,10 @@ def test_describe_devices_lists_cpu() -> None:
 
 
 def test_plan_gpu_workers_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Big cards on hosts with the cores for it get two worker processes each (they fill each other's
-    host-side gaps); small cards or few cores get one; config and CLI override; names stay unique."""
+    """One worker process per GPU, reading and decoding in a child process of its own; without that
+    child (decode_process = false), big cards on hosts with the cores for it get two worker processes
+    each (they fill each other's host-side gaps); small cards or few cores get one; config and CLI
+    override; names stay unique."""
     from facefleet.engine.runner import worker_names
 
     _fake_gpus(
@@ -142,10 +144,17 @@ def test_plan_gpu_workers_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     monkeypatch.setattr(hardware, "cpu_count", lambda: 32)
     plan = plan_devices("all")
+    assert [p.device for p in plan] == ["cuda:0", "cuda:1"] and all(p.decode_process for p in plan)
+    threads = {"gpu": {"decode_process": False}}
+    plan = plan_devices("all", config=threads)
     assert [p.device for p in plan] == ["cuda:0", "cuda:0", "cuda:1"]
-    assert worker_names(plan) == ["gpu0", "gpu0.1", "gpu1"]
+    assert worker_names(plan) == ["gpu0", "gpu0.1", "gpu1"] and not any(p.decode_process for p in plan)
     monkeypatch.setattr(hardware, "cpu_count", lambda: 8)  # 8 cores for 2 GPUs: one worker each
-    assert [p.device for p in plan_devices("all")] == ["cuda:0", "cuda:1"]
+    assert [p.device for p in plan_devices("all", config=threads)] == ["cuda:0", "cuda:1"]
+    assert not plan_devices("cpu")[0].decode_process  # CPU workers: threads unless [cpu] says so
+    assert plan_devices("cpu", config={"cpu": {"decode_process": True}})[0].decode_process
+    with pytest.raises(ValueError, match="decode_process must be true or false"):
+        plan_devices("0", config={"gpu": {"decode_process": "yes"}})
     assert [p.device for p in plan_devices("0", config={"gpu": {"workers": 3}})] == ["cuda:0"] * 3
     assert [p.device for p in plan_devices("0,1", gpu_workers=2)] == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
     assert worker_names(plan_devices("1", gpu_workers=3)) == ["gpu1", "gpu1.1", "gpu1.2"]

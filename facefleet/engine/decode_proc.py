@@ -234,6 +234,14 @@ def child_main(requests: Any, answers: Any, slots: list[Any], decoder: str, chun
         with contextlib.suppress(Exception):
             answers.send(("failed", f"{type(e).__name__}: {e}"))
         code = 1
+    # let go of the worker's slots (CUDA IPC counts the references of other processes: a child that
+    # leaves without this makes the worker warn at its exit)
+    child.slots.clear()
+    slots.clear()
+    del child
+    import gc
+
+    gc.collect()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -342,6 +342,8 @@ class Worker:
         cap = self.batch_size * 3 * 1088 * 1920  # larger images than that go back encoded, decoded here
         try:
             slots = max(1, p.batches_in_flight)
+            if self.device.type == "cpu":
+                _check_shared_memory(slots * cap)
             self._arenas = [torch.empty(cap, dtype=torch.uint8, device=self.device) for _ in range(slots)]
             if self.device.type == "cpu":  # (tests) shared memory rather than CUDA IPC
                 self._arenas = [a.share_memory_() for a in self._arenas]
@@ -906,6 +908,19 @@ _ADD_LOCK = threading.Lock()
 def _add(d: dict[str, float], key: str, v: float) -> None:
     with _ADD_LOCK:  # several reader/writer threads add to the same unit's timings
         d[key] = d.get(key, 0.0) + v
+
+
+def _check_shared_memory(need: int) -> None:
+    """CPU slots live in /dev/shm, which containers often keep small (64 MB): a child writing past what
+    is there dies of SIGBUS, so ask first."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return
+    if free < need * 1.1:
+        raise OSError(f"/dev/shm has {free >> 20} MiB free, the decoder process needs {need >> 20} MiB")
 
 
 def read_file(path: str) -> tuple[Any, float]:

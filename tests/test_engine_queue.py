@@ -9,6 +9,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
@@ -175,7 +176,11 @@ def test_manifest_rows_and_dataset(tmp_path: Path) -> None:
     write_unit(tmp_path, "u2", [ImageResult("d.jpg", 8, 8)])  # rewrite replaces, never appends
     table = ds.dataset(tmp_path / "manifest", format="parquet").to_table()
     assert table.num_rows == 5
-    assert read_manifest(tmp_path).num_rows == 5
+    back = read_manifest(tmp_path)
+    assert back.num_rows == 5 and back.to_pylist()[2:4] == rows[2:4]  # null lists read back as null
+    # no fixed-size lists: Arrow's Parquet reader could not read null ones until mid-2026 (arrow#35692),
+    # and the no-face rows are null
+    assert not any(pa.types.is_fixed_size_list(f.type) for f in SCHEMA)
     assert not [p for p in os.listdir(tmp_path / "manifest") if not p.endswith(".parquet")]
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
@@ -66,6 +66,20 @@ ab)  # this tree against an older one on one corpus and machine (the lent machin
     if [ $v = old ]; then cd "$here"; unset PYTHONPATH; fi
   done
   ;;
+gil)  # what a worker's other threads cost its device thread (docs/benchmarks.md, seventh session)
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', 1024, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  python3 tools/probe_gil.py --corpus /tmp/ffcorpus 2>&1 | tee "$OUT/gil.txt"
+  ;;
+decodeproc)  # reading and decoding in a child process against threads of the worker, one machine
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  python3 -m pytest -q -p no:cacheprovider tests/test_decode_proc.py 2>&1 | tail -2
+  printf '[gpu]\ndecode_process = false\n' > /tmp/threads.toml
+  for v in proc threads proc; do  # twice: the spread of one setting shows the noise
+    cfg=""; [ $v = threads ] && cfg="--config /tmp/threads.toml"
+    facefleet bench --corpus /tmp/ffcorpus --baselines engine --gpu-workers "${GPU_WORKERS:-1,2}" $cfg \
+      ${FILES:+--formats obj,png} --json "$OUT/decodeproc_$v.json" 2>&1 | grep "facefleet run"
+  done
+  ;;
 compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
   python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_mesh.py \
@@ -78,5 +92,5 @@ compile)  # torch.compile's kernels against the eager ones: kernel time, agreeme
       --json "$OUT/compile_$c.json" 2>&1 | grep "facefleet run ("
   done
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile" >&2; exit 2 ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc" >&2; exit 2 ;;
 esac

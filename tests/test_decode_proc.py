@@ -26,6 +26,12 @@ def _jpeg(arr: np.ndarray, path: Path) -> str:
     return str(path)
 
 
+def _astronaut() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut()
+
+
 def _views(d, slot: torch.Tensor) -> list:  # what the worker makes of an answer
     out = []
     for it in d.items:
@@ -90,10 +96,19 @@ def test_images_larger_than_the_slot_come_back_encoded(tmp_path: Path, astronaut
     try:
         proc.read(5, [small, big])
         d = proc.decode(5, 0).result(timeout=60)
+        assert [it[0] for it in d.items] == ["slot", "encoded"]
+        assert d.items[1][1] == Path(big).read_bytes()
+        assert d.needed == -(-3 * 100 * 100 // 512) * 512 + 3 * 512 * 512  # both images, aligned
+        # the worker grows the slot (while it holds it free): the same batch then fits
+        bigger = torch.zeros(d.needed, dtype=torch.uint8).share_memory_()
+        proc.replace_slot(0, bigger)
+        proc.read(6, [small, big])
+        again = proc.decode(6, 0).result(timeout=60)
     finally:
         proc.close()
-    assert [it[0] for it in d.items] == ["slot", "encoded"]
-    assert d.items[1][1] == Path(big).read_bytes()
+    assert [it[0] for it in again.items] == ["slot", "slot"]
+    got = _views(again, bigger)[1]
+    assert torch.equal(got, torch.from_numpy(decode_image(Path(big).read_bytes(), big)).permute(2, 0, 1))
 
 
 def test_a_dead_decoder_process_fails_its_batches(tmp_path: Path, astronaut: np.ndarray, slots) -> None:
@@ -139,6 +154,9 @@ def test_engine_run_through_a_decoder_process_matches_threads(tmp_path: Path) ->
 
     inp = tmp_path / "in"
     make_corpus(inp, 20)
+    # larger than the slots (sized for batch_size 1080p frames): decoded by the worker, then the slot grows
+    big = np.asarray(Image.fromarray(np.ascontiguousarray(_astronaut())).resize((2800, 1800)))
+    _jpeg(big, inp / "d2" / "big.jpg")
     (inp / "d0" / "empty.jpg").write_bytes(b"")
     (inp / "d1" / "notes.jpg").write_text("not an image")
     tables = {}
@@ -149,7 +167,7 @@ def test_engine_run_through_a_decoder_process_matches_threads(tmp_path: Path) ->
             formats=["overlay"], config={"cpu": {"decode_process": mode}},
             log_json=tmp_path / f"{mode}.jsonl",
         )  # fmt: skip
-        assert summary.images == 22 and summary.failed == 2
+        assert summary.images == 23 and summary.failed == 2
         tables[mode] = {
             (r["source"], r["face_index"]): r for r in read_manifest(out).to_pylist()
         }  # fmt: skip

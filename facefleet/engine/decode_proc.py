@@ -43,7 +43,8 @@ class Decoded:
     bytes)`` (decoded, but larger than what was left of the slot: the worker decodes it itself) or
     ``("error", ImageDecodeError)``; ``stacked``: every image is in the slot, same size, one after the
     other from offset 0 (the worker views them as one ``(B, 3, H, W)`` tensor). ``device_bytes``: the
-    child's peak device memory (its decoding buffers, outside the slots)."""
+    child's peak device memory (its decoding buffers, outside the slots); ``needed``: the slot size
+    that would have held every image of the batch (the worker grows a slot that was too small)."""
 
     batch: int
     items: list[tuple[Any, ...]]
@@ -51,6 +52,7 @@ class Decoded:
     read_seconds: float
     decode_seconds: float
     device_bytes: int = 0
+    needed: int = 0  # slot bytes the batch would have needed for all its images
 
 
 class DecoderProcessError(RuntimeError):
@@ -145,6 +147,12 @@ class DecoderProcess:
             self._futures[batch] = fut
         self._send(("decode", batch, int(slot)))
         return fut
+
+    def replace_slot(self, slot: int, tensor: Any) -> None:
+        """Slot ``slot`` is ``tensor`` from now on (a larger one). Only for a slot the worker holds free:
+        the child is not decoding into it, and decodes into the new one from the next request on."""
+        self.slots[slot] = tensor
+        self._send(("slot", int(slot), tensor))
 
     def _send(self, msg: tuple[Any, ...]) -> None:
         try:
@@ -273,6 +281,8 @@ class _Child:
                     self.reads[msg[1]] = [(p, self.pool.submit(_read, p)) for p in msg[2]]
                 elif msg[0] == "decode":
                     self.work.put((msg[1], msg[2], self.reads.pop(msg[1])))
+                elif msg[0] == "slot":  # a larger slot (the decode thread reads the list per batch)
+                    self.slots[msg[1]] = msg[2]
                 elif msg[0] == "stop":
                     break
         finally:
@@ -318,11 +328,17 @@ class _Child:
                 at.append(k)
         t0 = time.perf_counter()
         stacked = False
+        needed = 0
         if blobs:
             names = [sources[k] for k in at]
             got = decode_images(blobs, names, slot.device, decoder=self.decoder, stack=True, chunk=self.chunk)
             cap = int(slot.numel())
             off = 0
+            if got.stack is not None and len(at) == len(reads):
+                needed = int(got.stack.numel())
+            else:
+                sizes = [int(t.numel()) for t in got.items if isinstance(t, torch.Tensor)]
+                needed = sum(-(-n // ALIGN) * ALIGN for n in sizes)
             if got.stack is not None and len(at) == len(reads) and got.stack.numel() <= cap:
                 n = int(got.stack.numel())
                 slot[:n].view(got.stack.shape).copy_(got.stack)
@@ -355,7 +371,7 @@ class _Child:
             from facefleet.io.gpu_decode import decoder_memory_bytes
 
             dev_bytes = torch.cuda.max_memory_allocated(slot.device) + decoder_memory_bytes()
-        return Decoded(batch, done, stacked, read_s, time.perf_counter() - t0, dev_bytes)
+        return Decoded(batch, done, stacked, read_s, time.perf_counter() - t0, dev_bytes, needed)
 
 
 def _read(path: str) -> tuple[Any, float]:

@@ -169,6 +169,7 @@ class _Batch:
     host_ready: Any = None  # CUDA event: the pinned host copies of the images (overlays) are complete
     arena: int | None = None  # the shared slot (decoder process) holding the images, freed after the batch
     child_bytes: int = 0  # the decoder process's own peak device memory
+    arena_need: int = 0  # bytes of the slot the batch would have needed (a smaller slot grows)
 
 
 _STOP = object()
@@ -224,7 +225,9 @@ class _ProcBatch:
                 )
                 for k, t in zip(encoded, got.items, strict=True):
                     items[k] = t
-        return _Batch(state, index, sources, items, stack, arena=self.slot, child_bytes=d.device_bytes)
+        batch = _Batch(state, index, sources, items, stack, arena=self.slot, child_bytes=d.device_bytes)
+        batch.arena_need = d.needed
+        return batch
 
 
 class Worker:
@@ -263,6 +266,7 @@ class Worker:
         self._proc: Any = None
         self._arenas: list[Any] = []
         self._arena_free: queue_mod.Queue[int] = queue_mod.Queue()
+        self._grow_warned = False
         self._batch_no = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -704,17 +708,47 @@ class Worker:
             # reads of it (and the overlays' copies out of it) are done; nearly always already
             slot, batch.arena = batch.arena, None
             if self.device.type != "cuda":
-                self._arena_free.put(slot)
+                self._free_arena(slot, batch.arena_need)
                 return
             done = torch.cuda.Event()
             done.record()
             if done.query():
-                self._arena_free.put(slot)
+                self._free_arena(slot, batch.arena_need)
             else:
-                threading.Thread(target=self._free_after, args=(done, slot), daemon=True).start()
+                threading.Thread(
+                    target=self._free_after, args=(done, slot, batch.arena_need), daemon=True
+                ).start()
 
-    def _free_after(self, event: Any, slot: int) -> None:
+    def _free_after(self, event: Any, slot: int, need: int) -> None:
         event.synchronize()
+        self._free_arena(slot, need)
+
+    def _free_arena(self, slot: int, need: int) -> None:
+        """Slot ``slot`` back to the batcher; first made large enough for a batch like the last one,
+        whose images did not all fit (photos larger than the 1080p frames it was sized for: the
+        overflow is decoded on the device thread, slowly). Growing is best effort: without the memory
+        the slot stays as it is."""
+        import torch
+
+        old = self._arenas[slot]
+        if need > old.numel() and self._proc is not None:
+            size = -(-int(need * 1.1) // (64 << 20)) * (64 << 20)
+            try:
+                if old.device.type == "cpu":
+                    _check_shared_memory(size)
+                new = torch.empty(size, dtype=torch.uint8, device=old.device)
+                if old.device.type == "cpu":
+                    new.share_memory_()
+                self._proc.replace_slot(slot, new)
+                self._arenas[slot] = new
+            except (torch.OutOfMemoryError, OSError) as e:
+                if not self._grow_warned:
+                    self._grow_warned = True
+                    print(
+                        f"facefleet worker {self.spec.name}: cannot grow a decode slot to {size >> 20} MiB "
+                        f"({type(e).__name__}: {e}); larger images are decoded on the networks' thread",
+                        file=sys.stderr,
+                    )
         self._arena_free.put(slot)
 
     def _file_pool(self) -> Any:

@@ -301,7 +301,11 @@ class _Child:
                 if job is None:
                     return
                 batch, slot, reads = job
-                self.answers.send(("done", self._decode(batch, self.slots[slot], reads)))
+                done = self._decode(batch, self.slots[slot], reads)
+                try:
+                    self.answers.send(("done", done))
+                except OSError:  # the worker stopped listening (it is ending): nothing to report
+                    return
         except BaseException as e:  # reported by run(), which then ends the process
             self._failure = e
             with contextlib.suppress(Exception):

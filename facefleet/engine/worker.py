@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import gc
 import importlib
 import os
@@ -715,9 +716,8 @@ class Worker:
             if done.query():
                 self._free_arena(slot, batch.arena_need)
             else:
-                threading.Thread(
-                    target=self._free_after, args=(done, slot, batch.arena_need), daemon=True
-                ).start()
+                free = functools.partial(self._free_after, done, slot, batch.arena_need)
+                threading.Thread(target=self._guard(free), name="slot-release", daemon=True).start()
 
     def _free_after(self, event: Any, slot: int, need: int) -> None:
         event.synchronize()
@@ -741,7 +741,7 @@ class Worker:
                     new.share_memory_()
                 self._proc.replace_slot(slot, new)
                 self._arenas[slot] = new
-            except (torch.OutOfMemoryError, OSError) as e:
+            except Exception as e:  # out of (shared) memory, or the child could not map it
                 if not self._grow_warned:
                     self._grow_warned = True
                     print(

@@ -186,17 +186,9 @@ class Reconstructor:
             if callable(warm):
                 warm()
         if self.device.type == "cuda":
-            from facefleet.mesh import pack_images, sample_bilinear
+            from facefleet.mesh.sampling import warm_up_gather
 
-            # the crop and texture gathers' torch.compile code (when on): compiled now, not on a batch
-            planar = torch.zeros(2, 3, 8, 8, dtype=torch.uint8, device=self.device)
-            idx = torch.tensor([0, 1], device=self.device)
-            xy = torch.rand(2, 5, 2, device=self.device) * 8
-            for images in (planar, planar.contiguous(memory_format=torch.channels_last)):  # both layouts
-                for scale in (1 / 255.0, 1.0):
-                    sample_bilinear(
-                        pack_images(images), idx, xy, "border", scale=scale, compiled=self.mesher.compiled
-                    )
+            warm_up_gather(self.device, compiled=self.mesher.compiled)  # crops and textures
             torch.cuda.synchronize(self.device)
 
     def __call__(

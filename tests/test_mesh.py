@@ -340,3 +340,49 @@ def test_compiled_gather_matches_eager_on_cuda(astronaut: np.ndarray) -> None:
                 got = sample_bilinear(pack, idx, xy, mode, compiled=True, scale=0.5)
                 torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-3)
     assert sampling._COMPILED.get("fn") is not False, "compilation failed and fell back to eager"
+
+
+def test_compiled_gather_compiles_once_per_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After ``warm_up_gather`` no call recompiles (each took seconds, mid-run: the engine's first batch,
+    a per-image loop's first single-face image): not one image or one face (torch specialises sizes 0
+    and 1), not a batch that is a view into a decoder slot (torch guarded on the inputs' bases), not
+    lists of images of several sizes. Counted with a compiler that only counts graphs (no C++ needed)."""
+    import torch._dynamo
+
+    from facefleet.mesh import pack_images, sample_bilinear, sampling
+
+    graphs: list[int] = []
+
+    def counting(gm: torch.fx.GraphModule, example_inputs: object) -> object:
+        graphs.append(1)
+        return gm.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setitem(
+        sampling._COMPILED, "fn", torch.compile(sampling._sample_meta, dynamic=True, backend=counting)
+    )
+    try:
+        sampling.warm_up_gather("cpu", compiled=True)
+        assert len(graphs) == 2  # one per memory layout
+        g = torch.Generator().manual_seed(5)
+        frames = torch.randint(0, 256, (4, 3, 64, 96), dtype=torch.uint8, generator=g)
+        slot = torch.randint(0, 256, (200_000,), dtype=torch.uint8, generator=g)
+        for hwc in (False, True):
+            b = frames.contiguous(memory_format=torch.channels_last) if hwc else frames
+            in_slot = slot[: 6 * 3 * 64 * 96].view(6, 3, 64, 96)
+            if hwc:
+                in_slot = slot[: 6 * 3 * 64 * 96].view(6, 64, 96, 3).permute(0, 3, 1, 2)
+            for images, n, p, scale in (
+                (b, 3, 100, 1 / 255.0), (b, 5, 300, 1.0), (b[:1], 1, 100, 1 / 255.0), (b, 1, 50, 1.0),
+                (b[:1], 2, 100, 1 / 255.0), (b[:2], 2, 2, 1 / 255.0), (in_slot, 6, 6, 1 / 255.0),
+                ([in_slot[0], in_slot[1][:, :50, :70]], 3, 9, 1.0), ([in_slot[2]], 1, 9, 1 / 255.0),
+            ):  # fmt: skip
+                pack = pack_images(images)
+                idx = torch.randint(0, len(pack), (n,), generator=g)
+                xy = torch.rand(n, p, 2, generator=g) * 80 - 5
+                got = sample_bilinear(pack, idx, xy, "border", scale=scale, compiled=True, regions=False)
+                ref = sample_bilinear(pack, idx, xy, "border", scale=scale, compiled=False, regions=False)
+                torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+        assert len(graphs) == 2, "a call recompiled the gather"
+    finally:
+        torch._dynamo.reset()

@@ -23,7 +23,7 @@ from torch import Tensor
 from facefleet.detect.views import is_hwc
 from facefleet.models import compile_available
 
-__all__ = ["ImagePack", "pack_images", "sample_bilinear"]
+__all__ = ["ImagePack", "pack_images", "sample_bilinear", "warm_up_gather"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class ImagePack:
     width: Tensor
     sizes: tuple[tuple[int, int], ...]
     hwc: bool = False
+    meta: Tensor | None = None  # (3, B): the rows offset, height, width are views of
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -72,7 +73,7 @@ def pack_images(images: Tensor | Sequence[Tensor], device: torch.device | str | 
         starts.append(starts[-1] + 3 * h * w)
     meta = torch.tensor([starts, [h for h, _ in sizes], [w for _, w in sizes]], dtype=torch.long)
     meta = meta.to(dev)  # one host-to-device copy
-    return ImagePack(data, meta[0], meta[1], meta[2], sizes, hwc)
+    return ImagePack(data, meta[0], meta[1], meta[2], sizes, hwc, meta)
 
 
 def sample_bilinear(
@@ -121,6 +122,24 @@ def sample_bilinear(
     return out
 
 
+def warm_up_gather(device: torch.device | str, compiled: bool | None = None) -> None:
+    """Compile :func:`sample_bilinear`'s ``torch.compile`` path (when ``compiled``, default as there) now
+    rather than on a batch: both memory layouts (decoded batches are planar, arrays from the host
+    interleaved), both scales (crops, textures). Every size of the two calls per layout differs from the
+    others and from the code's constants (2 for x, y; 3 channels): torch ties equal sizes together when
+    it traces and then compiles them as fixed, and the first real batch recompiled (seconds)."""
+    dev = torch.device(device)
+    for hwc in (False, True):
+        for b, n, p, scale in ((5, 6, 7, 1 / 255.0), (9, 10, 11, 1.0)):
+            images = torch.zeros(b, 3, 13 + b, 17 + b, dtype=torch.uint8, device=dev)
+            if hwc:
+                images = images.contiguous(memory_format=torch.channels_last)
+            idx = torch.arange(n, device=dev) % b
+            xy = torch.rand(n, p, 2, device=dev) * 12
+            pack = pack_images(images)
+            sample_bilinear(pack, idx, xy, "border", scale=scale, compiled=compiled, regions=False)
+
+
 _COMPILED: dict[str, Any] = {}  # "fn": the compiled gather path (made on first use), False once it failed
 
 
@@ -131,10 +150,23 @@ def _compiled_sample(
     faces and image size); :func:`_sample` from the first compiler failure on, with a warning."""
     fn = _COMPILED.get("fn")
     if fn is None:
-        fn = _COMPILED["fn"] = torch.compile(_sample_tensors, dynamic=True)
+        fn = _COMPILED["fn"] = torch.compile(_sample_meta, dynamic=True)
     if fn is not False:
         try:
-            return _sample(pack, idx, xy, padding_mode, float(scale), fn)
+            # Every call must match the one compiled graph (a recompilation takes seconds, mid-run):
+            # torch.compile specialises sizes 0 and 1, so below 2 point sets or images the last one is
+            # repeated; and it guards on the tensors that inputs are views of (a batch in a decoder slot,
+            # the warm-up's own images), so the inputs go in detached (same memory, no base)
+            n = int(idx.shape[0])
+            meta = pack.meta if pack.meta is not None else torch.stack([pack.offset, pack.height, pack.width])
+            if n < 2:
+                idx, xy = torch.cat([idx, idx[-1:]]), torch.cat([xy, xy[-1:]])
+            if meta.shape[1] < 2:
+                meta = torch.cat([meta, meta[:, -1:]], 1)
+            border = padding_mode == "border"
+            args = (t.detach() for t in (pack.data, meta, idx, xy))
+            out = fn(*args, pack.hwc, border, float(scale))
+            return out[:n] if n < 2 else out
         except torch.OutOfMemoryError:  # the engine halves the batch
             raise
         except Exception as exc:  # a compiler failure (no Triton, an unsupported build)
@@ -195,6 +227,14 @@ def _sample(
     return (fn or _sample_tensors)(
         pack.data, pack.offset, pack.height, pack.width, idx, xy, pack.hwc, padding_mode == "border", scale
     )
+
+
+def _sample_meta(
+    data: Tensor, meta: Tensor, idx: Tensor, xy: Tensor, hwc: bool, border: bool, scale: float
+) -> Tensor:
+    """:func:`_sample_tensors` with the pack's offsets, heights and widths as the rows of one ``(3, B)``
+    tensor (the compiled form's input: no views in it)."""
+    return _sample_tensors(data, meta[0], meta[1], meta[2], idx, xy, hwc, border, scale)
 
 
 def _sample_tensors(

@@ -267,7 +267,10 @@ class Reconstructor:
         if len(images) == 0:
             return []
         self._events.clear()  # events of a batch that raised (e.g. out of memory) are not this one's
-        sizes = [(int(t.shape[-1]), int(t.shape[-2])) for t in images]
+        if isinstance(images, torch.Tensor) and images.ndim == 4:  # no view per image
+            sizes = [(int(images.shape[-1]), int(images.shape[-2]))] * int(images.shape[0])
+        else:
+            sizes = [(int(t.shape[-1]), int(t.shape[-2])) for t in images]
         if (
             not isinstance(images, torch.Tensor)
             and len(images) > 1

@@ -233,6 +233,13 @@ def test_detector_min_score_and_max_faces() -> None:
     assert len(FaceDetector(model="short", net=net)([img, torch.zeros_like(img)])) == 1
     with pytest.raises(ValueError, match="uint8"):
         FaceDetector(model="short", net=net)([img.float()])
+    # a (B, 3, H, W) batch is validated once, not image by image: the same errors
+    with pytest.raises(ValueError, match="uint8"):
+        FaceDetector(model="short", net=net)(img[None].float())
+    with pytest.raises(ValueError, match="empty image"):
+        FaceDetector(model="short", net=net)(img[None, :, :0])
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        FaceDetector(model="short", net=net)(img[None, :2])
     with pytest.raises(ValueError, match="model"):
         FaceDetector(model="tiny")
     with pytest.raises(ValueError, match="auto"):

@@ -46,7 +46,7 @@ from facefleet.detect.views import (
     stack_images,
 )
 
-__all__ = ["Detections", "FaceDetector", "ImageBatch", "as_image_list", "tile_grid"]
+__all__ = ["Detections", "FaceDetector", "ImageBatch", "as_image_list", "image_count", "tile_grid"]
 
 Net = Callable[[Tensor], Sequence[Tensor]]
 ImageBatch = Union[Tensor, Sequence[Tensor]]  # noqa: UP007 (a runtime alias)
@@ -115,6 +115,21 @@ def as_image_list(images: ImageBatch, device: torch.device | None = None) -> lis
         if device is not None and not _same_device(im.device, device):
             raise ValueError(f"image {i}: on {im.device}, the detector runs on {device}")
     return out
+
+
+def image_count(images: ImageBatch, device: torch.device | None = None) -> int:
+    """Validate images as :func:`as_image_list` does and count them; a ``(B, 3, H, W)`` batch is checked
+    once, not image by image (no ``B`` views of it: the engine's batches of 128 went through this
+    three times per batch)."""
+    if isinstance(images, Tensor) and images.ndim == 4 and images.shape[1] == 3:
+        if images.dtype != torch.uint8:
+            raise ValueError(f"image 0: expected dtype uint8, got {images.dtype}")
+        if images.shape[2] == 0 or images.shape[3] == 0:
+            raise ValueError(f"image 0: empty image of shape {tuple(images.shape[1:])}")
+        if device is not None and not _same_device(images.device, device):
+            raise ValueError(f"image 0: on {images.device}, the detector runs on {device}")
+        return int(images.shape[0])
+    return len(as_image_list(images, device))
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -428,10 +443,11 @@ class FaceDetector:
     def __call__(self, images: ImageBatch) -> Detections:
         """Detect faces in ``(B, 3, H, W)`` uint8 or a list of ``(3, H, W)`` uint8 tensors (any sizes)."""
         batch = images if isinstance(images, Tensor) and images.ndim == 4 else None
-        imgs = as_image_list(images, self.device)
-        if batch is not None and not _same_device(batch.device, self.device):
-            raise ValueError(f"images on {batch.device}, the detector runs on {self.device}")
-        n = len(imgs)
+        if batch is not None:
+            n, imgs = image_count(batch, self.device), []
+        else:
+            imgs = as_image_list(images, self.device)
+            n = len(imgs)
         groups = self._groups(imgs, batch)
         letterboxes = self._whole_letterboxes(groups)
         cands = {}

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from facefleet.detect.detector import Detections, ImageBatch, as_image_list
+from facefleet.detect.detector import Detections, ImageBatch, as_image_list, image_count
 from facefleet.mesh.roi import crop_affine, crop_rois, roi_from_detections, roi_from_landmarks
 from facefleet.mesh.sampling import ImagePack, pack_images
 
@@ -124,18 +124,19 @@ class MeshPredictor:
     ) -> MeshResult:
         """Mesh every detection: ``images`` as given to the detector, ``detections`` from it;
         ``refine`` overrides the number of extra passes."""
-        imgs = as_image_list(images, self.device)
+        batch = isinstance(images, Tensor) and images.ndim == 4
+        imgs = [] if batch else as_image_list(images, self.device)
+        count = image_count(images, self.device) if batch else len(imgs)
         idx = detections.image_index.to(self.device)
         n = len(detections)
-        if n and int(idx.max()) >= len(imgs):
-            raise ValueError(
-                f"MeshPredictor: detections refer to image {int(idx.max())} of {len(imgs)} images"
-            )
+        # detections of this many images index them by construction; others are checked (a device sync)
+        if n and detections.num_images != count and int(idx.max()) >= count:
+            raise ValueError(f"MeshPredictor: detections refer to image {int(idx.max())} of {count} images")
         roi = roi_from_detections(detections.boxes.to(self.device), detections.keypoints.to(self.device))
         if n == 0:
             empty = torch.zeros(0, device=self.device)
             return MeshResult(empty.view(0, NUM_LANDMARKS, 3), empty, empty.view(0, 5), empty.bool(), idx)
-        pack = pack_images(images if isinstance(images, Tensor) and images.ndim == 4 else imgs, self.device)
+        pack = pack_images(images if batch else imgs, self.device)
         lm, presence = self.predict_rois(pack, idx, roi)
         for _ in range(self.refine if refine is None else int(refine)):
             roi = roi_from_landmarks(lm)

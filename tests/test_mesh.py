@@ -386,3 +386,19 @@ def test_compiled_gather_compiles_once_per_layout(monkeypatch: pytest.MonkeyPatc
         assert len(graphs) == 2, "a call recompiled the gather"
     finally:
         torch._dynamo.reset()
+
+
+def test_mesh_rejects_detections_of_other_images() -> None:
+    """Detections made by hand (no image count) are checked against the images (a batch tensor or a
+    list); the detector's own skip the check (it is a device sync)."""
+    from facefleet.detect import Detections
+    from facefleet.mesh import MeshPredictor
+
+    det = Detections(
+        torch.tensor([[10.0, 10.0, 50.0, 50.0]]), torch.zeros(1, 6, 2), torch.ones(1), torch.tensor([3])
+    )
+    mesher = MeshPredictor(device="cpu")
+    frames = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
+    for images in (frames, list(frames)):
+        with pytest.raises(ValueError, match="refer to image 3 of 2 images"):
+            mesher(images, det)

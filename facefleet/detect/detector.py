@@ -108,13 +108,19 @@ def as_image_list(images: ImageBatch, device: torch.device | None = None) -> lis
         if not isinstance(im, Tensor) or im.ndim != 3 or im.shape[0] != 3:
             shape = tuple(im.shape) if isinstance(im, Tensor) else type(im).__name__
             raise ValueError(f"image {i}: expected a (3, H, W) uint8 tensor, got {shape}")
-        if im.dtype != torch.uint8:
-            raise ValueError(f"image {i}: expected dtype uint8, got {im.dtype}")
-        if im.shape[1] == 0 or im.shape[2] == 0:
-            raise ValueError(f"image {i}: empty image of shape {tuple(im.shape)}")
-        if device is not None and not _same_device(im.device, device):
-            raise ValueError(f"image {i}: on {im.device}, the detector runs on {device}")
+        _check_pixels(i, im, device)
     return out
+
+
+def _check_pixels(i: int, t: Tensor, device: torch.device | None) -> None:
+    """uint8, not empty, on ``device``: image ``t`` ``(3, H, W)``, or every image of a ``(B, 3, H, W)``
+    batch at once (reported as image ``i``)."""
+    if t.dtype != torch.uint8:
+        raise ValueError(f"image {i}: expected dtype uint8, got {t.dtype}")
+    if t.shape[-2] == 0 or t.shape[-1] == 0:
+        raise ValueError(f"image {i}: empty image of shape {tuple(t.shape[-3:])}")
+    if device is not None and not _same_device(t.device, device):
+        raise ValueError(f"image {i}: on {t.device}, the detector runs on {device}")
 
 
 def image_count(images: ImageBatch, device: torch.device | None = None) -> int:
@@ -122,12 +128,7 @@ def image_count(images: ImageBatch, device: torch.device | None = None) -> int:
     once, not image by image (no ``B`` views of it: the engine's batches of 128 went through this
     three times per batch)."""
     if isinstance(images, Tensor) and images.ndim == 4 and images.shape[1] == 3:
-        if images.dtype != torch.uint8:
-            raise ValueError(f"image 0: expected dtype uint8, got {images.dtype}")
-        if images.shape[2] == 0 or images.shape[3] == 0:
-            raise ValueError(f"image 0: empty image of shape {tuple(images.shape[1:])}")
-        if device is not None and not _same_device(images.device, device):
-            raise ValueError(f"image 0: on {images.device}, the detector runs on {device}")
+        _check_pixels(0, images, device)
         return int(images.shape[0])
     return len(as_image_list(images, device))
 

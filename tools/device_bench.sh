@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
@@ -80,6 +80,21 @@ decodeproc)  # reading and decoding in a child process against threads of the wo
       ${FILES:+--formats obj,png} --json "$OUT/decodeproc_$v.json" 2>&1 | grep "facefleet run"
   done
   ;;
+verify)  # one call for what the seventh session built after its device time was spent: GPU tests, the
+  # first-batch and loop figures after the gather's single compilation, OBJ + PNG with 1 and 2 workers
+  # and a profile of it (where a textured batch's 184 ms go)
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1)); m('/tmp/ffsmall', 1500, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  python3 -m pytest -q -p no:cacheprovider tests/test_decode_proc.py tests/test_mesh.py tests/test_engine_queue.py \
+    -k "cuda or decode or compiled or manifest or schema" 2>&1 | tail -2
+  facefleet bench --corpus /tmp/ffcorpus --baselines engine,loop --baseline-seconds 10 --json "$OUT/verify.json" \
+    2>&1 | grep -A4 "^baseline"
+  facefleet bench --corpus /tmp/ffsmall --baselines engine --formats obj,png --gpu-workers 1,2 \
+    --json "$OUT/verify_files.json" 2>&1 | grep "facefleet run"
+  rm -rf /tmp/ffrun
+  FACEFLEET_TORCH_PROFILE="$OUT/files-profile" facefleet run /tmp/ffsmall -o /tmp/ffrun --formats obj,png --quiet \
+    2>&1 | tail -2
+  gzip -f "$OUT"/files-profile/*.json 2>/dev/null; tar -C "$OUT" -czf "$OUT/files-profile.tgz" files-profile && rm -rf "$OUT/files-profile"
+  ;;
 compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
   python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_mesh.py \
@@ -92,5 +107,5 @@ compile)  # torch.compile's kernels against the eager ones: kernel time, agreeme
       --json "$OUT/compile_$c.json" 2>&1 | grep "facefleet run ("
   done
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc" >&2; exit 2 ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify" >&2; exit 2 ;;
 esac

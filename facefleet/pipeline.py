@@ -252,9 +252,14 @@ class Reconstructor:
         *,
         texture: bool = False,
         timings: dict[str, float] | None = None,
+        texture_out: np.ndarray | None = None,
     ) -> list[ImageResult]:
         """Core batch entry point: ``images`` are (3, H, W) uint8 tensors on ``self.device``, or one
         ``(B, 3, H, W)`` uint8 tensor of same-size images (no copy is made of it then).
+
+        ``texture_out``: a flat uint8 host array the textures are copied into (faces' ``texture`` are
+        then views of it) when it is large enough, e.g. shared memory that writer processes read
+        (:mod:`facefleet.engine.texture_ring`); else they get host memory of their own.
 
         When ``timings`` is given, seconds spent per stage ('detect', 'mesh', 'geometry',
         'texture', 'transfer') are added to it (device time between stage boundaries on CUDA,
@@ -326,7 +331,12 @@ class Reconstructor:
             if texture and len(host) > 0:
                 keep = host_to_device(kept, self.device)
                 tex = self.sampler(images, mesh.landmarks[keep].float(), mesh.image_index[keep])
-                tex_host = tex.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+                rgba = tex.permute(0, 2, 3, 1)  # (m, T, T, 4)
+                if texture_out is not None and texture_out.size >= rgba.numel():
+                    tex_host = texture_out[: rgba.numel()].reshape(rgba.shape)
+                    torch.from_numpy(tex_host).copy_(rgba)  # straight from the device into it
+                else:
+                    tex_host = rgba.contiguous().cpu().numpy()
         self._collect_events()
         results = [ImageResult(source=str(s), width=w, height=h) for s, (w, h) in zip(sources, sizes)]
         boxes = host[:, _BOX : _BOX + 4]

@@ -210,6 +210,9 @@ def run(
             "reconstructor_kwargs": rec_kwargs,
             "coordinator_pid": os.getpid(),
             "stage_timings": bool(run_cfg.get("stage_timings", True)),
+            # per-image files in processes (default: on GPU workers when meshes, textures or overlays are
+            # asked for) or threads
+            "file_processes": _optional_bool(run_cfg.get("file_processes"), "[run] file_processes"),
             # per-image files (PNG/OBJ encoding) need CPU: share the host's cores among workers
             "writers": int(
                 run_cfg.get("writers", max(2, min(16, cpu_count() // max(1, len(profiles)) // 2)))
@@ -223,6 +226,12 @@ def run(
         stream=progress_stream or sys.stderr,
     )
     return coord.run()
+
+
+def _optional_bool(value: Any, where: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise EngineError(f"{where} must be true or false, got {value!r}")
+    return value
 
 
 def worker_names(profiles: Sequence[DeviceProfile]) -> list[str]:

@@ -171,6 +171,7 @@ class _Batch:
     arena: int | None = None  # the shared slot (decoder process) holding the images, freed after the batch
     child_bytes: int = 0  # the decoder process's own peak device memory
     arena_need: int = 0  # bytes of the slot the batch would have needed (a smaller slot grows)
+    ring: int | None = None  # the texture ring slot holding the batch's textures (freed once written)
 
 
 _STOP = object()
@@ -268,6 +269,7 @@ class Worker:
         self._arenas: list[Any] = []
         self._arena_free: queue_mod.Queue[int] = queue_mod.Queue()
         self._grow_warned = False
+        self._ring: Any = None  # TextureRing: textures to the writer processes through shared memory
         self._batch_no = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -295,6 +297,7 @@ class Worker:
             self._start_decoder_process()
         if self._rec is None:
             self._rec = _make_reconstructor(spec, local)
+        self._ring = self._texture_ring()
         db = WorkQueue(spec.queue_path)
         db.register_worker(self.owner, spec.name, spec.profile.device, self.pid)
         threads = [
@@ -324,6 +327,8 @@ class Worker:
                     t.join(timeout=60)
             if self._proc is not None:
                 self._proc.close()
+            if self._ring is not None:
+                self._ring.close()
             self._flush_progress(db)
             if self._fatal is not None:
                 with self._held_lock:
@@ -368,6 +373,32 @@ class Worker:
             self._proc.close()
         self._proc = None
         self._arenas = []
+
+    def _texture_ring(self) -> Any:
+        """Shared-memory slots for the textures of batches on their way to the writer processes
+        (:mod:`facefleet.engine.texture_ring`): when textures are written by processes and the
+        reconstructor can copy them into a given buffer; failing that, pickled as before (warning)."""
+        import inspect
+
+        fn = getattr(self._rec, "reconstruct_tensors", None)
+        if not self.texture or not self._file_processes() or fn is None:
+            return None
+        if "texture_out" not in inspect.signature(fn).parameters:
+            return None
+        from facefleet.engine.texture_ring import TextureRing
+
+        slots, size = 3, int(self.spec.texture_size)
+        cap = self.batch_size * size * size * 4  # one RGBA texture per image; more faces go pickled
+        try:
+            _check_shared_memory(slots * cap)
+            return TextureRing(slots, cap)
+        except Exception as e:
+            print(
+                f"facefleet worker {self.spec.name}: textures go to the writer processes pickled "
+                f"({type(e).__name__}: {e})",
+                file=sys.stderr,
+            )
+            return None
 
     def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
         def wrapped() -> None:
@@ -656,11 +687,18 @@ class Worker:
                 for t in [batch.stack] if batch.stack is not None else batch.items:
                     if isinstance(t, torch.Tensor):
                         t.record_stream(current)
+            ring = None if self._ring is None else self._take_ring_slot()
             t0 = time.perf_counter()
             try:
-                results = self._reconstruct(batch)
+                out = None if ring is None else self._ring.views[ring]
+                results = self._reconstruct(batch, out)
+            except BaseException:
+                if ring is not None:
+                    self._ring.release(ring)
+                raise
             finally:
                 self._drop_device_images(batch)
+            batch.ring = ring
             secs = time.perf_counter() - t0
             batch.state.batch_seconds.append(secs)
             if self.device.type == "cuda":
@@ -675,6 +713,15 @@ class Worker:
                 self._progress[2] += sum(r.error is not None for r in results)
                 self._progress[3] += secs
             self._put(self._write_q, (batch, results))
+
+    def _take_ring_slot(self) -> int:
+        """A free texture slot (waits for the writer processes to be done with one)."""
+        while True:
+            if self._fatal is not None:
+                raise _Abort()
+            slot = self._ring.take(0.2)
+            if slot is not None:
+                return int(slot)
 
     def _drop_device_images(self, batch: _Batch) -> None:
         """The networks are done with the batch: its device images go and its memory slot is free
@@ -751,14 +798,17 @@ class Worker:
                     )
         self._arena_free.put(slot)
 
+    def _file_processes(self) -> bool:
+        procs = self.spec.file_processes
+        if procs is None:
+            procs = self.device.type == "cuda" and bool(self.formats & PROCESS_FORMATS)
+        return bool(procs)
+
     def _file_pool(self) -> Any:
         """Executor for per-image files. Meshes and textures (PNG encoding, OBJ text) are CPU work
         that holds the GIL, so a GPU worker writes them in spawned processes (as many as ``writers``);
         JSON-only output and CPU workers (whose cores are taken by the networks) use threads."""
-        procs = self.spec.file_processes
-        if procs is None:
-            procs = self.device.type == "cuda" and bool(self.formats & PROCESS_FORMATS)
-        if procs:
+        if self._file_processes():
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
@@ -789,8 +839,10 @@ class Worker:
                     continue
                 batch, results = item
                 st = batch.state
+                in_ring: list[Future[Any]] = []  # the files that read the batch's texture slot
                 for k, (i, r) in enumerate(zip(batch.index, results, strict=False)):
                     st.results[i] = r
+                    sent = r if batch.ring is None else _with_texture_refs(r, self._ring)
                     if self.formats:  # failed images get their JSON (with the error) too
                         image = None
                         if self.keep_images and r.error is None:
@@ -798,7 +850,7 @@ class Worker:
                                 batch.host_ready.synchronize()
                                 batch.host_ready = None
                             image = batch.items[k].permute(1, 2, 0).numpy()  # (H, W, 3) uint8
-                        args = (r, image, self.spec.out_dir, self.spec.input_root, tuple(self.formats))
+                        args = (sent, image, self.spec.out_dir, self.spec.input_root, tuple(self.formats))
                         try:
                             fut = pool.submit(write_files, *args)
                         except BrokenProcessPool:  # a writer process died (OOM killer...): new pool
@@ -806,12 +858,37 @@ class Worker:
                             pool = self._file_pool()
                             fut = pool.submit(write_files, *args)
                         st.files.append((i, fut))
+                        if sent is not r:
+                            in_ring.append(fut)
+                    if sent is not r:  # the slot is the writers' now; the results keep no view of it
+                        for face in r.faces:
+                            face.texture = None
+                if batch.ring is not None:
+                    self._release_ring_after(batch.ring, in_ring)
         except _Abort:
             pass
         finally:
             if finisher.is_alive():
                 finisher.join(timeout=60)
             pool.shutdown(wait=True)
+
+    def _release_ring_after(self, slot: int, futures: list[Future[Any]]) -> None:
+        """Texture slot ``slot`` is free once all ``futures`` (the files reading it) are done."""
+        if not futures:
+            self._ring.release(slot)
+            return
+        left = [len(futures)]
+        lock = threading.Lock()
+
+        def done(_: Future[Any]) -> None:
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                self._ring.release(slot)
+
+        for fut in futures:
+            fut.add_done_callback(done)
 
     def _finisher(self, done_q: queue_mod.Queue[Any]) -> None:
         db = WorkQueue(self.spec.queue_path)
@@ -868,7 +945,7 @@ class Worker:
         with self._held_lock:
             self._held.discard(st.unit.id)
 
-    def _reconstruct(self, batch: _Batch) -> list[ImageResult]:
+    def _reconstruct(self, batch: _Batch, texture_out: Any = None) -> list[ImageResult]:
         """One result per batch item, in order; per-image failures become error results."""
         out: list[ImageResult | None] = [None] * len(batch.items)
         ok: list[int] = []
@@ -885,20 +962,27 @@ class Worker:
                 # pinned host memory -> asynchronous copy (host copies stay in batch.items for overlays)
                 tensors = [t.pin_memory().to(self.device, non_blocking=True) for t in tensors]
             timings = batch.state.stages if self.spec.stage_timings else None
-            done = self._infer(tensors, [batch.sources[k] for k in ok], timings)
+            done = self._infer(tensors, [batch.sources[k] for k in ok], timings, texture_out)
             for k, r in zip(ok, done, strict=False):
                 out[k] = r
         return [r for r in out if r is not None]
 
     def _infer(
-        self, tensors: list[Any], sources: list[str], timings: dict[str, float] | None
+        self,
+        tensors: list[Any],
+        sources: list[str],
+        timings: dict[str, float] | None,
+        texture_out: Any = None,
     ) -> list[ImageResult]:
+        """Results of a batch; narrowed down on failures (halves, without ``texture_out``: each half would
+        write its textures at its start)."""
         import torch
 
         try:
-            return list(
-                self._rec.reconstruct_tensors(tensors, sources, texture=self.texture, timings=timings)
-            )
+            kw: dict[str, Any] = {"texture": self.texture, "timings": timings}
+            if texture_out is not None:
+                kw["texture_out"] = texture_out
+            return list(self._rec.reconstruct_tensors(tensors, sources, **kw))
         except torch.OutOfMemoryError:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -957,6 +1041,22 @@ def _check_shared_memory(need: int) -> None:
         raise OSError(f"/dev/shm has {free >> 20} MiB free, the decoder process needs {need >> 20} MiB")
 
 
+def _with_texture_refs(result: ImageResult, ring: Any) -> ImageResult:
+    """``result`` with each face texture that lies in a slot of ``ring`` replaced by its
+    :class:`~facefleet.engine.texture_ring.TextureRef` (the writer process maps it), or ``result`` itself
+    when none does."""
+    import dataclasses
+
+    refs = [None if f.texture is None else ring.ref(f.texture) for f in result.faces]
+    if not any(refs):
+        return result
+    faces = [
+        f if ref is None else dataclasses.replace(f, texture=ref)
+        for f, ref in zip(result.faces, refs, strict=True)
+    ]
+    return dataclasses.replace(result, faces=faces)
+
+
 def read_file(path: str) -> tuple[Any, float]:
     """A file's bytes (or the exception reading it raised) and the seconds it took."""
     from facefleet.io.discover import read_bytes
@@ -988,10 +1088,14 @@ def write_files(
     """Write one image's per-image files under ``OUT/files`` (mirroring the input tree); return the
     seconds it took. Module level, so that a process pool can run it."""
     from facefleet.engine.manifest import output_location
+    from facefleet.engine.texture_ring import TextureRef, resolve
     from facefleet.io.atomic import deferred_fsync
     from facefleet.outputs import write_outputs
 
     t0 = time.perf_counter()
+    for face in result.faces:  # in a slot of the worker's texture ring: mapped here
+        if isinstance(face.texture, TextureRef):
+            face.texture = resolve(face.texture)
     rel, stem = output_location(result.source, input_root)
     with deferred_fsync():  # made durable all at once before the unit is recorded (_finish_unit)
         write_outputs(result, image, Path(out_dir) / "files" / rel, stem, set(formats))

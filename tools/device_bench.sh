@@ -82,7 +82,9 @@ decodeproc)  # reading and decoding in a child process against threads of the wo
   ;;
 verify)  # one call for what the seventh session built after its device time was spent: GPU tests, the
   # first-batch and loop figures after the gather's single compilation, OBJ + PNG with 1 and 2 workers
-  # and a profile of it (where a textured batch's 184 ms go)
+  # and a profile of it (where a textured batch's 184 ms go), the texture ring's room in /dev/shm
+  df -h /dev/shm | tail -1
+  python3 tools/probe_texture_transport.py --processes 8 --reps 3 2>&1 | tail -6
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1)); m('/tmp/ffsmall', 1500, resolution=(1920, 1080), faces_per_image=(1, 1))"
   python3 -m pytest -q -p no:cacheprovider tests/test_decode_proc.py tests/test_mesh.py tests/test_engine_queue.py \
     -k "cuda or decode or compiled or manifest or schema" 2>&1 | tail -2

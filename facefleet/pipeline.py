@@ -257,9 +257,9 @@ class Reconstructor:
         """Core batch entry point: ``images`` are (3, H, W) uint8 tensors on ``self.device``, or one
         ``(B, 3, H, W)`` uint8 tensor of same-size images (no copy is made of it then).
 
-        ``texture_out``: a flat uint8 host array the textures are copied into (faces' ``texture`` are
-        then views of it) when it is large enough, e.g. shared memory that writer processes read
-        (:mod:`facefleet.engine.texture_ring`); else they get host memory of their own.
+        ``texture_out``: a flat uint8 host array the textures are copied into, as many as it holds (those
+        faces' ``texture`` are views of it; the others get host memory of their own), e.g. shared memory
+        that writer processes read (:mod:`facefleet.engine.texture_ring`).
 
         When ``timings`` is given, seconds spent per stage ('detect', 'mesh', 'geometry',
         'texture', 'transfer') are added to it (device time between stage boundaries on CUDA,
@@ -326,17 +326,21 @@ class Reconstructor:
         img_idx = host[:, _IDX].astype(np.int64)
         scores = host[:, _SCORE]
         mat = host[:, _MAT : _MAT + 16].reshape(-1, 4, 4).astype(np.float64)
-        tex_host: np.ndarray | None = None
+        tex_host: list[np.ndarray] | None = None
         with self._stage("texture", timings):
             if texture and len(host) > 0:
                 keep = host_to_device(kept, self.device)
                 tex = self.sampler(images, mesh.landmarks[keep].float(), mesh.image_index[keep])
                 rgba = tex.permute(0, 2, 3, 1)  # (m, T, T, 4)
-                if texture_out is not None and texture_out.size >= rgba.numel():
-                    tex_host = texture_out[: rgba.numel()].reshape(rgba.shape)
-                    torch.from_numpy(tex_host).copy_(rgba)  # straight from the device into it
-                else:
-                    tex_host = rgba.contiguous().cpu().numpy()
+                per = int(rgba[0].numel())
+                fit = 0 if texture_out is None else min(len(rgba), texture_out.size // per)
+                parts = []
+                if fit and texture_out is not None:  # from the device into the caller's buffer
+                    parts.append(texture_out[: fit * per].reshape(fit, *rgba.shape[1:]))
+                    torch.from_numpy(parts[0]).copy_(rgba[:fit])
+                if fit < len(rgba):
+                    parts.append(rgba[fit:].contiguous().cpu().numpy())
+                tex_host = [t for part in parts for t in part]
         self._collect_events()
         results = [ImageResult(source=str(s), width=w, height=h) for s, (w, h) in zip(sources, sizes)]
         boxes = host[:, _BOX : _BOX + 4]

@@ -53,6 +53,11 @@ def test_reconstructor_copies_textures_into_the_given_buffer(astronaut: np.ndarr
     small = np.zeros(100, np.uint8)  # too small: the textures get memory of their own
     face = rec.reconstruct_tensors([img], ["a"], texture=True, texture_out=small)[0].faces[0]
     assert np.array_equal(face.texture, plain) and not np.shares_memory(face.texture, small)
+    # room for one texture of two images' faces: the first goes in, the second gets its own memory
+    one = np.zeros(64 * 64 * 4 + 10, np.uint8)
+    a, b = rec.reconstruct_tensors([img, img.flip(2)], ["a", "b"], texture=True, texture_out=one)
+    assert np.shares_memory(a.faces[0].texture, one) and not np.shares_memory(b.faces[0].texture, one)
+    assert np.array_equal(a.faces[0].texture, plain)
 
 
 @pytest.mark.slow
@@ -81,3 +86,35 @@ def test_engine_writes_the_same_textures_through_the_ring(tmp_path: Path) -> Non
         assert np.array_equal(np.asarray(Image.open(pa)), np.asarray(Image.open(pb)))
     objs = sorted((outs[True] / "files").rglob("*.obj"))
     assert len(objs) == len(a)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_faces_beyond_a_slot_go_pickled(tmp_path: Path, shared_data: Path) -> None:
+    """A slot holds one texture per image of a batch; a photo with two faces in a batch of one sends the
+    first face's texture through the slot and the second pickled: both written, as with writer threads."""
+    import shutil
+
+    from facefleet.engine import run
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(shared_data / "images" / "face_recognition_two_people.jpg", inp / "two.jpg")
+    pngs = {}
+    for procs in (False, True):
+        out = tmp_path / f"out{int(procs)}"
+        run(
+            str(inp), out, devices="cpu", workers=1, batch_size=1, quiet=True, formats=["png"],
+            texture_size=64, config={"run": {"file_processes": procs}},
+        )  # fmt: skip
+        pngs[procs] = sorted((out / "files").rglob("*.png"))
+    assert (
+        [p.name for p in pngs[True]]
+        == [p.name for p in pngs[False]]
+        == [
+            "two.jpg_face0_texture.png",
+            "two.jpg_face1_texture.png",
+        ]
+    )
+    for pa, pb in zip(pngs[False], pngs[True], strict=True):
+        assert np.array_equal(np.asarray(Image.open(pa)), np.asarray(Image.open(pb)))

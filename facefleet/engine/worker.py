@@ -861,8 +861,9 @@ class Worker:
                         if sent is not r:
                             in_ring.append(fut)
                     if sent is not r:  # the slot is the writers' now; the results keep no view of it
-                        for face in r.faces:
-                            face.texture = None
+                        for face, moved in zip(r.faces, sent.faces, strict=True):
+                            if moved is not face:  # (the others go pickled, with their own arrays)
+                                face.texture = None
                 if batch.ring is not None:
                     self._release_ring_after(batch.ring, in_ring)
         except _Abort:

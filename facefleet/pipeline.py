@@ -8,6 +8,7 @@ transfer per batch.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -228,7 +229,10 @@ class Reconstructor:
                     arr = read_image(im)
                     t = torch.from_numpy(arr).permute(2, 0, 1)
                 elif isinstance(im, np.ndarray):
-                    t = torch.from_numpy(_as_rgb_uint8(im, names[i])).permute(2, 0, 1)
+                    with warnings.catch_warnings():  # read-only arrays (np.asarray of a PIL image): only
+                        # read here (copied to the device, or made contiguous, below)
+                        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                        t = torch.from_numpy(_as_rgb_uint8(im, names[i])).permute(2, 0, 1)
                 elif isinstance(im, torch.Tensor):
                     t = _check_tensor(im, names[i])
                 else:

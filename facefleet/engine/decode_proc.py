@@ -13,10 +13,9 @@ hands them to the child once, through CUDA IPC (torch.multiprocessing's sharing 
 the CPU, shared memory, which the tests use). Per batch the worker sends the paths as soon as the
 batch is cut (the child starts reading them), then the slot once one is free; the child decodes into
 its own memory, copies the images into the slot (one device copy), waits for its stream and answers
-with where each image lies in the slot.
-Images that do not fit in what is left of the slot (photos much larger than the frames the slot was
-sized for) go back encoded, and the worker decodes those itself. The worker reuses a slot only after
-the kernels that read it are done.
+with where each image lies in the slot. Images that do not fit in what is left of the slot (photos
+much larger than the frames the slot was sized for) go back encoded; the worker decodes those itself
+and then grows the slot. The worker reuses a slot only after the kernels that read it are done.
 
 The child exits when the worker's end of its pipe closes (the worker ended, or was killed).
 """
@@ -63,9 +62,9 @@ class DecoderProcess:
     """Worker side: starts the child, sends requests, hands out the answers as futures.
 
     >>> proc = DecoderProcess(slots, decoder="auto", chunk=32, readers=4).start()   # doctest: +SKIP
-    >>> proc.wait_ready()
-    >>> proc.read(7, paths)                 # as soon as batch 7 is cut: the child starts reading
-    >>> fut = proc.decode(7, slot=0)        # once slot 0 is free: Future[Decoded]
+    >>> proc.wait_ready()                   # doctest: +SKIP
+    >>> proc.read(7, paths)                 # doctest: +SKIP  (batch 7 is cut: the child starts reading)
+    >>> fut = proc.decode(7, slot=0)        # doctest: +SKIP  (slot 0 is free: Future[Decoded])
     """
 
     def __init__(

@@ -268,6 +268,8 @@ class _Child:
 
     def run(self, requests: Any) -> None:
         """Reads requests on this thread (reads start at once); decodes on another, in order."""
+        from facefleet.engine.worker import read_file
+
         worker = threading.Thread(target=self._decode_loop, name="decode", daemon=True)
         worker.start()
         try:
@@ -277,7 +279,7 @@ class _Child:
                 except (EOFError, OSError):  # the worker is gone
                     break
                 if msg[0] == "read":
-                    self.reads[msg[1]] = [(p, self.pool.submit(_read, p)) for p in msg[2]]
+                    self.reads[msg[1]] = [(p, self.pool.submit(read_file, p)) for p in msg[2]]
                 elif msg[0] == "decode":
                     self.work.put((msg[1], msg[2], self.reads.pop(msg[1])))
                 elif msg[0] == "slot":  # a larger slot (the decode thread reads the list per batch)
@@ -375,12 +377,6 @@ class _Child:
 
             dev_bytes = torch.cuda.max_memory_allocated(slot.device) + decoder_memory_bytes()
         return Decoded(batch, done, stacked, read_s, time.perf_counter() - t0, dev_bytes, needed)
-
-
-def _read(path: str) -> tuple[Any, float]:
-    from facefleet.engine.worker import read_file
-
-    return read_file(path)
 
 
 def _as_decode_error(path: str, e: BaseException) -> Any:

@@ -227,9 +227,10 @@ class _ProcBatch:
                 )
                 for k, t in zip(encoded, got.items, strict=True):
                     items[k] = t
-        batch = _Batch(state, index, sources, items, stack, arena=self.slot, child_bytes=d.device_bytes)
-        batch.arena_need = d.needed
-        return batch
+        return _Batch(
+            state, index, sources, items, stack,
+            arena=self.slot, child_bytes=d.device_bytes, arena_need=d.needed,
+        )  # fmt: skip
 
 
 class Worker:
@@ -280,8 +281,7 @@ class Worker:
         torch.set_num_threads(max(1, spec.profile.threads))
         local = self.local_device
         self.device = torch.device(local)
-        cuda = self.device.type == "cuda"
-        if cuda:
+        if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             # the GPU JPEG decoder's set-up (~1-2 s for nvImageCodec) overlaps loading the networks
             from facefleet.io.gpu_decode import jpeg_decoder
@@ -344,8 +344,6 @@ class Worker:
         """Slots of device memory (one per batch in flight, sized for ``batch_size`` 1080p frames) and
         the child that reads and decodes into them; it starts now and finishes setting up while the
         networks warm up (:meth:`_device_stage` waits for it). Failing that: threads, with a warning."""
-        import torch
-
         from facefleet.engine.decode_proc import DecoderProcess
 
         p = self.spec.profile
@@ -353,15 +351,21 @@ class Worker:
         try:
             slots = max(1, p.batches_in_flight)
             if self.device.type == "cpu":
-                _check_shared_memory(slots * cap)
-            self._arenas = [torch.empty(cap, dtype=torch.uint8, device=self.device) for _ in range(slots)]
-            if self.device.type == "cpu":  # (tests) shared memory rather than CUDA IPC
-                self._arenas = [a.share_memory_() for a in self._arenas]
+                _check_shared_memory(slots * cap, "the decoder process's slots")
+            self._arenas = [self._new_arena(cap) for _ in range(slots)]
             self._proc = DecoderProcess(
                 self._arenas, decoder=p.decoder, chunk=p.decode_chunk, readers=self.spec.readers
             ).start()
         except Exception as e:
             self._decoder_process_failed(e)
+
+    def _new_arena(self, size: int) -> Any:
+        """A decode slot of ``size`` bytes on the worker's device; on the CPU (tests) in shared memory
+        rather than CUDA IPC (checked for room by the caller)."""
+        import torch
+
+        arena = torch.empty(size, dtype=torch.uint8, device=self.device)
+        return arena.share_memory_() if self.device.type == "cpu" else arena
 
     def _decoder_process_failed(self, e: BaseException) -> None:
         print(
@@ -390,7 +394,7 @@ class Worker:
         slots, size = 3, int(self.spec.texture_size)
         cap = self.batch_size * size * size * 4  # one RGBA texture per image; more faces go pickled
         try:
-            _check_shared_memory(slots * cap)
+            _check_shared_memory(slots * cap, "the texture slots")
             return TextureRing(slots, cap)
         except Exception as e:
             print(
@@ -775,17 +779,13 @@ class Worker:
         whose images did not all fit (photos larger than the 1080p frames it was sized for: the
         overflow is decoded on the device thread, slowly). Growing is best effort: without the memory
         the slot stays as it is."""
-        import torch
-
         old = self._arenas[slot]
         if need > old.numel() and self._proc is not None:
             size = -(-int(need * 1.1) // (64 << 20)) * (64 << 20)
             try:
-                if old.device.type == "cpu":
-                    _check_shared_memory(size)
-                new = torch.empty(size, dtype=torch.uint8, device=old.device)
-                if old.device.type == "cpu":
-                    new.share_memory_()
+                if self.device.type == "cpu":
+                    _check_shared_memory(size, "a larger decode slot")
+                new = self._new_arena(size)
                 self._proc.replace_slot(slot, new)
                 self._arenas[slot] = new
             except Exception as e:  # out of (shared) memory, or the child could not map it
@@ -1029,9 +1029,9 @@ def _add(d: dict[str, float], key: str, v: float) -> None:
         d[key] = d.get(key, 0.0) + v
 
 
-def _check_shared_memory(need: int) -> None:
-    """CPU slots live in /dev/shm, which containers often keep small (64 MB): a child writing past what
-    is there dies of SIGBUS, so ask first."""
+def _check_shared_memory(need: int, what: str) -> None:
+    """Shared memory lives in /dev/shm, which containers often keep small (64 MB): a process writing
+    past what is there dies of SIGBUS, so ask first (``what`` names the user in the error)."""
     import shutil
 
     try:
@@ -1039,7 +1039,7 @@ def _check_shared_memory(need: int) -> None:
     except OSError:
         return
     if free < need * 1.1:
-        raise OSError(f"/dev/shm has {free >> 20} MiB free, the decoder process needs {need >> 20} MiB")
+        raise OSError(f"/dev/shm has {free >> 20} MiB free, {need >> 20} MiB needed for {what}")
 
 
 def _with_texture_refs(result: ImageResult, ring: Any) -> ImageResult:

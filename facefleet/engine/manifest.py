@@ -119,7 +119,7 @@ def results_table(results: Sequence[ImageResult], uid: str) -> pa.Table:
         # offsets of the rows (a face's values, or none: the row is null), values of the faces only
         offsets = np.zeros(n + 1, np.int32)
         np.cumsum(np.where(has, size, 0), out=offsets[1:])
-        vals = column(lists[name], size)[has].reshape(-1)
+        vals = np.asarray(lists[name], dtype=np.float32).reshape(len(present) * size)  # faces' rows, in order
         cols[name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(vals), mask=mask)
     return pa.Table.from_arrays([cols[f.name] for f in SCHEMA], schema=SCHEMA)
 

@@ -88,6 +88,28 @@ def test_batches_land_in_the_shared_slots(tmp_path: Path, astronaut: np.ndarray,
     assert second.items[4][1].source.endswith("broken.jpg")
 
 
+def test_a_batch_waits_for_its_slot_and_lands_in_the_one_placed(
+    tmp_path: Path, astronaut: np.ndarray, slots
+) -> None:
+    # the worker asks for the decoding when the batch is cut and gives a slot once the networks free
+    # one: the child answers only then, with the images in that slot, and the slot is untouched before
+    a = _jpeg(astronaut[:120, :160], tmp_path / "a.jpg")
+    proc = DecoderProcess(slots, decoder="cpu").start().wait_ready()
+    try:
+        proc.read(0, [a])
+        fut = proc.decode(0)
+        with pytest.raises(TimeoutError):
+            fut.result(timeout=2)
+        assert not slots[1].any()
+        proc.place(0, 1)
+        d = fut.result(timeout=60)
+    finally:
+        proc.close()
+    want = torch.from_numpy(decode_image(Path(a).read_bytes(), a)).permute(2, 0, 1)
+    assert torch.equal(_views(d, slots[1])[0], want)
+    assert not slots[0].any()
+
+
 def test_images_larger_than_the_slot_come_back_encoded(tmp_path: Path, astronaut: np.ndarray) -> None:
     big = _jpeg(astronaut, tmp_path / "big.jpg")  # 786 KB decoded
     small = _jpeg(astronaut[:100, :100], tmp_path / "small.jpg")

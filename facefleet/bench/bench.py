@@ -291,6 +291,8 @@ def run_engine(
         formats=list(formats) or ["parquet"],
         engine_wall_s=d.get("wall_seconds"),
         gpu_util=sampler.summary()["gpus"],
+        # seconds per stage summed over units (stages overlap; wait_* are the device thread's waits)
+        stages={k: round(float(v), 3) for k, v in (stats.get("stages") or {}).items()},
     )
 
 

@@ -11,9 +11,11 @@ chunks of 32 or 128, torchvision's nvJPEG), but 36-38 ms beside a decoder in ano
 The worker allocates ``slots`` (one flat uint8 buffer per batch in flight) in its device memory and
 hands them to the child once, through CUDA IPC (torch.multiprocessing's sharing of CUDA tensors; on
 the CPU, shared memory, which the tests use). Per batch the worker sends the paths as soon as the
-batch is cut (the child starts reading them), then the slot once one is free; the child decodes into
-its own memory, copies the images into the slot (one device copy), waits for its stream and answers
-with where each image lies in the slot. Images that do not fit in what is left of the slot (photos
+batch is cut (the child starts reading them) with the request to decode them, then the slot once one
+is free; the child decodes into its own memory right away (so one batch is decoded ahead while both
+slots are in use: with two slots, decoding waited for the networks to free one), copies the images
+into the slot once it has it (one device copy), waits for its stream and answers with where each image
+lies in the slot. Images that do not fit in what is left of the slot (photos
 much larger than the frames the slot was sized for) go back encoded; the worker decodes those itself
 and then grows the slot. The worker reuses a slot only after the kernels that read it are done.
 
@@ -64,7 +66,8 @@ class DecoderProcess:
     >>> proc = DecoderProcess(slots, decoder="auto", chunk=32, readers=4).start()   # doctest: +SKIP
     >>> proc.wait_ready()                   # doctest: +SKIP
     >>> proc.read(7, paths)                 # doctest: +SKIP  (batch 7 is cut: the child starts reading)
-    >>> fut = proc.decode(7, slot=0)        # doctest: +SKIP  (slot 0 is free: Future[Decoded])
+    >>> fut = proc.decode(7)                # doctest: +SKIP  (Future[Decoded]: decoding starts)
+    >>> proc.place(7, slot=0)               # doctest: +SKIP  (slot 0 is free: the images go there)
     """
 
     def __init__(
@@ -136,16 +139,23 @@ class DecoderProcess:
         """Batch ``batch`` is cut: the child starts reading its files."""
         self._send(("read", batch, list(paths)))
 
-    def decode(self, batch: int, slot: int) -> Future[Decoded]:
-        """Decode batch ``batch`` (announced with :meth:`read`) into slot ``slot``."""
+    def decode(self, batch: int, slot: int | None = None) -> Future[Decoded]:
+        """Decode batch ``batch`` (announced with :meth:`read`); its images go into the slot given here
+        or later with :meth:`place`. Batches are decoded in the order of these calls."""
         fut: Future[Decoded] = Future()
         with self._lock:
             if self._error is not None:
                 fut.set_exception(self._error)
                 return fut
             self._futures[batch] = fut
-        self._send(("decode", batch, int(slot)))
+        self._send(("decode", batch))
+        if slot is not None:
+            self.place(batch, slot)
         return fut
+
+    def place(self, batch: int, slot: int) -> None:
+        """Slot ``slot`` is free for the images of batch ``batch`` (asked for with :meth:`decode`)."""
+        self._send(("place", batch, int(slot)))
 
     def replace_slot(self, slot: int, tensor: Any) -> None:
         """Slot ``slot`` is ``tensor`` from now on (a larger one). Only for a slot the worker holds free:
@@ -265,6 +275,9 @@ class _Child:
         self.pool = ThreadPoolExecutor(max(1, readers), thread_name_prefix="reader")
         self.reads: dict[int, list[tuple[str, Future[Any]]]] = {}
         self.work: queue.Queue[Any] = queue.Queue()
+        self.places: dict[int, int] = {}  # batch -> the slot its images go to (given by the worker)
+        self.placed = threading.Condition()
+        self.stopping = False
 
     def run(self, requests: Any) -> None:
         """Reads requests on this thread (reads start at once); decodes on another, in order."""
@@ -281,12 +294,19 @@ class _Child:
                 if msg[0] == "read":
                     self.reads[msg[1]] = [(p, self.pool.submit(read_file, p)) for p in msg[2]]
                 elif msg[0] == "decode":
-                    self.work.put((msg[1], msg[2], self.reads.pop(msg[1])))
-                elif msg[0] == "slot":  # a larger slot (the decode thread reads the list per batch)
+                    self.work.put((msg[1], self.reads.pop(msg[1])))
+                elif msg[0] == "place":
+                    with self.placed:
+                        self.places[msg[1]] = msg[2]
+                        self.placed.notify_all()
+                elif msg[0] == "slot":  # a larger slot (sent before the slot is placed again)
                     self.slots[msg[1]] = msg[2]
                 elif msg[0] == "stop":
                     break
         finally:
+            with self.placed:
+                self.stopping = True
+                self.placed.notify_all()
             self.work.put(None)
             worker.join()
             self.pool.shutdown(wait=False, cancel_futures=True)
@@ -301,8 +321,10 @@ class _Child:
                 job = self.work.get()
                 if job is None:
                     return
-                batch, slot, reads = job
-                done = self._decode(batch, self.slots[slot], reads)
+                batch, reads = job
+                done = self._decode(batch, reads)
+                if done is None:  # stopping before the batch had a slot
+                    return
                 try:
                     self.answers.send(("done", done))
                 except OSError:  # the worker stopped listening (it is ending): nothing to report
@@ -312,7 +334,16 @@ class _Child:
             with contextlib.suppress(Exception):
                 self.answers.send(("failed", f"{type(e).__name__}: {e}"))
 
-    def _decode(self, batch: int, slot: Any, reads: list[tuple[str, Future[Any]]]) -> Decoded:
+    def _slot_for(self, batch: int) -> Any:
+        """The slot the worker placed ``batch`` in (waits for it); None when the child is stopping."""
+        with self.placed:
+            while batch not in self.places and not self.stopping:
+                self.placed.wait()
+            if batch not in self.places:
+                return None
+            return self.slots[self.places.pop(batch)]
+
+    def _decode(self, batch: int, reads: list[tuple[str, Future[Any]]]) -> Decoded | None:
         import torch
 
         from facefleet.io.decode import ImageDecodeError
@@ -334,9 +365,17 @@ class _Child:
         t0 = time.perf_counter()
         stacked = False
         needed = 0
+        device = self.slots[0].device
+        got = None
         if blobs:
             names = [sources[k] for k in at]
-            got = decode_images(blobs, names, slot.device, decoder=self.decoder, stack=True, chunk=self.chunk)
+            got = decode_images(blobs, names, device, decoder=self.decoder, stack=True, chunk=self.chunk)
+        decode_s = time.perf_counter() - t0
+        slot = self._slot_for(batch)  # the decoded images wait (in this process's memory) for a slot
+        if slot is None:
+            return None
+        t0 = time.perf_counter()
+        if got is not None:
             cap = int(slot.numel())
             off = 0
             if got.stack is not None and len(at) == len(reads):
@@ -376,7 +415,7 @@ class _Child:
             from facefleet.io.gpu_decode import decoder_memory_bytes
 
             dev_bytes = torch.cuda.max_memory_allocated(slot.device) + decoder_memory_bytes()
-        return Decoded(batch, done, stacked, read_s, time.perf_counter() - t0, dev_bytes, needed)
+        return Decoded(batch, done, stacked, read_s, decode_s + time.perf_counter() - t0, dev_bytes, needed)
 
 
 def _as_decode_error(path: str, e: BaseException) -> Any:

@@ -512,12 +512,14 @@ class Worker:
         batches = ThreadPoolExecutor(threads, thread_name_prefix="batch-decoder")
 
         def submit(batch: list[Any]) -> None:
-            if self._proc is not None:  # the decoder process reads now, decodes once a slot is free
+            if self._proc is not None:  # the decoder process reads and decodes now, fills a slot once free
                 no = self._batch_no
                 self._batch_no += 1
                 self._proc.read(no, [p[2] for p in batch])
+                fut = self._proc.decode(no)
                 slot = self._get(self._arena_free)
-                self._put(self._gpu_q, _ProcBatch(self, batch, slot, self._proc.decode(no, slot)))
+                self._proc.place(no, slot)
+                self._put(self._gpu_q, _ProcBatch(self, batch, slot, fut))
                 return
             if gpu:  # device memory for it, taken in batch order (so no later batch can starve it)
                 while not self._slots.acquire(timeout=0.2):
@@ -676,6 +678,9 @@ class Worker:
         from facefleet.io.gpu_decode import decoder_memory_bytes
 
         while True:
+            # what this thread waits for, per unit: the next decoded batch ("wait_input": reading and
+            # decoding are the bound) and room downstream ("wait_writers": the file writers are)
+            t_wait = time.perf_counter()
             item = self._get(self._gpu_q)
             if item is _STOP or isinstance(item, _End):
                 self._put(self._write_q, item)
@@ -685,6 +690,8 @@ class Worker:
             if self._window is not None:
                 self._window.batch_starts()
             batch: _Batch = item.result()  # a decode future (decoding failures are per image)
+            t_got = time.perf_counter()
+            _add(batch.state.stages, "wait_input", t_got - t_wait)
             if batch.ready is not None:  # decoded on another stream: order, and keep memory alive
                 current = torch.cuda.current_stream(self.device)
                 current.wait_event(batch.ready)
@@ -693,6 +700,7 @@ class Worker:
                         t.record_stream(current)
             ring = None if self._ring is None else self._take_ring_slot()
             t0 = time.perf_counter()
+            _add(batch.state.stages, "wait_writers", t0 - t_got)
             try:
                 out = None if ring is None else self._ring.views[ring]
                 results = self._reconstruct(batch, out)
@@ -716,7 +724,9 @@ class Worker:
                 self._progress[1] += sum(len(r.faces) for r in results)
                 self._progress[2] += sum(r.error is not None for r in results)
                 self._progress[3] += secs
+            t_put = time.perf_counter()
             self._put(self._write_q, (batch, results))
+            _add(batch.state.stages, "wait_writers", time.perf_counter() - t_put)
 
     def _take_ring_slot(self) -> int:
         """A free texture slot (waits for the writer processes to be done with one)."""

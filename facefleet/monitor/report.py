@@ -49,6 +49,8 @@ _STAGE_ORDER = [
     "export",
     "write",
     "wait",
+    "wait_input",
+    "wait_writers",
 ]
 
 

@@ -346,7 +346,9 @@ def test_compiled_gather_compiles_once_per_layout(monkeypatch: pytest.MonkeyPatc
     """After ``warm_up_gather`` no call recompiles (each took seconds, mid-run: the engine's first batch,
     a per-image loop's first single-face image): not one image or one face (torch specialises sizes 0
     and 1), not a batch that is a view into a decoder slot (torch guarded on the inputs' bases), not
-    lists of images of several sizes. Counted with a compiler that only counts graphs (no C++ needed)."""
+    lists of images of several sizes. Made as the pipeline makes them (the graph is specialised to the
+    grad mode and to inference tensors): images made outside inference mode, the calls in it. Counted
+    with a compiler that only counts graphs (no C++ needed)."""
     import torch._dynamo
 
     from facefleet.mesh import pack_images, sample_bilinear, sampling
@@ -377,11 +379,12 @@ def test_compiled_gather_compiles_once_per_layout(monkeypatch: pytest.MonkeyPatc
                 (b[:1], 2, 100, 1 / 255.0), (b[:2], 2, 2, 1 / 255.0), (in_slot, 6, 6, 1 / 255.0),
                 ([in_slot[0], in_slot[1][:, :50, :70]], 3, 9, 1.0), ([in_slot[2]], 1, 9, 1 / 255.0),
             ):  # fmt: skip
-                pack = pack_images(images)
-                idx = torch.randint(0, len(pack), (n,), generator=g)
-                xy = torch.rand(n, p, 2, generator=g) * 80 - 5
-                got = sample_bilinear(pack, idx, xy, "border", scale=scale, compiled=True, regions=False)
-                ref = sample_bilinear(pack, idx, xy, "border", scale=scale, compiled=False, regions=False)
+                with torch.inference_mode():
+                    pack = pack_images(images)
+                    idx = torch.randint(0, len(pack), (n,), generator=g)
+                    xy = torch.rand(n, p, 2, generator=g) * 80 - 5
+                    got = sample_bilinear(pack, idx, xy, "border", scale=scale, compiled=True, regions=False)
+                    ref = sample_bilinear(pack, idx, xy, "border", scale=scale, compiled=False, regions=False)
                 torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
         assert len(graphs) == 2, "a call recompiled the gather"
     finally:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
@@ -97,6 +97,36 @@ verify)  # one call for what the seventh session built after its device time was
     2>&1 | tail -2
   gzip -f "$OUT"/files-profile/*.json 2>/dev/null; tar -C "$OUT" -czf "$OUT/files-profile.tgz" files-profile && rm -rf "$OUT/files-profile"
   ;;
+waits)  # where a worker's device thread waits (stages wait_input / wait_writers), this tree against
+  # the one before (OLD, as for ab); recompilations logged; OBJ + PNG written to disk and to /dev/shm
+  OLD=${OLD:-$PWD/.carry/old}; [ -d "$OLD/facefleet" ] || { echo "no old tree at $OLD" >&2; exit 2; }
+  df -h /tmp /dev/shm | tail -2
+  dd if=/dev/zero of=/tmp/ddtest bs=1M count=4096 conv=fdatasync 2>&1 | tail -1; rm -f /tmp/ddtest
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  export TORCH_LOGS=recompiles
+  for v in new old new2; do
+    if [ $v = old ]; then here=$PWD; cd /tmp; export PYTHONPATH=$OLD; fi
+    facefleet bench --corpus /tmp/ffcorpus --baselines engine --gpu-workers 1 --json "$OUT/waits_$v.json" \
+      > "$OUT/waits_$v.txt" 2>&1
+    grep "facefleet run (" "$OUT/waits_$v.txt"; echo "$v: $(grep -c 'Recompiling' "$OUT/waits_$v.txt") recompilations"
+    if [ $v = old ]; then cd "$here"; unset PYTHONPATH; fi
+  done
+  unset TORCH_LOGS
+  for w in /tmp/ffw /dev/shm/ffw; do
+    mkdir -p $w
+    facefleet bench --corpus /tmp/ffcorpus --baselines engine --formats obj,png --work-dir $w \
+      --json "$OUT/files_$(basename $(dirname $w)).json" 2>&1 | grep "facefleet run"
+    rm -rf $w
+  done
+  python3 - "$OUT" <<'PY'
+import glob, json, sys
+for f in sorted(glob.glob(sys.argv[1] + "/*.json")):
+    for r in json.load(open(f))["rows"]:
+        st = r.get("stages") or {}
+        print(f.rsplit("/", 1)[1], r["name"], f"steady {r.get('steady_images_per_s') or 0:.0f} p50 {r['batch_p50_s'] * 1e3:.1f} ms",
+              " ".join(f"{k} {v:.1f}" for k, v in sorted(st.items())))
+PY
+  ;;
 compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
   python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_mesh.py \
@@ -109,5 +139,5 @@ compile)  # torch.compile's kernels against the eager ones: kernel time, agreeme
       --json "$OUT/compile_$c.json" 2>&1 | grep "facefleet run ("
   done
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify" >&2; exit 2 ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits" >&2; exit 2 ;;
 esac

@@ -46,7 +46,15 @@ class ImagePack:
 
 def pack_images(images: Tensor | Sequence[Tensor], device: torch.device | str | None = None) -> ImagePack:
     """Pack a ``(B, 3, H, W)`` uint8 tensor (no copy when contiguous) or a list of ``(3, H, W)`` uint8
-    tensors (one concatenation) into an :class:`ImagePack` on ``device`` (default: the images')."""
+    tensors (one concatenation) into an :class:`ImagePack` on ``device`` (default: the images').
+
+    The pack's tensors are ordinary ones (not inference tensors) even in inference mode: the compiled
+    gather's graph is specialised to that, and a batch view and a concatenation must share it."""
+    with torch.inference_mode(False):
+        return _pack_images(images, device)
+
+
+def _pack_images(images: Tensor | Sequence[Tensor], device: torch.device | str | None) -> ImagePack:
     hwc = False
     if isinstance(images, Tensor) and images.ndim == 4:
         b, _c, h, w = (int(s) for s in images.shape)
@@ -127,17 +135,21 @@ def warm_up_gather(device: torch.device | str, compiled: bool | None = None) -> 
     rather than on a batch: both memory layouts (decoded batches are planar, arrays from the host
     interleaved), both scales (crops, textures). Every size of the two calls per layout differs from the
     others and from the code's constants (2 for x, y; 3 channels): torch ties equal sizes together when
-    it traces and then compiles them as fixed, and the first real batch recompiled (seconds)."""
+    it traces and then compiles them as fixed, and the first real batch recompiled (seconds). Made as
+    the pipeline makes its calls, since the graph is specialised to both: the images outside inference
+    mode (decoded frames are ordinary tensors), the rest in it (the mesh and texture stages run there);
+    the engine's first batch recompiled for the grad mode (2.7 s on an H200, TORCH_LOGS=recompiles)."""
     dev = torch.device(device)
     for hwc in (False, True):
         for b, n, p, scale in ((5, 6, 7, 1 / 255.0), (9, 10, 11, 1.0)):
             images = torch.zeros(b, 3, 13 + b, 17 + b, dtype=torch.uint8, device=dev)
             if hwc:
                 images = images.contiguous(memory_format=torch.channels_last)
-            idx = torch.arange(n, device=dev) % b
-            xy = torch.rand(n, p, 2, device=dev) * 12
-            pack = pack_images(images)
-            sample_bilinear(pack, idx, xy, "border", scale=scale, compiled=compiled, regions=False)
+            with torch.inference_mode():
+                idx = torch.arange(n, device=dev) % b
+                xy = torch.rand(n, p, 2, device=dev) * 12
+                pack = pack_images(images)
+                sample_bilinear(pack, idx, xy, "border", scale=scale, compiled=compiled, regions=False)
 
 
 _COMPILED: dict[str, Any] = {}  # "fn": the compiled gather path (made on first use), False once it failed
@@ -157,12 +169,16 @@ def _compiled_sample(
             # torch.compile specialises sizes 0 and 1, so below 2 point sets or images the last one is
             # repeated; and it guards on the tensors that inputs are views of (a batch in a decoder slot,
             # the warm-up's own images), so the inputs go in detached (same memory, no base)
+            # and on inference tensors against ordinary ones: the pack's are ordinary (see pack_images)
             n = int(idx.shape[0])
-            meta = pack.meta if pack.meta is not None else torch.stack([pack.offset, pack.height, pack.width])
+            meta = pack.meta
+            with torch.inference_mode(False):
+                if meta is None:
+                    meta = torch.stack([pack.offset, pack.height, pack.width])
+                if meta.shape[1] < 2:
+                    meta = torch.cat([meta, meta[:, -1:]], 1)
             if n < 2:
                 idx, xy = torch.cat([idx, idx[-1:]]), torch.cat([xy, xy[-1:]])
-            if meta.shape[1] < 2:
-                meta = torch.cat([meta, meta[:, -1:]], 1)
             border = padding_mode == "border"
             args = (t.detach() for t in (pack.data, meta, idx, xy))
             out = fn(*args, pack.hwc, border, float(scale))

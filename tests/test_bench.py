@@ -121,3 +121,9 @@ def test_steady_rate_leaves_out_start_up_and_tail() -> None:
     rate = steady_rate(pts)
     assert rate is not None and abs(rate - 1000.0) < 30
     assert steady_rate(pts[:2]) is None
+    # from the engine's batch completions: 50 batches of 100 images every 0.1 s after 5 s of start-up
+    from facefleet.bench.bench import _batch_points
+
+    done = [[5.0 + 0.1 * k, 100] for k in range(50)]
+    rate = steady_rate(_batch_points(done[::-1]))  # in any order
+    assert rate is not None and abs(rate - 1000.0) < 1

@@ -103,6 +103,9 @@ def test_worker_killed_mid_run_still_completes(tmp_path: Path) -> None:
     stats = json.loads((out / "stats.json").read_text())
     assert stats["totals"]["images"] == 240 and stats["worker_restarts"] >= 1
     assert sum(w["images"] for w in stats["workers"]) == 240
+    # every batch of the finished units, once, timed within the run (the bench's steady rate)
+    assert sum(n for _, n in stats["batch_done"]) == 240
+    assert all(0 < t <= stats["wall_seconds"] + 1 for t, _ in stats["batch_done"])
     if RECON is None:  # the real pipeline finds the astronaut
         assert summary.faces >= 1
 

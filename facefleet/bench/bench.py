@@ -190,6 +190,18 @@ def _find_stats(d: dict[str, Any], *keys: str) -> Any:
     return None
 
 
+def _batch_points(done: Any) -> list[dict[str, float]]:
+    """The engine's batch completions ``[[t, images], ...]`` as cumulative samples for
+    :func:`steady_rate`: one per batch (the coordinator's own samples are a second apart, coarse
+    for runs of a few seconds)."""
+    pts: list[dict[str, float]] = []
+    total = 0.0
+    for t, n in sorted(done or []):
+        total += float(n)
+        pts.append({"t": float(t), "images": total})
+    return pts
+
+
 def steady_rate(throughput: list[dict[str, float]], lo: float = 0.1, hi: float = 0.9) -> float | None:
     """Images/s while the run is in full swing: between the moments ``lo`` and ``hi`` of all images
     were done (interpolated in the engine's cumulative samples [{"t", "images", "faces"}, ...]).
@@ -287,7 +299,7 @@ def run_engine(
         gpu_mib=gpu_peak,
         rss_mib=rss,
         failed=int(totals.get("failed", 0)),
-        steady_images_per_s=steady_rate(stats.get("throughput") or []),
+        steady_images_per_s=steady_rate(_batch_points(stats.get("batch_done")) or stats.get("throughput") or []),
         formats=list(formats) or ["parquet"],
         engine_wall_s=d.get("wall_seconds"),
         gpu_util=sampler.summary()["gpus"],

@@ -368,6 +368,7 @@ class _Coordinator:
         self.fatal: str | None = None
         self.throughput: list[dict[str, float]] = []
         self.batch_seconds: list[float] = []
+        self.batch_done: list[list[float]] = []  # [seconds since the start, images] per batch, all workers
         self.last_event = 0
         self.t0 = time.time()
         self._rates: dict[str, tuple[float, int]] = {}
@@ -584,8 +585,10 @@ class _Coordinator:
                 self.batch_seconds.extend(data.get("batch_seconds", []))
                 if len(self.batch_seconds) > 100_000:
                     self.batch_seconds = self.batch_seconds[::2]
+                if len(self.batch_done) < 200_000:  # a million images are ~8,000 batches
+                    self.batch_done.extend([round(t - self.t0, 4), n] for t, n in data.get("batch_done", []))
             if self.log is not None:
-                data = {k: v for k, v in data.items() if k != "batch_seconds"}
+                data = {k: v for k, v in data.items() if k not in ("batch_seconds", "batch_done")}
                 self._emit(kind, data, t)
 
     def _sample(self, now: float) -> None:
@@ -750,6 +753,7 @@ class _Coordinator:
             "stages": {k: round(v, 4) for k, v in stages.items()},
             "throughput": self.throughput,
             "batch_seconds": [round(b, 5) for b in self.batch_seconds],
+            "batch_done": sorted(self.batch_done),
             "gpu_memory_peak_mib": peak,
             "devices": devices,
             "config": self.config_record,

@@ -149,6 +149,7 @@ class _UnitState:
     stages: dict[str, float] = field(default_factory=dict)
     files: list[tuple[int, Future[Any]]] = field(default_factory=list)
     batch_seconds: list[float] = field(default_factory=list)
+    batch_done: list[tuple[float, int]] = field(default_factory=list)  # (epoch seconds, images) per batch
 
 
 @dataclass
@@ -713,6 +714,7 @@ class Worker:
             batch.ring = ring
             secs = time.perf_counter() - t0
             batch.state.batch_seconds.append(secs)
+            batch.state.batch_done.append((time.time(), len(results)))
             if self.device.type == "cuda":
                 # the JPEG decoder's own buffers are outside torch's allocator
                 peak = (
@@ -1172,6 +1174,7 @@ def unit_stats(st: _UnitState, results: list[ImageResult], spec: WorkerSpec) -> 
         "seconds": round(time.time() - st.t0, 6),
         "busy_seconds": round(sum(st.batch_seconds), 6),
         "batch_seconds": [round(b, 6) for b in st.batch_seconds],
+        "batch_done": [[round(t, 4), n] for t, n in st.batch_done],
         "batch_size": spec.profile.batch_size,
     }
     if "_peak_mib" in st.stages:

@@ -139,7 +139,8 @@ def test_per_image_files_written_by_a_process_pool(tmp_path: Path) -> None:
 
 
 def test_stack_sampler_reports_where_threads_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """FACEFLEET_STACK_SAMPLES: per thread, the share of samples at each innermost stack."""
+    """FACEFLEET_STACK_SAMPLES: per thread, the share of samples at each innermost stack, and the share
+    in which each function was anywhere on the stack."""
     import threading
     import time
 
@@ -157,7 +158,10 @@ def test_stack_sampler_reports_where_threads_wait(tmp_path: Path, monkeypatch: p
         while not stop.is_set():
             time.sleep(0.001)
 
-    t = threading.Thread(target=sleeper, name="busy-sleeper")
+    def outer_stage() -> None:
+        sleeper()
+
+    t = threading.Thread(target=outer_stage, name="busy-sleeper")
     t.start()
     sampler.start()
     time.sleep(0.3)
@@ -167,6 +171,9 @@ def test_stack_sampler_reports_where_threads_wait(tmp_path: Path, monkeypatch: p
     assert out == tmp_path / "stacks-gpu0.txt"
     text = out.read_text()
     assert "== busy-sleeper" in text and "sleeper" in text.split("== busy-sleeper")[1]
+    inclusive = text.split("== busy-sleeper")[1].split("-- inclusive")[1].split("==")[0]
+    share = {line.split("%")[1].strip(): float(line.split("%")[0]) for line in inclusive.strip().splitlines()}
+    assert share["test_engine_worker.py outer_stage"] > 80  # on every sample taken while it ran
 
 
 def test_unit_write_errors_disk_full_stops_other_errors_fail_the_image(tmp_path: Path) -> None:

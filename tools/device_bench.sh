@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
@@ -127,6 +127,24 @@ for f in sorted(glob.glob(sys.argv[1] + "/*.json")):
               " ".join(f"{k} {v:.1f}" for k, v in sorted(st.items())))
 PY
   ;;
+hostprof)  # where the device thread's time goes (inclusive Python stacks), recompilations, then the
+  # engine without the sampler (Parquet, and OBJ + PNG), steady rates from the batches' completions
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  TORCH_LOGS=recompiles FACEFLEET_STACK_SAMPLES="$OUT/stacks" facefleet bench --corpus /tmp/ffcorpus --baselines engine \
+    --json "$OUT/hostprof_sampled.json" > "$OUT/hostprof_sampled.txt" 2>&1
+  grep "facefleet run" "$OUT/hostprof_sampled.txt"; echo "$(grep -c 'Recompiling' "$OUT/hostprof_sampled.txt") recompilations"
+  grep -A3 "triggered by" "$OUT/hostprof_sampled.txt" | grep -- "- [0-9]" | cut -c1-250
+  facefleet bench --corpus /tmp/ffcorpus --baselines engine --formats parquet --formats obj,png \
+    --json "$OUT/hostprof.json" 2>&1 | grep "facefleet run"
+  python3 - "$OUT" <<'PY'
+import glob, json, sys
+for f in sorted(glob.glob(sys.argv[1] + "/hostprof*.json")):
+    for r in json.load(open(f))["rows"]:
+        st = r.get("stages") or {}
+        print(f.rsplit("/", 1)[1], r["name"], f"steady {r.get('steady_images_per_s') or 0:.0f} p50 {r['batch_p50_s'] * 1e3:.1f} ms",
+              " ".join(f"{k} {v:.1f}" for k, v in sorted(st.items())))
+PY
+  ;;
 compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
   python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_mesh.py \
@@ -139,5 +157,5 @@ compile)  # torch.compile's kernels against the eager ones: kernel time, agreeme
       --json "$OUT/compile_$c.json" 2>&1 | grep "facefleet run ("
   done
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits" >&2; exit 2 ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof" >&2; exit 2 ;;
 esac

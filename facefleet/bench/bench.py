@@ -299,7 +299,9 @@ def run_engine(
         gpu_mib=gpu_peak,
         rss_mib=rss,
         failed=int(totals.get("failed", 0)),
-        steady_images_per_s=steady_rate(_batch_points(stats.get("batch_done")) or stats.get("throughput") or []),
+        steady_images_per_s=steady_rate(
+            _batch_points(stats.get("batch_done")) or stats.get("throughput") or []
+        ),
         formats=list(formats) or ["parquet"],
         engine_wall_s=d.get("wall_seconds"),
         gpu_util=sampler.summary()["gpus"],

@@ -3,9 +3,10 @@
 Set ``FACEFLEET_STACK_SAMPLES=DIR`` and every worker samples the Python stacks of all its threads
 (``sys._current_frames``) every ``FACEFLEET_STACK_INTERVAL`` seconds (default 0.01) from the moment
 its networks are ready (the steady state) and, on exit, writes ``DIR/stacks-<worker>.txt``: per
-thread, the share of samples spent at each innermost
-stack (a thread waiting on a queue shows as ``queue.py get``: idle). Standard-library only, works
-where ``py-spy`` cannot attach (containers without ptrace); costs one GIL acquisition per sample.
+thread, the share of samples spent at each innermost stack (a thread waiting on a queue shows as
+``queue.py get``: idle), then the share of samples in which each function was anywhere on the stack
+(inclusive: where a busy thread's time goes). Standard-library only, works where ``py-spy`` cannot
+attach (containers without ptrace); costs one GIL acquisition per sample.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class StackSampler:
         self.interval = float(interval)
         self.depth = int(depth)
         self.counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        self.inclusive: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
@@ -51,9 +53,13 @@ class StackSampler:
             for ident, frame in sys._current_frames().items():
                 if ident == me:
                     continue
-                stack = traceback.extract_stack(frame)[-self.depth :]
-                key = " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(stack))
-                self.counts[names.get(ident, str(ident))][key] += 1
+                full = traceback.extract_stack(frame)
+                key = " < ".join(
+                    f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(full[-self.depth :])
+                )
+                thread = names.get(ident, str(ident))
+                self.counts[thread][key] += 1
+                self.inclusive[thread].update({f"{Path(f.filename).name} {f.name}" for f in full})
             self.samples += 1
 
     def stop(self, top: int = 12) -> Path | None:
@@ -66,6 +72,9 @@ class StackSampler:
         for thread, c in sorted(self.counts.items()):
             lines.append(f"\n== {thread}")
             for key, n in c.most_common(top):
+                lines.append(f"{100 * n / self.samples:5.1f}%  {key}")
+            lines.append("  -- inclusive")
+            for key, n in self.inclusive[thread].most_common(3 * top):
                 lines.append(f"{100 * n / self.samples:5.1f}%  {key}")
         from facefleet.io.atomic import atomic_write_text
 

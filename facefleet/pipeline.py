@@ -26,9 +26,8 @@ ImageInput = "str | Path | np.ndarray | torch.Tensor"
 _LM = 468 * 3
 _KP = 6 * 2
 _BOX = _LM
-_MAT = _BOX + 4 + _KP
-_SCORE = _MAT + 16
-_PRESENCE, _KEEP, _IDX, _YAW = _SCORE + 1, _SCORE + 2, _SCORE + 3, _SCORE + 4
+_SCORE = _BOX + 4 + _KP
+_PRESENCE, _KEEP, _IDX = _SCORE + 1, _SCORE + 2, _SCORE + 3
 
 _PRECISIONS = {
     "fp32": torch.float32,
@@ -293,28 +292,21 @@ class Reconstructor:
             det = self.detector(images)
         with self._stage("mesh", timings):
             mesh = self.mesher(images, det)
-        with self._stage("geometry", timings):
-            n = len(det)
-            lm = mesh.landmarks.float()
-            pose = estimate_pose(lm)  # of every detection: the presence filter is applied on the host
         with self._stage("transfer", timings):
             # every per-face value in one float32 table: one asynchronous copy (into pinned memory on
             # CUDA) and one wait
+            n = len(det)
             table = torch.cat(
                 [
-                    lm.reshape(n, _LM),
+                    mesh.landmarks.float().reshape(n, _LM),
                     det.boxes.float(),
                     det.keypoints.reshape(n, _KP).float(),
-                    pose.matrix.reshape(n, 16),
                     torch.stack(
                         [
                             det.scores.float(),
                             mesh.presence.float(),
                             mesh.keep.float(),
                             det.image_index.float(),  # exact: batches are far below 2**24 images
-                            pose.yaw,
-                            pose.pitch,
-                            pose.roll,
                         ],
                         1,
                     ),
@@ -326,10 +318,17 @@ class Reconstructor:
             kept = np.flatnonzero(table.numpy()[:, _KEEP] > 0.5)
             host = table.numpy()[kept]  # a copy: pinned blocks are for reuse
         lm_host = host[:, :_LM].reshape(-1, 468, 3)
+        t_geo = time.perf_counter()
+        # head poses on the host, of the kept faces, from the landmarks as transferred: on CUDA the
+        # batched 3x3 SVD synchronises the device (and ran cuSOLVER kernels) mid-batch; here ~1 ms
+        pose = estimate_pose(torch.from_numpy(lm_host))
+        mat = pose.matrix.numpy().astype(np.float64)
+        yaw, pitch, roll = (t.tolist() for t in (pose.yaw, pose.pitch, pose.roll))
         lm68 = to_landmarks68(torch.from_numpy(lm_host)).numpy()
+        if timings is not None:
+            timings["geometry"] = timings.get("geometry", 0.0) + time.perf_counter() - t_geo
         img_idx = host[:, _IDX].astype(np.int64)
         scores = host[:, _SCORE]
-        mat = host[:, _MAT : _MAT + 16].reshape(-1, 4, 4).astype(np.float64)
         tex_host: list[np.ndarray] | None = None
         with self._stage("texture", timings):
             if texture and len(host) > 0:
@@ -358,12 +357,7 @@ class Reconstructor:
                     keypoints=kps[j],
                     landmarks=lm_host[j],
                     landmarks68=lm68[j],
-                    pose=Pose(
-                        yaw=float(host[j, _YAW]),
-                        pitch=float(host[j, _YAW + 1]),
-                        roll=float(host[j, _YAW + 2]),
-                        matrix=mat[j],
-                    ),
+                    pose=Pose(yaw=yaw[j], pitch=pitch[j], roll=roll[j], matrix=mat[j]),
                     presence=float(host[j, _PRESENCE]),
                     texture=None if tex_host is None else tex_host[j],
                 )

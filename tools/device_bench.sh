@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
@@ -145,6 +145,27 @@ for f in sorted(glob.glob(sys.argv[1] + "/hostprof*.json")):
               " ".join(f"{k} {v:.1f}" for k, v in sorted(st.items())))
 PY
   ;;
+decodecfg)  # the decoder process's settings on one corpus: default, decode_chunk 128, three batches in
+  # flight, default again (the spread); stages split decoding from the copy into the slot; then OBJ + PNG
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  : > /tmp/default.toml
+  printf '[gpu]\ndecode_chunk = 128\n' > /tmp/chunk128.toml
+  printf '[gpu]\nbatches_in_flight = 3\n' > /tmp/inflight3.toml
+  for c in default chunk128 inflight3 default; do
+    facefleet bench --corpus /tmp/ffcorpus --baselines engine --config /tmp/$c.toml \
+      --json "$OUT/cfg_$c$([ -f "$OUT/cfg_$c.json" ] && echo 2).json" 2>&1 | grep "facefleet run (\|facefleet run  "
+  done
+  facefleet bench --corpus /tmp/ffcorpus --baselines engine --formats obj,png --json "$OUT/cfg_files.json" 2>&1 \
+    | grep "facefleet run +"
+  python3 - "$OUT" <<'PY'
+import glob, json, sys
+for f in sorted(glob.glob(sys.argv[1] + "/cfg_*.json")):
+    for r in json.load(open(f))["rows"]:
+        st = r.get("stages") or {}
+        print(f.rsplit("/", 1)[1], r["name"], f"steady {r.get('steady_images_per_s') or 0:.0f} p50 {r['batch_p50_s'] * 1e3:.1f}"
+              f" p99 {r['batch_p99_s'] * 1e3:.0f} ms GPU {r['peak_gpu_mib']:.0f} MiB", " ".join(f"{k} {v:.1f}" for k, v in sorted(st.items())))
+PY
+  ;;
 compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
   python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_mesh.py \
@@ -157,5 +178,5 @@ compile)  # torch.compile's kernels against the eager ones: kernel time, agreeme
       --json "$OUT/compile_$c.json" 2>&1 | grep "facefleet run ("
   done
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof" >&2; exit 2 ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg" >&2; exit 2 ;;
 esac

@@ -54,6 +54,7 @@ class Decoded:
     decode_seconds: float
     device_bytes: int = 0
     needed: int = 0  # slot bytes the batch would have needed for all its images
+    copy_seconds: float = 0.0  # the copy into the slot and the wait for it (not in decode_seconds)
 
 
 class DecoderProcessError(RuntimeError):
@@ -370,6 +371,8 @@ class _Child:
         if blobs:
             names = [sources[k] for k in at]
             got = decode_images(blobs, names, device, decoder=self.decoder, stack=True, chunk=self.chunk)
+            if device.type == "cuda":  # decoded, not just queued: the stages time decoding and copying apart
+                torch.cuda.synchronize(device)
         decode_s = time.perf_counter() - t0
         slot = self._slot_for(batch)  # the decoded images wait (in this process's memory) for a slot
         if slot is None:
@@ -415,7 +418,8 @@ class _Child:
             from facefleet.io.gpu_decode import decoder_memory_bytes
 
             dev_bytes = torch.cuda.max_memory_allocated(slot.device) + decoder_memory_bytes()
-        return Decoded(batch, done, stacked, read_s, decode_s + time.perf_counter() - t0, dev_bytes, needed)
+        copy_s = time.perf_counter() - t0
+        return Decoded(batch, done, stacked, read_s, decode_s, dev_bytes, needed, copy_s)
 
 
 def _as_decode_error(path: str, e: BaseException) -> Any:

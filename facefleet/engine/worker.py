@@ -199,6 +199,7 @@ class _ProcBatch:
         arena = w._arenas[self.slot]
         _add(state.stages, "read", d.read_seconds)
         _add(state.stages, "decode", d.decode_seconds)
+        _add(state.stages, "slot_copy", d.copy_seconds)
         stack = None
         items: list[Any]
         if d.stacked:

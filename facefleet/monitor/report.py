@@ -40,6 +40,7 @@ _STAGE_ORDER = [
     "list",
     "read",
     "decode",
+    "slot_copy",
     "upload",
     "detect",
     "mesh",

@@ -145,18 +145,28 @@ for f in sorted(glob.glob(sys.argv[1] + "/hostprof*.json")):
               " ".join(f"{k} {v:.1f}" for k, v in sorted(st.items())))
 PY
   ;;
-decodecfg)  # the decoder process's settings on one corpus: default, decode_chunk 128, three batches in
-  # flight, default again (the spread); stages split decoding from the copy into the slot; then OBJ + PNG
+decodecfg)  # the decoders alone (GPU: tools/probe_decode.py; the host's cores: Pillow on threads), then
+  # the decoder process's settings on one corpus: default, decode_chunk 128, three batches in flight
+  # (the stages split decoding from the copy into the slot)
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
   : > /tmp/default.toml
   printf '[gpu]\ndecode_chunk = 128\n' > /tmp/chunk128.toml
   printf '[gpu]\nbatches_in_flight = 3\n' > /tmp/inflight3.toml
-  for c in default chunk128 inflight3 default; do
+  python3 tools/probe_decode.py --corpus /tmp/ffcorpus --images 1024 --chunks 32,128 2>&1 | grep -v "^\s*$" | tail -8
+  python3 - <<'PY'  # what the host's cores decode (Pillow, libjpeg-turbo): threads release the GIL
+import glob, os, time
+from concurrent.futures import ThreadPoolExecutor
+from facefleet.io.decode import decode_image
+blobs = [open(f, "rb").read() for f in sorted(glob.glob("/tmp/ffcorpus/**/*.jpg", recursive=True))[:1024]]
+for n in (1, 4, 8, 12):
+    with ThreadPoolExecutor(n) as ex:
+        t = time.perf_counter(); list(ex.map(lambda b: decode_image(b, "x.jpg"), blobs[: 64 * n])); dt = time.perf_counter() - t
+    print(f"Pillow on {n} threads: {64 * n / dt:.0f} img/s (1080p JPEG q90)")
+PY
+  for c in default chunk128 inflight3; do
     facefleet bench --corpus /tmp/ffcorpus --baselines engine --config /tmp/$c.toml \
       --json "$OUT/cfg_$c$([ -f "$OUT/cfg_$c.json" ] && echo 2).json" 2>&1 | grep "facefleet run (\|facefleet run  "
   done
-  facefleet bench --corpus /tmp/ffcorpus --baselines engine --formats obj,png --json "$OUT/cfg_files.json" 2>&1 \
-    | grep "facefleet run +"
   python3 - "$OUT" <<'PY'
 import glob, json, sys
 for f in sorted(glob.glob(sys.argv[1] + "/cfg_*.json")):

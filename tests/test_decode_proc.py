@@ -110,6 +110,29 @@ def test_a_batch_waits_for_its_slot_and_lands_in_the_one_placed(
     assert not slots[0].any()
 
 
+def test_two_decode_threads_answer_every_batch_in_its_slot(
+    tmp_path: Path, astronaut: np.ndarray, slots
+) -> None:
+    # [gpu] decode_threads = 2: batches are decoded two at a time; each still lands in the slot placed
+    # for it, whatever order the threads finish in
+    files = [_jpeg(astronaut[k * 40 : k * 40 + 100, :150], tmp_path / f"{k}.jpg") for k in range(4)]
+    proc = DecoderProcess(slots, decoder="cpu", threads=2).start().wait_ready()
+    try:
+        for b, f in enumerate(files):
+            proc.read(b, [f])
+        futs = [proc.decode(b) for b in range(4)]
+        got = []
+        for b in range(4):
+            proc.place(b, b % 2)
+            d = futs[b].result(timeout=60)
+            assert d.batch == b
+            got.append(_views(d, slots[b % 2])[0].clone())  # the slot is reused two batches later
+    finally:
+        proc.close()
+    for g, f in zip(got, files, strict=True):
+        assert torch.equal(g, torch.from_numpy(decode_image(Path(f).read_bytes(), f)).permute(2, 0, 1))
+
+
 def test_images_larger_than_the_slot_come_back_encoded(tmp_path: Path, astronaut: np.ndarray) -> None:
     big = _jpeg(astronaut, tmp_path / "big.jpg")  # 786 KB decoded
     small = _jpeg(astronaut[:100, :100], tmp_path / "small.jpg")

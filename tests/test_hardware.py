@@ -84,9 +84,13 @@ def test_plan_heterogeneous_gpus_and_overrides(monkeypatch: pytest.MonkeyPatch, 
     plan = plan_devices("1", config=cfg, batch_size=4)  # CLI beats config
     assert [(p.device, p.batch_size, p.precision, p.source) for p in plan] == [("cuda:1", 4, "fp16", "cli")]
     # device-memory settings per GPU name too (they were read from the top-level [gpu] table only)
-    cfg_file.write_text('[gpu]\ndecode_chunk = 16\n[gpu."T4"]\nbatches_in_flight = 1\ndecode_chunk = 8\n')
+    cfg_file.write_text(
+        '[gpu]\ndecode_chunk = 16\ndecode_threads = 2\n[gpu."T4"]\nbatches_in_flight = 1\ndecode_chunk = 8\n'
+    )
     plan = plan_devices("all", config=load_config(cfg_file))
-    assert [(p.batches_in_flight, p.decode_chunk) for p in plan] == [(2, 16), (1, 8)]
+    assert [(p.batches_in_flight, p.decode_chunk, p.decode_threads) for p in plan] == [(2, 16, 2), (1, 8, 2)]
+    with pytest.raises(ValueError, match="decode_threads"):
+        plan_devices("all", config={"gpu": {"decode_threads": 0}})
     # torch.compile's fused kernels: on by default, off per card or everywhere, a boolean only
     assert [p.compile for p in plan] == [True, True]
     cfg_file.write_text('[gpu."T4"]\ncompile = false\n')

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
@@ -176,6 +176,16 @@ for f in sorted(glob.glob(sys.argv[1] + "/cfg_*.json")):
               f" p99 {r['batch_p99_s'] * 1e3:.0f} ms GPU {r['peak_gpu_mib']:.0f} MiB", " ".join(f"{k} {v:.1f}" for k, v in sorted(st.items())))
 PY
   ;;
+decthreads)  # two nvJPEG decode threads in the decoder process against the default (nvImageCodec, one)
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-6000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  printf '[gpu]\ndecoder = "nvjpeg"\ndecode_threads = 2\n' > /tmp/nvjpeg2.toml
+  : > /tmp/default.toml
+  for c in nvjpeg2 default; do
+    facefleet bench --corpus /tmp/ffcorpus --baselines engine --config /tmp/$c.toml --json "$OUT/thr_$c.json" 2>&1 \
+      | grep "facefleet run  "
+    python3 -c "import json, sys; r = json.load(open(sys.argv[1]))['rows'][0]; print(sys.argv[2], round(r['steady_images_per_s'] or 0), 'steady', round(r['batch_p50_s'] * 1e3, 1), 'ms p50', round(r['peak_gpu_mib']), 'MiB', r['stages'])" "$OUT/thr_$c.json" $c
+  done
+  ;;
 compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
   python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_mesh.py \
@@ -188,5 +198,5 @@ compile)  # torch.compile's kernels against the eager ones: kernel time, agreeme
       --json "$OUT/compile_$c.json" 2>&1 | grep "facefleet run ("
   done
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg" >&2; exit 2 ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads" >&2; exit 2 ;;
 esac

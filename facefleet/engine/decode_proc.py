@@ -78,12 +78,14 @@ class DecoderProcess:
         decoder: str = "auto",
         chunk: int = 32,
         readers: int = 4,
+        threads: int = 1,
         start_timeout: float = 120.0,
     ) -> None:
         self.slots = list(slots)
         self.decoder = decoder
         self.chunk = int(chunk)
         self.readers = int(readers)
+        self.threads = max(1, int(threads))
         self.start_timeout = float(start_timeout)
         self._proc: Any = None
         self._to_child: Any = None
@@ -105,7 +107,7 @@ class DecoderProcess:
         ans_r, ans_w = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(
             target=child_main,
-            args=(req_r, ans_w, self.slots, self.decoder, self.chunk, self.readers),
+            args=(req_r, ans_w, self.slots, self.decoder, self.chunk, self.readers, self.threads),
             name="facefleet-decoder",
             daemon=True,
         )
@@ -221,7 +223,9 @@ class DecoderProcess:
 
 
 # -- the child ------------------------------------------------------------------------------------
-def child_main(requests: Any, answers: Any, slots: list[Any], decoder: str, chunk: int, readers: int) -> None:
+def child_main(
+    requests: Any, answers: Any, slots: list[Any], decoder: str, chunk: int, readers: int, threads: int = 1
+) -> None:
     """Entry point of the decoder process."""
     import signal
 
@@ -238,7 +242,7 @@ def child_main(requests: Any, answers: Any, slots: list[Any], decoder: str, chun
             name = dec.name if dec is not None else "Pillow (CPU)"
         else:
             name = "Pillow (CPU)"
-        child = _Child(answers, slots, decoder, chunk, readers)
+        child = _Child(answers, slots, decoder, chunk, readers, threads)
     except BaseException as e:
         with contextlib.suppress(Exception):
             answers.send(("failed", f"{type(e).__name__}: {e}"))
@@ -266,10 +270,14 @@ def child_main(requests: Any, answers: Any, slots: list[Any], decoder: str, chun
 
 
 class _Child:
-    def __init__(self, answers: Any, slots: list[Any], decoder: str, chunk: int, readers: int) -> None:
+    def __init__(
+        self, answers: Any, slots: list[Any], decoder: str, chunk: int, readers: int, threads: int = 1
+    ) -> None:
         import queue
 
         self.answers = answers
+        self.send_lock = threading.Lock()  # decode threads answer through one pipe
+        self.threads = max(1, threads)
         self.slots = slots
         self.decoder = decoder
         self.chunk = chunk
@@ -281,11 +289,16 @@ class _Child:
         self.stopping = False
 
     def run(self, requests: Any) -> None:
-        """Reads requests on this thread (reads start at once); decodes on another, in order."""
+        """Reads requests on this thread (reads start at once); decodes on ``threads`` others, each
+        taking the next batch in order."""
         from facefleet.engine.worker import read_file
 
-        worker = threading.Thread(target=self._decode_loop, name="decode", daemon=True)
-        worker.start()
+        workers = [
+            threading.Thread(target=self._decode_loop, name=f"decode-{k}", daemon=True)
+            for k in range(self.threads)
+        ]
+        for w in workers:
+            w.start()
         try:
             while True:
                 try:
@@ -308,8 +321,10 @@ class _Child:
             with self.placed:
                 self.stopping = True
                 self.placed.notify_all()
-            self.work.put(None)
-            worker.join()
+            for _ in workers:
+                self.work.put(None)
+            for w in workers:
+                w.join()
             self.pool.shutdown(wait=False, cancel_futures=True)
         if self._failure is not None:
             raise self._failure
@@ -318,22 +333,33 @@ class _Child:
 
     def _decode_loop(self) -> None:
         try:
-            while True:
-                job = self.work.get()
-                if job is None:
-                    return
-                batch, reads = job
-                done = self._decode(batch, reads)
-                if done is None:  # stopping before the batch had a slot
-                    return
-                try:
-                    self.answers.send(("done", done))
-                except OSError:  # the worker stopped listening (it is ending): nothing to report
-                    return
+            device = self.slots[0].device
+            if device.type == "cuda":  # a stream per decode thread: their batches overlap on the device
+                import torch
+
+                with torch.cuda.stream(torch.cuda.Stream(device)):
+                    self._decode_jobs()
+            else:
+                self._decode_jobs()
         except BaseException as e:  # reported by run(), which then ends the process
             self._failure = e
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), self.send_lock:
                 self.answers.send(("failed", f"{type(e).__name__}: {e}"))
+
+    def _decode_jobs(self) -> None:
+        while True:
+            job = self.work.get()
+            if job is None:
+                return
+            batch, reads = job
+            done = self._decode(batch, reads)
+            if done is None:  # stopping before the batch had a slot
+                return
+            try:
+                with self.send_lock:
+                    self.answers.send(("done", done))
+            except OSError:  # the worker stopped listening (it is ending): nothing to report
+                return
 
     def _slot_for(self, batch: int) -> Any:
         """The slot the worker placed ``batch`` in (waits for it); None when the child is stopping."""
@@ -372,7 +398,7 @@ class _Child:
             names = [sources[k] for k in at]
             got = decode_images(blobs, names, device, decoder=self.decoder, stack=True, chunk=self.chunk)
             if device.type == "cuda":  # decoded, not just queued: the stages time decoding and copying apart
-                torch.cuda.synchronize(device)
+                torch.cuda.current_stream(device).synchronize()
         decode_s = time.perf_counter() - t0
         slot = self._slot_for(batch)  # the decoded images wait (in this process's memory) for a slot
         if slot is None:

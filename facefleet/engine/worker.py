@@ -356,7 +356,11 @@ class Worker:
                 _check_shared_memory(slots * cap, "the decoder process's slots")
             self._arenas = [self._new_arena(cap) for _ in range(slots)]
             self._proc = DecoderProcess(
-                self._arenas, decoder=p.decoder, chunk=p.decode_chunk, readers=self.spec.readers
+                self._arenas,
+                decoder=p.decoder,
+                chunk=p.decode_chunk,
+                readers=self.spec.readers,
+                threads=p.decode_threads,
             ).start()
         except Exception as e:
             self._decoder_process_failed(e)

@@ -118,14 +118,7 @@ waits)  # where a worker's device thread waits (stages wait_input / wait_writers
       --json "$OUT/files_$(basename $(dirname $w)).json" 2>&1 | grep "facefleet run"
     rm -rf $w
   done
-  python3 - "$OUT" <<'PY'
-import glob, json, sys
-for f in sorted(glob.glob(sys.argv[1] + "/*.json")):
-    for r in json.load(open(f))["rows"]:
-        st = r.get("stages") or {}
-        print(f.rsplit("/", 1)[1], r["name"], f"steady {r.get('steady_images_per_s') or 0:.0f} p50 {r['batch_p50_s'] * 1e3:.1f} ms",
-              " ".join(f"{k} {v:.1f}" for k, v in sorted(st.items())))
-PY
+  python3 tools/bench_stages.py "$OUT"/*.json
   ;;
 hostprof)  # where the device thread's time goes (inclusive Python stacks), recompilations, then the
   # engine without the sampler (Parquet, and OBJ + PNG), steady rates from the batches' completions
@@ -136,14 +129,7 @@ hostprof)  # where the device thread's time goes (inclusive Python stacks), reco
   grep -A3 "triggered by" "$OUT/hostprof_sampled.txt" | grep -- "- [0-9]" | cut -c1-250
   facefleet bench --corpus /tmp/ffcorpus --baselines engine --formats parquet --formats obj,png \
     --json "$OUT/hostprof.json" 2>&1 | grep "facefleet run"
-  python3 - "$OUT" <<'PY'
-import glob, json, sys
-for f in sorted(glob.glob(sys.argv[1] + "/hostprof*.json")):
-    for r in json.load(open(f))["rows"]:
-        st = r.get("stages") or {}
-        print(f.rsplit("/", 1)[1], r["name"], f"steady {r.get('steady_images_per_s') or 0:.0f} p50 {r['batch_p50_s'] * 1e3:.1f} ms",
-              " ".join(f"{k} {v:.1f}" for k, v in sorted(st.items())))
-PY
+  python3 tools/bench_stages.py "$OUT"/hostprof*.json
   ;;
 decodecfg)  # the decoders alone (GPU: tools/probe_decode.py; the host's cores: Pillow on threads), then
   # the decoder process's settings on one corpus: default, decode_chunk 128, three batches in flight
@@ -167,14 +153,7 @@ PY
     facefleet bench --corpus /tmp/ffcorpus --baselines engine --config /tmp/$c.toml \
       --json "$OUT/cfg_$c$([ -f "$OUT/cfg_$c.json" ] && echo 2).json" 2>&1 | grep "facefleet run (\|facefleet run  "
   done
-  python3 - "$OUT" <<'PY'
-import glob, json, sys
-for f in sorted(glob.glob(sys.argv[1] + "/cfg_*.json")):
-    for r in json.load(open(f))["rows"]:
-        st = r.get("stages") or {}
-        print(f.rsplit("/", 1)[1], r["name"], f"steady {r.get('steady_images_per_s') or 0:.0f} p50 {r['batch_p50_s'] * 1e3:.1f}"
-              f" p99 {r['batch_p99_s'] * 1e3:.0f} ms GPU {r['peak_gpu_mib']:.0f} MiB", " ".join(f"{k} {v:.1f}" for k, v in sorted(st.items())))
-PY
+  python3 tools/bench_stages.py "$OUT"/cfg_*.json
   ;;
 decthreads)  # two nvJPEG decode threads in the decoder process against the default (nvImageCodec, one)
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-6000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
@@ -183,8 +162,8 @@ decthreads)  # two nvJPEG decode threads in the decoder process against the defa
   for c in nvjpeg2 default; do
     facefleet bench --corpus /tmp/ffcorpus --baselines engine --config /tmp/$c.toml --json "$OUT/thr_$c.json" 2>&1 \
       | grep "facefleet run  "
-    python3 -c "import json, sys; r = json.load(open(sys.argv[1]))['rows'][0]; print(sys.argv[2], round(r['steady_images_per_s'] or 0), 'steady', round(r['batch_p50_s'] * 1e3, 1), 'ms p50', round(r['peak_gpu_mib']), 'MiB', r['stages'])" "$OUT/thr_$c.json" $c
   done
+  python3 tools/bench_stages.py "$OUT"/thr_*.json
   ;;
 compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"

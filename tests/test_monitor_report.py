@@ -84,7 +84,16 @@ def realistic_stats(n_gpus: int = 2, seconds: float = 120.0) -> dict[str, Any]:
             }
             for g in range(n_gpus)
         ],
-        "stages": {"read": 41.0, "decode": 88.0, "detect": 61.0, "mesh": 52.0, "texture": 0.0, "write": 23.5},
+        "stages": {
+            "read": 41.0,
+            "decode": 88.0,
+            "detect": 61.0,
+            "mesh": 52.0,
+            "texture": 0.0,
+            "write": 23.5,
+            "wait_input": 7.5,
+            "wait_writers": 0.25,
+        },
         "throughput": tp,
         "batch_seconds": [0.09 + 0.01 * ((i * 7919) % 13) for i in range(400)],
         "gpu": {"interval": 0.5, "samples": samples},
@@ -135,7 +144,9 @@ def test_report_is_self_contained_html_with_plots_and_totals(tmp_path: Path) -> 
     assert d["images_per_s"] == pytest.approx(n / 120.0)
     assert d["faces_per_s"] == pytest.approx(stats["totals"]["faces"] / 120.0)
     assert sum(d["stage_share"].values()) == pytest.approx(1.0)
-    assert d["stage_share"]["decode"] == pytest.approx(88.0 / 265.5)
+    assert d["stage_share"]["decode"] == pytest.approx(88.0 / 265.5)  # the waits are not work
+    assert d["waits"] == {"wait_input": 7.5, "wait_writers": 0.25}
+    assert "waited" in html and "for decoded images" in html
     assert set(d["per_gpu"]) == {"0", "1"}
     assert d["per_gpu"]["0"]["util_max"] == pytest.approx(95.0)
     assert d["per_gpu"]["1"]["mem_used_mib_peak"] == pytest.approx(3350.0)

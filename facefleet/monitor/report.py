@@ -50,8 +50,6 @@ _STAGE_ORDER = [
     "export",
     "write",
     "wait",
-    "wait_input",
-    "wait_writers",
 ]
 
 
@@ -77,11 +75,17 @@ def _workers(stats: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _stages(stats: dict[str, Any]) -> dict[str, float]:
+def _stages(stats: dict[str, Any], waits: bool = False) -> dict[str, float]:
+    """Seconds per stage (work), or with ``waits`` the networks' thread's waits (``wait_*``: for
+    decoded images, for the file writers), which are idle time rather than a share of the work."""
     st = stats.get("stages") or stats.get("stage_seconds") or {}
     if not isinstance(st, dict):
         return {}
-    vals = {str(k): _num(v.get("seconds") if isinstance(v, dict) else v) for k, v in st.items()}
+    vals = {
+        str(k): _num(v.get("seconds") if isinstance(v, dict) else v)
+        for k, v in st.items()
+        if str(k).startswith("wait_") == waits
+    }
     order = {k: i for i, k in enumerate(_STAGE_ORDER)}
     return dict(sorted(vals.items(), key=lambda kv: order.get(kv[0], len(order))))
 
@@ -198,6 +202,7 @@ def derive(stats: dict[str, Any]) -> dict[str, Any]:
         "faces_per_image": faces / images if images > 0 else None,
         "stage_seconds_total": stage_total,
         "stage_share": {k: v / stage_total for k, v in stages.items()} if stage_total > 0 else {},
+        "waits": _stages(stats, waits=True),
         "per_worker": per_worker,
         "per_gpu": gpu["summary"].get("gpus", {}),
         "host": {k: gpu["summary"].get(k) for k in ("cpu_percent_mean", "cpu_percent_max", "rss_mib_peak")},
@@ -422,7 +427,14 @@ def render_html(stats: dict[str, Any], derived: dict[str, Any] | None = None) ->
         body = svg.stacked_bar(list(stages.items()), width=520) + svg.bar_chart(
             items, width=520, colors=[svg.color(i) for i in range(len(items))]
         )
-        row.append(_section("Time per stage", body, "seconds summed over workers; stages overlap in time"))
+        note = "seconds summed over workers; stages overlap in time"
+        waits = _stages(stats, waits=True)
+        if waits:
+            said = {"wait_input": "for decoded images", "wait_writers": "for the file writers"}
+            note += "; the networks' threads waited " + ", ".join(
+                f"{svg.fmt_seconds(v)} {said.get(k, k)}" for k, v in waits.items()
+            )
+        row.append(_section("Time per stage", body, note))
     workers = d["per_worker"]
     if workers:
         wi = [

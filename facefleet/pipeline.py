@@ -264,9 +264,10 @@ class Reconstructor:
         faces' ``texture`` are views of it; the others get host memory of their own), e.g. shared memory
         that writer processes read (:mod:`facefleet.engine.texture_ring`).
 
-        When ``timings`` is given, seconds spent per stage ('detect', 'mesh', 'geometry',
-        'texture', 'transfer') are added to it (device time between stage boundaries on CUDA,
-        measured with events, no extra synchronisation; wall time on the CPU).
+        When ``timings`` is given, seconds spent per stage ('detect', 'mesh', 'transfer', 'texture')
+        are added to it (device time between stage boundaries on CUDA, measured with events, no extra
+        synchronisation; wall time on the CPU), and 'geometry' (head poses and the 68-point landmarks,
+        computed on the host from the transferred landmarks: wall time).
         """
         from facefleet.geometry import estimate_pose, to_landmarks68
 

@@ -59,12 +59,13 @@ ab)  # this tree against an older one on one corpus and machine (the lent machin
   # before: git archive REV facefleet | tar -x -C .carry/old   (the device copy has no .git)
   OLD=${OLD:-$PWD/.carry/old}; [ -d "$OLD/facefleet" ] || { echo "no old tree at $OLD" >&2; exit 2; }
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
-  for v in new old new; do  # new twice: the spread of one tree shows the noise
+  for v in new old new2; do  # this tree twice: its spread shows the noise
     if [ $v = old ]; then here=$PWD; cd /tmp; export PYTHONPATH=$OLD; fi  # the old package first on the path
     facefleet bench --corpus /tmp/ffcorpus --baselines engine --gpu-workers "${GPU_WORKERS:-1,2}" \
       --json "$OUT/ab_$v.json" 2>&1 | grep "facefleet run ("
     if [ $v = old ]; then cd "$here"; unset PYTHONPATH; fi
   done
+  python3 tools/bench_stages.py "$OUT"/ab_*.json
   ;;
 gil)  # what a worker's other threads cost its device thread (docs/benchmarks.md, seventh session)
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', 1024, resolution=(1920, 1080), faces_per_image=(1, 1))"

@@ -13,7 +13,7 @@ the centre of pixel ``(row i, col j)`` is ``(j + 0.5, i + 0.5)``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,9 +167,10 @@ def _compiled_sample(
         try:
             # Every call must match the one compiled graph (a recompilation takes seconds, mid-run):
             # torch.compile specialises sizes 0 and 1, so below 2 point sets or images the last one is
-            # repeated; and it guards on the tensors that inputs are views of (a batch in a decoder slot,
-            # the warm-up's own images), so the inputs go in detached (same memory, no base)
-            # and on inference tensors against ordinary ones: the pack's are ordinary (see pack_images)
+            # repeated; it guards on the tensors that inputs are views of (a batch in a decoder slot,
+            # the warm-up's own images), so the inputs go in detached (same memory, no base); and it
+            # guards on inference tensors against ordinary ones, so the pack's tensors (see pack_images)
+            # and the meta made here are ordinary ones
             n = int(idx.shape[0])
             meta = pack.meta
             with torch.inference_mode(False):
@@ -233,14 +234,12 @@ def _sample(
     xy: Tensor,
     padding_mode: str,
     scale: float = 1.0,
-    fn: Callable[..., Tensor] | None = None,
 ) -> Tensor:
     """Gather path: the four taps of every point as one ``(n, P, 2, 2)`` pixel index and one gather, then
     a weighted sum over the taps; ~30 operations per call (each a host call and a kernel launch)
     whatever the number of points. Returns a ``(n, 3, P)`` view of ``(n, P, 3)`` memory (pixel by
-    pixel, as a channels-last network input wants it). ``fn``: :func:`_sample_tensors` (default) or
-    its compiled form."""
-    return (fn or _sample_tensors)(
+    pixel, as a channels-last network input wants it)."""
+    return _sample_tensors(
         pack.data, pack.offset, pack.height, pack.width, idx, xy, pack.hwc, padding_mode == "border", scale
     )
 

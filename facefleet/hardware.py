@@ -52,6 +52,35 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 GPU_DECODERS = ("auto", "nvimgcodec", "nvjpeg")  # = facefleet.io.gpu_decode.DECODER_NAMES (no torch here)
 
 
+JPEG_BACKEND_KINDS = ("hw", "gpu", "hybrid", "cpu")
+
+
+def parse_jpeg_backends(spec: str) -> tuple[tuple[str, float], ...]:
+    """nvImageCodec's backends from a setting like ``"hw:0.85,cpu"``: in order of preference, each
+    kind (``hw``: the GPU's JPEG engine; ``gpu``: CUDA kernels; ``hybrid``: CUDA with Huffman decoding
+    on the host; ``cpu``: libjpeg-turbo on the decoder's host threads) with the share of each call's
+    files it takes (default 1: all it can); the files a backend leaves or refuses go to the next one.
+    ``"auto"`` (or empty): nvImageCodec's own choice. Raises ValueError for anything else."""
+    spec = spec.strip()
+    if spec in ("", "auto"):
+        return ()
+    out: list[tuple[str, float]] = []
+    for part in spec.split(","):
+        kind, _, load = part.strip().partition(":")
+        if kind not in JPEG_BACKEND_KINDS:
+            raise ValueError(
+                f"unknown JPEG decoder backend {kind!r} in {spec!r}: use {', '.join(JPEG_BACKEND_KINDS)}"
+            )
+        try:
+            share = float(load) if load else 1.0
+        except ValueError:
+            share = -1.0
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"JPEG decoder backend {part.strip()!r}: the share must be in (0, 1]")
+        out.append((kind, share))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class GpuSpec:
     """What the profile table needs to know about one GPU."""
@@ -83,6 +112,10 @@ class DeviceProfile:
     # hardware engine lost with two); in the engine decoder = "nvjpeg" with two threads gave 2,689
     # against the default's 2,555 img/s, same machine, at 4.0 against 2.9 GB: not the default
     decode_threads: int = 1
+    # CUDA, nvImageCodec: its backends (parse_jpeg_backends: "auto", or e.g. "hw:0.85,cpu" for 15 % of
+    # each call's files on the host's cores) and its host threads per decoder (0: up to 4)
+    decode_backends: str = "auto"
+    decode_cpu_threads: int = 0
     # CUDA: the networks' graphs from torch.compile's fused kernels where Triton is installed
     # (TFLiteModule.use_compile); false: eager kernels
     compile: bool = True
@@ -233,6 +266,16 @@ def _check_overrides(d: Mapping[str, Any], where: str) -> None:
     for k in ("batch_size", "workers", "threads", "batches_in_flight", "decode_chunk", "decode_threads"):
         if k in d and (not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 1):
             raise ValueError(f"{where}: {k} must be a positive integer, got {d[k]!r}")
+    if "decode_backends" in d:
+        if not isinstance(d["decode_backends"], str):
+            raise ValueError(f"{where}: decode_backends must be a string, got {d['decode_backends']!r}")
+        try:
+            parse_jpeg_backends(d["decode_backends"])
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+    k = "decode_cpu_threads"
+    if k in d and (not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 0):
+        raise ValueError(f"{where}: {k} must be an integer >= 0, got {d[k]!r}")
     for k in ("compile", "decode_process"):
         if k in d and not isinstance(d[k], bool):
             raise ValueError(f"{where}: {k} must be true or false, got {d[k]!r}")
@@ -378,9 +421,10 @@ def plan_devices(
                 memory_bytes=spec.memory_bytes,
                 **{
                     k: int(over[k])
-                    for k in ("batches_in_flight", "decode_chunk", "decode_threads")
+                    for k in ("batches_in_flight", "decode_chunk", "decode_threads", "decode_cpu_threads")
                     if k in over
                 },
+                decode_backends=str(over.get("decode_backends", "auto")),
                 compile=bool(over.get("compile", True)),
                 decode_process=decode_process,
                 capability=spec.capability,

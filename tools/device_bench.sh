@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
@@ -166,6 +166,30 @@ decthreads)  # two nvJPEG decode threads in the decoder process against the defa
   done
   python3 tools/bench_stages.py "$OUT"/thr_*.json
   ;;
+backends)  # nvImageCodec's backends (the JPEG engine, the host's cores in shares) and host threads: alone,
+  # then in the engine on one corpus with the GPU's utilisation per engine sampled by nvidia-smi dmon
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-12000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  python3 tools/probe_decode.py --corpus /tmp/ffcorpus --images 1024 --chunks 32,128 \
+    --backends "${BACKENDS:-auto;hw,cpu;hw:0.9,cpu;hw:0.8,cpu}" --cpu-threads 4,12 2>&1 | tee "$OUT/backends.txt"
+  : > /tmp/default.toml
+  printf '[gpu]\ndecode_backends = "hw,cpu"\n' > /tmp/hw.toml
+  printf '[gpu]\ndecode_backends = "hw:0.85,cpu"\ndecode_cpu_threads = 12\n' > /tmp/hwcpu.toml
+  printf '[gpu]\ndecode_chunk = 128\n' > /tmp/chunk128.toml
+  printf '[gpu]\nbatch_size = 256\n' > /tmp/batch256.toml
+  nvidia-smi dmon -s u -o T > "$OUT/dmon.txt" 2>&1 &
+  DMON=$!
+  for c in ${CONFIGS:-default hw hwcpu chunk128 batch256 default}; do
+    echo "== $c $(date +%T)" >> "$OUT/dmon.txt"
+    facefleet bench --corpus /tmp/ffcorpus --baselines engine --config /tmp/$c.toml \
+      --json "$OUT/be_$c$([ -f "$OUT/be_$c.json" ] && echo 2).json" 2>&1 | grep "facefleet run  " | sed "s/^/$c: /"
+  done
+  kill $DMON
+  python3 tools/bench_stages.py "$OUT"/be_*.json
+  ;;
+lean)  # decoding beside the networks: in another process, or on a lean thread of their process
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', 1024, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  python3 tools/probe_lean_decode.py --corpus /tmp/ffcorpus --seconds "${SECONDS_PER_ROW:-6}" 2>&1 | tee "$OUT/lean.txt"
+  ;;
 compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
   python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_mesh.py \
@@ -178,5 +202,5 @@ compile)  # torch.compile's kernels against the eager ones: kernel time, agreeme
       --json "$OUT/compile_$c.json" 2>&1 | grep "facefleet run ("
   done
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads" >&2; exit 2 ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean" >&2; exit 2 ;;
 esac

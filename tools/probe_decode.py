@@ -1,6 +1,7 @@
 """Which GPU JPEG decoder, and how many images per call? (GPU host)
 
 Usage: python tools/probe_decode.py --corpus DIR [--images 1024] [--batch 128] [--chunks 16,32,128] [--steps]
+       [--backends 'auto;hw;hw:0.85,cpu' --cpu-threads 4,12]
 
 Decodes the same JPEG bytes (held in memory) through ``facefleet.io.gpu_decode.decode_images`` as a
 worker does (batches of ``--batch`` stacked into one tensor, ``chunk`` images per decoder call), with
@@ -10,6 +11,9 @@ GPU), the decoder's own buffer memory, and the pixel difference against Pillow (
 
 ``--steps``: where one batch's time goes on the decoder thread with nvImageCodec (header parsing,
 nvImageCodec's per-file objects, the decode calls alone in chunks, ``decode_images`` as a whole).
+
+``--backends``: nvImageCodec alone with each backend setting (``[gpu] decode_backends``: the JPEG engine,
+CUDA, the host's cores, in shares) and host thread count (``[gpu] decode_cpu_threads``).
 """
 
 from __future__ import annotations
@@ -104,6 +108,40 @@ def steps(blobs: list[bytes], batch: int, chunks: list[int]) -> None:
         timed(f"decode_images, chunk {c}", whole)
 
 
+def difference(blobs: list[bytes], pil: list[np.ndarray], name: str) -> tuple[float, int]:
+    """Mean and largest pixel difference of the first files against Pillow."""
+    got = decode_images(blobs[: len(pil)], [str(i) for i in range(len(pil))], "cuda", decoder=name).items
+    diffs = [
+        np.abs(t.permute(1, 2, 0).cpu().numpy().astype(int) - p.astype(int))
+        for t, p in zip(got, pil, strict=True)
+        if isinstance(t, torch.Tensor)
+    ]
+    if len(diffs) < len(pil):
+        raise RuntimeError(f"{len(pil) - len(diffs)} of {len(pil)} files failed to decode")
+    return float(np.mean([d.mean() for d in diffs])), int(max(d.max() for d in diffs))
+
+
+def backends(blobs: list[bytes], pil: list[np.ndarray], a: Any) -> None:
+    """nvImageCodec with each backend setting and host thread count: img/s on one thread, per chunk."""
+    from facefleet.io.gpu_decode import configure_nvimgcodec
+
+    print(f"{'backends':24s} {'threads':>7s} {'chunk':>6s} {'img/s':>7s} {'mean|d|':>8s} {'max|d|':>7s}")
+    for spec in a.backends.split(";"):
+        for threads in (int(t) for t in a.cpu_threads.split(",")):
+            try:
+                configure_nvimgcodec(spec, threads)
+                if jpeg_decoder("cuda", "nvimgcodec") is None:
+                    print(f"{spec:24s} {threads:7d} not usable (see the warning above)")
+                    continue
+                mean, mx = difference(blobs, pil, "nvimgcodec")
+                for chunk in (int(c) for c in a.chunks.split(",")):
+                    r = rate(blobs, a.batch, 1, "nvimgcodec", chunk)
+                    print(f"{spec:24s} {threads:7d} {chunk:6d} {r:7.0f} {mean:8.3f} {mx:7d}")
+            except Exception as e:
+                print(f"{spec:24s} {threads:7d} failed: {type(e).__name__}: {e}")
+    configure_nvimgcodec()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", required=True)
@@ -111,6 +149,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--chunks", default="16,32,128")
     ap.add_argument("--steps", action="store_true", help="time the steps of one nvImageCodec batch")
+    ap.add_argument(
+        "--backends",
+        default="",
+        help="nvImageCodec backend settings to compare, ';'-separated (e.g. 'auto;hw;hw:0.85,cpu'), "
+        "each with every --cpu-threads",
+    )
+    ap.add_argument("--cpu-threads", default="4", help="nvImageCodec host threads, e.g. 4,12 (--backends)")
     a = ap.parse_args()
     files = sorted(Path(a.corpus).rglob("*.jpg"))[: a.images]
     blobs = [f.read_bytes() for f in files]
@@ -120,6 +165,9 @@ def main() -> None:
         steps(blobs, a.batch, [int(c) for c in a.chunks.split(",")])
         return
     pil = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs[:16]]
+    if a.backends:
+        backends(blobs, pil, a)
+        return
     cols = ("chunk", "1 thread", "2 threads", "own MiB", "mean|d|", "max|d|")
     print(f"{'decoder':12s} " + " ".join(f"{c:>9s}" for c in cols))
     for name in ("nvjpeg", "nvimgcodec"):
@@ -127,14 +175,7 @@ def main() -> None:
         if dec is None:
             print(f"{name:12s} not available here")
             continue
-        got = decode_images(blobs[:16], [str(i) for i in range(16)], "cuda", decoder=name).items
-        diffs = [
-            np.abs(t.permute(1, 2, 0).cpu().numpy().astype(int) - p.astype(int))
-            for t, p in zip(got, pil, strict=True)
-            if isinstance(t, torch.Tensor)
-        ]
-        mean = float(np.mean([d.mean() for d in diffs]))
-        mx = int(max(d.max() for d in diffs))
+        mean, mx = difference(blobs, pil, name)
         for chunk in (int(c) for c in a.chunks.split(",")):
             r1 = rate(blobs, a.batch, 1, name, chunk)
             r2 = rate(blobs, a.batch, 2, name, chunk)

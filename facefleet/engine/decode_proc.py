@@ -79,6 +79,8 @@ class DecoderProcess:
         chunk: int = 32,
         readers: int = 4,
         threads: int = 1,
+        backends: str = "auto",
+        cpu_threads: int = 0,
         start_timeout: float = 120.0,
     ) -> None:
         self.slots = list(slots)
@@ -86,6 +88,8 @@ class DecoderProcess:
         self.chunk = int(chunk)
         self.readers = int(readers)
         self.threads = max(1, int(threads))
+        self.backends = backends  # nvImageCodec's (facefleet.io.gpu_decode.configure_nvimgcodec)
+        self.cpu_threads = int(cpu_threads)
         self.start_timeout = float(start_timeout)
         self._proc: Any = None
         self._to_child: Any = None
@@ -108,6 +112,7 @@ class DecoderProcess:
         self._proc = ctx.Process(
             target=child_main,
             args=(req_r, ans_w, self.slots, self.decoder, self.chunk, self.readers, self.threads),
+            kwargs={"backends": self.backends, "cpu_threads": self.cpu_threads},
             name="facefleet-decoder",
             daemon=True,
         )
@@ -224,7 +229,16 @@ class DecoderProcess:
 
 # -- the child ------------------------------------------------------------------------------------
 def child_main(
-    requests: Any, answers: Any, slots: list[Any], decoder: str, chunk: int, readers: int, threads: int = 1
+    requests: Any,
+    answers: Any,
+    slots: list[Any],
+    decoder: str,
+    chunk: int,
+    readers: int,
+    threads: int = 1,
+    *,
+    backends: str = "auto",
+    cpu_threads: int = 0,
 ) -> None:
     """Entry point of the decoder process."""
     import signal
@@ -236,8 +250,9 @@ def child_main(
         device = slots[0].device
         if device.type == "cuda":
             torch.cuda.set_device(device)
-            from facefleet.io.gpu_decode import jpeg_decoder
+            from facefleet.io.gpu_decode import configure_nvimgcodec, jpeg_decoder
 
+            configure_nvimgcodec(backends, cpu_threads)
             dec = jpeg_decoder(device, decoder)
             name = dec.name if dec is not None else "Pillow (CPU)"
         else:

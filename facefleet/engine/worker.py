@@ -286,8 +286,9 @@ class Worker:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             # the GPU JPEG decoder's set-up (~1-2 s for nvImageCodec) overlaps loading the networks
-            from facefleet.io.gpu_decode import jpeg_decoder
+            from facefleet.io.gpu_decode import configure_nvimgcodec, jpeg_decoder
 
+            configure_nvimgcodec(spec.profile.decode_backends, spec.profile.decode_cpu_threads)
             self._decoder_setup = threading.Thread(
                 target=jpeg_decoder,
                 args=(self.device, spec.profile.decoder),
@@ -361,6 +362,8 @@ class Worker:
                 chunk=p.decode_chunk,
                 readers=self.spec.readers,
                 threads=p.decode_threads,
+                backends=p.decode_backends,
+                cpu_threads=p.decode_cpu_threads,
             ).start()
         except Exception as e:
             self._decoder_process_failed(e)

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import torch
 
-from facefleet.hardware import GPU_DECODERS
+from facefleet.hardware import GPU_DECODERS, parse_jpeg_backends
 from facefleet.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, check_image_size, decode_image
 from facefleet.io.jpeg import JpegHeader, parse_jpeg_header
 
@@ -45,11 +45,13 @@ __all__ = [
     "JpegBatchDecoder",
     "JpegHeader",
     "apply_exif_orientation",
+    "configure_nvimgcodec",
     "decode_batch",
     "decode_images",
     "decoder_memory_bytes",
     "jpeg_decoder",
     "nvjpeg_available",
+    "parse_jpeg_backends",
     "parse_jpeg_header",
 ]
 
@@ -149,9 +151,17 @@ class _NvImgCodecDecoder:
     name = "nvimgcodec"
     borrowed = True
 
-    def __init__(self, nv: Any, cpu_threads: int) -> None:
+    def __init__(self, nv: Any, cpu_threads: int, backends: Sequence[tuple[str, float]] = ()) -> None:
         self._nv = nv
         self._cpu_threads = cpu_threads
+        kinds = {
+            "hw": nv.BackendKind.HW_GPU_ONLY,
+            "gpu": nv.BackendKind.GPU_ONLY,
+            "hybrid": nv.BackendKind.HYBRID_CPU_GPU,
+            "cpu": nv.BackendKind.CPU_ONLY,
+        }
+        # empty: nvImageCodec's own choice (every backend, its default shares)
+        self._backends = [nv.Backend(kinds[k], load_hint=load) for k, load in backends]
         self._params = nv.DecodeParams(
             apply_exif_orientation=False, color_spec=nv.ColorSpec.SRGB, sample_format=nv.SampleFormat.P_RGB
         )
@@ -163,9 +173,11 @@ class _NvImgCodecDecoder:
     def _state(self, device: torch.device) -> Any:
         st = getattr(self._local, "state", None)
         if st is None or st.device != device:
-            st = self._local.state = _NvThreadState(
-                device, self._nv.Decoder(device_id=device.index or 0, max_num_cpu_threads=self._cpu_threads)
-            )
+            kw: dict[str, Any] = {"max_num_cpu_threads": self._cpu_threads}
+            if self._backends:
+                kw["backends"] = self._backends
+            decoder = self._nv.Decoder(device_id=device.index or 0, **kw)
+            st = self._local.state = _NvThreadState(device, decoder)
             with self._states_lock:
                 self._states.add(st)
         return st
@@ -255,16 +267,32 @@ _nv_decoders: dict[torch.device, _NvImgCodecDecoder] = {}
 
 _NV_INIT = threading.Lock()
 
+_nv_options: dict[str, Any] = {"backends": (), "cpu_threads": 0}
+
+
+def configure_nvimgcodec(backends: str = "auto", cpu_threads: int = 0) -> None:
+    """How this process's nvImageCodec decoders are made from now on: ``backends`` as
+    :func:`parse_jpeg_backends` reads it, ``cpu_threads`` host threads per decoder (0: up to 4; they
+    parse the files for the JPEG engine and run the ``cpu`` backend). Set before the first decode."""
+    opts = {"backends": parse_jpeg_backends(backends), "cpu_threads": max(0, int(cpu_threads))}
+    with _NV_INIT:
+        if opts != _nv_options:
+            _nv_options.update(opts)
+            _nvimgcodec_setup.cache_clear()
+            _nv_decoders.clear()
+
 
 def _nvimgcodec_decoder(device: torch.device) -> JpegBatchDecoder | None:
     """nvImageCodec, if importable and it decodes a test JPEG on ``device`` (else None, with the
     reason on stderr once). Decoder threads that ask at once wait for one set-up."""
     with _NV_INIT:
-        return _nvimgcodec_setup(device)
+        return _nvimgcodec_setup(device, _nv_options["backends"], _nv_options["cpu_threads"])
 
 
 @functools.lru_cache(maxsize=8)
-def _nvimgcodec_setup(device: torch.device) -> JpegBatchDecoder | None:
+def _nvimgcodec_setup(
+    device: torch.device, backends: tuple[tuple[str, float], ...] = (), cpu_threads: int = 0
+) -> JpegBatchDecoder | None:
     with _quiet_stderr() as noise:
         try:
             from nvidia import nvimgcodec as nv
@@ -273,7 +301,8 @@ def _nvimgcodec_setup(device: torch.device) -> JpegBatchDecoder | None:
         ok, error = False, "not installed"
         if nv is not None:
             try:
-                dec = _NvImgCodecDecoder(nv, cpu_threads=min(4, os.cpu_count() or 1))
+                threads = cpu_threads or min(4, os.cpu_count() or 1)
+                dec = _NvImgCodecDecoder(nv, cpu_threads=threads, backends=backends)
                 with torch.cuda.device(device):
                     out = dec([_probe_jpeg()], device)
                     torch.cuda.current_stream(device).synchronize()

@@ -103,8 +103,9 @@ class DeviceProfile:
     decoder: str
     threads: int  # torch intra-op threads of the worker process
     memory_bytes: int = 0
-    # CUDA: decoded batches a worker holds in device memory (the networks' one + the next), and JPEGs
-    # per GPU decoder call (written straight into the batch tensor; the decoder's buffers hold as many)
+    # CUDA: decoded batches a worker holds in device memory (the networks' one + the next; with the
+    # decoder process 3 by default: it decodes straight into them, so the third is the batch it decodes
+    # ahead), and JPEGs per GPU decoder call (written straight into the batch tensor)
     batches_in_flight: int = 2
     decode_chunk: int = 32
     # CUDA, decoder process: batches decoded at once, each on a thread and stream of its own, each
@@ -421,9 +422,10 @@ def plan_devices(
                 memory_bytes=spec.memory_bytes,
                 **{
                     k: int(over[k])
-                    for k in ("batches_in_flight", "decode_chunk", "decode_threads", "decode_cpu_threads")
+                    for k in ("decode_chunk", "decode_threads", "decode_cpu_threads")
                     if k in over
                 },
+                batches_in_flight=int(over.get("batches_in_flight", 3 if decode_process else 2)),
                 decode_backends=str(over.get("decode_backends", "auto")),
                 compile=bool(over.get("compile", True)),
                 decode_process=decode_process,

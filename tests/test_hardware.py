@@ -88,9 +88,24 @@ def test_plan_heterogeneous_gpus_and_overrides(monkeypatch: pytest.MonkeyPatch, 
         '[gpu]\ndecode_chunk = 16\ndecode_threads = 2\n[gpu."T4"]\nbatches_in_flight = 1\ndecode_chunk = 8\n'
     )
     plan = plan_devices("all", config=load_config(cfg_file))
-    assert [(p.batches_in_flight, p.decode_chunk, p.decode_threads) for p in plan] == [(2, 16, 2), (1, 8, 2)]
+    # the decoder process decodes straight into its slots: three by default (the third is decoded ahead)
+    assert [(p.batches_in_flight, p.decode_chunk, p.decode_threads) for p in plan] == [(3, 16, 2), (1, 8, 2)]
+    threads_cfg = {"gpu": {"decode_process": False}}
+    assert [p.batches_in_flight for p in plan_devices("all", config=threads_cfg)] == [2, 2]
     with pytest.raises(ValueError, match="decode_threads"):
         plan_devices("all", config={"gpu": {"decode_threads": 0}})
+    # nvImageCodec's backends (the JPEG engine first, the host's cores for 15 %) and host threads
+    cfg_file.write_text('[gpu]\ndecode_backends = "hw:0.85,cpu"\ndecode_cpu_threads = 8\n')
+    plan = plan_devices("all", config=load_config(cfg_file))
+    assert {(p.decode_backends, p.decode_cpu_threads) for p in plan} == {("hw:0.85,cpu", 8)}
+    assert {p.decode_backends for p in plan_devices("all")} == {"auto"}
+    bad_settings = (("hw:2", "share must be in"), ("nvjpg", "unknown JPEG decoder"), ("hw:x", "share"))
+    for bad, match in bad_settings:
+        cfg_file.write_text(f'[gpu]\ndecode_backends = "{bad}"\n')
+        with pytest.raises(ValueError, match=match):
+            load_config(cfg_file)
+    with pytest.raises(ValueError, match="decode_cpu_threads"):
+        plan_devices("all", config={"gpu": {"decode_cpu_threads": -1}})
     # torch.compile's fused kernels: on by default, off per card or everywhere, a boolean only
     assert [p.compile for p in plan] == [True, True]
     cfg_file.write_text('[gpu."T4"]\ncompile = false\n')

@@ -229,6 +229,32 @@ def test_decode_into_the_stack_with_fallbacks() -> None:
         assert torch.equal(item.permute(1, 2, 0), torch.from_numpy(decode_image(blob, names[k]))), k
 
 
+def test_decode_straight_into_an_arena() -> None:
+    # the decoder process hands its slot (flat shared memory) as the arena of the batch tensor
+    arrays = [_photo(40, 24, k) for k in range(3)]
+    blobs, names = [_jpeg(a) for a in arrays], [f"{k}.jpg" for k in range(3)]
+    pairs = zip(blobs, names, strict=True)
+    expected = [torch.from_numpy(decode_image(b, n)).permute(2, 0, 1) for b, n in pairs]
+    arena = torch.full((3 * 3 * 24 * 40 + 64,), 5, dtype=torch.uint8)
+    got = decode_images(blobs, names, "cpu", jpeg_decoder_fn=_IntoDecoder(), stack=True, chunk=2, arena=arena)
+    assert got.stack is not None and got.stack.data_ptr() == arena.data_ptr()  # in place, no copy
+    assert all(torch.equal(r, e) for r, e in zip(got.stack, expected, strict=True))
+    assert bool((arena[-64:] == 5).all())  # nothing written past the batch
+    # a broken file: no stack, and nothing handed back refers to the arena (the caller reuses it)
+    broken = decode_images(
+        [*blobs, b"junk"], [*names, "x.jpg"], "cpu", jpeg_decoder_fn=_IntoDecoder(), stack=True, arena=arena
+    )
+    assert broken.stack is None and isinstance(broken.items[3], ImageDecodeError)
+    end = arena.data_ptr() + arena.numel()
+    for item, e in zip(broken.items[:3], expected, strict=True):
+        assert isinstance(item, torch.Tensor) and torch.equal(item, e)
+        assert not arena.data_ptr() <= item.data_ptr() < end
+    # an arena without room: the batch tensor is the decoder's own
+    small = torch.zeros(100, dtype=torch.uint8)
+    own = decode_images(blobs, names, "cpu", jpeg_decoder_fn=_IntoDecoder(), stack=True, arena=small)
+    assert own.stack is not None and own.stack.data_ptr() != small.data_ptr() and not bool(small.any())
+
+
 def test_stack_only_when_every_image_has_one_size(img: np.ndarray) -> None:
     a, b = _photo(40, 24, 1), _photo(40, 24, 2)
     fake = _BorrowingDecoder()

@@ -12,12 +12,12 @@ The worker allocates ``slots`` (one flat uint8 buffer per batch in flight) in it
 hands them to the child once, through CUDA IPC (torch.multiprocessing's sharing of CUDA tensors; on
 the CPU, shared memory, which the tests use). Per batch the worker sends the paths as soon as the
 batch is cut (the child starts reading them) with the request to decode them, then the slot once one
-is free; the child decodes into its own memory right away (so one batch is decoded ahead while both
-slots are in use: with two slots, decoding waited for the networks to free one), copies the images
-into the slot once it has it (one device copy), waits for its stream and answers with where each image
-lies in the slot. Images that do not fit in what is left of the slot (photos
-much larger than the frames the slot was sized for) go back encoded; the worker decodes those itself
-and then grows the slot. The worker reuses a slot only after the kernels that read it are done.
+is free; the child decodes the batch straight into the slot (one batch tensor at the slot's start;
+with three slots, one is the batch decoded ahead), waits for its stream and answers with where each
+image lies in the slot. A batch that does not stack (mixed sizes, a file the GPU decoder refuses) is
+decoded into the child's own memory and copied in; images that do not fit in what is left of the slot
+(photos much larger than the frames the slot was sized for) go back encoded; the worker decodes those
+itself and then grows the slot. The worker reuses a slot only after the kernels that read it are done.
 
 The child exits when the worker's end of its pipe closes (the worker ended, or was killed).
 """
@@ -404,20 +404,22 @@ class _Child:
             else:
                 blobs.append(data)
                 at.append(k)
+        slot = self._slot_for(batch)  # decoded straight into the slot, once the worker has freed one
+        if slot is None:
+            return None
         t0 = time.perf_counter()
         stacked = False
         needed = 0
-        device = self.slots[0].device
+        device = slot.device
         got = None
         if blobs:
             names = [sources[k] for k in at]
-            got = decode_images(blobs, names, device, decoder=self.decoder, stack=True, chunk=self.chunk)
+            got = decode_images(
+                blobs, names, device, decoder=self.decoder, stack=True, chunk=self.chunk, arena=slot
+            )
             if device.type == "cuda":  # decoded, not just queued: the stages time decoding and copying apart
                 torch.cuda.current_stream(device).synchronize()
         decode_s = time.perf_counter() - t0
-        slot = self._slot_for(batch)  # the decoded images wait (in this process's memory) for a slot
-        if slot is None:
-            return None
         t0 = time.perf_counter()
         if got is not None:
             cap = int(slot.numel())
@@ -427,7 +429,14 @@ class _Child:
             else:
                 sizes = [int(t.numel()) for t in got.items if isinstance(t, torch.Tensor)]
                 needed = sum(-(-n // ALIGN) * ALIGN for n in sizes)
-            if got.stack is not None and len(at) == len(reads) and got.stack.numel() <= cap:
+            if got.stack is not None and got.stack.data_ptr() == slot.data_ptr():
+                # the usual batch: every file decoded in place, one image after the other
+                per = int(got.stack[0].numel())
+                shape = tuple(int(s) for s in got.stack.shape[1:])
+                for j, k in enumerate(at):
+                    items[k] = ("slot", j * per, shape)
+                stacked = len(at) == len(reads)
+            elif got.stack is not None and len(at) == len(reads) and got.stack.numel() <= cap:
                 n = int(got.stack.numel())
                 slot[:n].view(got.stack.shape).copy_(got.stack)
                 per = n // len(at)

@@ -447,6 +447,7 @@ def decode_images(
     jpeg_decoder_fn: JpegBatchDecoder | Any | None = None,
     stack: bool = False,
     chunk: int | None = None,
+    arena: torch.Tensor | None = None,
 ) -> DecodedBatch:
     """Decode encoded images to ``(3, H, W)`` uint8 RGB tensors on ``device``, EXIF-oriented.
 
@@ -455,7 +456,9 @@ def decode_images(
     used on any device).
     ``stack=True`` also returns the batch as one ``(B, 3, H, W)`` tensor when every image has the same
     size; when the JPEG headers already say so, the GPU decoder writes ``chunk`` images at a time
-    (default: all) straight into it, so at most ``chunk`` decoded images exist outside it.
+    (default: all) straight into it, so at most ``chunk`` decoded images exist outside it. ``arena``: a
+    flat uint8 tensor on ``device`` that batch tensor is made in (from its start) when it has room; the
+    result refers to ``arena`` only when the whole batch landed there (``stack`` is then a view of it).
     """
     if len(blobs) != len(sources):
         raise ValueError(f"decode_images: {len(blobs)} blobs but {len(sources)} sources")
@@ -487,7 +490,13 @@ def decode_images(
         sizes = {_oriented_size(h) for _, h in gpu_items}
         if stack and len(sizes) == 1 and len(gpu_items) > 1:
             (hh, ww) = sizes.pop()
-            buf = torch.empty((len(gpu_items), 3, hh, ww), dtype=torch.uint8, device=dev)
+            shape = (len(gpu_items), 3, hh, ww)
+            need = len(gpu_items) * 3 * hh * ww
+            fits = arena is not None and arena.dtype == torch.uint8 and arena.numel() >= need
+            if arena is not None and fits and arena.device == dev:
+                buf = arena.view(-1)[:need].view(shape)
+            else:
+                buf = torch.empty(shape, dtype=torch.uint8, device=dev)
         step = max(1, chunk or len(gpu_items))
         into = getattr(dec, "decode_into", None) if buf is not None else None
         for s in range(0, len(gpu_items), step):
@@ -559,11 +568,21 @@ def decode_images(
         if buf is not None and len(in_buf) == len(buf) == n:
             result.stack = buf  # every image decoded on the GPU, in its row
         else:
+            if buf is not None and arena is not None and buf.data_ptr() == arena.data_ptr():
+                # not the whole batch in ``arena``: nothing handed back may refer to it
+                items = [t.clone() if isinstance(t, torch.Tensor) and _within(t, arena) else t for t in items]
+                result.items = items
             from facefleet.detect.views import stack_rows
 
             rows, result.stack = stack_rows(items)
             result.items = rows  # type: ignore[assignment]
     return result
+
+
+def _within(t: torch.Tensor, buf: torch.Tensor) -> bool:
+    """Whether ``t``'s memory starts inside ``buf``'s."""
+    start = buf.data_ptr()
+    return start <= t.data_ptr() < start + buf.numel() * buf.element_size()
 
 
 def decode_batch(

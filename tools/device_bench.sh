@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
@@ -190,6 +190,21 @@ lean)  # decoding beside the networks: in another process, or on a lean thread o
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', 1024, resolution=(1920, 1080), faces_per_image=(1, 1))"
   python3 tools/probe_lean_decode.py --corpus /tmp/ffcorpus --seconds "${SECONDS_PER_ROW:-6}" 2>&1 | tee "$OUT/lean.txt"
   ;;
+slots)  # this tree (decoding straight into the slots) against OLD, then settings of this tree, one corpus
+  OLD=${OLD:-$PWD/.carry/old}; [ -d "$OLD/facefleet" ] || { echo "no old tree at $OLD" >&2; exit 2; }
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-10000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  python3 -m pytest -q -p no:cacheprovider tests/test_decode_proc.py tests/test_io_gpu_decode.py 2>&1 | tail -2
+  : > /tmp/new.toml; : > /tmp/old.toml; : > /tmp/new2.toml
+  printf '[gpu]\nbatch_size = 192\nbatches_in_flight = 2\n' > /tmp/b192.toml
+  printf '[gpu]\ndecode_backends = "hw,cpu"\n' > /tmp/hw.toml
+  for v in ${CONFIGS:-new old b192 hw new2}; do
+    if [ $v = old ]; then here=$PWD; cd /tmp; export PYTHONPATH=$OLD; fi
+    facefleet bench --corpus /tmp/ffcorpus --baselines engine --config /tmp/$v.toml --json "$OUT/slots_$v.json" \
+      2>&1 | grep "facefleet run  " | sed "s/^/$v: /"
+    if [ $v = old ]; then cd "$here"; unset PYTHONPATH; fi
+  done
+  python3 tools/bench_stages.py "$OUT"/slots_*.json
+  ;;
 compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
   python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_mesh.py \
@@ -202,5 +217,5 @@ compile)  # torch.compile's kernels against the eager ones: kernel time, agreeme
       --json "$OUT/compile_$c.json" 2>&1 | grep "facefleet run ("
   done
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean" >&2; exit 2 ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots" >&2; exit 2 ;;
 esac

@@ -16,13 +16,17 @@ Config file (all keys optional)::
     [gpu]                 # every CUDA device
     batch_size = 64
     precision = "fp16"
-    workers = 2           # worker processes per GPU (default: 2 on >= 32 GB cards, see default_gpu_workers)
+    workers = 1           # worker processes per GPU (1 with the decoder process; see default_gpu_workers)
     decoder = "auto"      # JPEG decoder: auto (nvimgcodec when installed, else nvjpeg), nvimgcodec, nvjpeg
                           # (nvimgcodec was measured on H200s, whose hardware JPEG engines it uses; on
                           # cards without one it decodes with CUDA/CPU: compare with nvjpeg there)
-    batches_in_flight = 2 # decoded batches a worker holds in device memory (the networks' one + the next)
+    batches_in_flight = 3 # decoded batches a worker holds in device memory: the networks' one, the next,
+                          # and one the decoder process decodes ahead (2 with decode_process = false)
     decode_chunk = 32     # JPEGs per GPU decoder call (its own buffers hold this many images)
-    decode_threads = 1    # batches the decoder process decodes at once (each holds one decoded batch)
+    decode_threads = 1    # batches the decoder process decodes at once (each into a slot of its own)
+    decode_backends = "auto"  # nvImageCodec's backends, e.g. "hw,cpu": the JPEG engine, the host's cores for
+                          # what it refuses; "hw:0.85,cpu": 15 % on the host's cores (auto: its own choice)
+    decode_cpu_threads = 0  # nvImageCodec's host threads per decoder (0: up to 4)
     compile = true        # networks' CUDA graphs from torch.compile's fused kernels (if Triton is there)
     decode_process = true # read and decode files in a child process of each worker (false: threads)
 
@@ -109,7 +113,7 @@ class DeviceProfile:
     batches_in_flight: int = 2
     decode_chunk: int = 32
     # CUDA, decoder process: batches decoded at once, each on a thread and stream of its own, each
-    # holding one decoded batch. On an H200 two nvJPEG threads decoded 1.31x one alone (nvImageCodec's
+    # into a slot of its own. On an H200 two nvJPEG threads decoded 1.31x one alone (nvImageCodec's
     # hardware engine lost with two); in the engine decoder = "nvjpeg" with two threads gave 2,689
     # against the default's 2,555 img/s, same machine, at 4.0 against 2.9 GB: not the default
     decode_threads: int = 1

@@ -54,7 +54,7 @@ class Decoded:
     decode_seconds: float
     device_bytes: int = 0
     needed: int = 0  # slot bytes the batch would have needed for all its images
-    copy_seconds: float = 0.0  # the copy into the slot and the wait for it (not in decode_seconds)
+    copy_seconds: float = 0.0  # a copy into the slot (none when decoded in place) and the wait for it
 
 
 class DecoderProcessError(RuntimeError):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
@@ -205,6 +205,17 @@ slots)  # this tree (decoding straight into the slots) against OLD, then setting
   done
   python3 tools/bench_stages.py "$OUT"/slots_*.json
   ;;
+filesab)  # OBJ + texture PNG files: this tree against OLD on one corpus
+  OLD=${OLD:-$PWD/.carry/old}; [ -d "$OLD/facefleet" ] || { echo "no old tree at $OLD" >&2; exit 2; }
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  for v in ${CONFIGS:-new old}; do
+    if [ $v = old ]; then here=$PWD; cd /tmp; export PYTHONPATH=$OLD; fi
+    facefleet bench --corpus /tmp/ffcorpus --baselines engine --formats obj,png --json "$OUT/files_$v.json" \
+      2>&1 | grep "facefleet run " | sed "s/^/$v: /"
+    if [ $v = old ]; then cd "$here"; unset PYTHONPATH; fi
+  done
+  python3 tools/bench_stages.py "$OUT"/files_*.json
+  ;;
 compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
   python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_mesh.py \
@@ -217,5 +228,5 @@ compile)  # torch.compile's kernels against the eager ones: kernel time, agreeme
       --json "$OUT/compile_$c.json" 2>&1 | grep "facefleet run ("
   done
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots" >&2; exit 2 ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab" >&2; exit 2 ;;
 esac

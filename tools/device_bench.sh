@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|hostdec
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
@@ -216,6 +216,17 @@ filesab)  # OBJ + texture PNG files: this tree against OLD on one corpus
   done
   python3 tools/bench_stages.py "$OUT"/files_*.json
   ;;
+hostdec)  # the decoder process with host decoder processes (each batch's last files on the host's cores)
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-10000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  python3 -m pytest -q -p no:cacheprovider tests/test_decode_proc.py 2>&1 | tail -2
+  : > /tmp/h0.toml; : > /tmp/h0b.toml
+  for n in 4 8 10; do printf '[gpu]\nhost_decoders = %d\n' $n > /tmp/h$n.toml; done
+  for v in ${CONFIGS:-h0 h4 h8 h10 h0b}; do
+    facefleet bench --corpus /tmp/ffcorpus --baselines engine --config /tmp/$v.toml --json "$OUT/host_$v.json" \
+      2>&1 | grep "facefleet run  " | sed "s/^/$v: /"
+  done
+  python3 tools/bench_stages.py "$OUT"/host_*.json
+  ;;
 compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
   python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_mesh.py \
@@ -228,5 +239,5 @@ compile)  # torch.compile's kernels against the eager ones: kernel time, agreeme
       --json "$OUT/compile_$c.json" 2>&1 | grep "facefleet run ("
   done
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab" >&2; exit 2 ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|hostdec" >&2; exit 2 ;;
 esac

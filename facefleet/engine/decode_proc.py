@@ -35,6 +35,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from facefleet.engine.host_decode import FRAME_BYTES, HostDecoders, HostJob
+
 ALIGN = 512  # bytes: each image starts on an aligned offset of its slot
 
 
@@ -55,6 +57,7 @@ class Decoded:
     device_bytes: int = 0
     needed: int = 0  # slot bytes the batch would have needed for all its images
     copy_seconds: float = 0.0  # a copy into the slot (none when decoded in place) and the wait for it
+    host_images: int = 0  # decoded by the host processes (facefleet.engine.host_decode)
 
 
 class DecoderProcessError(RuntimeError):
@@ -81,6 +84,7 @@ class DecoderProcess:
         threads: int = 1,
         backends: str = "auto",
         cpu_threads: int = 0,
+        host_decoders: int = 0,
         start_timeout: float = 120.0,
     ) -> None:
         self.slots = list(slots)
@@ -90,6 +94,7 @@ class DecoderProcess:
         self.threads = max(1, int(threads))
         self.backends = backends  # nvImageCodec's (facefleet.io.gpu_decode.configure_nvimgcodec)
         self.cpu_threads = int(cpu_threads)
+        self.host_decoders = int(host_decoders)  # processes decoding the batches' last files (host_decode)
         self.start_timeout = float(start_timeout)
         self._proc: Any = None
         self._to_child: Any = None
@@ -100,6 +105,8 @@ class DecoderProcess:
         self._receiver: threading.Thread | None = None
         self._error: BaseException | None = None
         self._closing = False
+        self._host_procs: list[Any] = []
+        self._host_queues: tuple[Any, Any] | None = None
 
     def start(self) -> DecoderProcess:
         import multiprocessing as mp
@@ -107,12 +114,19 @@ class DecoderProcess:
         import torch.multiprocessing  # noqa: F401  (registers the pickling of CUDA / shared tensors)
 
         ctx = mp.get_context("spawn")
+        host = None
+        if self.host_decoders > 0:  # started here: the (daemonic) decoder process may not start processes
+            from facefleet.engine.host_decode import start_processes
+
+            tasks, results, self._host_procs = start_processes(self.host_decoders)
+            host = (tasks, results, self.host_decoders)
+            self._host_queues = (tasks, results)  # kept: a queue's semaphores go with its last reference
         req_r, req_w = ctx.Pipe(duplex=False)
         ans_r, ans_w = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(
             target=child_main,
             args=(req_r, ans_w, self.slots, self.decoder, self.chunk, self.readers, self.threads),
-            kwargs={"backends": self.backends, "cpu_threads": self.cpu_threads},
+            kwargs={"backends": self.backends, "cpu_threads": self.cpu_threads, "host": host},
             name="facefleet-decoder",
             daemon=True,
         )
@@ -222,6 +236,12 @@ class DecoderProcess:
                 self._proc.join(timeout=5)
         if self._receiver is not None:
             self._receiver.join(timeout=5)
+        if self._host_procs:
+            from facefleet.engine.host_decode import stop_processes
+
+            assert self._host_queues is not None
+            stop_processes(self._host_queues[0], self._host_procs)
+            self._host_procs = []
         if self._from_child is not None:
             with contextlib.suppress(Exception):
                 self._from_child.close()
@@ -239,8 +259,10 @@ def child_main(
     *,
     backends: str = "auto",
     cpu_threads: int = 0,
+    host: tuple[Any, Any, int] | None = None,
 ) -> None:
-    """Entry point of the decoder process."""
+    """Entry point of the decoder process. ``host``: the host decoder processes' task and result queues
+    and their number (facefleet.engine.host_decode)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's
@@ -257,7 +279,7 @@ def child_main(
             name = dec.name if dec is not None else "Pillow (CPU)"
         else:
             name = "Pillow (CPU)"
-        child = _Child(answers, slots, decoder, chunk, readers, threads)
+        child = _Child(answers, slots, decoder, chunk, readers, threads, host)
     except BaseException as e:
         with contextlib.suppress(Exception):
             answers.send(("failed", f"{type(e).__name__}: {e}"))
@@ -286,7 +308,14 @@ def child_main(
 
 class _Child:
     def __init__(
-        self, answers: Any, slots: list[Any], decoder: str, chunk: int, readers: int, threads: int = 1
+        self,
+        answers: Any,
+        slots: list[Any],
+        decoder: str,
+        chunk: int,
+        readers: int,
+        threads: int = 1,
+        host: tuple[Any, Any, int] | None = None,
     ) -> None:
         import queue
 
@@ -302,6 +331,15 @@ class _Child:
         self.places: dict[int, int] = {}  # batch -> the slot its images go to (given by the worker)
         self.placed = threading.Condition()
         self.stopping = False
+        self.copy_stream: Any = None  # CUDA: the host files' copies to the device
+        self.host: HostDecoders | None = None
+        self.host_jobs: dict[int, HostJob | None] = {}
+        if host is not None:
+            # half of a slot's frames at most; a region per slot, and one for each of two batches cut ahead
+            most = max(1, int(slots[0].numel()) // FRAME_BYTES // 2)
+            self.host = HostDecoders(host[0], host[1], host[2], regions=len(slots) + 2, most=most)
+            if slots[0].device.type == "cuda":
+                self.host.pin()
 
     def run(self, requests: Any) -> None:
         """Reads requests on this thread (reads start at once); decodes on ``threads`` others, each
@@ -321,9 +359,13 @@ class _Child:
                 except (EOFError, OSError):  # the worker is gone
                     break
                 if msg[0] == "read":
-                    self.reads[msg[1]] = [(p, self.pool.submit(read_file, p)) for p in msg[2]]
+                    paths, job = list(msg[2]), None
+                    if self.host is not None:  # the batch's last files go to the host processes
+                        job, paths = self.host.submit(paths)
+                    self.reads[msg[1]] = [(p, self.pool.submit(read_file, p)) for p in paths]
+                    self.host_jobs[msg[1]] = job
                 elif msg[0] == "decode":
-                    self.work.put((msg[1], self.reads.pop(msg[1])))
+                    self.work.put((msg[1], self.reads.pop(msg[1]), self.host_jobs.pop(msg[1], None)))
                 elif msg[0] == "place":
                     with self.placed:
                         self.places[msg[1]] = msg[2]
@@ -341,6 +383,8 @@ class _Child:
             for w in workers:
                 w.join()
             self.pool.shutdown(wait=False, cancel_futures=True)
+            if self.host is not None:
+                self.host.close()
         if self._failure is not None:
             raise self._failure
 
@@ -366,8 +410,8 @@ class _Child:
             job = self.work.get()
             if job is None:
                 return
-            batch, reads = job
-            done = self._decode(batch, reads)
+            batch, reads, host = job
+            done = self._decode(batch, reads, host)
             if done is None:  # stopping before the batch had a slot
                 return
             try:
@@ -385,14 +429,15 @@ class _Child:
                 return None
             return self.slots[self.places.pop(batch)]
 
-    def _decode(self, batch: int, reads: list[tuple[str, Future[Any]]]) -> Decoded | None:
+    def _decode(
+        self, batch: int, reads: list[tuple[str, Future[Any]]], host: HostJob | None = None
+    ) -> Decoded | None:
+        """Batch ``batch``: its files in ``reads`` (the GPU path), then ``host``'s (the batch's last
+        files, decoded by the host processes)."""
         import torch
 
-        from facefleet.io.decode import ImageDecodeError
-        from facefleet.io.gpu_decode import decode_images
-
-        sources = [p for p, _ in reads]
-        items: list[tuple[Any, ...] | None] = [None] * len(reads)
+        sources = [p for p, _ in reads] + (host.paths if host is not None else [])
+        items: list[tuple[Any, ...] | None] = [None] * len(sources)
         blobs: list[bytes] = []
         at: list[int] = []
         read_s = 0.0
@@ -406,70 +451,177 @@ class _Child:
                 at.append(k)
         slot = self._slot_for(batch)  # decoded straight into the slot, once the worker has freed one
         if slot is None:
+            if host is not None and self.host is not None:
+                self.host.release(host)
             return None
         t0 = time.perf_counter()
-        stacked = False
-        needed = 0
         device = slot.device
-        got = None
+        early = self._host_copies_ahead(host, device) if host is not None else {}
+        place = _Placer(slot, items)
         if blobs:
-            names = [sources[k] for k in at]
-            got = decode_images(
-                blobs, names, device, decoder=self.decoder, stack=True, chunk=self.chunk, arena=slot
-            )
-            if device.type == "cuda":  # decoded, not just queued: the stages time decoding and copying apart
-                torch.cuda.current_stream(device).synchronize()
+            place.decoded(self._gpu_decode(blobs, [sources[k] for k in at], device, slot), at, blobs)
         decode_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if got is not None:
-            cap = int(slot.numel())
-            off = 0
-            if got.stack is not None and len(at) == len(reads):
-                needed = int(got.stack.numel())
-            else:
-                sizes = [int(t.numel()) for t in got.items if isinstance(t, torch.Tensor)]
-                needed = sum(-(-n // ALIGN) * ALIGN for n in sizes)
-            if got.stack is not None and got.stack.data_ptr() == slot.data_ptr():
-                # the usual batch: every file decoded in place, one image after the other
-                per = int(got.stack[0].numel())
-                shape = tuple(int(s) for s in got.stack.shape[1:])
-                for j, k in enumerate(at):
-                    items[k] = ("slot", j * per, shape)
-                stacked = len(at) == len(reads)
-            elif got.stack is not None and len(at) == len(reads) and got.stack.numel() <= cap:
-                n = int(got.stack.numel())
-                slot[:n].view(got.stack.shape).copy_(got.stack)
-                per = n // len(at)
-                shape = tuple(int(s) for s in got.stack.shape[1:])
-                for j, k in enumerate(at):
-                    items[k] = ("slot", j * per, shape)
-                stacked = True
-            else:
-                for j, (k, t) in enumerate(zip(at, got.items, strict=True)):
-                    if isinstance(t, ImageDecodeError):
-                        items[k] = ("error", t)
-                        continue
-                    n = int(t.numel())
-                    if off + n <= cap:
-                        slot[off : off + n].view(t.shape).copy_(t)
-                        items[k] = ("slot", off, tuple(int(s) for s in t.shape))
-                        off += -(-n // ALIGN) * ALIGN
-                    else:  # does not fit: the worker decodes it
-                        items[k] = ("encoded", blobs[j])
-            del got
-            if slot.device.type == "cuda":
-                torch.cuda.current_stream(slot.device).synchronize()
+        if host is not None:
+            self._host_place(host, len(reads), early, place)
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
+        if host is not None and self.host is not None:
+            self.host.release(host)  # its copies are done
         done: list[tuple[Any, ...]] = []
         for it in items:
             assert it is not None
             done.append(it)
         dev_bytes = 0
-        if slot.device.type == "cuda":
+        if device.type == "cuda":
             from facefleet.io.gpu_decode import decoder_memory_bytes
 
-            dev_bytes = torch.cuda.max_memory_allocated(slot.device) + decoder_memory_bytes()
+            dev_bytes = torch.cuda.max_memory_allocated(device) + decoder_memory_bytes()
         copy_s = time.perf_counter() - t0
-        return Decoded(batch, done, stacked, read_s, decode_s, dev_bytes, needed, copy_s)
+        return Decoded(
+            batch, done, place.stacked(), read_s, decode_s, dev_bytes, place.needed, copy_s, place.host
+        )
+
+    def _gpu_decode(self, blobs: list[bytes], names: list[str], device: Any, slot: Any) -> Any:
+        import torch
+
+        from facefleet.io.gpu_decode import decode_images
+
+        got = decode_images(
+            blobs, names, device, decoder=self.decoder, stack=True, chunk=self.chunk, arena=slot
+        )
+        if device.type == "cuda":  # decoded, not just queued: the stages time decoding and copying apart
+            torch.cuda.current_stream(device).synchronize()
+        return got
+
+    def _host_copies_ahead(self, host: HostJob, device: Any) -> dict[int, Any]:
+        """On CUDA: the host files already decoded start their copies to the device now, on a stream
+        of their own, while the GPU decodes the rest of the batch. File index -> device tensor."""
+        import torch
+
+        if device.type != "cuda" or self.host is None:
+            return {}
+        early: dict[int, Any] = {}
+        current = torch.cuda.current_stream(device)
+        if self.copy_stream is None:
+            self.copy_stream = torch.cuda.Stream(device)
+        self.copy_stream.wait_stream(current)  # the staging memory may come from the current stream's frees
+        for i, fut in enumerate(host.futures):
+            if fut.done() and fut.exception() is None and isinstance(fut.result(), tuple):
+                shape = fut.result()
+                tmp = torch.empty((shape[0], shape[1], 3), dtype=torch.uint8, device=device)
+                with torch.cuda.stream(self.copy_stream):
+                    tmp.copy_(torch.from_numpy(self.host.view(host, i, shape)), non_blocking=True)
+                early[i] = tmp
+        if early:
+            current.wait_stream(self.copy_stream)  # the slot copies below come after these
+        return early
+
+    def _host_place(self, host: HostJob, first: int, early: dict[int, Any], place: _Placer) -> None:
+        """The host files into the slot after the GPU part; those the host could not decode go the GPU
+        path (read again here: its errors have the usual wording)."""
+        import torch
+
+        from facefleet.engine.worker import read_file
+
+        assert self.host is not None
+        again: list[tuple[int, bytes]] = []
+        for i, res in enumerate(self.host.results(host)):
+            k = first + i
+            if isinstance(res, str):
+                data, _ = read_file(host.paths[i])
+                if isinstance(data, BaseException):
+                    place.items[k] = ("error", _as_decode_error(host.paths[i], data))
+                else:
+                    again.append((k, data))
+                continue
+            t = early.get(i)
+            if t is None:  # decoded after the GPU part: copied now (to the device first, then transposed)
+                t = torch.from_numpy(self.host.view(host, i, res)).to(place.slot.device)
+            if place.put(k, t.permute(2, 0, 1)):
+                place.host += 1
+            else:
+                again.append((k, _read_or_empty(host.paths[i])))
+        if again:
+            names = [host.paths[k - first] for k, _ in again]
+            got = self._gpu_decode([b for _, b in again], names, place.slot.device, None)
+            place.decoded(got, [k for k, _ in again], [b for _, b in again])
+
+
+class _Placer:
+    """Puts one batch's decoded images into its slot and keeps ``items`` (per file: where it lies)."""
+
+    def __init__(self, slot: Any, items: list[tuple[Any, ...] | None]) -> None:
+        self.slot = slot
+        self.items = items
+        self.off = 0  # the slot's bytes in use
+        self.needed = 0  # what the batch would need (the worker grows a slot that was too small)
+        # while the images so far are rows of one stack from offset 0: their shape, bytes and count
+        self.shape: tuple[int, ...] | None = None
+        self.per = 0
+        self.rows = 0
+        self.host = 0  # images the host processes decoded
+
+    def decoded(self, got: Any, at: list[int], blobs: list[bytes]) -> None:
+        """``decode_images``' result for the files ``at`` (whose bytes are ``blobs``)."""
+        from facefleet.io.decode import ImageDecodeError
+
+        stack = got.stack
+        if stack is not None and self.off == 0 and stack.data_ptr() == self.slot.data_ptr():
+            # the usual batch: every file decoded in place, one image after the other
+            per = int(stack[0].numel())
+            shape = tuple(int(s) for s in stack.shape[1:])
+            for j, k in enumerate(at):
+                self.items[k] = ("slot", j * per, shape)
+            self.shape, self.per, self.rows = shape, per, len(at)
+            self.off = self.needed = _aligned(len(at) * per)
+            return
+        for j, (k, t) in enumerate(zip(at, got.items, strict=True)):
+            if isinstance(t, ImageDecodeError):
+                self.items[k] = ("error", t)
+            elif not self.put(k, t):
+                self.items[k] = ("encoded", blobs[j])  # does not fit: the worker decodes it
+
+    def put(self, k: int, image: Any) -> bool:
+        """Copy ``image`` (3, h, w) into the slot after what is there; False when it does not fit."""
+        n = int(image.numel())
+        shape = tuple(int(s) for s in image.shape)
+        if self.off == 0:
+            self.shape, self.per, self.rows = shape, n, 0
+        row = shape == self.shape and self.off == _aligned(self.rows * self.per)
+        at = self.rows * self.per if row else self.off  # the stack's next row while there is one
+        self.needed += _aligned(n)
+        if at + n > int(self.slot.numel()):
+            return False
+        self.slot[at : at + n].view(shape).copy_(image)
+        self.items[k] = ("slot", at, shape)
+        self.rows += 1 if row else 0
+        self.off = _aligned(at + n)
+        return True
+
+    def stacked(self) -> bool:
+        """Every file in the slot, same size, one after the other from offset 0, in order (the worker
+        then views them as one ``(B, 3, H, W)`` tensor)."""
+        first = self.items[0] if self.items else None
+        if first is None or first[0] != "slot":
+            return False
+        shape = first[2]
+        per = shape[0] * shape[1] * shape[2]
+        return all(
+            it is not None and it[0] == "slot" and it[1] == k * per and it[2] == shape
+            for k, it in enumerate(self.items)
+        )
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _read_or_empty(path: str) -> bytes:
+    from facefleet.engine.worker import read_file
+
+    data, _ = read_file(path)
+    return b"" if isinstance(data, BaseException) else data
 
 
 def _as_decode_error(path: str, e: BaseException) -> Any:

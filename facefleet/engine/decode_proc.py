@@ -335,10 +335,14 @@ class _Child:
         self.host: HostDecoders | None = None
         self.host_jobs: dict[int, HostJob | None] = {}
         if host is not None:
-            # half of a slot's frames at most; a region per slot, and one for each of two batches cut ahead
-            most = max(1, int(slots[0].numel()) // FRAME_BYTES // 2)
-            self.host = HostDecoders(host[0], host[1], host[2], regions=len(slots) + 2, most=most)
-            if slots[0].device.type == "cuda":
+            # files per batch at most: three per process (~80 1080p files/s each: a batch's time), half a
+            # slot's frames; a region per slot, and one for each of two batches cut ahead
+            most = max(1, min(3 * host[2], int(slots[0].numel()) // FRAME_BYTES // 2))
+            try:
+                self.host = HostDecoders(host[0], host[1], host[2], regions=len(slots) + 2, most=most)
+            except OSError as e:  # no room in /dev/shm: decode without them
+                print(f"facefleet: host decoders off (shared memory: {e})", file=sys.stderr)
+            if self.host is not None and slots[0].device.type == "cuda":
                 self.host.pin()
 
     def run(self, requests: Any) -> None:

@@ -28,6 +28,7 @@ from concurrent.futures import Future
 from typing import Any
 
 FRAME_BYTES = 1088 * 1920 * 3  # a region's room per file: a 1080p frame (larger files take the GPU path)
+RESULT_TIMEOUT = 60.0  # seconds a host file may take before the host processes count as gone
 
 
 class HostJob:
@@ -59,6 +60,7 @@ class HostDecoders:
         self.pinned: list[int] = []  # regions registered with CUDA (page-locked)
         self.futures: dict[int, Future[Any]] = {}
         self.next_id = 0
+        self.broken = False  # a result did not come back in time: no more files to the host processes
         self.collector = threading.Thread(target=self._collect, name="host-results", daemon=True)
         self.collector.start()
 
@@ -89,7 +91,7 @@ class HostDecoders:
     def submit(self, paths: Sequence[str]) -> tuple[HostJob | None, list[str]]:
         """Take the last files of a batch for the host processes; returns the job (None when no region
         is free or the share is zero) and the paths left to the GPU path."""
-        k = min(self.k, self.most, len(paths) // 2)
+        k = 0 if self.broken else min(self.k, self.most, len(paths) // 2)
         mine, rest = list(paths[len(paths) - k :]), list(paths[: len(paths) - k])
         futures: list[Future[Any]] = [Future() for _ in mine]
         with self.lock:
@@ -111,9 +113,10 @@ class HostDecoders:
         out: list[tuple[int, int] | str] = []
         for fut in job.futures:
             try:
-                out.append(fut.result())
-            except Exception as e:  # a host process died: the GPU path takes the file
-                out.append(f"{type(e).__name__}: {e}")
+                out.append(fut.result(timeout=0 if self.broken else RESULT_TIMEOUT))
+            except Exception:  # a host process died (its task never comes back): the GPU path takes the
+                self.broken = True  # files, and every batch from now on
+                out.append("the host decoder processes stopped answering")
         waited = time.perf_counter() - t0
         self.k = max(1, self.k - 2) if waited > 0.001 else min(self.most, self.k + 1)
         return out

@@ -164,6 +164,7 @@ def test_host_decoders_take_the_last_files_of_each_batch(tmp_path: Path, astrona
     slots = [torch.zeros(4 * 3 * 96 * 128, dtype=torch.uint8).share_memory_() for _ in range(2)]
     batches = [files[0:4], files[4:8], [files[1], files[2], str(tmp_path / "broken.jpg")]]
     proc = DecoderProcess(slots, decoder="cpu", host_decoders=2).start().wait_ready()
+    assert proc.decoder_name == "Pillow (CPU) + 2 host decoder processes"  # printed by the worker
     got = []
     try:
         for b, paths in enumerate(batches):

@@ -280,6 +280,8 @@ def child_main(
         else:
             name = "Pillow (CPU)"
         child = _Child(answers, slots, decoder, chunk, readers, threads, host)
+        if child.host is not None:
+            name += f" + {child.host.processes} host decoder processes"
     except BaseException as e:
         with contextlib.suppress(Exception):
             answers.send(("failed", f"{type(e).__name__}: {e}"))

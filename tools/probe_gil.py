@@ -29,14 +29,19 @@ import torch
 from facefleet.io.gpu_decode import decode_images, jpeg_decoder
 from facefleet.pipeline import Reconstructor
 
+# a decoder process: decodes batches of 128 over and over for argv[2] seconds once told to go on stdin,
+# with nvImageCodec's backends argv[3] (tools/probe_lean_decode.py uses it too)
 CHILD = r"""
 import sys, time, torch
 from pathlib import Path
-from facefleet.io.gpu_decode import decode_images
+from facefleet.io.gpu_decode import configure_nvimgcodec, decode_images
+configure_nvimgcodec(sys.argv[3] if len(sys.argv) > 3 else "auto")
 files = sorted(Path(sys.argv[1]).rglob("*.jpg"))[:1024]
 blobs = [f.read_bytes() for f in files]; names = [str(f) for f in files]
 dev = torch.device("cuda", 0); k = 0
+decode_images(blobs[:128], names[:128], dev, stack=True, chunk=32); torch.cuda.synchronize()
 print("ready", flush=True)
+sys.stdin.readline()
 t0 = time.perf_counter()
 while time.perf_counter() - t0 < float(sys.argv[2]):
     i = (k % (len(files) // 128)) * 128
@@ -44,6 +49,18 @@ while time.perf_counter() - t0 < float(sys.argv[2]):
     torch.cuda.synchronize(); k += 1
 print(f"{k * 128 / (time.perf_counter() - t0):.0f}", flush=True)
 """
+
+
+def warm_networks(blobs: list[bytes], names: list[str]) -> tuple[Reconstructor, torch.Tensor]:
+    """The compiled fp16 pipeline, warmed up on the first 128 files, and those files decoded."""
+    imgs = decode_images(blobs[:128], names[:128], "cuda", stack=True).stack
+    assert imgs is not None, "the first 128 files are not all the same size"
+    rec = Reconstructor(device="cuda", precision="fp16")
+    rec.warmup()
+    for _ in range(3):
+        rec.reconstruct_tensors(imgs, names[:128])
+    torch.cuda.synchronize()
+    return rec, imgs
 
 
 def main() -> None:
@@ -103,13 +120,7 @@ def main() -> None:
             f"waits > 2 ms {waits:.1%} of the time"
         )
 
-    imgs = decode_images(blobs[:128], names[:128], dev, stack=True).stack
-    assert imgs is not None, "the first 128 files are not all the same size"
-    rec = Reconstructor(device="cuda", precision="fp16")
-    rec.warmup()
-    for _ in range(3):
-        rec.reconstruct_tensors(imgs, names[:128])
-    torch.cuda.synchronize()
+    rec, imgs = warm_networks(blobs, names)
 
     def batch_ms(go: threading.Semaphore | None = None) -> float:
         t0 = time.perf_counter()
@@ -131,8 +142,11 @@ def main() -> None:
             stop.set()
             t.join()
             print(f"  {f'beside a {decoder} thread, chunks of {chunk}, one batch per batch':52s} {ms:6.1f}")
-    child = subprocess.Popen([sys.executable, "-c", CHILD, a.corpus, "15"], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    cmd = [sys.executable, "-c", CHILD, a.corpus, "15"]
+    child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdin is not None and child.stdout is not None and child.stdout.readline().strip() == "ready"
+    child.stdin.write("go\n")
+    child.stdin.flush()
     time.sleep(1)
     ms = batch_ms()
     rate = child.stdout.read().strip()

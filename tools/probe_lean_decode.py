@@ -27,27 +27,8 @@ from typing import Any
 
 import torch
 
-from facefleet.io.gpu_decode import decode_images
-from facefleet.pipeline import Reconstructor
-
-CHILD = r"""
-import sys, time, torch
-from pathlib import Path
-from facefleet.io.gpu_decode import configure_nvimgcodec, decode_images
-configure_nvimgcodec(sys.argv[3])
-files = sorted(Path(sys.argv[1]).rglob("*.jpg"))[:1024]
-blobs = [f.read_bytes() for f in files]; names = [str(f) for f in files]
-dev = torch.device("cuda", 0); k = 0
-decode_images(blobs[:128], names[:128], dev, stack=True, chunk=32); torch.cuda.synchronize()
-print("ready", flush=True)
-sys.stdin.readline()
-t0 = time.perf_counter()
-while time.perf_counter() - t0 < float(sys.argv[2]):
-    i = (k % (len(files) // 128)) * 128
-    decode_images(blobs[i:i + 128], names[i:i + 128], dev, stack=True, chunk=32)
-    torch.cuda.synchronize(); k += 1
-print(f"{k * 128 / (time.perf_counter() - t0):.0f}", flush=True)
-"""
+sys.path.insert(0, str(Path(__file__).parent))
+from probe_gil import CHILD, warm_networks  # the decoder process and the networks, shared with that probe
 
 
 class LeanDecoder:
@@ -99,13 +80,7 @@ def main() -> None:
     files = sorted(Path(a.corpus).rglob("*.jpg"))[:1024]
     blobs = [f.read_bytes() for f in files]
     names = [str(f) for f in files]
-    imgs = decode_images(blobs[:128], names[:128], "cuda", stack=True).stack
-    assert imgs is not None, "the first 128 files are not all the same size"
-    rec = Reconstructor(device="cuda", precision="fp16")
-    rec.warmup()
-    for _ in range(3):
-        rec.reconstruct_tensors(imgs, names[:128])
-    torch.cuda.synchronize()
+    rec, imgs = warm_networks(blobs, names)
 
     def networks(stop: threading.Event, out: list[float]) -> None:
         n, t0 = 0, time.perf_counter()

@@ -125,8 +125,20 @@ class DecoderProcess:
         ans_r, ans_w = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(
             target=child_main,
-            args=(req_r, ans_w, self.slots, self.decoder, self.chunk, self.readers, self.threads),
-            kwargs={"backends": self.backends, "cpu_threads": self.cpu_threads, "host": host},
+            args=(
+                req_r,
+                ans_w,
+                self.slots,
+                _Settings(
+                    self.decoder,
+                    self.chunk,
+                    self.readers,
+                    self.threads,
+                    self.backends,
+                    self.cpu_threads,
+                    host,
+                ),
+            ),
             name="facefleet-decoder",
             daemon=True,
         )
@@ -248,21 +260,22 @@ class DecoderProcess:
 
 
 # -- the child ------------------------------------------------------------------------------------
-def child_main(
-    requests: Any,
-    answers: Any,
-    slots: list[Any],
-    decoder: str,
-    chunk: int,
-    readers: int,
-    threads: int = 1,
-    *,
-    backends: str = "auto",
-    cpu_threads: int = 0,
-    host: tuple[Any, Any, int] | None = None,
-) -> None:
-    """Entry point of the decoder process. ``host``: the host decoder processes' task and result queues
-    and their number (facefleet.engine.host_decode)."""
+@dataclass
+class _Settings:
+    """The decoder process's settings (see :class:`DecoderProcess`). ``host``: the host decoder
+    processes' task and result queues and their number (facefleet.engine.host_decode)."""
+
+    decoder: str = "auto"
+    chunk: int = 32
+    readers: int = 4
+    threads: int = 1
+    backends: str = "auto"
+    cpu_threads: int = 0
+    host: tuple[Any, Any, int] | None = None
+
+
+def child_main(requests: Any, answers: Any, slots: list[Any], settings: _Settings) -> None:
+    """Entry point of the decoder process."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's
@@ -274,12 +287,12 @@ def child_main(
             torch.cuda.set_device(device)
             from facefleet.io.gpu_decode import configure_nvimgcodec, jpeg_decoder
 
-            configure_nvimgcodec(backends, cpu_threads)
-            dec = jpeg_decoder(device, decoder)
+            configure_nvimgcodec(settings.backends, settings.cpu_threads)
+            dec = jpeg_decoder(device, settings.decoder)
             name = dec.name if dec is not None else "Pillow (CPU)"
         else:
             name = "Pillow (CPU)"
-        child = _Child(answers, slots, decoder, chunk, readers, threads, host)
+        child = _Child(answers, slots, settings)
         if child.host is not None:
             name += f" + {child.host.processes} host decoder processes"
     except BaseException as e:
@@ -309,24 +322,17 @@ def child_main(
 
 
 class _Child:
-    def __init__(
-        self,
-        answers: Any,
-        slots: list[Any],
-        decoder: str,
-        chunk: int,
-        readers: int,
-        threads: int = 1,
-        host: tuple[Any, Any, int] | None = None,
-    ) -> None:
+    def __init__(self, answers: Any, slots: list[Any], settings: _Settings) -> None:
         import queue
+
+        readers, threads, host = settings.readers, settings.threads, settings.host
 
         self.answers = answers
         self.send_lock = threading.Lock()  # decode threads answer through one pipe
         self.threads = max(1, threads)
         self.slots = slots
-        self.decoder = decoder
-        self.chunk = chunk
+        self.decoder = settings.decoder
+        self.chunk = settings.chunk
         self.pool = ThreadPoolExecutor(max(1, readers), thread_name_prefix="reader")
         self.reads: dict[int, list[tuple[str, Future[Any]]]] = {}
         self.work: queue.Queue[Any] = queue.Queue()

@@ -492,8 +492,12 @@ def decode_images(
             (hh, ww) = sizes.pop()
             shape = (len(gpu_items), 3, hh, ww)
             need = len(gpu_items) * 3 * hh * ww
-            fits = arena is not None and arena.dtype == torch.uint8 and arena.numel() >= need
-            if arena is not None and fits and arena.device == dev:
+            if (
+                arena is not None
+                and arena.dtype == torch.uint8
+                and arena.device == dev
+                and arena.numel() >= need
+            ):
                 buf = arena.view(-1)[:need].view(shape)
             else:
                 buf = torch.empty(shape, dtype=torch.uint8, device=dev)
@@ -568,13 +572,17 @@ def decode_images(
         if buf is not None and len(in_buf) == len(buf) == n:
             result.stack = buf  # every image decoded on the GPU, in its row
         else:
-            if buf is not None and arena is not None and buf.data_ptr() == arena.data_ptr():
-                # not the whole batch in ``arena``: nothing handed back may refer to it
-                items = [t.clone() if isinstance(t, torch.Tensor) and _within(t, arena) else t for t in items]
-                result.items = items
             from facefleet.detect.views import stack_rows
 
-            rows, result.stack = stack_rows(items)
+            rows, result.stack = stack_rows(items)  # a stack of its own: its rows are copies
+            if (
+                result.stack is None
+                and arena is not None
+                and buf is not None
+                and buf.data_ptr() == arena.data_ptr()
+            ):
+                # not the whole batch in ``arena``: nothing handed back may refer to it
+                rows = [t.clone() if isinstance(t, torch.Tensor) and _within(t, arena) else t for t in rows]
             result.items = rows  # type: ignore[assignment]
     return result
 

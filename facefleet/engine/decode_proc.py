@@ -32,7 +32,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from facefleet.engine.host_decode import FRAME_BYTES, HostDecoders, HostJob
@@ -88,12 +88,10 @@ class DecoderProcess:
         start_timeout: float = 120.0,
     ) -> None:
         self.slots = list(slots)
-        self.decoder = decoder
-        self.chunk = int(chunk)
-        self.readers = int(readers)
-        self.threads = max(1, int(threads))
-        self.backends = backends  # nvImageCodec's (facefleet.io.gpu_decode.configure_nvimgcodec)
-        self.cpu_threads = int(cpu_threads)
+        # backends, cpu_threads: nvImageCodec's (facefleet.io.gpu_decode.configure_nvimgcodec)
+        self.settings = _Settings(
+            decoder, int(chunk), int(readers), max(1, int(threads)), backends, int(cpu_threads)
+        )
         self.host_decoders = int(host_decoders)  # processes decoding the batches' last files (host_decode)
         self.start_timeout = float(start_timeout)
         self._proc: Any = None
@@ -114,31 +112,18 @@ class DecoderProcess:
         import torch.multiprocessing  # noqa: F401  (registers the pickling of CUDA / shared tensors)
 
         ctx = mp.get_context("spawn")
-        host = None
+        settings = self.settings
         if self.host_decoders > 0:  # started here: the (daemonic) decoder process may not start processes
             from facefleet.engine.host_decode import start_processes
 
             tasks, results, self._host_procs = start_processes(self.host_decoders)
-            host = (tasks, results, self.host_decoders)
+            settings = replace(settings, host=(tasks, results, self.host_decoders))
             self._host_queues = (tasks, results)  # kept: a queue's semaphores go with its last reference
         req_r, req_w = ctx.Pipe(duplex=False)
         ans_r, ans_w = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(
             target=child_main,
-            args=(
-                req_r,
-                ans_w,
-                self.slots,
-                _Settings(
-                    self.decoder,
-                    self.chunk,
-                    self.readers,
-                    self.threads,
-                    self.backends,
-                    self.cpu_threads,
-                    host,
-                ),
-            ),
+            args=(req_r, ans_w, self.slots, settings),
             name="facefleet-decoder",
             daemon=True,
         )
@@ -325,23 +310,20 @@ class _Child:
     def __init__(self, answers: Any, slots: list[Any], settings: _Settings) -> None:
         import queue
 
-        readers, threads, host = settings.readers, settings.threads, settings.host
-
         self.answers = answers
         self.send_lock = threading.Lock()  # decode threads answer through one pipe
-        self.threads = max(1, threads)
+        self.settings = settings
         self.slots = slots
-        self.decoder = settings.decoder
-        self.chunk = settings.chunk
-        self.pool = ThreadPoolExecutor(max(1, readers), thread_name_prefix="reader")
-        self.reads: dict[int, list[tuple[str, Future[Any]]]] = {}
+        self.pool = ThreadPoolExecutor(max(1, settings.readers), thread_name_prefix="reader")
+        # per batch cut: its files' reads (the GPU path) and the host processes' part of it
+        self.reads: dict[int, tuple[list[tuple[str, Future[Any]]], HostJob | None]] = {}
         self.work: queue.Queue[Any] = queue.Queue()
         self.places: dict[int, int] = {}  # batch -> the slot its images go to (given by the worker)
         self.placed = threading.Condition()
         self.stopping = False
         self.copy_stream: Any = None  # CUDA: the host files' copies to the device
         self.host: HostDecoders | None = None
-        self.host_jobs: dict[int, HostJob | None] = {}
+        host = settings.host
         if host is not None:
             # files per batch at most: three per process (~80 1080p files/s each: a batch's time), half a
             # slot's frames; a region per slot, and one for each of two batches cut ahead
@@ -360,7 +342,7 @@ class _Child:
 
         workers = [
             threading.Thread(target=self._decode_loop, name=f"decode-{k}", daemon=True)
-            for k in range(self.threads)
+            for k in range(max(1, self.settings.threads))
         ]
         for w in workers:
             w.start()
@@ -374,10 +356,9 @@ class _Child:
                     paths, job = list(msg[2]), None
                     if self.host is not None:  # the batch's last files go to the host processes
                         job, paths = self.host.submit(paths)
-                    self.reads[msg[1]] = [(p, self.pool.submit(read_file, p)) for p in paths]
-                    self.host_jobs[msg[1]] = job
+                    self.reads[msg[1]] = ([(p, self.pool.submit(read_file, p)) for p in paths], job)
                 elif msg[0] == "decode":
-                    self.work.put((msg[1], self.reads.pop(msg[1]), self.host_jobs.pop(msg[1], None)))
+                    self.work.put((msg[1], *self.reads.pop(msg[1])))
                 elif msg[0] == "place":
                     with self.placed:
                         self.places[msg[1]] = msg[2]
@@ -500,7 +481,13 @@ class _Child:
         from facefleet.io.gpu_decode import decode_images
 
         got = decode_images(
-            blobs, names, device, decoder=self.decoder, stack=True, chunk=self.chunk, arena=slot
+            blobs,
+            names,
+            device,
+            decoder=self.settings.decoder,
+            stack=True,
+            chunk=self.settings.chunk,
+            arena=slot,
         )
         if device.type == "cuda":  # decoded, not just queued: the stages time decoding and copying apart
             torch.cuda.current_stream(device).synchronize()
@@ -519,7 +506,7 @@ class _Child:
             self.copy_stream = torch.cuda.Stream(device)
         self.copy_stream.wait_stream(current)  # the staging memory may come from the current stream's frees
         for i, fut in enumerate(host.futures):
-            if fut.done() and fut.exception() is None and isinstance(fut.result(), tuple):
+            if fut.done() and isinstance(fut.result(), tuple):  # (set by the collector, never raising)
                 shape = fut.result()
                 tmp = torch.empty((shape[0], shape[1], 3), dtype=torch.uint8, device=device)
                 with torch.cuda.stream(self.copy_stream):
@@ -540,20 +527,19 @@ class _Child:
         again: list[tuple[int, bytes]] = []
         for i, res in enumerate(self.host.results(host)):
             k = first + i
-            if isinstance(res, str):
-                data, _ = read_file(host.paths[i])
-                if isinstance(data, BaseException):
-                    place.items[k] = ("error", _as_decode_error(host.paths[i], data))
-                else:
-                    again.append((k, data))
-                continue
-            t = early.get(i)
-            if t is None:  # decoded after the GPU part: copied now (to the device first, then transposed)
-                t = torch.from_numpy(self.host.view(host, i, res)).to(place.slot.device)
-            if place.put(k, t.permute(2, 0, 1)):
-                place.host += 1
+            if not isinstance(res, str):
+                t = early.get(i)
+                if t is None:  # decoded after the GPU part: copied now (to the device, then transposed)
+                    t = torch.from_numpy(self.host.view(host, i, res)).to(place.slot.device)
+                if place.put(k, t.permute(2, 0, 1)):
+                    place.host += 1
+                    continue
+            # not decoded by the host, or no room left in the slot: the usual path, from the file again
+            data, _ = read_file(host.paths[i])
+            if isinstance(data, BaseException):
+                place.items[k] = ("error", _as_decode_error(host.paths[i], data))
             else:
-                again.append((k, _read_or_empty(host.paths[i])))
+                again.append((k, data))
         if again:
             names = [host.paths[k - first] for k, _ in again]
             got = self._gpu_decode([b for _, b in again], names, place.slot.device, None)
@@ -627,13 +613,6 @@ class _Placer:
 
 def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
-
-
-def _read_or_empty(path: str) -> bytes:
-    from facefleet.engine.worker import read_file
-
-    data, _ = read_file(path)
-    return b"" if isinstance(data, BaseException) else data
 
 
 def _as_decode_error(path: str, e: BaseException) -> Any:

@@ -76,14 +76,11 @@ class HostDecoders:
 
     def pin(self) -> None:
         """Page-lock the regions for CUDA's copies (asynchronous and ~2x faster); best effort."""
-        import ctypes
-
         import torch
 
         for r, shm in enumerate(self.shms):
             try:
-                ptr = ctypes.addressof(ctypes.c_char.from_buffer(_buf(shm)))
-                if int(torch.cuda.cudart().cudaHostRegister(ptr, shm.size, 0)) == 0:
+                if int(torch.cuda.cudart().cudaHostRegister(_address(shm), shm.size, 0)) == 0:
                     self.pinned.append(r)
             except Exception:  # pageable then: the copies still work, synchronously
                 return
@@ -139,14 +136,11 @@ class HostDecoders:
         self.results_queue.put(None)  # ends the collector
         self.collector.join(timeout=5)
         if self.pinned:
-            import ctypes
-
             import torch
 
             for r in self.pinned:
                 with contextlib.suppress(Exception):
-                    ptr = ctypes.addressof(ctypes.c_char.from_buffer(_buf(self.shms[r])))
-                    torch.cuda.cudart().cudaHostUnregister(ptr)
+                    torch.cuda.cudart().cudaHostUnregister(_address(self.shms[r]))
             self.pinned = []
         for shm in self.shms:
             with contextlib.suppress(Exception):
@@ -159,6 +153,13 @@ def _buf(shm: Any) -> memoryview:
     buf = shm.buf
     assert buf is not None, "the shared block is closed"
     return buf
+
+
+def _address(shm: Any) -> int:
+    """Where the block ``shm`` is mapped in this process."""
+    import ctypes
+
+    return ctypes.addressof(ctypes.c_char.from_buffer(_buf(shm)))
 
 
 # -- the host processes ---------------------------------------------------------------------------
@@ -223,28 +224,13 @@ def _decode_into(path: str, shm_name: str, offset: int, room: int) -> tuple[int,
         rgb = decode_image(read_bytes(path), path)
     except Exception as e:
         return f"{type(e).__name__}: {e}"
-    h, w = int(rgb.shape[0]), int(rgb.shape[1])
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or h * w * 3 > room:
+    h, w = int(rgb.shape[0]), int(rgb.shape[1])  # (H, W, 3) RGB
+    if h * w * 3 > room:
         return f"{w}x{h} is larger than a frame's room"
     buf = _attached.get(shm_name)
     if buf is None:  # mapped for this process's life; the decoder process owns (and unlinks) the block
-        buf = _attached[shm_name] = _map(shm_name)
+        from facefleet.engine.texture_ring import map_block
+
+        buf = _attached[shm_name] = map_block(shm_name, writable=True)
     np.frombuffer(buf, dtype=np.uint8, count=h * w * 3, offset=offset)[:] = rgb.reshape(-1)
     return h, w
-
-
-def _map(name: str) -> Any:
-    """The block ``name``, mapped for writing. On Linux straight from /dev/shm: attaching through
-    ``SharedMemory`` registers the block with this process's resource tracker, which (Python < 3.13)
-    removes it when the process ends, under the decoder process's feet."""
-    import mmap
-    from multiprocessing import shared_memory
-
-    path = f"/dev/shm/{name.lstrip('/')}"
-    if os.path.exists(path):
-        fd = os.open(path, os.O_RDWR)
-        try:
-            return mmap.mmap(fd, 0)
-        finally:
-            os.close(fd)
-    return shared_memory.SharedMemory(name=name).buf  # elsewhere: the portable way

@@ -4,6 +4,9 @@
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
+corpus() {  # corpus N DIR: N real-face 1080p JPEGs (q90, one face each), as facefleet bench makes them
+  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('$2', $1, resolution=(1920, 1080), faces_per_image=(1, 1))"
+}
 case "$1" in
 core)
   python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_io_gpu_decode.py \
@@ -27,7 +30,7 @@ scaling)
     --sim-rate "${SIM_RATE:-3000}" --json "$OUT/simulate.json"
   ;;
 decode)  # GPU JPEG decoders, and the engine with each (docs/benchmarks.md, "GPU JPEG decoders")
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus ${IMAGES:-8000} /tmp/ffcorpus
   python3 -m pytest -q -p no:cacheprovider tests/test_io_gpu_decode.py 2>&1 | tail -3
   python3 tools/probe_decode.py --corpus /tmp/ffcorpus --images 1024 --chunks "${CHUNKS:-16,32,128}" 2>&1 | tee "$OUT/probe_decode.txt"
   python3 tools/probe_decode.py --corpus /tmp/ffcorpus --steps --chunks 32,128 2>&1 | tee -a "$OUT/probe_decode.txt"
@@ -35,12 +38,12 @@ decode)  # GPU JPEG decoders, and the engine with each (docs/benchmarks.md, "GPU
     --gpu-workers "${GPU_WORKERS:-1,2}" --json "$OUT/decoders.json"
   ;;
 workers)  # worker processes per GPU, one corpus for every row (docs/benchmarks.md, "Workers per GPU")
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-12000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus ${IMAGES:-12000} /tmp/ffcorpus
   facefleet bench --corpus /tmp/ffcorpus --baselines engine --gpu-workers "${GPU_WORKERS:-1,2,3}" \
     --formats parquet ${FILES:+--formats obj,png} --json "$OUT/workers.json"
   ;;
 profile)  # where the time of a GPU worker goes (tools/profile_gpu.py + a sampled engine run)
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-4000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus ${IMAGES:-4000} /tmp/ffcorpus
   python3 tools/profile_gpu.py --corpus /tmp/ffcorpus --images 1024 --batches "${BATCHES:-64,128,256}" \
     ${TRACE:+--trace} 2>&1 | tee "$OUT/profile.txt"
   for b in ${BATCH:-128}; do
@@ -51,14 +54,14 @@ profile)  # where the time of a GPU worker goes (tools/profile_gpu.py + a sample
   done
   ;;
 probe)  # one batch alone and beside a decoder thread; each network in each memory layout
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', 512, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus 512 /tmp/ffcorpus
   python3 tools/probe_layouts.py --device cuda 2>&1 | tee "$OUT/layouts.txt"
   python3 tools/probe_stages.py --corpus /tmp/ffcorpus --reps 10 --contend decoder 2>&1 | tee "$OUT/probe_stages.txt"
   ;;
 ab)  # this tree against an older one on one corpus and machine (the lent machines differ by 10-20 %)
   # before: git archive REV facefleet | tar -x -C .carry/old   (the device copy has no .git)
   OLD=${OLD:-$PWD/.carry/old}; [ -d "$OLD/facefleet" ] || { echo "no old tree at $OLD" >&2; exit 2; }
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus ${IMAGES:-8000} /tmp/ffcorpus
   for v in new old new2; do  # this tree twice: its spread shows the noise
     if [ $v = old ]; then here=$PWD; cd /tmp; export PYTHONPATH=$OLD; fi  # the old package first on the path
     facefleet bench --corpus /tmp/ffcorpus --baselines engine --gpu-workers "${GPU_WORKERS:-1,2}" \
@@ -68,11 +71,11 @@ ab)  # this tree against an older one on one corpus and machine (the lent machin
   python3 tools/bench_stages.py "$OUT"/ab_*.json
   ;;
 gil)  # what a worker's other threads cost its device thread (docs/benchmarks.md, seventh session)
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', 1024, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus 1024 /tmp/ffcorpus
   python3 tools/probe_gil.py --corpus /tmp/ffcorpus 2>&1 | tee "$OUT/gil.txt"
   ;;
 decodeproc)  # reading and decoding in a child process against threads of the worker, one machine
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus ${IMAGES:-8000} /tmp/ffcorpus
   python3 -m pytest -q -p no:cacheprovider tests/test_decode_proc.py 2>&1 | tail -2
   printf '[gpu]\ndecode_process = false\n' > /tmp/threads.toml
   for v in proc threads proc; do  # twice: the spread of one setting shows the noise
@@ -86,7 +89,7 @@ verify)  # one call for what the seventh session built after its device time was
   # and a profile of it (where a textured batch's 184 ms go), the texture ring's room in /dev/shm
   df -h /dev/shm | tail -1
   python3 tools/probe_texture_transport.py --processes 8 --reps 3 2>&1 | tail -6
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1)); m('/tmp/ffsmall', 1500, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus ${IMAGES:-8000} /tmp/ffcorpus; corpus 1500 /tmp/ffsmall
   python3 -m pytest -q -p no:cacheprovider tests/test_decode_proc.py tests/test_mesh.py tests/test_engine_queue.py \
     -k "cuda or decode or compiled or manifest or schema" 2>&1 | tail -2
   facefleet bench --corpus /tmp/ffcorpus --baselines engine,loop --baseline-seconds 10 --json "$OUT/verify.json" \
@@ -103,7 +106,7 @@ waits)  # where a worker's device thread waits (stages wait_input / wait_writers
   OLD=${OLD:-$PWD/.carry/old}; [ -d "$OLD/facefleet" ] || { echo "no old tree at $OLD" >&2; exit 2; }
   df -h /tmp /dev/shm | tail -2
   dd if=/dev/zero of=/tmp/ddtest bs=1M count=4096 conv=fdatasync 2>&1 | tail -1; rm -f /tmp/ddtest
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus ${IMAGES:-8000} /tmp/ffcorpus
   export TORCH_LOGS=recompiles
   for v in new old new2; do
     if [ $v = old ]; then here=$PWD; cd /tmp; export PYTHONPATH=$OLD; fi
@@ -123,7 +126,7 @@ waits)  # where a worker's device thread waits (stages wait_input / wait_writers
   ;;
 hostprof)  # where the device thread's time goes (inclusive Python stacks), recompilations, then the
   # engine without the sampler (Parquet, and OBJ + PNG), steady rates from the batches' completions
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus ${IMAGES:-8000} /tmp/ffcorpus
   TORCH_LOGS=recompiles FACEFLEET_STACK_SAMPLES="$OUT/stacks" facefleet bench --corpus /tmp/ffcorpus --baselines engine \
     --json "$OUT/hostprof_sampled.json" > "$OUT/hostprof_sampled.txt" 2>&1
   grep "facefleet run" "$OUT/hostprof_sampled.txt"; echo "$(grep -c 'Recompiling' "$OUT/hostprof_sampled.txt") recompilations"
@@ -135,7 +138,7 @@ hostprof)  # where the device thread's time goes (inclusive Python stacks), reco
 decodecfg)  # the decoders alone (GPU: tools/probe_decode.py; the host's cores: Pillow on threads), then
   # the decoder process's settings on one corpus: default, decode_chunk 128, three batches in flight
   # (the stages split decoding from the copy into the slot)
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus ${IMAGES:-8000} /tmp/ffcorpus
   : > /tmp/default.toml
   printf '[gpu]\ndecode_chunk = 128\n' > /tmp/chunk128.toml
   printf '[gpu]\nbatches_in_flight = 3\n' > /tmp/inflight3.toml
@@ -157,7 +160,7 @@ PY
   python3 tools/bench_stages.py "$OUT"/cfg_*.json
   ;;
 decthreads)  # two nvJPEG decode threads in the decoder process against the default (nvImageCodec, one)
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-6000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus ${IMAGES:-6000} /tmp/ffcorpus
   printf '[gpu]\ndecoder = "nvjpeg"\ndecode_threads = 2\n' > /tmp/nvjpeg2.toml
   : > /tmp/default.toml
   for c in nvjpeg2 default; do
@@ -168,7 +171,7 @@ decthreads)  # two nvJPEG decode threads in the decoder process against the defa
   ;;
 backends)  # nvImageCodec's backends (the JPEG engine, the host's cores in shares) and host threads: alone,
   # then in the engine on one corpus with the GPU's utilisation per engine sampled by nvidia-smi dmon
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-12000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus ${IMAGES:-12000} /tmp/ffcorpus
   python3 tools/probe_decode.py --corpus /tmp/ffcorpus --images 1024 --chunks 32,128 \
     --backends "${BACKENDS:-auto;hw,cpu;hw:0.9,cpu;hw:0.8,cpu}" --cpu-threads 4,12 2>&1 | tee "$OUT/backends.txt"
   : > /tmp/default.toml
@@ -187,12 +190,12 @@ backends)  # nvImageCodec's backends (the JPEG engine, the host's cores in share
   python3 tools/bench_stages.py "$OUT"/be_*.json
   ;;
 lean)  # decoding beside the networks: in another process, or on a lean thread of their process
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', 1024, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus 1024 /tmp/ffcorpus
   python3 tools/probe_lean_decode.py --corpus /tmp/ffcorpus --seconds "${SECONDS_PER_ROW:-6}" 2>&1 | tee "$OUT/lean.txt"
   ;;
 slots)  # this tree (decoding straight into the slots) against OLD, then settings of this tree, one corpus
   OLD=${OLD:-$PWD/.carry/old}; [ -d "$OLD/facefleet" ] || { echo "no old tree at $OLD" >&2; exit 2; }
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-10000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus ${IMAGES:-10000} /tmp/ffcorpus
   python3 -m pytest -q -p no:cacheprovider tests/test_decode_proc.py tests/test_io_gpu_decode.py 2>&1 | tail -2
   : > /tmp/new.toml; : > /tmp/old.toml; : > /tmp/new2.toml
   printf '[gpu]\nbatch_size = 192\nbatches_in_flight = 2\n' > /tmp/b192.toml
@@ -207,7 +210,7 @@ slots)  # this tree (decoding straight into the slots) against OLD, then setting
   ;;
 filesab)  # OBJ + texture PNG files: this tree against OLD on one corpus
   OLD=${OLD:-$PWD/.carry/old}; [ -d "$OLD/facefleet" ] || { echo "no old tree at $OLD" >&2; exit 2; }
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus ${IMAGES:-8000} /tmp/ffcorpus
   for v in ${CONFIGS:-new old}; do
     if [ $v = old ]; then here=$PWD; cd /tmp; export PYTHONPATH=$OLD; fi
     facefleet bench --corpus /tmp/ffcorpus --baselines engine --formats obj,png --json "$OUT/files_$v.json" \
@@ -217,7 +220,7 @@ filesab)  # OBJ + texture PNG files: this tree against OLD on one corpus
   python3 tools/bench_stages.py "$OUT"/files_*.json
   ;;
 hostdec)  # the decoder process with host decoder processes (each batch's last files on the host's cores)
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-10000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus ${IMAGES:-10000} /tmp/ffcorpus
   python3 -m pytest -q -p no:cacheprovider tests/test_decode_proc.py 2>&1 | tail -2
   : > /tmp/h0.toml; : > /tmp/h0b.toml
   for n in 4 8 10; do printf '[gpu]\nhost_decoders = %d\n' $n > /tmp/h$n.toml; done
@@ -228,7 +231,7 @@ hostdec)  # the decoder process with host decoder processes (each batch's last f
   python3 tools/bench_stages.py "$OUT"/host_*.json
   ;;
 compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
-  python3 -c "from facefleet.bench.corpus import make_corpus as m; m('/tmp/ffcorpus', ${IMAGES:-8000}, resolution=(1920, 1080), faces_per_image=(1, 1))"
+  corpus ${IMAGES:-8000} /tmp/ffcorpus
   python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_mesh.py \
     -k "compiled or cuda_graphs_replay or on_cuda" 2>&1 | tail -3
   python3 tools/probe_compile_agreement.py --corpus /tmp/ffcorpus 2>&1 | tail -3 | tee "$OUT/compile_agreement.txt"

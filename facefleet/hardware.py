@@ -27,8 +27,6 @@ Config file (all keys optional)::
     decode_backends = "auto"  # nvImageCodec's backends, e.g. "hw,cpu": the JPEG engine, the host's cores for
                           # what it refuses; "hw:0.85,cpu": 15 % on the host's cores (auto: its own choice)
     decode_cpu_threads = 0  # nvImageCodec's host threads per decoder (0: up to 4)
-    host_decoders = 0     # processes of the decoder process that decode each batch's last files on
-                          # the host's cores (Pillow) beside the GPU's decoder (0: none)
     compile = true        # networks' CUDA graphs from torch.compile's fused kernels (if Triton is there)
     decode_process = true # read and decode files in a child process of each worker (false: threads)
 
@@ -123,9 +121,6 @@ class DeviceProfile:
     # each call's files on the host's cores) and its host threads per decoder (0: up to 4)
     decode_backends: str = "auto"
     decode_cpu_threads: int = 0
-    # decoder process: processes of its own that decode each batch's last files on the host's cores
-    # (facefleet.engine.host_decode; the share follows their pace). 0: none
-    host_decoders: int = 0
     # CUDA: the networks' graphs from torch.compile's fused kernels where Triton is installed
     # (TFLiteModule.use_compile); false: eager kernels
     compile: bool = True
@@ -283,9 +278,9 @@ def _check_overrides(d: Mapping[str, Any], where: str) -> None:
             parse_jpeg_backends(d["decode_backends"])
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
-    for k in ("decode_cpu_threads", "host_decoders"):
-        if k in d and (not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 0):
-            raise ValueError(f"{where}: {k} must be an integer >= 0, got {d[k]!r}")
+    k = "decode_cpu_threads"
+    if k in d and (not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 0):
+        raise ValueError(f"{where}: {k} must be an integer >= 0, got {d[k]!r}")
     for k in ("compile", "decode_process"):
         if k in d and not isinstance(d[k], bool):
             raise ValueError(f"{where}: {k} must be true or false, got {d[k]!r}")
@@ -398,7 +393,6 @@ def plan_devices(
             base = DeviceProfile(
                 "cpu", _cpu_name(), int(bs), str(prec), "cpu", threads, source=src,
                 decode_process=bool(cpu_cfg.get("decode_process", False)),
-                host_decoders=int(cpu_cfg.get("host_decoders", 0)),
             )  # fmt: skip
             profiles.extend(base for _ in range(int(n)))
             continue
@@ -432,7 +426,7 @@ def plan_devices(
                 memory_bytes=spec.memory_bytes,
                 **{
                     k: int(over[k])
-                    for k in ("decode_chunk", "decode_threads", "decode_cpu_threads", "host_decoders")
+                    for k in ("decode_chunk", "decode_threads", "decode_cpu_threads")
                     if k in over
                 },
                 batches_in_flight=int(over.get("batches_in_flight", 3 if decode_process else 2)),

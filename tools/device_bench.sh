@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|hostdec
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
@@ -219,16 +219,23 @@ filesab)  # OBJ + texture PNG files: this tree against OLD on one corpus
   done
   python3 tools/bench_stages.py "$OUT"/files_*.json
   ;;
-hostdec)  # the decoder process with host decoder processes (each batch's last files on the host's cores)
+mps)  # CUDA MPS: the decoder process and the networks' process share the SMs instead of taking turns
   corpus ${IMAGES:-10000} /tmp/ffcorpus
-  python3 -m pytest -q -p no:cacheprovider tests/test_decode_proc.py 2>&1 | tail -2
-  : > /tmp/h0.toml; : > /tmp/h0b.toml
-  for n in 4 8 10; do printf '[gpu]\nhost_decoders = %d\n' $n > /tmp/h$n.toml; done
-  for v in ${CONFIGS:-h0 h4 h8 h10 h0b}; do
-    facefleet bench --corpus /tmp/ffcorpus --baselines engine --config /tmp/$v.toml --json "$OUT/host_$v.json" \
-      2>&1 | grep "facefleet run  " | sed "s/^/$v: /"
-  done
-  python3 tools/bench_stages.py "$OUT"/host_*.json
+  bench_mps() { facefleet bench --corpus /tmp/ffcorpus --baselines engine --json "$OUT/mps_$1.json" 2>&1 \
+    | grep "facefleet run  " | sed "s/^/$1: /"; }
+  bench_mps off
+  python3 tools/probe_lean_decode.py --corpus /tmp/ffcorpus --seconds 5 --chunks 32 2>&1 | tee "$OUT/lean_off.txt"
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+  nvidia-cuda-mps-control -d && echo "MPS daemon started"
+  python3 tools/probe_lean_decode.py --corpus /tmp/ffcorpus --seconds 5 --chunks 32 2>&1 | tee "$OUT/lean_on.txt"
+  bench_mps on
+  bench_mps on2
+  echo quit | nvidia-cuda-mps-control; sleep 2
+  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+  bench_mps off2
+  cat /tmp/mps-log/control.log 2>/dev/null | tail -5
+  python3 tools/bench_stages.py "$OUT"/mps_*.json
   ;;
 compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
   corpus ${IMAGES:-8000} /tmp/ffcorpus

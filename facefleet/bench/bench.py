@@ -307,7 +307,6 @@ def run_engine(
         gpu_util=sampler.summary()["gpus"],
         # seconds per stage summed over units (stages overlap; wait_* are the device thread's waits)
         stages={k: round(float(v), 3) for k, v in (stats.get("stages") or {}).items()},
-        host_decoded_images=int(stats.get("host_decoded_images") or 0),
     )
 
 

@@ -32,10 +32,8 @@ import time
 import traceback
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
-
-from facefleet.engine.host_decode import FRAME_BYTES, HostDecoders, HostJob
 
 ALIGN = 512  # bytes: each image starts on an aligned offset of its slot
 
@@ -57,7 +55,6 @@ class Decoded:
     device_bytes: int = 0
     needed: int = 0  # slot bytes the batch would have needed for all its images
     copy_seconds: float = 0.0  # a copy into the slot (none when decoded in place) and the wait for it
-    host_images: int = 0  # decoded by the host processes (facefleet.engine.host_decode)
 
 
 class DecoderProcessError(RuntimeError):
@@ -84,7 +81,6 @@ class DecoderProcess:
         threads: int = 1,
         backends: str = "auto",
         cpu_threads: int = 0,
-        host_decoders: int = 0,
         start_timeout: float = 120.0,
     ) -> None:
         self.slots = list(slots)
@@ -92,7 +88,6 @@ class DecoderProcess:
         self.settings = _Settings(
             decoder, int(chunk), int(readers), max(1, int(threads)), backends, int(cpu_threads)
         )
-        self.host_decoders = int(host_decoders)  # processes decoding the batches' last files (host_decode)
         self.start_timeout = float(start_timeout)
         self._proc: Any = None
         self._to_child: Any = None
@@ -103,8 +98,6 @@ class DecoderProcess:
         self._receiver: threading.Thread | None = None
         self._error: BaseException | None = None
         self._closing = False
-        self._host_procs: list[Any] = []
-        self._host_queues: tuple[Any, Any] | None = None
 
     def start(self) -> DecoderProcess:
         import multiprocessing as mp
@@ -112,18 +105,11 @@ class DecoderProcess:
         import torch.multiprocessing  # noqa: F401  (registers the pickling of CUDA / shared tensors)
 
         ctx = mp.get_context("spawn")
-        settings = self.settings
-        if self.host_decoders > 0:  # started here: the (daemonic) decoder process may not start processes
-            from facefleet.engine.host_decode import start_processes
-
-            tasks, results, self._host_procs = start_processes(self.host_decoders)
-            settings = replace(settings, host=(tasks, results, self.host_decoders))
-            self._host_queues = (tasks, results)  # kept: a queue's semaphores go with its last reference
         req_r, req_w = ctx.Pipe(duplex=False)
         ans_r, ans_w = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(
             target=child_main,
-            args=(req_r, ans_w, self.slots, settings),
+            args=(req_r, ans_w, self.slots, self.settings),
             name="facefleet-decoder",
             daemon=True,
         )
@@ -233,12 +219,6 @@ class DecoderProcess:
                 self._proc.join(timeout=5)
         if self._receiver is not None:
             self._receiver.join(timeout=5)
-        if self._host_procs:
-            from facefleet.engine.host_decode import stop_processes
-
-            assert self._host_queues is not None
-            stop_processes(self._host_queues[0], self._host_procs)
-            self._host_procs = []
         if self._from_child is not None:
             with contextlib.suppress(Exception):
                 self._from_child.close()
@@ -247,8 +227,7 @@ class DecoderProcess:
 # -- the child ------------------------------------------------------------------------------------
 @dataclass
 class _Settings:
-    """The decoder process's settings (see :class:`DecoderProcess`). ``host``: the host decoder
-    processes' task and result queues and their number (facefleet.engine.host_decode)."""
+    """The decoder process's settings (see :class:`DecoderProcess`)."""
 
     decoder: str = "auto"
     chunk: int = 32
@@ -256,7 +235,6 @@ class _Settings:
     threads: int = 1
     backends: str = "auto"
     cpu_threads: int = 0
-    host: tuple[Any, Any, int] | None = None
 
 
 def child_main(requests: Any, answers: Any, slots: list[Any], settings: _Settings) -> None:
@@ -278,8 +256,6 @@ def child_main(requests: Any, answers: Any, slots: list[Any], settings: _Setting
         else:
             name = "Pillow (CPU)"
         child = _Child(answers, slots, settings)
-        if child.host is not None:
-            name += f" + {child.host.processes} host decoder processes"
     except BaseException as e:
         with contextlib.suppress(Exception):
             answers.send(("failed", f"{type(e).__name__}: {e}"))
@@ -315,25 +291,11 @@ class _Child:
         self.settings = settings
         self.slots = slots
         self.pool = ThreadPoolExecutor(max(1, settings.readers), thread_name_prefix="reader")
-        # per batch cut: its files' reads (the GPU path) and the host processes' part of it
-        self.reads: dict[int, tuple[list[tuple[str, Future[Any]]], HostJob | None]] = {}
+        self.reads: dict[int, list[tuple[str, Future[Any]]]] = {}  # per batch cut: its files' reads
         self.work: queue.Queue[Any] = queue.Queue()
         self.places: dict[int, int] = {}  # batch -> the slot its images go to (given by the worker)
         self.placed = threading.Condition()
         self.stopping = False
-        self.copy_stream: Any = None  # CUDA: the host files' copies to the device
-        self.host: HostDecoders | None = None
-        host = settings.host
-        if host is not None:
-            # files per batch at most: three per process (~80 1080p files/s each: a batch's time), half a
-            # slot's frames; a region per slot, and one for each of two batches cut ahead
-            most = max(1, min(3 * host[2], int(slots[0].numel()) // FRAME_BYTES // 2))
-            try:
-                self.host = HostDecoders(host[0], host[1], host[2], regions=len(slots) + 2, most=most)
-            except OSError as e:  # no room in /dev/shm: decode without them
-                print(f"facefleet: host decoders off (shared memory: {e})", file=sys.stderr)
-            if self.host is not None and slots[0].device.type == "cuda":
-                self.host.pin()
 
     def run(self, requests: Any) -> None:
         """Reads requests on this thread (reads start at once); decodes on ``threads`` others, each
@@ -353,12 +315,9 @@ class _Child:
                 except (EOFError, OSError):  # the worker is gone
                     break
                 if msg[0] == "read":
-                    paths, job = list(msg[2]), None
-                    if self.host is not None:  # the batch's last files go to the host processes
-                        job, paths = self.host.submit(paths)
-                    self.reads[msg[1]] = ([(p, self.pool.submit(read_file, p)) for p in paths], job)
+                    self.reads[msg[1]] = [(p, self.pool.submit(read_file, p)) for p in msg[2]]
                 elif msg[0] == "decode":
-                    self.work.put((msg[1], *self.reads.pop(msg[1])))
+                    self.work.put((msg[1], self.reads.pop(msg[1])))
                 elif msg[0] == "place":
                     with self.placed:
                         self.places[msg[1]] = msg[2]
@@ -376,8 +335,6 @@ class _Child:
             for w in workers:
                 w.join()
             self.pool.shutdown(wait=False, cancel_futures=True)
-            if self.host is not None:
-                self.host.close()
         if self._failure is not None:
             raise self._failure
 
@@ -403,8 +360,8 @@ class _Child:
             job = self.work.get()
             if job is None:
                 return
-            batch, reads, host = job
-            done = self._decode(batch, reads, host)
+            batch, reads = job
+            done = self._decode(batch, reads)
             if done is None:  # stopping before the batch had a slot
                 return
             try:
@@ -422,14 +379,11 @@ class _Child:
                 return None
             return self.slots[self.places.pop(batch)]
 
-    def _decode(
-        self, batch: int, reads: list[tuple[str, Future[Any]]], host: HostJob | None = None
-    ) -> Decoded | None:
-        """Batch ``batch``: its files in ``reads`` (the GPU path), then ``host``'s (the batch's last
-        files, decoded by the host processes)."""
+    def _decode(self, batch: int, reads: list[tuple[str, Future[Any]]]) -> Decoded | None:
+        """Batch ``batch``: its files' ``reads``, decoded into the slot the worker places it in."""
         import torch
 
-        sources = [p for p, _ in reads] + (host.paths if host is not None else [])
+        sources = [p for p, _ in reads]
         items: list[tuple[Any, ...] | None] = [None] * len(sources)
         blobs: list[bytes] = []
         at: list[int] = []
@@ -444,23 +398,16 @@ class _Child:
                 at.append(k)
         slot = self._slot_for(batch)  # decoded straight into the slot, once the worker has freed one
         if slot is None:
-            if host is not None and self.host is not None:
-                self.host.release(host)
             return None
         t0 = time.perf_counter()
         device = slot.device
-        early = self._host_copies_ahead(host, device) if host is not None else {}
         place = _Placer(slot, items)
         if blobs:
             place.decoded(self._gpu_decode(blobs, [sources[k] for k in at], device, slot), at, blobs)
         decode_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if host is not None:
-            self._host_place(host, len(reads), early, place)
         if device.type == "cuda":
             torch.cuda.current_stream(device).synchronize()
-        if host is not None and self.host is not None:
-            self.host.release(host)  # its copies are done
         done: list[tuple[Any, ...]] = []
         for it in items:
             assert it is not None
@@ -471,9 +418,7 @@ class _Child:
 
             dev_bytes = torch.cuda.max_memory_allocated(device) + decoder_memory_bytes()
         copy_s = time.perf_counter() - t0
-        return Decoded(
-            batch, done, place.stacked(), read_s, decode_s, dev_bytes, place.needed, copy_s, place.host
-        )
+        return Decoded(batch, done, place.stacked(), read_s, decode_s, dev_bytes, place.needed, copy_s)
 
     def _gpu_decode(self, blobs: list[bytes], names: list[str], device: Any, slot: Any) -> Any:
         import torch
@@ -493,58 +438,6 @@ class _Child:
             torch.cuda.current_stream(device).synchronize()
         return got
 
-    def _host_copies_ahead(self, host: HostJob, device: Any) -> dict[int, Any]:
-        """On CUDA: the host files already decoded start their copies to the device now, on a stream
-        of their own, while the GPU decodes the rest of the batch. File index -> device tensor."""
-        import torch
-
-        if device.type != "cuda" or self.host is None:
-            return {}
-        early: dict[int, Any] = {}
-        current = torch.cuda.current_stream(device)
-        if self.copy_stream is None:
-            self.copy_stream = torch.cuda.Stream(device)
-        self.copy_stream.wait_stream(current)  # the staging memory may come from the current stream's frees
-        for i, fut in enumerate(host.futures):
-            if fut.done() and isinstance(fut.result(), tuple):  # (set by the collector, never raising)
-                shape = fut.result()
-                tmp = torch.empty((shape[0], shape[1], 3), dtype=torch.uint8, device=device)
-                with torch.cuda.stream(self.copy_stream):
-                    tmp.copy_(torch.from_numpy(self.host.view(host, i, shape)), non_blocking=True)
-                early[i] = tmp
-        if early:
-            current.wait_stream(self.copy_stream)  # the slot copies below come after these
-        return early
-
-    def _host_place(self, host: HostJob, first: int, early: dict[int, Any], place: _Placer) -> None:
-        """The host files into the slot after the GPU part; those the host could not decode go the GPU
-        path (read again here: its errors have the usual wording)."""
-        import torch
-
-        from facefleet.engine.worker import read_file
-
-        assert self.host is not None
-        again: list[tuple[int, bytes]] = []
-        for i, res in enumerate(self.host.results(host)):
-            k = first + i
-            if not isinstance(res, str):
-                t = early.get(i)
-                if t is None:  # decoded after the GPU part: copied now (to the device, then transposed)
-                    t = torch.from_numpy(self.host.view(host, i, res)).to(place.slot.device)
-                if place.put(k, t.permute(2, 0, 1)):
-                    place.host += 1
-                    continue
-            # not decoded by the host, or no room left in the slot: the usual path, from the file again
-            data, _ = read_file(host.paths[i])
-            if isinstance(data, BaseException):
-                place.items[k] = ("error", _as_decode_error(host.paths[i], data))
-            else:
-                again.append((k, data))
-        if again:
-            names = [host.paths[k - first] for k, _ in again]
-            got = self._gpu_decode([b for _, b in again], names, place.slot.device, None)
-            place.decoded(got, [k for k, _ in again], [b for _, b in again])
-
 
 class _Placer:
     """Puts one batch's decoded images into its slot and keeps ``items`` (per file: where it lies)."""
@@ -558,7 +451,6 @@ class _Placer:
         self.shape: tuple[int, ...] | None = None
         self.per = 0
         self.rows = 0
-        self.host = 0  # images the host processes decoded
 
     def decoded(self, got: Any, at: list[int], blobs: list[bytes]) -> None:
         """``decode_images``' result for the files ``at`` (whose bytes are ``blobs``)."""

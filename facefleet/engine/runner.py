@@ -675,9 +675,7 @@ class _Coordinator:
         peak: dict[str, float] = {}
         worker_peak: dict[tuple[str, str], float] = {}
         units_done = units_failed = 0
-        host_decoded = 0
         for _uid, state, st in q.unit_stats():
-            host_decoded += int(st.get("host_decoded", 0))
             if state == "done":
                 units_done += 1
             else:
@@ -757,7 +755,6 @@ class _Coordinator:
             "batch_seconds": [round(b, 5) for b in self.batch_seconds],
             "batch_done": sorted(self.batch_done),
             "gpu_memory_peak_mib": peak,
-            "host_decoded_images": host_decoded,  # [gpu] host_decoders: images decoded on the host's cores
             "devices": devices,
             "config": self.config_record,
         }

@@ -99,23 +99,22 @@ def resolve(texture: Any) -> Any:
         return texture
     buf = _ATTACHED.get(texture.name)
     if buf is None:
-        buf = _ATTACHED[texture.name] = map_block(texture.name)
+        buf = _ATTACHED[texture.name] = _map(texture.name)
     return np.ndarray(texture.shape, np.uint8, buffer=buf, offset=texture.offset)
 
 
-def map_block(name: str, writable: bool = False) -> Any:
-    """The shared block ``name`` as another process maps it (read-only unless ``writable``). On Linux
-    straight from /dev/shm: attaching through ``SharedMemory`` registers the block with this process's
-    resource tracker, which (Python < 3.13) removes it when a process that started its own tracker
-    ends, under the feet of the process that made it (and unlinks it)."""
+def _map(name: str) -> Any:
+    """The block ``name``, mapped read-only. On Linux straight from /dev/shm: attaching through
+    ``SharedMemory`` registers the block with this process's resource tracker, which (Python < 3.13)
+    removes it when a writer process that started its own tracker ends, under the worker's feet."""
     import mmap
     import os
 
     path = f"/dev/shm/{name.lstrip('/')}"
     if os.path.exists(path):
-        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
         try:
-            return mmap.mmap(fd, 0, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+            return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
     return shared_memory.SharedMemory(name=name).buf  # elsewhere: the portable way

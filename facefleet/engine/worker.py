@@ -200,8 +200,6 @@ class _ProcBatch:
         _add(state.stages, "read", d.read_seconds)
         _add(state.stages, "decode", d.decode_seconds)
         _add(state.stages, "slot_copy", d.copy_seconds)
-        if d.host_images:
-            _add(state.stages, "_host_images", d.host_images)  # a count, not a stage (left out of them)
         stack = None
         items: list[Any]
         if d.stacked:
@@ -366,7 +364,6 @@ class Worker:
                 threads=p.decode_threads,
                 backends=p.decode_backends,
                 cpu_threads=p.decode_cpu_threads,
-                host_decoders=p.host_decoders,
             ).start()
         except Exception as e:
             self._decoder_process_failed(e)
@@ -1190,8 +1187,6 @@ def unit_stats(st: _UnitState, results: list[ImageResult], spec: WorkerSpec) -> 
     }
     if "_peak_mib" in st.stages:
         out["gpu_memory_peak_mib"] = round(st.stages["_peak_mib"], 1)
-    if "_host_images" in st.stages:  # decoded by the decoder process's host processes
-        out["host_decoded"] = int(st.stages["_host_images"])
     return out
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps|decpipe
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
@@ -218,6 +218,17 @@ filesab)  # OBJ + texture PNG files: this tree against OLD on one corpus
     if [ $v = old ]; then cd "$here"; unset PYTHONPATH; fi
   done
   python3 tools/bench_stages.py "$OUT"/files_*.json
+  ;;
+decpipe)  # the decoder process's chunks in flight: two decode threads (nvImageCodec), one chunk of 128, repeated
+  corpus ${IMAGES:-8000} /tmp/ffcorpus
+  : > /tmp/d.toml; : > /tmp/d2.toml
+  printf '[gpu]\ndecode_threads = 2\n' > /tmp/t2.toml; cp /tmp/t2.toml /tmp/t2b.toml
+  printf '[gpu]\ndecode_chunk = 128\n' > /tmp/c128.toml
+  for v in ${CONFIGS:-d t2 c128 d2 t2b}; do
+    facefleet bench --corpus /tmp/ffcorpus --baselines engine --config /tmp/$v.toml --json "$OUT/dp_$v.json" \
+      2>&1 | grep "facefleet run  " | sed "s/^/$v: /"
+  done
+  python3 tools/bench_stages.py "$OUT"/dp_*.json
   ;;
 mps)  # CUDA MPS: the decoder process and the networks' process share the SMs instead of taking turns
   corpus ${IMAGES:-10000} /tmp/ffcorpus

@@ -23,7 +23,8 @@ Config file (all keys optional)::
     batches_in_flight = 3 # decoded batches a worker holds in device memory: the networks' one, the next,
                           # and one the decoder process decodes ahead (2 with decode_process = false)
     decode_chunk = 32     # JPEGs per GPU decoder call (its own buffers hold this many images)
-    decode_threads = 1    # batches the decoder process decodes at once (each into a slot of its own)
+    decode_threads = 2    # batches the decoder process decodes at once (each into a slot of its own;
+                          # 1 with decode_process = false)
     decode_backends = "auto"  # nvImageCodec's backends, e.g. "hw,cpu": the JPEG engine, the host's cores for
                           # what it refuses; "hw:0.85,cpu": 15 % on the host's cores (auto: its own choice)
     decode_cpu_threads = 0  # nvImageCodec's host threads per decoder (0: up to 4)
@@ -112,10 +113,12 @@ class DeviceProfile:
     # ahead), and JPEGs per GPU decoder call (written straight into the batch tensor)
     batches_in_flight: int = 2
     decode_chunk: int = 32
-    # CUDA, decoder process: batches decoded at once, each on a thread and stream of its own, each
-    # into a slot of its own. On an H200 two nvJPEG threads decoded 1.31x one alone (nvImageCodec's
-    # hardware engine lost with two); in the engine decoder = "nvjpeg" with two threads gave 2,689
-    # against the default's 2,555 img/s, same machine, at 4.0 against 2.9 GB: not the default
+    # CUDA, decoder process: batches decoded at once, each on a thread and stream of its own (and its
+    # own nvImageCodec decoder), each into a slot of its own. Alone, nvImageCodec lost with two threads
+    # on an H200 (2,556 against 3,696 img/s), but beside the networks, where its chunks wait for the
+    # GPU's time slices, two batches in flight ran 0.4-4.9 % faster than one in all four pairs on two
+    # H200s (2,831-3,068 against 2,819-2,929 img/s, same decoded slots, ~0.2 GB more by NVML;
+    # docs/benchmarks.md, tenth session): plan_devices gives two with the decoder process
     decode_threads: int = 1
     # CUDA, nvImageCodec: its backends (parse_jpeg_backends: "auto", or e.g. "hw:0.85,cpu" for 15 % of
     # each call's files on the host's cores) and its host threads per decoder (0: up to 4)
@@ -424,11 +427,8 @@ def plan_devices(
                 decoder,
                 int(over.get("threads", 4)),
                 memory_bytes=spec.memory_bytes,
-                **{
-                    k: int(over[k])
-                    for k in ("decode_chunk", "decode_threads", "decode_cpu_threads")
-                    if k in over
-                },
+                **{k: int(over[k]) for k in ("decode_chunk", "decode_cpu_threads") if k in over},
+                decode_threads=int(over.get("decode_threads", 2 if decode_process else 1)),
                 batches_in_flight=int(over.get("batches_in_flight", 3 if decode_process else 2)),
                 decode_backends=str(over.get("decode_backends", "auto")),
                 compile=bool(over.get("compile", True)),

@@ -92,6 +92,9 @@ def test_plan_heterogeneous_gpus_and_overrides(monkeypatch: pytest.MonkeyPatch, 
     assert [(p.batches_in_flight, p.decode_chunk, p.decode_threads) for p in plan] == [(3, 16, 2), (1, 8, 2)]
     threads_cfg = {"gpu": {"decode_process": False}}
     assert [p.batches_in_flight for p in plan_devices("all", config=threads_cfg)] == [2, 2]
+    # two batches decoded at once by the decoder process (one on the worker's threads)
+    assert [p.decode_threads for p in plan_devices("all")] == [2, 2]
+    assert [p.decode_threads for p in plan_devices("all", config=threads_cfg)] == [1, 1]
     with pytest.raises(ValueError, match="decode_threads"):
         plan_devices("all", config={"gpu": {"decode_threads": 0}})
     # nvImageCodec's backends (the JPEG engine first, the host's cores for 15 %) and host threads

@@ -127,3 +127,34 @@ def test_steady_rate_leaves_out_start_up_and_tail() -> None:
     done = [[5.0 + 0.1 * k, 100] for k in range(50)]
     rate = steady_rate(_batch_points(done[::-1]))  # in any order
     assert rate is not None and abs(rate - 1000.0) < 1
+
+
+def test_gpu_memory_both_ways_of_counting() -> None:
+    """The engine row's GPU memory: what the workers allocate, and what the run added to the busiest
+    GPU by NVML's count (peak "used" minus the first sample, taken before the workers start)."""
+    from facefleet.bench.bench import format_rows, nvml_added_mib
+    from facefleet.monitor.gpu import summarize_samples
+
+    def sample(t: float, used: list[float]) -> dict:
+        gpus = [
+            {"index": i, "name": "H", "mem_used_mib": u, "mem_total_mib": 80_000.0}
+            for i, u in enumerate(used)
+        ]
+        return {"t": t, "gpus": gpus}
+
+    summary = summarize_samples(
+        [sample(0.0, [600.0, 650.0]), sample(1.0, [6_200.0, 900.0]), sample(2.0, [700.0, 5_000.0])]
+    )
+    assert summary["gpus"]["0"]["mem_used_mib_start"] == 600.0
+    assert nvml_added_mib(summary) == 5_600.0  # GPU 0 added 5,600 MiB, GPU 1 4,350
+    assert nvml_added_mib(summarize_samples([{"t": 0.0, "gpus": []}])) is None  # no NVML
+    row = {
+        "name": "facefleet run",
+        "device": "0",
+        "images": 10,
+        "peak_gpu_mib": 2_870.0,
+        "nvml_gpu_mib": 5_600.0,
+    }
+    head, _, line = format_rows([row]).splitlines()[:3]
+    assert head.index("GPU MiB") < head.index("NVML MiB")
+    assert line.index("2,870") < line.index("5,600")  # allocated, then NVML's count

@@ -183,6 +183,19 @@ def _sampler_peaks(s: GpuSampler) -> tuple[float | None, float | None]:
     return (max(gpu) if gpu else None), summ.get("rss_mib_peak")
 
 
+def nvml_added_mib(summary: dict[str, Any]) -> float | None:
+    """Device memory a run added on its busiest GPU by NVML's count (peak "used" minus the first
+    sample's, taken before the workers started), from a :meth:`GpuSampler.summary`: what nvidia-smi
+    shows the run's processes holding (CUDA contexts, caching allocators' free blocks, graph pools,
+    workspaces), against the ``peak_gpu_mib`` the workers allocate. None without NVML."""
+    added = [
+        float(g["mem_used_mib_peak"]) - float(g["mem_used_mib_start"])
+        for g in summary.get("gpus", {}).values()
+        if g.get("mem_used_mib_peak") is not None and g.get("mem_used_mib_start") is not None
+    ]
+    return max(added) if added else None
+
+
 def _find_stats(d: dict[str, Any], *keys: str) -> Any:
     for k in keys:
         if k in d:
@@ -283,6 +296,7 @@ def run_engine(
     d = derive(stats) if stats else {"batch_latency": {}}
     lat = d["batch_latency"]
     gpu_peak, rss = _sampler_peaks(sampler)
+    summary = sampler.summary()
     worker_peak = stats.get("gpu_memory_peak_mib") or {}
     if isinstance(worker_peak, dict) and worker_peak:
         gpu_peak = max(float(v) for v in worker_peak.values())  # torch max_memory_allocated of workers
@@ -304,7 +318,8 @@ def run_engine(
         ),
         formats=list(formats) or ["parquet"],
         engine_wall_s=d.get("wall_seconds"),
-        gpu_util=sampler.summary()["gpus"],
+        gpu_util=summary["gpus"],
+        nvml_gpu_mib=nvml_added_mib(summary),
         # seconds per stage summed over units (stages overlap; wait_* are the device thread's waits)
         stages={k: round(float(v), 3) for k, v in (stats.get("stages") or {}).items()},
     )
@@ -413,6 +428,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         "p50 ms",
         "p99 ms",
         "GPU MiB",
+        "NVML MiB",
         "RSS MiB",
         "x loop",
         "x LiteRT",
@@ -421,7 +437,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     notes = []
     for r in rows:
         if "error" in r:
-            out.append([r["name"], r["device"], "failed", *["-"] * 9])
+            out.append([r["name"], r["device"], "failed", *["-"] * 10])
             notes.append(f"{r['name']}: {r['error']}")
             continue
         ips = r.get("images_per_s")
@@ -438,6 +454,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
                 _f(None if r.get("batch_p50_s") is None else 1e3 * r["batch_p50_s"], "{:.1f}"),
                 _f(None if r.get("batch_p99_s") is None else 1e3 * r["batch_p99_s"], "{:.1f}"),
                 _f(r.get("peak_gpu_mib"), "{:,.0f}"),
+                _f(r.get("nvml_gpu_mib"), "{:,.0f}"),
                 _f(r.get("peak_rss_mib"), "{:,.0f}"),
                 _f(cmp / loop if cmp and loop else None, "{:.1f}x"),
                 _f(cmp / lite if cmp and lite else None, "{:.2f}x"),
@@ -446,6 +463,10 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     notes.append(
         "x loop / x LiteRT: steady img/s where measured (the baselines are timed after their warm-up); "
         "img/s includes the engine's start-up"
+    )
+    notes.append(
+        "GPU MiB: peak memory allocated (the engine: its busiest worker with its decoders); NVML MiB: what "
+        "the run added to the busiest GPU's used memory by NVML's count (contexts and caches too)"
     )
     return "\n".join([format_table(head, out), *notes])
 

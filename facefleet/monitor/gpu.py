@@ -274,8 +274,9 @@ class GpuSampler:
 
     def summary(self) -> dict[str, Any]:
         """Aggregates: host ``cpu_percent_mean``, ``rss_mib_peak``; per GPU (keyed by index as
-        a string) ``name``, ``util_mean``, ``util_max``, ``mem_used_mib_peak``, ``mem_total_mib``,
-        ``power_w_mean``, ``temp_c_max``."""
+        a string) ``name``, ``util_mean``, ``util_max``, ``mem_used_mib_start`` (the first sample's:
+        what was in use before), ``mem_used_mib_peak``, ``mem_total_mib``, ``power_w_mean``,
+        ``temp_c_max``."""
         return summarize_samples(self.samples(), self.gpu_names)
 
     def to_dict(self) -> dict[str, Any]:
@@ -322,6 +323,7 @@ def summarize_samples(samples: list[dict[str, Any]], names: dict[int, str] | Non
             "name": gname.get(i, ""),
             "util_mean": _mean(d["util"]),
             "util_max": _max(d["util"]),
+            "mem_used_mib_start": d["mem"][0] if d["mem"] else None,
             "mem_used_mib_peak": _max(d["mem"]),
             "mem_total_mib": _max(d["total"]),
             "power_w_mean": _mean(d["power"]),

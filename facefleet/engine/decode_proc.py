@@ -453,26 +453,25 @@ class _Placer:
         self.rows = 0
 
     def decoded(self, got: Any, at: list[int], blobs: list[bytes]) -> None:
-        """``decode_images``' result for the files ``at`` (whose bytes are ``blobs``)."""
+        """``decode_images``' result for the files ``at`` (whose bytes are ``blobs``), once per batch."""
         from facefleet.io.decode import ImageDecodeError
 
         stack = got.stack
-        if stack is not None and self.off == 0 and stack.data_ptr() == self.slot.data_ptr():
+        if stack is not None and stack.data_ptr() == self.slot.data_ptr():
             # the usual batch: every file decoded in place, one image after the other
             per = int(stack[0].numel())
             shape = tuple(int(s) for s in stack.shape[1:])
             for j, k in enumerate(at):
                 self.items[k] = ("slot", j * per, shape)
-            self.shape, self.per, self.rows = shape, per, len(at)
-            self.off = self.needed = _aligned(len(at) * per)
+            self.needed = _aligned(len(at) * per)
             return
         for j, (k, t) in enumerate(zip(at, got.items, strict=True)):
             if isinstance(t, ImageDecodeError):
                 self.items[k] = ("error", t)
-            elif not self.put(k, t):
+            elif not self._put(k, t):
                 self.items[k] = ("encoded", blobs[j])  # does not fit: the worker decodes it
 
-    def put(self, k: int, image: Any) -> bool:
+    def _put(self, k: int, image: Any) -> bool:
         """Copy ``image`` (3, h, w) into the slot after what is there; False when it does not fit."""
         n = int(image.numel())
         shape = tuple(int(s) for s in image.shape)

@@ -177,8 +177,8 @@ def _error_row(name: str, device: str, e: BaseException) -> dict[str, Any]:
     return {"name": name, "device": device, "error": f"{type(e).__name__}: {e}"}
 
 
-def _sampler_peaks(s: GpuSampler) -> tuple[float | None, float | None]:
-    summ = s.summary()
+def _sampler_peaks(summ: dict[str, Any]) -> tuple[float | None, float | None]:
+    """Peak GPU memory used (NVML, busiest GPU) and host RSS from a :meth:`GpuSampler.summary`."""
     gpu = [g["mem_used_mib_peak"] for g in summ["gpus"].values() if g.get("mem_used_mib_peak") is not None]
     return (max(gpu) if gpu else None), summ.get("rss_mib_peak")
 
@@ -295,8 +295,8 @@ def run_engine(
 
     d = derive(stats) if stats else {"batch_latency": {}}
     lat = d["batch_latency"]
-    gpu_peak, rss = _sampler_peaks(sampler)
     summary = sampler.summary()
+    gpu_peak, rss = _sampler_peaks(summary)
     worker_peak = stats.get("gpu_memory_peak_mib") or {}
     if isinstance(worker_peak, dict) and worker_peak:
         gpu_peak = max(float(v) for v in worker_peak.values())  # torch max_memory_allocated of workers
@@ -367,7 +367,7 @@ def run_loop(
             if time.perf_counter() - t0 > budget_s:
                 break
         seconds = time.perf_counter() - t0
-    gpu_peak, rss = _sampler_peaks(sampler)
+    gpu_peak, rss = _sampler_peaks(sampler.summary())
     if rec.device.type == "cuda":
         gpu_peak = torch.cuda.max_memory_allocated(rec.device) / 2**20
     return _row(
@@ -389,7 +389,7 @@ def run_litert(files: list[Path], *, processes: int | None, budget_s: float) -> 
 
     with GpuSampler(0.25) as sampler:
         r = run_litert_pool([str(f) for f in files], processes=processes, time_budget_s=budget_s)
-    _, rss = _sampler_peaks(sampler)
+    _, rss = _sampler_peaks(sampler.summary())
     return _row(
         f"LiteRT CPU x{r['processes']}",
         "cpu",

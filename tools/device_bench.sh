@@ -7,6 +7,14 @@ OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 corpus() {  # corpus N DIR: N real-face 1080p JPEGs (q90, one face each), as facefleet bench makes them
   python3 -c "from facefleet.bench.corpus import make_corpus as m; m('$2', $1, resolution=(1920, 1080), faces_per_image=(1, 1))"
 }
+engine_row() {  # engine_row PREFIX NAME: the engine on /tmp/ffcorpus with /tmp/NAME.toml (when there) ->
+  # $OUT/PREFIX_NAME.json (PREFIX_NAME2.json for a second run of NAME); prints its row, named NAME
+  local cfg=() json="$OUT/$1_$2.json"
+  [ -f "/tmp/$2.toml" ] && cfg=(--config "/tmp/$2.toml")
+  [ -f "$json" ] && json="$OUT/$1_${2}2.json"
+  facefleet bench --corpus /tmp/ffcorpus --baselines engine "${cfg[@]}" --json "$json" 2>&1 \
+    | grep "facefleet run  " | sed "s/^/$2: /"
+}
 case "$1" in
 core)
   python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_io_gpu_decode.py \
@@ -153,20 +161,14 @@ for n in (1, 4, 8, 12):
         t = time.perf_counter(); list(ex.map(lambda b: decode_image(b, "x.jpg"), blobs[: 64 * n])); dt = time.perf_counter() - t
     print(f"Pillow on {n} threads: {64 * n / dt:.0f} img/s (1080p JPEG q90)")
 PY
-  for c in default chunk128 inflight3; do
-    facefleet bench --corpus /tmp/ffcorpus --baselines engine --config /tmp/$c.toml \
-      --json "$OUT/cfg_$c$([ -f "$OUT/cfg_$c.json" ] && echo 2).json" 2>&1 | grep "facefleet run (\|facefleet run  "
-  done
+  for c in default chunk128 inflight3; do engine_row cfg $c; done
   python3 tools/bench_stages.py "$OUT"/cfg_*.json
   ;;
 decthreads)  # two nvJPEG decode threads in the decoder process against the default (nvImageCodec, one)
   corpus ${IMAGES:-6000} /tmp/ffcorpus
   printf '[gpu]\ndecoder = "nvjpeg"\ndecode_threads = 2\n' > /tmp/nvjpeg2.toml
   : > /tmp/default.toml
-  for c in nvjpeg2 default; do
-    facefleet bench --corpus /tmp/ffcorpus --baselines engine --config /tmp/$c.toml --json "$OUT/thr_$c.json" 2>&1 \
-      | grep "facefleet run  "
-  done
+  for c in nvjpeg2 default; do engine_row thr $c; done
   python3 tools/bench_stages.py "$OUT"/thr_*.json
   ;;
 backends)  # nvImageCodec's backends (the JPEG engine, the host's cores in shares) and host threads: alone,
@@ -183,8 +185,7 @@ backends)  # nvImageCodec's backends (the JPEG engine, the host's cores in share
   DMON=$!
   for c in ${CONFIGS:-default hw hwcpu chunk128 batch256 default}; do
     echo "== $c $(date +%T)" >> "$OUT/dmon.txt"
-    facefleet bench --corpus /tmp/ffcorpus --baselines engine --config /tmp/$c.toml \
-      --json "$OUT/be_$c$([ -f "$OUT/be_$c.json" ] && echo 2).json" 2>&1 | grep "facefleet run  " | sed "s/^/$c: /"
+    engine_row be $c
   done
   kill $DMON
   python3 tools/bench_stages.py "$OUT"/be_*.json
@@ -202,8 +203,7 @@ slots)  # this tree (decoding straight into the slots) against OLD, then setting
   printf '[gpu]\ndecode_backends = "hw,cpu"\n' > /tmp/hw.toml
   for v in ${CONFIGS:-new old b192 hw new2}; do
     if [ $v = old ]; then here=$PWD; cd /tmp; export PYTHONPATH=$OLD; fi
-    facefleet bench --corpus /tmp/ffcorpus --baselines engine --config /tmp/$v.toml --json "$OUT/slots_$v.json" \
-      2>&1 | grep "facefleet run  " | sed "s/^/$v: /"
+    engine_row slots $v
     if [ $v = old ]; then cd "$here"; unset PYTHONPATH; fi
   done
   python3 tools/bench_stages.py "$OUT"/slots_*.json
@@ -224,27 +224,22 @@ decpipe)  # the decoder process's chunks in flight: two decode threads (nvImageC
   : > /tmp/d.toml; : > /tmp/d2.toml
   printf '[gpu]\ndecode_threads = 2\n' > /tmp/t2.toml; cp /tmp/t2.toml /tmp/t2b.toml
   printf '[gpu]\ndecode_chunk = 128\n' > /tmp/c128.toml
-  for v in ${CONFIGS:-d t2 c128 d2 t2b}; do
-    facefleet bench --corpus /tmp/ffcorpus --baselines engine --config /tmp/$v.toml --json "$OUT/dp_$v.json" \
-      2>&1 | grep "facefleet run  " | sed "s/^/$v: /"
-  done
+  for v in ${CONFIGS:-d t2 c128 d2 t2b}; do engine_row dp $v; done
   python3 tools/bench_stages.py "$OUT"/dp_*.json
   ;;
 mps)  # CUDA MPS: the decoder process and the networks' process share the SMs instead of taking turns
   corpus ${IMAGES:-10000} /tmp/ffcorpus
-  bench_mps() { facefleet bench --corpus /tmp/ffcorpus --baselines engine --json "$OUT/mps_$1.json" 2>&1 \
-    | grep "facefleet run  " | sed "s/^/$1: /"; }
-  bench_mps off
+  engine_row mps off
   python3 tools/probe_lean_decode.py --corpus /tmp/ffcorpus --seconds 5 --chunks 32 2>&1 | tee "$OUT/lean_off.txt"
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
   mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
   nvidia-cuda-mps-control -d && echo "MPS daemon started"
   python3 tools/probe_lean_decode.py --corpus /tmp/ffcorpus --seconds 5 --chunks 32 2>&1 | tee "$OUT/lean_on.txt"
-  bench_mps on
-  bench_mps on2
+  engine_row mps on
+  engine_row mps on2
   echo quit | nvidia-cuda-mps-control; sleep 2
   unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-  bench_mps off2
+  engine_row mps off2
   cat /tmp/mps-log/control.log 2>/dev/null | tail -5
   python3 tools/bench_stages.py "$OUT"/mps_*.json
   ;;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps|decpipe
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps|decpipe|share
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
@@ -243,6 +243,15 @@ mps)  # CUDA MPS: the decoder process and the networks' process share the SMs in
   cat /tmp/mps-log/control.log 2>/dev/null | tail -5
   python3 tools/bench_stages.py "$OUT"/mps_*.json
   ;;
+share)  # what the decoder process needs of the SMs and gets beside the networks (planar RGB, luma only,
+  # torchvision's nvJPEG), then the engine: default (two decode threads), three with four slots, default again
+  corpus ${IMAGES:-8000} /tmp/ffcorpus
+  python3 tools/probe_decode_share.py --corpus /tmp/ffcorpus --seconds "${SECONDS_PER_ROW:-5}" 2>&1 | tee "$OUT/share.txt"
+  : > /tmp/d.toml; : > /tmp/d2.toml
+  printf '[gpu]\ndecode_threads = 3\nbatches_in_flight = 4\n' > /tmp/t3.toml
+  for v in ${CONFIGS:-d t3 d2}; do engine_row sh $v; done
+  python3 tools/bench_stages.py "$OUT"/sh_*.json
+  ;;
 compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
   corpus ${IMAGES:-8000} /tmp/ffcorpus
   python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_mesh.py \
@@ -255,5 +264,5 @@ compile)  # torch.compile's kernels against the eager ones: kernel time, agreeme
       --json "$OUT/compile_$c.json" 2>&1 | grep "facefleet run ("
   done
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|hostdec" >&2; exit 2 ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps|decpipe|share" >&2; exit 2 ;;
 esac

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps|decpipe|share
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps|decpipe|share|syncs
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
@@ -252,6 +252,11 @@ share)  # what the decoder process needs of the SMs and gets beside the networks
   for v in ${CONFIGS:-d t3 d2}; do engine_row sh $v; done
   python3 tools/bench_stages.py "$OUT"/sh_*.json
   ;;
+syncs)  # where one batch makes the networks' thread wait for the device, and its profiled trace
+  corpus 512 /tmp/ffcorpus
+  python3 tools/probe_stages.py --corpus /tmp/ffcorpus --reps 5 --syncs --trace "$OUT/stages-trace.json.gz" 2>&1 \
+    | tee "$OUT/stages.txt"
+  ;;
 compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
   corpus ${IMAGES:-8000} /tmp/ffcorpus
   python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_mesh.py \
@@ -264,5 +269,5 @@ compile)  # torch.compile's kernels against the eager ones: kernel time, agreeme
       --json "$OUT/compile_$c.json" 2>&1 | grep "facefleet run ("
   done
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps|decpipe|share" >&2; exit 2 ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps|decpipe|share|syncs" >&2; exit 2 ;;
 esac

@@ -1,6 +1,7 @@
 """Device time of each step of the pipeline on one decoded batch (GPU host).
 
 Usage: python tools/probe_stages.py --corpus DIR [--batch 128] [--reps 5] [--ops] [--contend decoder,python]
+       [--syncs] [--trace FILE.json.gz]
 
 Wraps the pipeline's steps (letterbox, each network, box decoding, NMS, tiling, mesh crops, pose...)
 in profiler ranges and prints, per step, the GPU kernel time it launched (summed over its calls) and
@@ -10,6 +11,9 @@ detector step), so the rows do not add up; "batch" is the whole ``reconstruct_te
 ``--ops`` counts the torch operations one batch dispatches (each a host call; those that are not
 views of a tensor launch a kernel or wait on a GPU), per facefleet function that issued them
 (network internals as one row).
+
+``--syncs`` lists where one batch makes the host wait for the device (torch's sync debug mode), by
+the facefleet lines that led there; ``--trace`` writes the profiled batches' Chrome trace.
 
 ``--contend`` then times the batch again with company, as in an engine worker: "decoder" decodes
 the next batch's JPEGs on a thread and stream of its own while each batch runs (what the worker's
@@ -169,6 +173,33 @@ def count_ops(step: Callable[[], Any], top: int = 30) -> None:
     print()
 
 
+def list_syncs(step: Callable[[], Any]) -> None:
+    """Print where one call of ``step`` makes the host wait for the device (torch's sync debug mode),
+    by the facefleet lines that led there."""
+    import collections
+    import traceback
+    import warnings
+
+    seen: collections.Counter[str] = collections.Counter()
+
+    def show(message: Any, *_: Any, **__: Any) -> None:
+        frames = [f for f in traceback.extract_stack()[:-1] if "/facefleet/" in f.filename]
+        seen[" < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-3:]))] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    print(f"host waits for the device in one batch: {sum(seen.values())}")
+    for where, n in seen.most_common():
+        print(f"{n:5d}  {where}")
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", required=True)
@@ -177,6 +208,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--ops", action="store_true", help="count torch operations per function")
     ap.add_argument("--contend", default="", help="comma list of decoder, python, decoder+python")
+    ap.add_argument("--syncs", action="store_true", help="list the host waits for the device of one batch")
+    ap.add_argument("--trace", default="", help="write the profiled batches' Chrome trace here (.json.gz)")
     a = ap.parse_args()
     files = sorted(Path(a.corpus).rglob("*.jpg"))[: a.batch]
     blobs = [f.read_bytes() for f in files]
@@ -189,6 +222,9 @@ def main() -> None:
     if a.ops:
         rec.reconstruct_tensors(imgs, names)
         count_ops(lambda: rec.reconstruct_tensors(imgs, names))
+    if a.syncs and cuda:
+        rec.reconstruct_tensors(imgs, names)
+        list_syncs(lambda: rec.reconstruct_tensors(imgs, names))
     for owner, attr, label in STEPS:
         wrap(owner, attr, label)
     for _ in range(3):
@@ -208,6 +244,17 @@ def main() -> None:
             with record_function("batch"):
                 rec.reconstruct_tensors(imgs, names)
         sync()
+    if a.trace:
+        import gzip
+        import os
+        import shutil
+
+        raw = a.trace.removesuffix(".gz")
+        prof.export_chrome_trace(raw)
+        if a.trace.endswith(".gz"):
+            with open(raw, "rb") as src, gzip.open(a.trace, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.remove(raw)
     rows = {e.key: e for e in prof.key_averages()}
     kernel_ms = (
         sum(e.self_device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA") / 1e3

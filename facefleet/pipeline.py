@@ -186,9 +186,13 @@ class Reconstructor:
             if callable(warm):
                 warm()
         if self.device.type == "cuda":
+            from facefleet.detect.views import warm_up_letterbox
             from facefleet.mesh.sampling import warm_up_gather
 
-            warm_up_gather(self.device, compiled=self.mesher.compiled)  # crops and textures
+            # crops (as the mesh stage makes them) and textures
+            crops = (self.mesher.padding_mode, self.dtype)
+            warm_up_gather(self.device, compiled=self.mesher.compiled, grid=crops)
+            warm_up_letterbox(self.device, compiled=self.detector._compiled_casts)
             torch.cuda.synchronize(self.device)
 
     def __call__(

@@ -342,6 +342,79 @@ def test_compiled_gather_matches_eager_on_cuda(astronaut: np.ndarray) -> None:
     assert sampling._COMPILED.get("fn") is not False, "compilation failed and fell back to eager"
 
 
+def test_fused_sampler_matches_the_gather_and_the_grid_points() -> None:
+    """The form of the sampler that torch.compile fuses into one kernel (each tap a plain read; the crop
+    grid's points computed from the affine inside it) gives the eager gather's samples, for both memory
+    layouts and padding modes, points outside the images included, and crops in float16 differ by fp16
+    rounding only. Run eagerly here: the compiled code computes the same operations."""
+    from facefleet.mesh import sampling
+    from facefleet.mesh.sampling import grid_points, pack_images, sample_bilinear, sample_grid
+
+    g = torch.Generator().manual_seed(11)
+    for hwc in (False, True):
+        frames = torch.randint(0, 256, (3, 3, 70, 90), dtype=torch.uint8, generator=g)
+        pack = pack_images(frames.contiguous(memory_format=torch.channels_last) if hwc else frames)
+        assert pack.hwc == hwc
+        idx = torch.tensor([0, 2, 1, 2, 0])
+        xy = torch.rand(5, 200, 2, generator=g) * 120 - 15
+        ang, sc = torch.rand(5, generator=g) * 6 - 3, torch.rand(5, generator=g) + 0.3
+        m = torch.stack(
+            [
+                torch.stack([sc * ang.cos(), -sc * ang.sin()], 1),
+                torch.stack([sc * ang.sin(), sc * ang.cos()], 1),
+            ],
+            1,
+        )
+        t = torch.rand(5, 2, generator=g) * 100 - 10
+        affine = torch.cat([m[:, 0], t[:, :1], m[:, 1], t[:, 1:]], 1)
+        for mode in ("border", "zeros"):
+            border = mode == "border"
+            ref = sample_bilinear(pack, idx, xy, mode, regions=False, compiled=False, scale=0.5)
+            fused = sampling._sample_meta(pack.data, pack.meta, idx, xy, hwc, border, 0.5)
+            torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-4)
+            ref = sample_bilinear(pack, idx, grid_points(m, t, 13), mode, regions=False, compiled=False)
+            eager = sample_grid(pack, idx, m, t, 13, mode, compiled=False)  # the CPU's region path
+            torch.testing.assert_close(eager, ref, rtol=1e-5, atol=1e-3)
+            fused = sampling._grid_meta(
+                pack.data, pack.meta, idx, affine, 13, hwc, border, 1.0, torch.float32
+            )
+            torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-3)
+            half = sampling._grid_meta(
+                pack.data, pack.meta, idx, affine, 13, hwc, border, 1 / 255, torch.float16
+            )
+            assert half.dtype == torch.float16 and half.shape == (5, 3, 169)
+            torch.testing.assert_close(half.float(), ref / 255, rtol=0, atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_crops_match_eager_on_cuda(astronaut: np.ndarray) -> None:
+    """On CUDA the mesh crops are one compiled kernel in the network's precision: the eager crops, to
+    fp16 rounding, for both padding modes and both layouts, 1 and many faces."""
+    from facefleet.mesh import pack_images, sampling
+    from facefleet.mesh.sampling import sample_grid
+    from facefleet.models import compile_available
+
+    if not compile_available():
+        pytest.skip("no Triton here")
+    img = torch.from_numpy(astronaut).permute(2, 0, 1).cuda()
+    g = torch.Generator(device="cuda").manual_seed(4)
+    planar = torch.stack([img, img.flip(2)])
+    for batch in (planar, planar.flip(2).contiguous(memory_format=torch.channels_last)):
+        pack = pack_images(batch)
+        for n in (1, 40):
+            m = torch.randn(n, 2, 2, generator=g, device="cuda") * 2
+            t = torch.rand(n, 2, generator=g, device="cuda") * 600 - 50
+            idx = torch.randint(0, 2, (n,), generator=g, device="cuda")
+            for mode in ("border", "zeros"):
+                ref = sample_grid(pack, idx, m, t, 192, mode, scale=1 / 255, compiled=False)
+                got = sample_grid(
+                    pack, idx, m, t, 192, mode, scale=1 / 255, dtype=torch.float16, compiled=True
+                )
+                assert got.dtype == torch.float16
+                torch.testing.assert_close(got.float(), ref, rtol=0, atol=2e-3)
+    assert sampling._COMPILED.get("grid") is not False, "compilation failed and fell back to eager"
+
+
 def test_compiled_gather_compiles_once_per_layout(monkeypatch: pytest.MonkeyPatch) -> None:
     """After ``warm_up_gather`` no call recompiles (each took seconds, mid-run: the engine's first batch,
     a per-image loop's first single-face image): not one image or one face (torch specialises sizes 0
@@ -352,6 +425,7 @@ def test_compiled_gather_compiles_once_per_layout(monkeypatch: pytest.MonkeyPatc
     import torch._dynamo
 
     from facefleet.mesh import pack_images, sample_bilinear, sampling
+    from facefleet.mesh.sampling import sample_grid
 
     graphs: list[int] = []
 
@@ -359,13 +433,22 @@ def test_compiled_gather_compiles_once_per_layout(monkeypatch: pytest.MonkeyPatc
         graphs.append(1)
         return gm.forward
 
+    grids: list[int] = []
+
+    def counting_grids(gm: torch.fx.GraphModule, example_inputs: object) -> object:
+        grids.append(1)
+        return gm.forward
+
     torch._dynamo.reset()
     monkeypatch.setitem(
         sampling._COMPILED, "fn", torch.compile(sampling._sample_meta, dynamic=True, backend=counting)
     )
+    monkeypatch.setitem(
+        sampling._COMPILED, "grid", torch.compile(sampling._grid_meta, dynamic=True, backend=counting_grids)
+    )
     try:
-        sampling.warm_up_gather("cpu", compiled=True)
-        assert len(graphs) == 2  # one per memory layout
+        sampling.warm_up_gather("cpu", compiled=True, grid=("border", torch.float16))
+        assert len(graphs) == 2 and len(grids) == 2  # one per memory layout
         g = torch.Generator().manual_seed(5)
         frames = torch.randint(0, 256, (4, 3, 64, 96), dtype=torch.uint8, generator=g)
         slot = torch.randint(0, 256, (200_000,), dtype=torch.uint8, generator=g)
@@ -385,8 +468,47 @@ def test_compiled_gather_compiles_once_per_layout(monkeypatch: pytest.MonkeyPatc
                     xy = torch.rand(n, p, 2, generator=g) * 80 - 5
                     got = sample_bilinear(pack, idx, xy, "border", scale=scale, compiled=True, regions=False)
                     ref = sample_bilinear(pack, idx, xy, "border", scale=scale, compiled=False, regions=False)
+                    m, t = torch.rand(n, 2, 2, generator=g) * 2, torch.rand(n, 2, generator=g) * 60
+                    crops = sample_grid(pack, idx, m, t, 192, "border", dtype=torch.float16, compiled=True)
                 torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+                assert crops.shape == (n, 3, 192 * 192) and crops.dtype == torch.float16
         assert len(graphs) == 2, "a call recompiled the gather"
+        assert len(grids) == 2, "a call recompiled the crops' grid sampler"
+    finally:
+        torch._dynamo.reset()
+
+
+def test_letterbox_cast_compiles_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The letterboxes' uint8 -> float16 cast (compiled on CUDA: torch's own cast kernel is not
+    vectorised) is compiled by the warm-up and then serves every chunk of frames and every frame size,
+    slices of a decoder slot included, without recompiling; the same values as torch's cast. Counted with
+    a compiler that only counts graphs (no C++ needed)."""
+    import torch._dynamo
+
+    from facefleet.detect import views
+
+    graphs: list[int] = []
+
+    def counting(gm: torch.fx.GraphModule, example_inputs: object) -> object:
+        graphs.append(1)
+        return gm.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setitem(views._HALF, "fn", torch.compile(views._half, dynamic=True, backend=counting))
+    try:
+        views.warm_up_letterbox("cpu", compiled=True)
+        assert len(graphs) == 1
+        g = torch.Generator().manual_seed(2)
+        frames = torch.randint(0, 256, (12, 3, 40, 60), dtype=torch.uint8, generator=g)
+        slot = torch.randint(0, 256, (100_000,), dtype=torch.uint8, generator=g)
+        for x in (
+            frames, frames[3:5], frames[7:8], slot[: 4 * 3 * 40 * 60].view(4, 3, 40, 60),
+            slot[7_200 : 7_200 + 2 * 3 * 30 * 50].view(2, 3, 30, 50),
+        ):  # fmt: skip
+            with torch.inference_mode():
+                got = views.to_half(x[1:] if len(x) > 2 else x, compiled=True)
+            assert got.dtype == torch.float16 and torch.equal(got, (x[1:] if len(x) > 2 else x).half())
+        assert len(graphs) == 1, "a call recompiled the cast"
     finally:
         torch._dynamo.reset()
 

@@ -257,6 +257,12 @@ class FaceDetector:
     # most float32 elements letterboxed in one operation (bounds the memory of the uint8 -> float copy)
     _letterbox_budget = 1 << 26
 
+    @property
+    def _compiled_casts(self) -> bool | None:
+        """The letterboxes' uint8 -> float16 cast as compiled code (:func:`~facefleet.detect.views.to_half`):
+        not when the networks' compilation is turned off (``compiled=False``), else its default."""
+        return False if self.compiled is False else None
+
     # -- networks -----------------------------------------------------------------------------
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -334,7 +340,8 @@ class FaceDetector:
             step = max(1, self._letterbox_budget // (3 * h * w))
             chunks: dict[str, list[Tensor]] = {k: [] for k in kinds}
             for s in range(0, len(members), step):
-                for k, x in zip(kinds, letterbox_sizes(stack[s : s + step], sizes), strict=True):
+                boxes = letterbox_sizes(stack[s : s + step], sizes, self._compiled_casts)
+                for k, x in zip(kinds, boxes, strict=True):
                     chunks[k].append(x)
             for k in kinds:
                 out[k].append(chunks[k])
@@ -378,7 +385,12 @@ class FaceDetector:
             # tile-major, like the rows below
             xs.append(
                 letterbox_tiles(
-                    stack, [(t[0], t[1]) for t in tiles], side, size, budget=self._letterbox_budget
+                    stack,
+                    [(t[0], t[1]) for t in tiles],
+                    side,
+                    size,
+                    budget=self._letterbox_budget,
+                    compiled=self._compiled_casts,
                 )
             )
             for x0, y0, c0, c1, c2, c3 in tiles:

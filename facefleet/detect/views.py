@@ -10,8 +10,10 @@ corner of the top-left pixel, so pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,7 @@ __all__ = [
     "resize_matrix",
     "stack_images",
     "stack_rows",
+    "warm_up_letterbox",
 ]
 
 
@@ -135,14 +138,63 @@ def _letterbox_weights(
     return mats
 
 
-def _letterbox_matmuls(regions: Tensor, sizes: Sequence[int]) -> list[Tensor]:
+# "fn": the compiled uint8 -> float16 cast (made on first use), False once it failed
+_HALF: dict[str, Any] = {}
+
+
+def _half(flat: Tensor) -> Tensor:
+    return flat.to(torch.float16)
+
+
+def to_half(x: Tensor, compiled: bool | None = None) -> Tensor:
+    """A float16 copy of uint8 frames (the letterbox products' input). torch's own cast from uint8 is its
+    generic elementwise kernel with a conversion per element, not vectorised: 2.1 ms of a batch of 128
+    1080p frames on an H200, 9 % of the batch's GPU time (``tools/probe_stages.py --trace``); the same
+    cast as a ``torch.compile`` (Triton) kernel moves whole vectors. ``compiled``: None = on CUDA where
+    :func:`facefleet.models.compile_available`; only contiguous uint8 tensors take that path."""
+    if compiled is None:
+        from facefleet.models import compile_available
+
+        compiled = x.device.type == "cuda" and compile_available()
+    fn = _HALF.get("fn")
+    if compiled and fn is not False and x.dtype == torch.uint8 and x.is_contiguous() and x.numel() > 1:
+        if fn is None:
+            fn = _HALF["fn"] = torch.compile(_half, dynamic=True)
+        try:
+            # one flat shape for every frame size and count, and detached: torch.compile guards on
+            # the tensor an input is a view of (a batch in a decoder slot)
+            return fn(x.view(-1).detach()).view(x.shape)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # a compiler failure (no Triton, an unsupported build)
+            _HALF["fn"] = False
+            warnings.warn(
+                f"letterbox: torch.compile failed ({type(exc).__name__}); casting with torch's kernel",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return x.to(torch.float16)
+
+
+def warm_up_letterbox(device: torch.device | str, compiled: bool | None = None) -> None:
+    """Compile :func:`to_half` now rather than on the first batch: called as the detector calls it (frames
+    made outside inference mode, sliced and cast in it), twice with sizes unlike each other and the
+    code's constants (torch specialises sizes 0 and 1 and ties equal ones)."""
+    dev = torch.device(device)
+    for b in (5, 7):
+        frames = torch.zeros(b + 1, 3, 11 + b, 13 + b, dtype=torch.uint8, device=dev)
+        with torch.inference_mode():
+            to_half(frames[1:], compiled)
+
+
+def _letterbox_matmuls(regions: Tensor, sizes: Sequence[int], compiled: bool | None = None) -> list[Tensor]:
     """The letterboxes of :func:`letterbox_pixels` to each of ``sizes`` as matrix products, in float16
     on the GPU's tensor cores: one column product for all sizes, then one row product per size. The
     antialiased ``interpolate`` kernel this replaces was the largest GPU kernel of a 1080p batch
     (21 % of its GPU time, H200 profile); the padding and the 1/255 scale come free with the weights."""
     _, _, h, w = regions.shape
     rows, cols_t = _letterbox_weights(h, w, tuple(sizes), regions.device)
-    cols = regions.to(torch.float16) @ cols_t  # (V, 3, h, sum S)
+    cols = to_half(regions, compiled) @ cols_t  # (V, 3, h, sum S)
     outs, at = [], 0
     for size, wy16 in zip(sizes, rows, strict=True):
         outs.append((wy16 @ cols[..., at : at + size]).float().clamp_(0.0, 1.0))  # (V, 3, S, S)
@@ -182,16 +234,16 @@ def letterbox_pixels(regions: Tensor, size: int) -> Tensor:
     return F.pad(x, (px, size - nw - px, py, size - nh - py), value=0.0)
 
 
-def letterbox_sizes(regions: Tensor, sizes: Sequence[int]) -> list[Tensor]:
+def letterbox_sizes(regions: Tensor, sizes: Sequence[int], compiled: bool | None = None) -> list[Tensor]:
     """:func:`letterbox_pixels` of the same regions to several sizes: one float32 ``(V, 3, S, S)`` per
     size. On CUDA, when every size shrinks the regions, one float16 conversion and one column product
     (the sizes' column weights side by side) serve all sizes: the two detectors' letterboxes of a
-    1080p batch then read the frames once instead of twice."""
+    1080p batch then read the frames once instead of twice. ``compiled``: as for :func:`to_half`."""
     _, _, h, w = regions.shape
     fits = [_fit(h, w, size) for size in sizes]
     if len(sizes) < 2 or regions.device.type != "cuda" or not all(nh < h or nw < w for nh, nw in fits):
         return [letterbox_pixels(regions, size) for size in sizes]
-    return _letterbox_matmuls(regions, sizes)
+    return _letterbox_matmuls(regions, sizes, compiled)
 
 
 _TILE_CACHE: dict[tuple[object, ...], tuple[Tensor, Tensor]] = {}
@@ -235,6 +287,7 @@ def letterbox_tiles(
     *,
     budget: int = 1 << 26,
     dtype: torch.dtype | None = None,
+    compiled: bool | None = None,
 ) -> Tensor:
     """Square ``side x side`` tiles at ``origins`` (x, y) of same-size images ``(n, 3, H, W)`` uint8 ->
     letterboxed float32 ``(T * n, 3, S, S)`` in [0, 1], tile-major (every image's first tile, then
@@ -245,7 +298,7 @@ def letterbox_tiles(
     per tile through a strided view (28 tiles of a 1080p frame: 28 slow conversions, 56 products and
     their launches, then). ``budget``: most image elements converted at once. ``dtype``: of the
     products (default float16 on CUDA; elsewhere the tiles go one by one through letterbox_pixels
-    unless a dtype is given)."""
+    unless a dtype is given). ``compiled``: as for :func:`to_half` (the float16 conversion)."""
     n, _, h, w = images.shape
     if not origins or n == 0:
         return images.new_zeros((0, 3, size, size), dtype=torch.float32)
@@ -263,7 +316,8 @@ def letterbox_tiles(
     step = max(1, budget // (3 * h * w))
     parts = []
     for s in range(0, n, step):
-        x = images[s : s + step].to(dtype)
+        part = images[s : s + step]
+        x = to_half(part, compiled) if dtype == torch.float16 else part.to(dtype)
         grid = wy @ (x @ wx)  # (m, 3, len(ys) * S, len(xs) * S)
         m = grid.shape[0]
         grid = grid.view(m, 3, len(ys), size, len(xs), size).permute(2, 4, 0, 1, 3, 5)

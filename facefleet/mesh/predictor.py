@@ -114,7 +114,9 @@ class MeshPredictor:
         """One pass on given ROIs ``(N, 5)``: landmarks ``(N, 468, 3)`` in image pixels, presence ``(N,)``.
         ``images``: as for :func:`crop_rois` (pack them once with ``pack_images`` for several passes)."""
         m, t = affine = crop_affine(roi.float(), CROP_SIZE)  # crop pixels and depth -> image pixels
-        crops = crop_rois(images, image_index, roi, CROP_SIZE, self.padding_mode, affine, self.compiled)
+        crops = crop_rois(
+            images, image_index, roi, CROP_SIZE, self.padding_mode, affine, self.compiled, self.dtype
+        )
         lm, logit = self._run(crops)
         return torch.baddbmm(t[:, None], lm, m.mT), torch.sigmoid(logit)
 

@@ -10,14 +10,13 @@ continuous with the origin at the top-left corner of the image (pixel ``(i, j)``
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from facefleet.mesh.sampling import ImagePack, pack_images, sample_bilinear
+from facefleet.mesh.sampling import ImagePack, grid_points, pack_images, sample_grid
 
 __all__ = [
     "crop_affine",
@@ -88,19 +87,11 @@ def rois_to_image(roi: Tensor) -> Tensor:
     return torch.cat([m[:, :2, :2], t[:, :2, None]], 2)
 
 
-@functools.lru_cache(maxsize=8)
-def _pixel_centres(size: int, device: torch.device) -> Tensor:
-    """``(size * size, 2)`` crop pixel centres (x, y), row-major."""
-    c = torch.arange(size, dtype=torch.float32) + 0.5
-    v, u = torch.meshgrid(c, c, indexing="ij")
-    return torch.stack([u.reshape(-1), v.reshape(-1)], -1).to(device)
-
-
 def crop_points(roi: Tensor, size: int, affine: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Image pixel coordinates ``(N, size * size, 2)`` of the pixel centres of each ROI's crop (row-major).
     ``affine``: ``crop_affine(roi, size)`` when the caller has it already."""
     m, t = crop_affine(roi, size) if affine is None else affine
-    return torch.matmul(_pixel_centres(size, roi.device), m[:, :2, :2].mT) + t[:, None, :2]
+    return grid_points(m[:, :2, :2], t[:, :2], size)
 
 
 def crop_rois(
@@ -111,23 +102,27 @@ def crop_rois(
     padding_mode: str = "border",
     affine: tuple[Tensor, Tensor] | None = None,
     compiled: bool | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Rotated square crops ``(N, 3, size, size)`` float32 in [0, 1] of ROIs ``(N, 5)`` from uint8 images.
+    """Rotated square crops ``(N, 3, size, size)`` of ``dtype`` in [0, 1] of ROIs ``(N, 5)`` from uint8
+    images.
 
     ``images``: ``(3, H, W)`` uint8 tensors of any sizes, a ``(B, 3, H, W)`` tensor or an
     :class:`ImagePack` of them; ``image_index``: ``(N,)`` the image of each ROI. Bilinear sampling of all
     faces of all images at once (``grid_sample`` semantics, align_corners=False), with no per-image or
     per-face loop. ``padding_mode`` "border" repeats edge pixels (MediaPipe's default), "zeros" pads black.
     ``affine``: ``crop_affine(roi, size)`` when the caller has it already. ``compiled``: as for
-    :func:`sample_bilinear`.
+    :func:`facefleet.mesh.sampling.sample_grid` (on CUDA one kernel per call, the crops written in
+    ``dtype``: the mesh network's precision).
     """
     n = int(roi.shape[0])
     if n == 0:
-        return torch.zeros(0, 3, size, size, device=roi.device)
+        return torch.zeros(0, 3, size, size, device=roi.device, dtype=dtype)
     pack = images if isinstance(images, ImagePack) else pack_images(images, roi.device)
     roi = roi.float()
-    pts = crop_points(roi, size, affine)
-    crops = sample_bilinear(
-        pack, image_index.to(roi.device), pts, padding_mode, scale=1 / 255.0, compiled=compiled
+    m, t = crop_affine(roi, size) if affine is None else affine
+    idx = image_index.to(roi.device)
+    crops = sample_grid(
+        pack, idx, m[:, :2, :2], t[:, :2], size, padding_mode, scale=1 / 255.0, dtype=dtype, compiled=compiled
     )
-    return crops.unflatten(2, (size, size))  # channels-last on the gather path: no copy
+    return crops.unflatten(2, (size, size))  # channels-last (pixel by pixel): no copy

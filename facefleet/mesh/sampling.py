@@ -12,6 +12,7 @@ the centre of pixel ``(row i, col j)`` is ``(j + 0.5, i + 0.5)``.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from torch import Tensor
 from facefleet.detect.views import is_hwc
 from facefleet.models import compile_available
 
-__all__ = ["ImagePack", "pack_images", "sample_bilinear", "warm_up_gather"]
+__all__ = ["ImagePack", "grid_points", "pack_images", "sample_bilinear", "sample_grid", "warm_up_gather"]
 
 
 @dataclass(frozen=True)
@@ -130,18 +131,81 @@ def sample_bilinear(
     return out
 
 
-def warm_up_gather(device: torch.device | str, compiled: bool | None = None) -> None:
+def grid_points(m: Tensor, t: Tensor, size: int) -> Tensor:
+    """Image pixel coordinates ``(N, size * size, 2)`` of the pixel centres ``(u, v)`` of a ``size x size``
+    grid (row-major) under affine maps ``m`` ``(N, 2, 2)``, ``t`` ``(N, 2)``: ``m @ (u, v) + t``."""
+    return torch.matmul(_pixel_centres(size, m.device), m.mT) + t[:, None]
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_centres(size: int, device: torch.device) -> Tensor:
+    """``(size * size, 2)`` pixel centres (u, v) of a ``size x size`` grid, row-major."""
+    c = torch.arange(size, dtype=torch.float32) + 0.5
+    v, u = torch.meshgrid(c, c, indexing="ij")
+    return torch.stack([u.reshape(-1), v.reshape(-1)], -1).to(device)
+
+
+def sample_grid(
+    pack: ImagePack,
+    image_index: Tensor,
+    m: Tensor,
+    t: Tensor,
+    size: int,
+    padding_mode: str = "border",
+    *,
+    scale: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+    chunk_points: int = 1 << 23,
+    compiled: bool | None = None,
+) -> Tensor:
+    """Bilinear samples ``(N, 3, size * size)`` of ``dtype`` at the pixel centres of a ``size x size`` grid
+    mapped into image ``image_index[n]`` by ``m[n] @ (u, v) + t[n]`` (``m`` ``(N, 2, 2)``, ``t`` ``(N, 2)``):
+    rotated crops. The same samples as :func:`sample_bilinear` at :func:`grid_points`, float rounding
+    aside; on the compiled path (as for :func:`sample_bilinear`) the points are computed in the one kernel
+    of the call and the samples written in ``dtype`` (the mesh network's input precision), where the
+    other path writes every point, then float32 samples, then a converted copy."""
+    if padding_mode not in ("border", "zeros"):
+        raise ValueError(f"sample_grid: padding_mode must be 'border' or 'zeros', got {padding_mode!r}")
+    n, p = int(m.shape[0]), size * size
+    if compiled is None:
+        compiled = m.device.type == "cuda" and compile_available()
+    if n and p and compiled and _COMPILED.get("grid") is not False:
+        affine = torch.cat([m[:, 0], t[:, :1], m[:, 1], t[:, 1:]], 1).float()  # (N, 6)
+        border = padding_mode == "border"
+        step = max(1, chunk_points // p)
+        parts = []
+        for s in range(0, n, step):
+            flags = (size, pack.hwc, border, float(scale), dtype)
+            got = _run_compiled(
+                "grid", _grid_meta, pack, image_index[s : s + step], affine[s : s + step], *flags
+            )
+            if got is None:
+                break
+            parts.append(got)
+        else:
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+    pts = grid_points(m.float(), t.float(), size)
+    return sample_bilinear(pack, image_index, pts, padding_mode, chunk_points, scale=scale).to(dtype)
+
+
+def warm_up_gather(
+    device: torch.device | str,
+    compiled: bool | None = None,
+    grid: tuple[str, torch.dtype] | None = None,
+) -> None:
     """Compile :func:`sample_bilinear`'s ``torch.compile`` path (when ``compiled``, default as there) now
     rather than on a batch: both memory layouts (decoded batches are planar, arrays from the host
     interleaved), both scales (crops, textures). Every size of the two calls per layout differs from the
-    others and from the code's constants (2 for x, y; 3 channels): torch ties equal sizes together when
-    it traces and then compiles them as fixed, and the first real batch recompiled (seconds). Made as
+    others and from the code's constants (2 for x, y; 3 channels; the crops' 6 affine terms): torch ties
+    equal sizes together when it traces and then compiles them as fixed, and the first real batch
+    recompiled (seconds). Made as
     the pipeline makes its calls, since the graph is specialised to both: the images outside inference
     mode (decoded frames are ordinary tensors), the rest in it (the mesh and texture stages run there);
-    the engine's first batch recompiled for the grad mode (2.7 s on an H200, TORCH_LOGS=recompiles)."""
+    the engine's first batch recompiled for the grad mode (2.7 s on an H200, TORCH_LOGS=recompiles).
+    ``grid``: (padding mode, output dtype) of the crops' :func:`sample_grid` calls to compile too."""
     dev = torch.device(device)
     for hwc in (False, True):
-        for b, n, p, scale in ((5, 6, 7, 1 / 255.0), (9, 10, 11, 1.0)):
+        for b, n, p, scale in ((5, 7, 8, 1 / 255.0), (9, 10, 11, 1.0)):
             images = torch.zeros(b, 3, 13 + b, 17 + b, dtype=torch.uint8, device=dev)
             if hwc:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -150,9 +214,16 @@ def warm_up_gather(device: torch.device | str, compiled: bool | None = None) -> 
                 xy = torch.rand(n, p, 2, device=dev) * 12
                 pack = pack_images(images)
                 sample_bilinear(pack, idx, xy, "border", scale=scale, compiled=compiled, regions=False)
+                if grid is not None:
+                    m, t = torch.rand(n, 2, 2, device=dev), torch.rand(n, 2, device=dev) * 9
+                    sample_grid(
+                        pack, idx, m, t, p, grid[0], scale=1 / 255.0, dtype=grid[1], compiled=compiled
+                    )
 
 
-_COMPILED: dict[str, Any] = {}  # "fn": the compiled gather path (made on first use), False once it failed
+# "fn": the compiled gather path, "grid": the compiled grid sampler (each made on first use), False once
+# it failed
+_COMPILED: dict[str, Any] = {}
 
 
 def _compiled_sample(
@@ -160,40 +231,47 @@ def _compiled_sample(
 ) -> Tensor:
     """:func:`_sample` through ``torch.compile`` (dynamic shapes: one compilation serves every number of
     faces and image size); :func:`_sample` from the first compiler failure on, with a warning."""
-    fn = _COMPILED.get("fn")
+    out = _run_compiled("fn", _sample_meta, pack, idx, xy, pack.hwc, padding_mode == "border", float(scale))
+    return _sample(pack, idx, xy, padding_mode, scale) if out is None else out
+
+
+def _run_compiled(key: str, body: Any, pack: ImagePack, idx: Tensor, per_set: Tensor, *flags: Any) -> Any:
+    """``body(pack.data, meta, idx, per_set, *flags)`` through ``torch.compile`` (made on first use and kept
+    in ``_COMPILED[key]``), or None once the compiler has failed (with a warning)."""
+    fn = _COMPILED.get(key)
     if fn is None:
-        fn = _COMPILED["fn"] = torch.compile(_sample_meta, dynamic=True)
-    if fn is not False:
-        try:
-            # Every call must match the one compiled graph (a recompilation takes seconds, mid-run):
-            # torch.compile specialises sizes 0 and 1, so below 2 point sets or images the last one is
-            # repeated; it guards on the tensors that inputs are views of (a batch in a decoder slot,
-            # the warm-up's own images), so the inputs go in detached (same memory, no base); and it
-            # guards on inference tensors against ordinary ones, so the pack's tensors (see pack_images)
-            # and the meta made here are ordinary ones
-            n = int(idx.shape[0])
-            meta = pack.meta
-            with torch.inference_mode(False):
-                if meta is None:
-                    meta = torch.stack([pack.offset, pack.height, pack.width])
-                if meta.shape[1] < 2:
-                    meta = torch.cat([meta, meta[:, -1:]], 1)
-            if n < 2:
-                idx, xy = torch.cat([idx, idx[-1:]]), torch.cat([xy, xy[-1:]])
-            border = padding_mode == "border"
-            args = (t.detach() for t in (pack.data, meta, idx, xy))
-            out = fn(*args, pack.hwc, border, float(scale))
-            return out[:n] if n < 2 else out
-        except torch.OutOfMemoryError:  # the engine halves the batch
-            raise
-        except Exception as exc:  # a compiler failure (no Triton, an unsupported build)
-            _COMPILED["fn"] = False
-            warnings.warn(
-                f"sample_bilinear: torch.compile failed ({type(exc).__name__}); using eager operations",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    return _sample(pack, idx, xy, padding_mode, scale)
+        fn = _COMPILED[key] = torch.compile(body, dynamic=True)
+    if fn is False:
+        return None
+    try:
+        # Every call must match the one compiled graph (a recompilation takes seconds, mid-run):
+        # torch.compile specialises sizes 0 and 1, so below 2 point sets or images the last one is
+        # repeated; it guards on the tensors that inputs are views of (a batch in a decoder slot,
+        # the warm-up's own images), so the inputs go in detached (same memory, no base); and it
+        # guards on inference tensors against ordinary ones, so the pack's tensors (see pack_images)
+        # and the meta made here are ordinary ones
+        n = int(idx.shape[0])
+        meta = pack.meta
+        with torch.inference_mode(False):
+            if meta is None:
+                meta = torch.stack([pack.offset, pack.height, pack.width])
+            if meta.shape[1] < 2:
+                meta = torch.cat([meta, meta[:, -1:]], 1)
+        if n < 2:
+            idx, per_set = torch.cat([idx, idx[-1:]]), torch.cat([per_set, per_set[-1:]])
+        args = (t.detach() for t in (pack.data, meta, idx, per_set))
+        out = fn(*args, *flags)
+        return out[:n] if n < 2 else out
+    except torch.OutOfMemoryError:  # the engine halves the batch
+        raise
+    except Exception as exc:  # a compiler failure (no Triton, an unsupported build)
+        _COMPILED[key] = False
+        warnings.warn(
+            f"sample_bilinear: torch.compile failed ({type(exc).__name__}); using eager operations",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return None
 
 
 def _image(pack: ImagePack, i: int, offset: int) -> Tensor:
@@ -247,9 +325,79 @@ def _sample(
 def _sample_meta(
     data: Tensor, meta: Tensor, idx: Tensor, xy: Tensor, hwc: bool, border: bool, scale: float
 ) -> Tensor:
-    """:func:`_sample_tensors` with the pack's offsets, heights and widths as the rows of one ``(3, B)``
-    tensor (the compiled form's input: no views in it)."""
-    return _sample_tensors(data, meta[0], meta[1], meta[2], idx, xy, hwc, border, scale)
+    """The compiled gather: :func:`_bilinear` at points ``xy`` ``(n, P, 2)``, float32."""
+    return _bilinear(data, meta, idx, xy[..., 0], xy[..., 1], hwc, border, scale, torch.float32)
+
+
+def _grid_meta(
+    data: Tensor,
+    meta: Tensor,
+    idx: Tensor,
+    affine: Tensor,
+    size: int,
+    hwc: bool,
+    border: bool,
+    scale: float,
+    dtype: torch.dtype,
+) -> Tensor:
+    """The compiled grid sampler: :func:`_bilinear` at the pixel centres ``(u, v)`` of a ``size x size``
+    grid (row-major) mapped by ``affine`` ``(n, 6)`` rows ``(m00, m01, t0, m10, m11, t1)``: ``x = m00 u +
+    m01 v + t0``, ``y = m10 u + m11 v + t1``. The points are computed in the kernel, never stored."""
+    p = torch.arange(size * size, device=data.device)
+    u = (p % size).float() + 0.5
+    v = torch.div(p, size, rounding_mode="floor").float() + 0.5
+    a = affine[:, :, None]  # (n, 6, 1)
+    x = a[:, 0] * u + a[:, 1] * v + a[:, 2]
+    y = a[:, 3] * u + a[:, 4] * v + a[:, 5]
+    return _bilinear(data, meta, idx, x, y, hwc, border, scale, dtype)
+
+
+def _bilinear(
+    data: Tensor,
+    meta: Tensor,
+    idx: Tensor,
+    x: Tensor,
+    y: Tensor,
+    hwc: bool,
+    border: bool,
+    scale: float,
+    dtype: torch.dtype,
+) -> Tensor:
+    """Bilinear samples ``(n, 3, P)`` of ``dtype`` (a view of ``(n, P, 3)`` memory) at pixel coordinates
+    ``x``, ``y`` ``(n, P)`` of the packed images ``idx`` ``(n,)`` (``meta``: the pack's offsets, heights
+    and widths as rows), as :func:`_sample_tensors` computes them, written for ``torch.compile``: each tap
+    of each channel is a plain indexed read and the sum is elementwise, so that Inductor makes one
+    kernel of the whole call (the tap-stacked form of :func:`_sample_tensors`, few operations for the
+    eager path, compiled into four kernels and 1.2 ms per 128 mesh crops of 192x192 on an H200)."""
+    offset, height, width = meta[0][idx][:, None], meta[1][idx][:, None], meta[2][idx][:, None]
+    qx, qy = x - 0.5, y - 0.5  # pixel-centre index coordinates (grid_sample, align_corners=False)
+    if border:  # clamped into the image: both taps inside (the second weighs 0 at an edge)
+        qx = torch.minimum(qx.clamp(min=0.0), width - 1)
+        qy = torch.minimum(qy.clamp(min=0.0), height - 1)
+    fx0, fy0 = torch.floor(qx), torch.floor(qy)
+    fx, fy = qx - fx0, qy - fy0
+    x0, y0 = fx0.long(), fy0.long()
+    x1, y1 = x0 + 1, y0 + 1
+    wx0, wx1, wy0, wy1 = 1 - fx, fx, (1 - fy) * scale, fy * scale
+    if not border:  # zeros: taps outside the image read black: zero weight, any index inside
+        wx0 = wx0 * ((x0 >= 0) & (x0 < width))
+        wx1 = wx1 * ((x1 >= 0) & (x1 < width))
+        wy0 = wy0 * ((y0 >= 0) & (y0 < height))
+        wy1 = wy1 * ((y1 >= 0) & (y1 < height))
+    x0, x1 = (torch.minimum(c.clamp(min=0), width - 1) for c in (x0, x1))
+    y0, y1 = (torch.minimum(c.clamp(min=0), height - 1) for c in (y0, y1))
+    if hwc:  # interleaved pixels: channel c of pixel k at 3 k + c
+        plane: Tensor | int = 1
+        r0, r1, c0, c1 = offset + 3 * width * y0, offset + 3 * width * y1, 3 * x0, 3 * x1
+    else:  # channel planes: offset + c H W + pixel
+        plane = height * width
+        r0, r1, c0, c1 = offset + width * y0, offset + width * y1, x0, x1
+    chans = []
+    for c in range(3):
+        top = data[r0 + c0 + c * plane].float() * wx0 + data[r0 + c1 + c * plane].float() * wx1
+        bottom = data[r1 + c0 + c * plane].float() * wx0 + data[r1 + c1 + c * plane].float() * wx1
+        chans.append((top * wy0 + bottom * wy1).to(dtype))
+    return torch.stack(chans, -1).permute(0, 2, 1)
 
 
 def _sample_tensors(

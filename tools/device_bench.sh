@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps|decpipe|share|syncs
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps|decpipe|share|syncs|fused
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
@@ -257,6 +257,29 @@ syncs)  # where one batch makes the networks' thread wait for the device, and it
   python3 tools/probe_stages.py --corpus /tmp/ffcorpus --reps 5 --syncs --trace "$OUT/stages-trace.json.gz" 2>&1 \
     | tee "$OUT/stages.txt"
   ;;
+fused)  # this tree against OLD (mesh crops as one compiled kernel, the letterboxes' cast compiled): GPU
+  # tests, one batch's kernels and wall time, compiled against eager pipeline, the engine on one corpus
+  OLD=${OLD:-$PWD/.carry/old}; [ -d "$OLD/facefleet" ] || { echo "no old tree at $OLD" >&2; exit 2; }
+  corpus ${IMAGES:-6000} /tmp/ffcorpus
+  python3 -m pytest -q -p no:cacheprovider tests/test_mesh.py tests/test_detect.py tests/test_pipeline.py \
+    -k "cuda or compiled or graphs" 2>&1 | tail -2
+  here=$PWD
+  for v in new old; do
+    [ $v = old ] && export PYTHONPATH=$OLD
+    (cd /tmp && python3 "$here/tools/probe_stages.py" --corpus /tmp/ffcorpus --reps 10 --trace "$OUT/stages-$v.json.gz" \
+      > "$OUT/stages-$v.txt" 2>&1)
+    grep -E "^wall|^detect  |^mesh  |whole-frame|mesh: crops" "$OUT/stages-$v.txt" | sed "s/^/$v: /"
+    unset PYTHONPATH
+  done
+  python3 tools/probe_compile_agreement.py --corpus /tmp/ffcorpus --images "${AGREE_IMAGES:-128}" 2>&1 | tail -3
+  : > /tmp/new.toml; : > /tmp/old.toml
+  for v in ${CONFIGS:-new old new old}; do
+    if [ $v = old ]; then cd /tmp; export PYTHONPATH=$OLD; fi
+    engine_row fu $v
+    if [ $v = old ]; then cd "$here"; unset PYTHONPATH; fi
+  done
+  python3 tools/bench_stages.py "$OUT"/fu_*.json
+  ;;
 compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
   corpus ${IMAGES:-8000} /tmp/ffcorpus
   python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_mesh.py \
@@ -269,5 +292,5 @@ compile)  # torch.compile's kernels against the eager ones: kernel time, agreeme
       --json "$OUT/compile_$c.json" 2>&1 | grep "facefleet run ("
   done
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps|decpipe|share|syncs" >&2; exit 2 ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps|decpipe|share|syncs|fused" >&2; exit 2 ;;
 esac

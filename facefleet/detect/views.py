@@ -287,7 +287,6 @@ def letterbox_tiles(
     *,
     budget: int = 1 << 26,
     dtype: torch.dtype | None = None,
-    compiled: bool | None = None,
 ) -> Tensor:
     """Square ``side x side`` tiles at ``origins`` (x, y) of same-size images ``(n, 3, H, W)`` uint8 ->
     letterboxed float32 ``(T * n, 3, S, S)`` in [0, 1], tile-major (every image's first tile, then
@@ -298,7 +297,7 @@ def letterbox_tiles(
     per tile through a strided view (28 tiles of a 1080p frame: 28 slow conversions, 56 products and
     their launches, then). ``budget``: most image elements converted at once. ``dtype``: of the
     products (default float16 on CUDA; elsewhere the tiles go one by one through letterbox_pixels
-    unless a dtype is given). ``compiled``: as for :func:`to_half` (the float16 conversion)."""
+    unless a dtype is given)."""
     n, _, h, w = images.shape
     if not origins or n == 0:
         return images.new_zeros((0, 3, size, size), dtype=torch.float32)
@@ -316,8 +315,7 @@ def letterbox_tiles(
     step = max(1, budget // (3 * h * w))
     parts = []
     for s in range(0, n, step):
-        part = images[s : s + step]
-        x = to_half(part, compiled) if dtype == torch.float16 else part.to(dtype)
+        x = images[s : s + step].to(dtype)
         grid = wy @ (x @ wx)  # (m, 3, len(ys) * S, len(xs) * S)
         m = grid.shape[0]
         grid = grid.view(m, 3, len(ys), size, len(xs), size).permute(2, 4, 0, 1, 3, 5)

@@ -173,12 +173,11 @@ def sample_grid(
         affine = torch.cat([m[:, 0], t[:, :1], m[:, 1], t[:, 1:]], 1).float()  # (N, 6)
         border = padding_mode == "border"
         step = max(1, chunk_points // p)
+        flags = (size, pack.hwc, border, float(scale), dtype)
         parts = []
         for s in range(0, n, step):
-            flags = (size, pack.hwc, border, float(scale), dtype)
-            got = _run_compiled(
-                "grid", _grid_meta, pack, image_index[s : s + step], affine[s : s + step], *flags
-            )
+            idx, aff = image_index[s : s + step], affine[s : s + step]
+            got = _run_compiled("grid", _grid_meta, pack, idx, aff, *flags)
             if got is None:
                 break
             parts.append(got)
@@ -198,10 +197,10 @@ def warm_up_gather(
     interleaved), both scales (crops, textures). Every size of the two calls per layout differs from the
     others and from the code's constants (2 for x, y; 3 channels; the crops' 6 affine terms): torch ties
     equal sizes together when it traces and then compiles them as fixed, and the first real batch
-    recompiled (seconds). Made as
-    the pipeline makes its calls, since the graph is specialised to both: the images outside inference
-    mode (decoded frames are ordinary tensors), the rest in it (the mesh and texture stages run there);
-    the engine's first batch recompiled for the grad mode (2.7 s on an H200, TORCH_LOGS=recompiles).
+    recompiled (seconds). Made as the pipeline makes its calls, since the graph is specialised to both:
+    the images outside inference mode (decoded frames are ordinary tensors), the rest in it (the mesh and
+    texture stages run there); the engine's first batch recompiled for the grad mode (2.7 s on an H200,
+    TORCH_LOGS=recompiles).
     ``grid``: (padding mode, output dtype) of the crops' :func:`sample_grid` calls to compile too."""
     dev = torch.device(device)
     for hwc in (False, True):

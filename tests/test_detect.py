@@ -381,3 +381,35 @@ def test_crowd_rule_tiles_distant_faces_and_groups_not_single_portraits() -> Non
     assert crowded.tolist() == [True, False, True, False, False]  # image 4: no candidate
     det.group_face_fraction = 0.0
     assert det._crowded(boxes, idx, torch.full((5,), 1280.0)).tolist() == [True, False, False, False, False]
+
+
+def test_crowd_rule_and_final_selection_without_boolean_selections() -> None:
+    """The crowd rule's masked reductions (no selection that waits for the device) decide as a per-image
+    loop over the faces does, and the final sort and per-image limit of only the kept detections equals
+    selecting them first."""
+    from facefleet.detect.detector import Detections, _finish
+
+    det = FaceDetector.__new__(FaceDetector)  # the rule needs only its two fractions
+    det.crowd_face_fraction, det.group_face_fraction = 0.07, 0.12
+    g = torch.Generator().manual_seed(0)
+    crowded = 0
+    for _ in range(300):
+        n, m = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(0, 12, (1,), generator=g))
+        xy, wh = torch.rand(m, 2, generator=g) * 1500, torch.rand(m, 1, generator=g) * 300 + 1
+        boxes, idx = torch.cat([xy, xy + wh], 1), torch.randint(0, n, (m,), generator=g)
+        got = det._crowded(boxes, idx, torch.full((n,), 1920.0)).tolist()
+        for i in range(n):
+            sides = [float(wh[j]) for j in range(m) if int(idx[j]) == i]
+            centres = [(xy[j] + wh[j] / 2).tolist() for j in range(m) if int(idx[j]) == i]
+            small = [k for k, s in enumerate(sides) if s / 1920 < 0.12]
+            group = bool(small) and max(
+                max(centres[k][a] for k in small) - min(centres[k][a] for k in small) for a in (0, 1)
+            ) > max(sides[k] for k in small)
+            assert got[i] == (any(s / 1920 < 0.07 for s in sides) or group)
+            crowded += got[i]
+        scores = (torch.rand(m, generator=g) * 4).round() / 4  # ties
+        d = Detections(boxes, torch.rand(m, 6, 2, generator=g), scores, idx, n)
+        keep = torch.rand(m, generator=g) > 0.3
+        a, b = _finish(d, 2, n, keep=keep), _finish(d.select(keep), 2, n)
+        assert torch.equal(a.boxes, b.boxes) and torch.equal(a.image_index, b.image_index)
+    assert crowded > 50  # the rule fired often enough to be tested

@@ -488,7 +488,7 @@ class FaceDetector:
             )
             from_b = merged.image_index >= n
             merged.image_index = merged.image_index - n * from_b
-            det = merged.select(_keep_better(merged, ~from_b))
+            return _finish(merged, self.max_faces, n, keep=_keep_better(merged, ~from_b))
         return _finish(det, self.max_faces, n)
 
     def _tile_candidates(
@@ -507,9 +507,10 @@ class FaceDetector:
         ]
         if mid:
             n = sum(len(m) for m, _ in groups)
-            long_side = torch.zeros(n, device=self.device)
+            sides = torch.zeros(n)
             for m, st in groups:
-                long_side[m] = float(max(st.shape[2], st.shape[3]))
+                sides[m] = float(max(st.shape[2], st.shape[3]))
+            long_side = host_to_device(sides, self.device)  # an index list on the device would wait for it
             boxes = torch.cat([c[0] for c in cands.values()])
             idx = torch.cat([c[3] for c in cands.values()])
             crowd = self._crowded(boxes, idx, long_side).tolist()  # the one host sync
@@ -528,17 +529,20 @@ class FaceDetector:
         call for tiles: a face smaller than ``crowd_face_fraction`` of the long side (distant people),
         or a group: faces under ``group_face_fraction`` whose centres spread wider than the largest of
         them (at least two faces of that size: group photos, where more, smaller faces are likely)."""
+        # masked reductions over every candidate rather than selections of some: a boolean selection
+        # waits for the device (7 of a 1080p batch's 21 waits were here)
         n = int(long_side.shape[0])
         side = (boxes[:, 2:] - boxes[:, :2]).amax(1)
         frac = side / long_side[idx]
-        crowd = torch.bincount(idx[frac < self.crowd_face_fraction], minlength=n) > 0
-        m = frac < self.group_face_fraction
+        small = (frac < self.crowd_face_fraction).to(side.dtype)
+        crowd = side.new_zeros(n).scatter_reduce(0, idx, small, "amax") > 0
         if self.group_face_fraction > 0:
-            ctr, gi = ((boxes[m, :2] + boxes[m, 2:]) / 2), idx[m]
-            at = gi[:, None].expand(-1, 2)
-            lo = ctr.new_full((n, 2), math.inf).scatter_reduce(0, at, ctr, "amin")
-            hi = ctr.new_full((n, 2), -math.inf).scatter_reduce(0, at, ctr, "amax")
-            largest = side.new_zeros(n).scatter_reduce(0, gi, side[m], "amax")
+            m = frac < self.group_face_fraction
+            ctr = (boxes[:, :2] + boxes[:, 2:]) / 2
+            at, out, inf = idx[:, None].expand(-1, 2), ~m[:, None], math.inf
+            lo = ctr.new_full((n, 2), inf).scatter_reduce(0, at, ctr.masked_fill(out, inf), "amin")
+            hi = ctr.new_full((n, 2), -inf).scatter_reduce(0, at, ctr.masked_fill(out, -inf), "amax")
+            largest = side.new_zeros(n).scatter_reduce(0, idx, side.masked_fill(~m, 0.0), "amax")
             crowd |= (largest > 0) & ((hi - lo).amax(1) > largest)
         return crowd
 
@@ -603,14 +607,17 @@ def _keep_better(det: Detections, from_a: Tensor, thresh: float = 0.5) -> Tensor
     return ~(drop_a | drop_b)
 
 
-def _finish(det: Detections, max_faces: int, num_images: int) -> Detections:
-    """Sort by image then decreasing score, keep at most ``max_faces`` per image."""
+def _finish(det: Detections, max_faces: int, num_images: int, keep: Tensor | None = None) -> Detections:
+    """Sort by image then decreasing score, keep at most ``max_faces`` per image; of the detections in
+    ``keep`` ``(N,)`` only (default all), with one selection for both (each selection waits for the
+    device): the others are sorted after every image and dropped with the surplus."""
+    img = det.image_index if keep is None else det.image_index.masked_fill(~keep, num_images)
     order = torch.sort(det.scores, descending=True, stable=True).indices
-    order = order[torch.sort(det.image_index[order], stable=True).indices]
-    det = det.select(order)
+    order = order[torch.sort(img[order], stable=True).indices]
+    det, img = det.select(order), img[order]
     if len(det):
-        first = torch.searchsorted(det.image_index, det.image_index, right=False)
+        first = torch.searchsorted(img, img, right=False)
         rank = torch.arange(len(det), device=det.scores.device) - first
-        det = det.select(rank < max_faces)
+        det = det.select((rank < max_faces) & (img < num_images))
     det.num_images = num_images
     return det

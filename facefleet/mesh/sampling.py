@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from facefleet._device import host_to_device
 from facefleet.detect.views import is_hwc
 from facefleet.models import compile_available
 
@@ -81,7 +82,7 @@ def _pack_images(images: Tensor | Sequence[Tensor], device: torch.device | str |
     for h, w in sizes[:-1]:
         starts.append(starts[-1] + 3 * h * w)
     meta = torch.tensor([starts, [h for h, _ in sizes], [w for _, w in sizes]], dtype=torch.long)
-    meta = meta.to(dev)  # one host-to-device copy
+    meta = host_to_device(meta, dev)  # one copy, through pinned memory: the device's queue does not wait
     return ImagePack(data, meta[0], meta[1], meta[2], sizes, hwc, meta)
 
 

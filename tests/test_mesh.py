@@ -19,6 +19,7 @@ from facefleet.mesh import (
     roi_from_landmarks,
     rois_to_image,
 )
+from facefleet.mesh.sampling import ImagePack
 
 
 def _kps(r_eye: tuple[float, float], l_eye: tuple[float, float]) -> Tensor:
@@ -318,20 +319,28 @@ def test_tile_letterboxes_on_cuda(astronaut: np.ndarray) -> None:
         assert out.shape == ref.shape and (out.cpu() - ref).abs().max() <= 1.5 / 255
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_compiled_gather_matches_eager_on_cuda(astronaut: np.ndarray) -> None:
-    """On CUDA the bilinear gather runs as torch.compile code by default: the same samples as the eager
-    operations (float rounding aside) for both padding modes, both memory layouts and any point count."""
-    from facefleet.mesh import pack_images, sample_bilinear, sampling
+def _cuda_packs(astronaut: np.ndarray, seed: int) -> tuple[torch.Generator, list[ImagePack]]:
+    """For the compiled-code tests on CUDA (skipped without Triton): a seeded generator and packs of two
+    frames, planar and interleaved."""
+    from facefleet.mesh import pack_images
     from facefleet.models import compile_available
 
     if not compile_available():
         pytest.skip("no Triton here")
     img = torch.from_numpy(astronaut).permute(2, 0, 1).cuda()
-    g = torch.Generator(device="cuda").manual_seed(3)
     planar = torch.stack([img, img.flip(2)])
-    for batch in (planar, planar.flip(2).contiguous(memory_format=torch.channels_last)):
-        pack = pack_images(batch)
+    batches = (planar, planar.flip(2).contiguous(memory_format=torch.channels_last))
+    return torch.Generator(device="cuda").manual_seed(seed), [pack_images(b) for b in batches]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_gather_matches_eager_on_cuda(astronaut: np.ndarray) -> None:
+    """On CUDA the bilinear gather runs as torch.compile code by default: the same samples as the eager
+    operations (float rounding aside) for both padding modes, both memory layouts and any point count."""
+    from facefleet.mesh import sample_bilinear, sampling
+
+    g, packs = _cuda_packs(astronaut, 3)
+    for pack in packs:
         for n, p in ((3, 1000), (17, 37)):
             xy = torch.rand(n, p, 2, generator=g, device="cuda") * 700 - 100  # also outside the image
             idx = torch.randint(0, 2, (n,), generator=g, device="cuda")
@@ -390,17 +399,11 @@ def test_fused_sampler_matches_the_gather_and_the_grid_points() -> None:
 def test_compiled_crops_match_eager_on_cuda(astronaut: np.ndarray) -> None:
     """On CUDA the mesh crops are one compiled kernel in the network's precision: the eager crops, to
     fp16 rounding, for both padding modes and both layouts, 1 and many faces."""
-    from facefleet.mesh import pack_images, sampling
+    from facefleet.mesh import sampling
     from facefleet.mesh.sampling import sample_grid
-    from facefleet.models import compile_available
 
-    if not compile_available():
-        pytest.skip("no Triton here")
-    img = torch.from_numpy(astronaut).permute(2, 0, 1).cuda()
-    g = torch.Generator(device="cuda").manual_seed(4)
-    planar = torch.stack([img, img.flip(2)])
-    for batch in (planar, planar.flip(2).contiguous(memory_format=torch.channels_last)):
-        pack = pack_images(batch)
+    g, packs = _cuda_packs(astronaut, 4)
+    for pack in packs:
         for n in (1, 40):
             m = torch.randn(n, 2, 2, generator=g, device="cuda") * 2
             t = torch.rand(n, 2, generator=g, device="cuda") * 600 - 50

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from probe_gil import warm_networks  # the compiled networks on the corpus's first batch
+from probe_gil import load_corpus, warm_networks  # the compiled networks on the corpus's first batch
 
 CHILD = r"""
 import sys, threading, time, torch
@@ -121,9 +121,7 @@ def main() -> None:
     ap.add_argument("--modes", default="rgb,gray,tv")
     ap.add_argument("--threads", default="1,2")
     a = ap.parse_args()
-    files = sorted(Path(a.corpus).rglob("*.jpg"))[:1024]
-    blobs = [f.read_bytes() for f in files]
-    names = [str(f) for f in files]
+    files, blobs, names = load_corpus(a.corpus)
     rec, imgs = warm_networks(blobs, names)
 
     def networks_ms(seconds: float) -> float:

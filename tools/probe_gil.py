@@ -51,6 +51,12 @@ print(f"{k * 128 / (time.perf_counter() - t0):.0f}", flush=True)
 """
 
 
+def load_corpus(corpus: str, limit: int = 1024) -> tuple[list[Path], list[bytes], list[str]]:
+    """The corpus's first ``limit`` JPEGs (sorted): paths, their bytes and their names."""
+    files = sorted(Path(corpus).rglob("*.jpg"))[:limit]
+    return files, [f.read_bytes() for f in files], [str(f) for f in files]
+
+
 def warm_networks(blobs: list[bytes], names: list[str]) -> tuple[Reconstructor, torch.Tensor]:
     """The compiled fp16 pipeline, warmed up on the first 128 files, and those files decoded."""
     imgs = decode_images(blobs[:128], names[:128], "cuda", stack=True).stack
@@ -68,11 +74,9 @@ def main() -> None:
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--reps", type=int, default=24)
     a = ap.parse_args()
-    files = sorted(Path(a.corpus).rglob("*.jpg"))[:1024]
+    files, blobs, names = load_corpus(a.corpus)
     if len(files) < 256:
         sys.exit("need at least 256 JPEGs in the corpus")
-    blobs = [f.read_bytes() for f in files]
-    names = [str(f) for f in files]
     dev = torch.device("cuda", 0)
     decoders = [d for d in ("nvimgcodec", "nvjpeg") if jpeg_decoder(dev, d) is not None]
     batches = len(files) // 128

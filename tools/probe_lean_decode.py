@@ -28,7 +28,11 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from probe_gil import CHILD, warm_networks  # the decoder process and the networks, shared with that probe
+from probe_gil import (
+    CHILD,
+    load_corpus,
+    warm_networks,
+)  # the decoder process and the networks, shared with that probe
 
 
 class LeanDecoder:
@@ -77,9 +81,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--chunks", default="32,128")
     a = ap.parse_args()
-    files = sorted(Path(a.corpus).rglob("*.jpg"))[:1024]
-    blobs = [f.read_bytes() for f in files]
-    names = [str(f) for f in files]
+    files, blobs, names = load_corpus(a.corpus)
     rec, imgs = warm_networks(blobs, names)
 
     def networks(stop: threading.Event, out: list[float]) -> None:

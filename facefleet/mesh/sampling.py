@@ -185,7 +185,8 @@ def sample_grid(
         else:
             return parts[0] if len(parts) == 1 else torch.cat(parts)
     pts = grid_points(m.float(), t.float(), size)
-    return sample_bilinear(pack, image_index, pts, padding_mode, chunk_points, scale=scale).to(dtype)
+    out = sample_bilinear(pack, image_index, pts, padding_mode, chunk_points, scale=scale, compiled=compiled)
+    return out.to(dtype)
 
 
 def warm_up_gather(

@@ -264,7 +264,7 @@ fused)  # this tree against OLD (mesh crops as one compiled kernel, the letterbo
   [ "${TESTS:-1}" = 0 ] || python3 -m pytest -q -p no:cacheprovider tests/test_mesh.py tests/test_detect.py \
     tests/test_pipeline.py -k "cuda or compiled or graphs" 2>&1 | tail -2
   here=$PWD
-  for v in new old; do
+  for v in ${PROBES:-old new}; do  # the first probe of a call ran slower in every step (eleventh session)
     [ $v = old ] && export PYTHONPATH=$OLD
     (cd /tmp && python3 "$here/tools/probe_stages.py" --corpus /tmp/ffcorpus --reps 10 --trace "$OUT/stages-$v.json.gz" \
       > "$OUT/stages-$v.txt" 2>&1)

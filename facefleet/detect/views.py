@@ -202,19 +202,20 @@ def _letterbox_matmuls(regions: Tensor, sizes: Sequence[int], compiled: bool | N
     return outs
 
 
-def _letterbox_matmul(regions: Tensor, size: int) -> Tensor:
+def _letterbox_matmul(regions: Tensor, size: int, compiled: bool | None = None) -> Tensor:
     """:func:`_letterbox_matmuls` to one size."""
-    return _letterbox_matmuls(regions, (size,))[0]
+    return _letterbox_matmuls(regions, (size,), compiled)[0]
 
 
-def letterbox_pixels(regions: Tensor, size: int) -> Tensor:
+def letterbox_pixels(regions: Tensor, size: int, compiled: bool | None = None) -> Tensor:
     """Same-sized regions ``(V, 3, h, w)`` (uint8 or float in [0, 255], may be a strided view) ->
-    letterboxed float32 ``(V, 3, S, S)`` in [0, 1]; no host-device transfer."""
+    letterboxed float32 ``(V, 3, S, S)`` in [0, 1]; no host-device transfer. ``compiled``: as for
+    :func:`to_half` (on CUDA the float16 conversion of the matrix products)."""
     _, _, h, w = regions.shape
     nh, nw = _fit(h, w, size)
     shrink = nh < h or nw < w
     if regions.device.type == "cuda" and shrink:
-        return _letterbox_matmul(regions, size)
+        return _letterbox_matmul(regions, size, compiled)
     if regions.dtype == torch.uint8 and regions.device.type == "cpu" and shrink:
         # the CPU has a fast uint8 antialiased resize (channels-last): ~15x the float path on 1080p
         # frames; the result differs from it by rounding to whole levels (< 1/255)
@@ -242,7 +243,7 @@ def letterbox_sizes(regions: Tensor, sizes: Sequence[int], compiled: bool | None
     _, _, h, w = regions.shape
     fits = [_fit(h, w, size) for size in sizes]
     if len(sizes) < 2 or regions.device.type != "cuda" or not all(nh < h or nw < w for nh, nw in fits):
-        return [letterbox_pixels(regions, size) for size in sizes]
+        return [letterbox_pixels(regions, size, compiled) for size in sizes]
     return _letterbox_matmuls(regions, sizes, compiled)
 
 

@@ -10,7 +10,6 @@ corner of the top-left pixel, so pixel ``(i, j)`` covers ``[j, j+1) x [i, i+1)``
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -152,27 +151,16 @@ def to_half(x: Tensor, compiled: bool | None = None) -> Tensor:
     1080p frames on an H200, 9 % of the batch's GPU time (``tools/probe_stages.py --trace``); the same
     cast as a ``torch.compile`` (Triton) kernel moves whole vectors. ``compiled``: None = on CUDA where
     :func:`facefleet.models.compile_available`; only contiguous uint8 tensors take that path."""
-    if compiled is None:
-        from facefleet.models import compile_available
+    from facefleet.models import call_compiled, compile_available
 
+    if compiled is None:
         compiled = x.device.type == "cuda" and compile_available()
-    fn = _HALF.get("fn")
-    if compiled and fn is not False and x.dtype == torch.uint8 and x.is_contiguous() and x.numel() > 1:
-        if fn is None:
-            fn = _HALF["fn"] = torch.compile(_half, dynamic=True)
-        try:
-            # one flat shape for every frame size and count, and detached: torch.compile guards on
-            # the tensor an input is a view of (a batch in a decoder slot)
-            return fn(x.view(-1).detach()).view(x.shape)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as exc:  # a compiler failure (no Triton, an unsupported build)
-            _HALF["fn"] = False
-            warnings.warn(
-                f"letterbox: torch.compile failed ({type(exc).__name__}); casting with torch's kernel",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+    if compiled and x.dtype == torch.uint8 and x.is_contiguous() and x.numel() > 1:
+        # one flat shape for every frame size and count, and detached: torch.compile guards on the
+        # tensor an input is a view of (a batch in a decoder slot)
+        out = call_compiled(_HALF, "fn", _half, [x.view(-1).detach()], "letterbox")
+        if out is not None:
+            return out.view(x.shape)
     return x.to(torch.float16)
 
 

@@ -13,8 +13,7 @@ the centre of pixel ``(row i, col j)`` is ``(j + 0.5, i + 0.5)``.
 from __future__ import annotations
 
 import functools
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +22,7 @@ from torch import Tensor
 
 from facefleet._device import host_to_device
 from facefleet.detect.views import is_hwc
-from facefleet.models import compile_available
+from facefleet.models import call_compiled, compile_available
 
 __all__ = ["ImagePack", "grid_points", "pack_images", "sample_bilinear", "sample_grid", "warm_up_gather"]
 
@@ -122,13 +121,34 @@ def sample_bilinear(
     if compiled is None:
         compiled = xy.device.type == "cuda" and compile_available()
     sample = _compiled_sample if compiled else _sample
-    step = max(1, chunk_points // p)
-    if step >= n:  # one chunk: no copy
-        return sample(pack, image_index, xy.float(), padding_mode, scale)
-    out = torch.empty(n, p, 3, dtype=torch.float32, device=xy.device).permute(0, 2, 1)
+
+    def part(s: int, e: int) -> Tensor:
+        return sample(pack, image_index[s:e], xy[s:e].float(), padding_mode, scale)
+
+    got = _in_chunks(n, p, max(1, chunk_points // p), torch.float32, xy.device, part)
+    assert got is not None  # the gather paths always give samples
+    return got
+
+
+def _in_chunks(
+    n: int,
+    p: int,
+    step: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    part: Callable[[int, int], Tensor | None],
+) -> Tensor | None:
+    """``part(s, e)`` ``(e - s, 3, p)`` samples of point sets ``s .. e`` for every chunk of ``step`` sets,
+    in one ``(n, 3, p)`` view of ``(n, p, 3)`` memory (pixel by pixel, as a channels-last network input
+    wants it; one chunk is returned as it is: no copy); None as soon as a part is None."""
+    if step >= n:
+        return part(0, n)
+    out = torch.empty(n, p, 3, dtype=dtype, device=device).permute(0, 2, 1)
     for s in range(0, n, step):
-        xs = xy[s : s + step].float()
-        out[s : s + step] = sample(pack, image_index[s : s + step], xs, padding_mode, scale)
+        got = part(s, min(n, s + step))
+        if got is None:
+            return None
+        out[s : s + step] = got
     return out
 
 
@@ -170,20 +190,16 @@ def sample_grid(
     n, p = int(m.shape[0]), size * size
     if compiled is None:
         compiled = m.device.type == "cuda" and compile_available()
-    if n and p and compiled and _COMPILED.get("grid") is not False:
+    if n and p and compiled:
         affine = torch.cat([m[:, 0], t[:, :1], m[:, 1], t[:, 1:]], 1).float()  # (N, 6)
-        border = padding_mode == "border"
-        step = max(1, chunk_points // p)
-        flags = (size, pack.hwc, border, float(scale), dtype)
-        parts = []
-        for s in range(0, n, step):
-            idx, aff = image_index[s : s + step], affine[s : s + step]
-            got = _run_compiled("grid", _grid_meta, pack, idx, aff, *flags)
-            if got is None:
-                break
-            parts.append(got)
-        else:
-            return parts[0] if len(parts) == 1 else torch.cat(parts)
+        flags = (size, pack.hwc, padding_mode == "border", float(scale), dtype)
+
+        def part(s: int, e: int) -> Tensor | None:
+            return _run_compiled("grid", _grid_meta, pack, image_index[s:e], affine[s:e], *flags)
+
+        got = _in_chunks(n, p, max(1, chunk_points // p), dtype, m.device, part)
+        if got is not None:
+            return got
     pts = grid_points(m.float(), t.float(), size)
     out = sample_bilinear(pack, image_index, pts, padding_mode, chunk_points, scale=scale, compiled=compiled)
     return out.to(dtype)
@@ -239,40 +255,24 @@ def _compiled_sample(
 def _run_compiled(key: str, body: Any, pack: ImagePack, idx: Tensor, per_set: Tensor, *flags: Any) -> Any:
     """``body(pack.data, meta, idx, per_set, *flags)`` through ``torch.compile`` (made on first use and kept
     in ``_COMPILED[key]``), or None once the compiler has failed (with a warning)."""
-    fn = _COMPILED.get(key)
-    if fn is None:
-        fn = _COMPILED[key] = torch.compile(body, dynamic=True)
-    if fn is False:
-        return None
-    try:
-        # Every call must match the one compiled graph (a recompilation takes seconds, mid-run):
-        # torch.compile specialises sizes 0 and 1, so below 2 point sets or images the last one is
-        # repeated; it guards on the tensors that inputs are views of (a batch in a decoder slot,
-        # the warm-up's own images), so the inputs go in detached (same memory, no base); and it
-        # guards on inference tensors against ordinary ones, so the pack's tensors (see pack_images)
-        # and the meta made here are ordinary ones
-        n = int(idx.shape[0])
-        meta = pack.meta
-        with torch.inference_mode(False):
-            if meta is None:
-                meta = torch.stack([pack.offset, pack.height, pack.width])
-            if meta.shape[1] < 2:
-                meta = torch.cat([meta, meta[:, -1:]], 1)
-        if n < 2:
-            idx, per_set = torch.cat([idx, idx[-1:]]), torch.cat([per_set, per_set[-1:]])
-        args = (t.detach() for t in (pack.data, meta, idx, per_set))
-        out = fn(*args, *flags)
-        return out[:n] if n < 2 else out
-    except torch.OutOfMemoryError:  # the engine halves the batch
-        raise
-    except Exception as exc:  # a compiler failure (no Triton, an unsupported build)
-        _COMPILED[key] = False
-        warnings.warn(
-            f"sample_bilinear: torch.compile failed ({type(exc).__name__}); using eager operations",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return None
+    # Every call must match the one compiled graph (a recompilation takes seconds, mid-run):
+    # torch.compile specialises sizes 0 and 1, so below 2 point sets or images the last one is
+    # repeated; it guards on the tensors that inputs are views of (a batch in a decoder slot,
+    # the warm-up's own images), so the inputs go in detached (same memory, no base); and it
+    # guards on inference tensors against ordinary ones, so the pack's tensors (see pack_images)
+    # and the meta made here are ordinary ones
+    n = int(idx.shape[0])
+    meta = pack.meta
+    with torch.inference_mode(False):
+        if meta is None:
+            meta = torch.stack([pack.offset, pack.height, pack.width])
+        if meta.shape[1] < 2:
+            meta = torch.cat([meta, meta[:, -1:]], 1)
+    if n < 2:
+        idx, per_set = torch.cat([idx, idx[-1:]]), torch.cat([per_set, per_set[-1:]])
+    args = [*(t.detach() for t in (pack.data, meta, idx, per_set)), *flags]
+    out = call_compiled(_COMPILED, key, body, args, "sample_bilinear")
+    return out[:n] if out is not None and n < 2 else out
 
 
 def _image(pack: ImagePack, i: int, offset: int) -> Tensor:

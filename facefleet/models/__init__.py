@@ -10,6 +10,7 @@ Importing this package does not import torch; ``load_model`` does.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from facefleet.models.fetch import (
@@ -33,6 +34,7 @@ __all__ = [
     "ModelNotFoundError",
     "ModelSpec",
     "cache_dir",
+    "call_compiled",
     "compile_available",
     "fetch_models",
     "get_spec",
@@ -67,6 +69,36 @@ def compile_available() -> bool:
     import importlib.util
 
     return os.environ.get("FACEFLEET_COMPILE", "1") != "0" and importlib.util.find_spec("triton") is not None
+
+
+def call_compiled(
+    cache: dict[str, Any], key: str, body: Callable[..., Any], args: Sequence[Any], what: str
+) -> Any:
+    """``body(*args)`` through ``torch.compile(body, dynamic=True)`` (one compilation for every size), made
+    on first use and kept in ``cache[key]``; None once the compiler has failed here (``cache[key]`` is
+    then False, and a RuntimeWarning naming ``what`` said so once). Out-of-memory errors propagate (the
+    engine halves the batch)."""
+    import warnings
+
+    import torch
+
+    fn = cache.get(key)
+    if fn is False:
+        return None
+    if fn is None:
+        fn = cache[key] = torch.compile(body, dynamic=True)
+    try:
+        return fn(*args)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:  # a compiler failure (no Triton, an unsupported build)
+        cache[key] = False
+        warnings.warn(
+            f"{what}: torch.compile failed ({type(exc).__name__}); using eager operations",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return None
 
 
 def load_model(

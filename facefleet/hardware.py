@@ -30,6 +30,9 @@ Config file (all keys optional)::
     decode_cpu_threads = 0  # nvImageCodec's host threads per decoder (0: up to 4)
     compile = true        # networks' CUDA graphs from torch.compile's fused kernels (if Triton is there)
     decode_process = true # read and decode files in a child process of each worker (false: threads)
+    network_threads = 1   # threads of a worker that run the networks, each on a batch of its own and a
+                          # stream of its own (2: one queues its batch's kernels while the other waits
+                          # for the device); results keep the batches' order
 
     [gpu."H100"]          # devices whose name contains "H100" (case-insensitive)
     batch_size = 128
@@ -131,6 +134,10 @@ class DeviceProfile:
     # (facefleet.engine.decode_proc); false: on threads of the worker process. On by default on CUDA
     # (plan_devices), off on CPU workers (whose networks' threads leave the GIL alone for long stretches)
     decode_process: bool = False
+    # CUDA: threads of the worker running the networks, each on a batch of its own and its own stream:
+    # one batch makes the host wait for the device ~10 times (data-dependent selections), and while one
+    # thread waits (without the GIL) another queues its batch's kernels
+    network_threads: int = 1
     capability: tuple[int, int] | None = None
     source: str = "builtin"  # where batch size/precision came from
 
@@ -271,7 +278,8 @@ def _check_overrides(d: Mapping[str, Any], where: str) -> None:
         raise ValueError(f"{where}: precision must be one of {PRECISIONS}, got {d['precision']!r}")
     if "decoder" in d and d["decoder"] not in GPU_DECODERS:
         raise ValueError(f"{where}: decoder must be one of {GPU_DECODERS}, got {d['decoder']!r}")
-    for k in ("batch_size", "workers", "threads", "batches_in_flight", "decode_chunk", "decode_threads"):
+    positive = ("batch_size", "workers", "threads", "batches_in_flight", "decode_chunk", "decode_threads")
+    for k in (*positive, "network_threads"):
         if k in d and (not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 1):
             raise ValueError(f"{where}: {k} must be a positive integer, got {d[k]!r}")
     if "decode_backends" in d:
@@ -396,6 +404,7 @@ def plan_devices(
             base = DeviceProfile(
                 "cpu", _cpu_name(), int(bs), str(prec), "cpu", threads, source=src,
                 decode_process=bool(cpu_cfg.get("decode_process", False)),
+                network_threads=int(cpu_cfg.get("network_threads", 1)),
             )  # fmt: skip
             profiles.extend(base for _ in range(int(n)))
             continue
@@ -433,6 +442,7 @@ def plan_devices(
                 decode_backends=str(over.get("decode_backends", "auto")),
                 compile=bool(over.get("compile", True)),
                 decode_process=decode_process,
+                network_threads=int(over.get("network_threads", 1)),
                 capability=spec.capability,
                 source=src,
             )

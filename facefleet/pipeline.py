@@ -174,7 +174,6 @@ class Reconstructor:
             compiled=compiled,
         )
         self._sampler: Any = None
-        self._events: list[tuple[str, Any, Any, dict[str, float]]] = []
 
     # -- public API -------------------------------------------------------------------------
     def warmup(self) -> None:
@@ -279,7 +278,7 @@ class Reconstructor:
             raise ValueError(f"got {len(images)} images but {len(sources)} sources")
         if len(images) == 0:
             return []
-        self._events.clear()  # events of a batch that raised (e.g. out of memory) are not this one's
+        events: list[tuple[str, Any, Any, dict[str, float]]] = []  # this call's (threads may share self)
         if isinstance(images, torch.Tensor) and images.ndim == 4:  # no view per image
             sizes = [(int(images.shape[-1]), int(images.shape[-2]))] * int(images.shape[0])
         else:
@@ -293,11 +292,11 @@ class Reconstructor:
             from facefleet.detect.views import stack_images
 
             images = stack_images(images)  # one copy; the detector and the mesh stage then share it
-        with self._stage("detect", timings):
+        with self._stage("detect", timings, events):
             det = self.detector(images)
-        with self._stage("mesh", timings):
+        with self._stage("mesh", timings, events):
             mesh = self.mesher(images, det)
-        with self._stage("transfer", timings):
+        with self._stage("transfer", timings, events):
             # every per-face value in one float32 table: one asynchronous copy (into pinned memory on
             # CUDA) and one wait
             n = len(det)
@@ -335,7 +334,7 @@ class Reconstructor:
         img_idx = host[:, _IDX].astype(np.int64)
         scores = host[:, _SCORE]
         tex_host: list[np.ndarray] | None = None
-        with self._stage("texture", timings):
+        with self._stage("texture", timings, events):
             if texture and len(host) > 0:
                 keep = host_to_device(kept, self.device)
                 tex = self.sampler(images, mesh.landmarks[keep].float(), mesh.image_index[keep])
@@ -349,7 +348,7 @@ class Reconstructor:
                 if fit < len(rgba):
                     parts.append(rgba[fit:].contiguous().cpu().numpy())
                 tex_host = [t for part in parts for t in part]
-        self._collect_events()
+        _collect_events(events)
         results = [ImageResult(source=str(s), width=w, height=h) for s, (w, h) in zip(sources, sizes)]
         boxes = host[:, _BOX : _BOX + 4]
         kps = host[:, _BOX + 4 : _BOX + 4 + _KP].reshape(-1, _KP // 2, 2)
@@ -380,10 +379,10 @@ class Reconstructor:
         return self._sampler
 
     @contextmanager
-    def _stage(self, name: str, timings: dict[str, float] | None) -> Any:
-        """Time a stage into ``timings``: on CUDA with a pair of events (read back once the batch's
-        results reached the host, see :meth:`_collect_events`: no synchronisation between stages, so
-        the host keeps queueing work), elsewhere with the wall clock."""
+    def _stage(self, name: str, timings: dict[str, float] | None, events: list[Any]) -> Any:
+        """Time a stage into ``timings``: on CUDA with a pair of events appended to ``events`` (read back
+        once the batch's results reached the host, see :func:`_collect_events`: no synchronisation
+        between stages, so the host keeps queueing work), elsewhere with the wall clock."""
         if timings is None:
             yield
             return
@@ -393,18 +392,18 @@ class Reconstructor:
             start.record()
             yield
             end.record()
-            self._events.append((name, start, end, timings))
+            events.append((name, start, end, timings))
             return
         t0 = time.perf_counter()
         yield
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
-    def _collect_events(self) -> None:
-        """Add the CUDA-event stage times of the finished batch to their ``timings`` dicts."""
-        for name, start, end, timings in self._events:
-            end.synchronize()
-            timings[name] = timings.get(name, 0.0) + start.elapsed_time(end) / 1e3
-        self._events.clear()
+
+def _collect_events(events: list[tuple[str, Any, Any, dict[str, float]]]) -> None:
+    """Add the CUDA-event stage times of a finished batch to their ``timings`` dicts."""
+    for name, start, end, timings in events:
+        end.synchronize()
+        timings[name] = timings.get(name, 0.0) + start.elapsed_time(end) / 1e3
 
 
 def _as_rgb_uint8(arr: np.ndarray, name: str) -> np.ndarray:

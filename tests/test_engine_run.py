@@ -14,6 +14,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -108,6 +109,31 @@ def test_worker_killed_mid_run_still_completes(tmp_path: Path) -> None:
     assert all(0 < t <= stats["wall_seconds"] + 1 for t, _ in stats["batch_done"])
     if RECON is None:  # the real pipeline finds the astronaut
         assert summary.faces >= 1
+
+
+def test_two_networks_threads_finish_units_whole(tmp_path: Path) -> None:
+    """``network_threads = 2``: batches finish out of order (every other one takes twice as long), yet
+    every unit is written whole, each image once, with the same rows as one thread; the two threads'
+    batches overlap, and their busy time is shared out: never more than the wall time."""
+    inp = tmp_path / "in"
+    files = make_corpus(inp, 96)
+    common: dict[str, Any] = dict(
+        devices="cpu", workers=1, unit_size=16, batch_size=4, quiet=True,
+        reconstructor="test_engine_support:FakeReconstructor", reconstructor_kwargs={"batch_delay": 0.04},
+    )  # fmt: skip
+    two = run(str(inp), tmp_path / "two", config={"cpu": {"network_threads": 2}}, **common)
+    one = run(str(inp), tmp_path / "one", **common)
+    assert two.units_done == one.units_done == 6 and two.units_failed == 0 and two.images == 96
+    t2, t1 = read_manifest(tmp_path / "two"), read_manifest(tmp_path / "one")
+    assert _sources_once(t2) == sorted(str(f) for f in files)
+    got, want = _rows(t2), _rows(t1)
+    assert got.keys() == want.keys()
+    assert all(got[k]["landmarks"] == want[k]["landmarks"] for k in want)
+    s2, s1 = (json.loads((tmp_path / d / "stats.json").read_text()) for d in ("two", "one"))
+    busy2, busy1 = (sum(w["busy_seconds"] for w in s["workers"]) for s in (s2, s1))
+    print(f"busy seconds: two threads {busy2:.3f}, one {busy1:.3f}")
+    assert busy1 >= 0.04 * 36  # 24 batches one after another: 12 of 0.08 s, 12 of 0.04 s
+    assert busy2 <= s2["wall_seconds"] and busy2 < busy1 - 0.2  # two threads overlap them
 
 
 def _cli(args: list[str], **kw: object) -> subprocess.Popen[str]:

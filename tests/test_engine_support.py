@@ -38,19 +38,32 @@ def make_corpus(root: Path, n: int, *, size: int = 128, subdirs: int = 3) -> lis
 
 class FakeReconstructor:
     """Deterministic stand-in: 0-2 'faces' per image from its pixel statistics. Sleeps ``delay``
-    seconds per image so that tests can interrupt a run; ``FACEFLEET_FAKE_CRASH`` names a source
-    substring that raises (a poison image)."""
+    seconds per image so that tests can interrupt a run, and ``batch_delay`` seconds per call, twice
+    that in every other call (so that batches on several threads finish out of order);
+    ``FACEFLEET_FAKE_CRASH`` names a source substring that raises (a poison image)."""
 
-    def __init__(self, device: str = "cpu", precision: str = "fp32", *, delay: float = 0.0, **_: Any) -> None:
+    def __init__(
+        self,
+        device: str = "cpu",
+        precision: str = "fp32",
+        *,
+        delay: float = 0.0,
+        batch_delay: float = 0.0,
+        **_: Any,
+    ) -> None:
         import torch
 
         self.device = torch.device(device)
         self.delay = float(os.environ.get("FACEFLEET_FAKE_DELAY", delay))
+        self.batch_delay = float(batch_delay)
+        self.calls = 0
         self.crash = os.environ.get("FACEFLEET_FAKE_CRASH")
 
     def reconstruct_tensors(
         self, images: list[Any], sources: list[str], *, texture: bool = False, timings: Any = None
     ) -> list[ImageResult]:
+        self.calls += 1
+        time.sleep(self.batch_delay * (2 if self.calls % 2 else 1))
         out = []
         for t, s in zip(images, sources, strict=False):
             if self.crash and self.crash in s:

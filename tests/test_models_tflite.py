@@ -486,6 +486,24 @@ def test_litert_runner_batch_equals_torch(name: str) -> None:
         assert float((a - b).abs().max()) <= 1e-3 * max(1.0, float(a.abs().max()))
 
 
+def test_litert_runner_calls_from_threads_take_turns() -> None:
+    """One LiteRT model called from several threads at once (an engine worker's networks' threads): each
+    call gets its own input's outputs (the interpreter's input, invoke and outputs are one turn)."""
+    pytest.importorskip("ai_edge_litert")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from facefleet.models.litert_runner import LiteRTModel
+
+    lite = LiteRTModel("face_landmark", num_threads=1)
+    gen = torch.Generator().manual_seed(7)
+    xs = [torch.rand(n, *lite.input_shape, generator=gen) for n in (1, 2, 3, 1, 2, 3, 1, 2)]
+    want = [lite(x)[0] for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda x: lite(x)[0], xs))
+            assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_cuda_graphs_replay_the_eager_results(astronaut: np.ndarray) -> None:
     """On CUDA the fixed-size calls replay captured graphs: the same numbers as the eager module,

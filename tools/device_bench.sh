@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The measurements of docs/benchmarks.md that need GPUs, as run on the lent device machines.
-# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps|decpipe|share|syncs|fused
+# Usage (repository root, on the GPU host): bash tools/device_bench.sh core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps|decpipe|share|syncs|fused|netthreads
 # Results go to $OUT (default ./bench-out).
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 . tools/device_setup.sh
@@ -280,6 +280,21 @@ fused)  # this tree against OLD (mesh crops as one compiled kernel, the letterbo
   done
   python3 tools/bench_stages.py "$OUT"/fu_*.json
   ;;
+netthreads)  # two networks' threads per worker against one (each its own batch and CUDA stream), one corpus:
+  # first the same manifests both ways (1,024 images, recompilations counted), then the engine rows
+  corpus ${IMAGES:-5000} /tmp/ffcorpus
+  : > /tmp/n1.toml
+  printf '[gpu]\nnetwork_threads = 2\n' > /tmp/n2.toml
+  printf '[gpu]\nnetwork_threads = 2\nbatches_in_flight = 4\n' > /tmp/n2s4.toml
+  ls /tmp/ffcorpus/*.jpg | head -1024 > /tmp/first.txt
+  for v in n1 n2; do
+    TORCH_LOGS=recompiles facefleet run /tmp/first.txt -o /tmp/run_$v --config /tmp/$v.toml --quiet > "$OUT/run_$v.txt" 2>&1
+    echo "$v: exit $?, $(grep -c 'Recompiling' "$OUT/run_$v.txt") recompilations"
+  done
+  python3 tools/compare_runs.py /tmp/run_n1 /tmp/run_n2
+  for v in ${CONFIGS:-n1 n2 n2s4 n1 n2}; do engine_row nt $v; done
+  python3 tools/bench_stages.py "$OUT"/nt_*.json
+  ;;
 compile)  # torch.compile's kernels against the eager ones: kernel time, agreement, engine (one machine)
   corpus ${IMAGES:-8000} /tmp/ffcorpus
   python3 -m pytest -q -p no:cacheprovider tests/test_models_tflite.py tests/test_mesh.py \
@@ -292,5 +307,5 @@ compile)  # torch.compile's kernels against the eager ones: kernel time, agreeme
       --json "$OUT/compile_$c.json" 2>&1 | grep "facefleet run ("
   done
   ;;
-*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps|decpipe|share|syncs|fused" >&2; exit 2 ;;
+*) echo "usage: $0 core|engine|scaling|workers|decode|profile|probe|ab|compile|gil|decodeproc|verify|waits|hostprof|decodecfg|decthreads|backends|lean|slots|filesab|mps|decpipe|share|syncs|fused|netthreads" >&2; exit 2 ;;
 esac

@@ -112,7 +112,14 @@ def resize_matrix(n_in: int, n_out: int, pad_before: int = 0, total: int | None 
     return out
 
 
-_RESIZE_CACHE: dict[tuple[int, int, tuple[int, ...], str], tuple[list[Tensor], Tensor]] = {}
+_RESIZE_CACHE: dict[tuple[object, ...], tuple[list[Tensor], Tensor]] = {}
+
+
+def _stream_of(device: torch.device) -> int | None:
+    """The current CUDA stream's id on ``device`` (None elsewhere): the weight caches keep one entry per
+    stream, so that an entry is only read on the stream it was made on, and dropping it (from any
+    thread) cannot hand its memory to another stream's allocations while kernels still read it."""
+    return torch.cuda.current_stream(device).stream_id if device.type == "cuda" else None
 
 
 def _letterbox_weights(
@@ -121,7 +128,7 @@ def _letterbox_weights(
     """float16 letterbox weights of an ``h x w`` region to each of ``sizes``: rows ``(S, h)`` per size
     (with the 1/255 scale and the padding rows), and the sizes' transposed column weights side by
     side ``(w, sum S)``."""
-    key = (h, w, sizes, str(device))
+    key = (h, w, sizes, str(device), _stream_of(device))
     mats = _RESIZE_CACHE.get(key)
     if mats is None:
         rows, cols = [], []
@@ -250,7 +257,7 @@ def _tile_weights(
 ) -> tuple[Tensor, Tensor]:
     """Block weights of a tile grid: rows ``(len(ys) * S, h)`` (with the 1/255 scale) and columns
     ``(w, len(xs) * S)``; block ``j`` / ``i`` letterboxes the tile starting at ``ys[j]`` / ``xs[i]``."""
-    key = (h, w, xs, ys, side, size, str(device), dtype)
+    key = (h, w, xs, ys, side, size, str(device), dtype, _stream_of(device))
     mats = _TILE_CACHE.get(key)
     if mats is None:
         nh, nw = _fit(side, side, size)

@@ -149,6 +149,7 @@ class _UnitState:
     stages: dict[str, float] = field(default_factory=dict)
     files: list[tuple[int, Future[Any]]] = field(default_factory=list)
     batch_seconds: list[float] = field(default_factory=list)
+    busy: float = 0.0  # the networks' busy time spent on the unit (shared among overlapping batches)
     batch_done: list[tuple[float, int]] = field(default_factory=list)  # (epoch seconds, images) per batch
 
 
@@ -235,6 +236,87 @@ class _ProcBatch:
         )  # fmt: skip
 
 
+class _InOrder:
+    """The device stage's queue handed out to its threads in order, with a ticket each, and what they
+    make of each item passed on downstream in ticket order: the writer sees a unit's batches, and its
+    end, as one thread would have passed them. A thread done ahead of an earlier ticket leaves its item
+    here and goes on to the next batch; whichever thread completes the earliest missing ticket passes
+    on everything that is then in order."""
+
+    def __init__(self, worker: Worker, source: queue_mod.Queue[Any], sink: queue_mod.Queue[Any]) -> None:
+        self._w, self._source, self._sink = worker, source, sink
+        self._take = threading.Lock()
+        self._lock = threading.Lock()
+        self._taken = self._passed = 0
+        self._closed = False
+        self._done: dict[int, Any] = {}  # finished items waiting for an earlier ticket
+        self._passing = False  # a thread is putting items downstream (one at a time keeps the order)
+
+    def take(self) -> tuple[int, Any]:
+        """(ticket, next item); once one thread took the end of the stream, (-1, _STOP) for the others."""
+        with self._take:
+            if self._closed:
+                return -1, _STOP
+            item = self._w._get(self._source)
+            self._closed = item is _STOP
+            self._taken += 1
+            return self._taken - 1, item
+
+    def pass_on(self, ticket: int, item: Any) -> None:
+        """Hand over ``item`` of ``ticket`` (-1: nothing); it goes downstream after every earlier one."""
+        if ticket < 0:
+            return
+        with self._lock:
+            self._done[ticket] = item
+            if self._passing:  # the thread passing items on takes this one too, in its turn
+                return
+            self._passing = True
+        try:
+            while True:
+                with self._lock:
+                    if self._passed not in self._done:
+                        self._passing = False
+                        return
+                    nxt = self._done.pop(self._passed)
+                self._w._put(self._sink, nxt)  # waits for room downstream
+                with self._lock:
+                    self._passed += 1
+        except BaseException:
+            with self._lock:
+                self._passing = False
+            raise
+
+
+class _BusyShares:
+    """Wall time the networks' threads are busy, shared out among the batches in progress (dt / k each
+    while k run at once): the shares add up to the time any of them was busy, so a worker's busy
+    fraction and rate mean the same with one networks' thread as with several."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._shares: dict[int, float] = {}
+        self._last = 0.0
+
+    def _advance(self) -> None:
+        now = time.perf_counter()
+        if self._shares:
+            d = (now - self._last) / len(self._shares)
+            for k in self._shares:
+                self._shares[k] += d
+        self._last = now
+
+    def start(self, key: int) -> None:
+        with self._lock:
+            self._advance()
+            self._shares[key] = 0.0
+
+    def stop(self, key: int) -> float:
+        """The busy time of batch ``key``, started with :meth:`start`."""
+        with self._lock:
+            self._advance()
+            return self._shares.pop(key)
+
+
 class Worker:
     def __init__(
         self, spec: WorkerSpec, *, reconstructor: Any = None, local_device: str | None = None
@@ -259,6 +341,7 @@ class Worker:
         self._stop = threading.Event()
         self._progress: list[float] = [0, 0, 0, 0.0]  # images, faces, failed, busy seconds (unflushed)
         self._progress_lock = threading.Lock()
+        self._busy = _BusyShares()
         depth = 2 * self.batch_size
         self._read_q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=depth)
         # decoded batches waiting for the device (each holds its images in device memory)
@@ -267,6 +350,7 @@ class Worker:
         # back once the networks are done with it: at batch 128 a 1080p batch is 0.8 GB
         self._slots = threading.Semaphore(max(1, spec.profile.batches_in_flight))
         self._write_q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=4)
+        self._order = _InOrder(self, self._gpu_q, self._write_q)  # the networks' threads' turns
         # decoder process (CUDA): its slots of shared device memory and the free ones
         self._proc: Any = None
         self._arenas: list[Any] = []
@@ -633,7 +717,6 @@ class Worker:
         return _Batch(state, index, sources, items, stack)
 
     def _device_stage(self) -> None:
-        import torch
 
         if self._decoder_setup is not None:
             self._decoder_setup.join()
@@ -668,20 +751,43 @@ class Worker:
             self._sampler.start()
         if self._batcher_thread is not None and self._batcher_thread.ident is None:
             self._batcher_thread.start()
-        # the networks run on a stream of their own: on the legacy default stream every kernel would
-        # also wait for (and hold up) the blocking streams and synchronous copies of other threads,
-        # such as those of the JPEG decoder libraries
-        own = torch.cuda.stream(torch.cuda.Stream(self.device)) if self.device.type == "cuda" else None
+        # network_threads > 1: threads each taking the next batch, so that on CUDA one queues its kernels
+        # while another waits for the device; results go on in the order the batches were taken
+        n = max(1, self.spec.profile.network_threads)
+        others = [
+            threading.Thread(
+                target=self._guard(functools.partial(self._networks, k)), name=f"networks-{k}", daemon=True
+            )
+            for k in range(1, n)
+        ]
+        for t in others:
+            t.start()
         try:
-            with own if own is not None else contextlib.nullcontext():
-                self._device_loop()
+            self._networks(0)
         except _Abort:
             pass
         finally:
+            for t in others:
+                t.join()
             if self._window is not None:
                 self._window.finish()
 
-    def _device_loop(self) -> None:
+    def _networks(self, k: int) -> None:
+        """One networks' thread (``k``: its number) with a CUDA stream of its own: on the legacy default
+        stream every kernel would also wait for (and hold up) the blocking streams and synchronous copies
+        of other threads, such as those of the JPEG decoder libraries."""
+        import torch
+
+        own = torch.cuda.stream(torch.cuda.Stream(self.device)) if self.device.type == "cuda" else None
+        try:
+            with own if own is not None else contextlib.nullcontext():
+                self._device_loop(profile=k == 0)
+        except _Abort:
+            pass
+
+    def _device_loop(self, profile: bool = True) -> None:
+        """Batches from the decoders through the networks to the writer, until the end of the input.
+        ``profile``: this thread's batches drive the window profiler (one thread of several)."""
         import torch
 
         from facefleet.io.gpu_decode import decoder_memory_bytes
@@ -690,13 +796,13 @@ class Worker:
             # what this thread waits for, per unit: the next decoded batch ("wait_input": reading and
             # decoding are the bound) and room downstream ("wait_writers": the file writers are)
             t_wait = time.perf_counter()
-            item = self._get(self._gpu_q)
+            ticket, item = self._order.take()
             if item is _STOP or isinstance(item, _End):
-                self._put(self._write_q, item)
+                self._order.pass_on(ticket, item)
                 if item is _STOP:
                     return
                 continue
-            if self._window is not None:
+            if profile and self._window is not None:
                 self._window.batch_starts()
             batch: _Batch = item.result()  # a decode future (decoding failures are per image)
             t_got = time.perf_counter()
@@ -710,6 +816,7 @@ class Worker:
             ring = None if self._ring is None else self._take_ring_slot()
             t0 = time.perf_counter()
             _add(batch.state.stages, "wait_writers", t0 - t_got)
+            self._busy.start(ticket)
             try:
                 out = None if ring is None else self._ring.views[ring]
                 results = self._reconstruct(batch, out)
@@ -721,8 +828,8 @@ class Worker:
                 self._drop_device_images(batch)
             batch.ring = ring
             secs = time.perf_counter() - t0
+            busy = self._busy.stop(ticket)
             batch.state.batch_seconds.append(secs)
-            batch.state.batch_done.append((time.time(), len(results)))
             if self.device.type == "cuda":
                 # the JPEG decoder's own buffers are outside torch's allocator
                 peak = (
@@ -730,12 +837,14 @@ class Worker:
                 ) / 2**20
                 batch.state.stages["_peak_mib"] = max(batch.state.stages.get("_peak_mib", 0.0), peak)
             with self._progress_lock:
+                batch.state.busy += busy
+                batch.state.batch_done.append((time.time(), len(results)))
                 self._progress[0] += len(results)
                 self._progress[1] += sum(len(r.faces) for r in results)
                 self._progress[2] += sum(r.error is not None for r in results)
-                self._progress[3] += secs
+                self._progress[3] += busy
             t_put = time.perf_counter()
-            self._put(self._write_q, (batch, results))
+            self._order.pass_on(ticket, (batch, results))  # after the batches taken before it
             _add(batch.state.stages, "wait_writers", time.perf_counter() - t_put)
 
     def _take_ring_slot(self) -> int:
@@ -1180,7 +1289,7 @@ def unit_stats(st: _UnitState, results: list[ImageResult], spec: WorkerSpec) -> 
         "failures": failures,
         "stages": stages,
         "seconds": round(time.time() - st.t0, 6),
-        "busy_seconds": round(sum(st.batch_seconds), 6),
+        "busy_seconds": round(st.busy, 6),
         "batch_seconds": [round(b, 6) for b in st.batch_seconds],
         "batch_done": [[round(t, 4), n] for t, n in st.batch_done],
         "batch_size": spec.profile.batch_size,

@@ -3,12 +3,13 @@
 ``LiteRTModel(name)(x)`` takes ``(B, 3, H, W)`` float tensors and returns the same tuple of tensors
 as :func:`facefleet.models.load_model` (TFLite output shapes with batch ``B``, float32, on the input's
 device). CPU only; ``ai-edge-litert`` is imported lazily and is optional (``pip install ai-edge-litert``).
-One instance is not thread-safe: use one per thread or process.
+An interpreter is not thread-safe: calls of one instance from several threads take turns (a lock).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ class LiteRTModel:
         self.output_shapes = [(-1, *(int(v) for v in d["shape"][1:])) for d in outs]
         self.output_names = [str(d["name"]) for d in outs]
         self._batch = 1
+        self._lock = threading.Lock()  # one interpreter: its input, invoke and outputs are one turn
         self.batched = self._batch_is_exact()
 
     def _batch_is_exact(self) -> bool:
@@ -82,16 +84,17 @@ class LiteRTModel:
     def _invoke(self, nchw: np.ndarray) -> list[np.ndarray]:
         nhwc = np.ascontiguousarray(np.asarray(nchw, dtype=np.float32).transpose(0, 2, 3, 1))
         batch = nhwc.shape[0]
-        if batch != self._batch:
-            self._it.resize_tensor_input(self._in_index, list(nhwc.shape))
-            self._it.allocate_tensors()
-            self._batch = batch
-        self._it.set_tensor(self._in_index, nhwc)
-        self._it.invoke()
-        return [
-            self._it.get_tensor(i).reshape(batch, *shape[1:]).copy()
-            for i, shape in zip(self._out_index, self.output_shapes, strict=True)
-        ]
+        with self._lock:
+            if batch != self._batch:
+                self._it.resize_tensor_input(self._in_index, list(nhwc.shape))
+                self._it.allocate_tensors()
+                self._batch = batch
+            self._it.set_tensor(self._in_index, nhwc)
+            self._it.invoke()
+            return [
+                self._it.get_tensor(i).reshape(batch, *shape[1:]).copy()
+                for i, shape in zip(self._out_index, self.output_shapes, strict=True)
+            ]
 
     def eval(self) -> LiteRTModel:
         return self

@@ -14,6 +14,7 @@ from torch import Tensor
 from facefleet.detect import (
     DETECTOR_SPECS,
     FaceDetector,
+    box_iou,
     decode_boxes,
     letterbox,
     sigmoid_scores,
@@ -119,6 +120,46 @@ def test_weighted_nms_chain_is_greedy() -> None:
     scores = torch.tensor([0.9, 0.8, 0.7])
     _, _, s, _ = weighted_nms(boxes, torch.zeros(3, 6, 2), scores, torch.zeros(3, dtype=torch.long), 0.3, 10)
     assert torch.allclose(s, torch.tensor([0.9, 0.7]))
+
+
+def _nms_reference(boxes: torch.Tensor, kps: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
+                   iou: float, most: int) -> list[tuple[int, float, list[float]]]:  # fmt: skip
+    """Weighted NMS one image and one seed at a time, in float64: (group, score, box + keypoints)."""
+    out = []
+    for gid in sorted(set(groups.tolist())):
+        idx = sorted((i for i in range(len(scores)) if groups[i] == gid), key=lambda i: -float(scores[i]))
+        free, seeds = list(idx), 0
+        while free and seeds < most:
+            seed = free[0]
+            ious = box_iou(boxes[seed, None], boxes[free]).squeeze(0).tolist()
+            members = [j for j, v in zip(free, ious, strict=True) if j == seed or v > iou]
+            free = [j for j in free if j not in members]
+            w = scores[members].double()
+            vals = torch.cat([boxes[members], kps[members].flatten(1)], 1).double()
+            out.append((gid, float(scores[seed]), ((vals * w[:, None]).sum(0) / w.sum()).tolist()))
+            seeds += 1
+    return out
+
+
+def test_weighted_nms_equals_a_per_image_loop() -> None:
+    """Many images of random overlapping candidates at once: the same detections, in the same order, and
+    the same weighted means (summed per seed in float64, in one order, whatever the device) as one image
+    and one seed at a time."""
+    g = torch.Generator().manual_seed(3)
+    for trial in range(20):
+        m = int(torch.randint(1, 120, (1,), generator=g))
+        c = torch.rand(m, 2, generator=g) * 300
+        wh = torch.rand(m, 2, generator=g) * 60 + 10
+        boxes = torch.cat([c - wh / 2, c + wh / 2], 1)
+        kps = torch.rand(m, 6, 2, generator=g) * 300
+        scores = torch.rand(m, generator=g)
+        groups = torch.randint(0, 5, (m,), generator=g)
+        most = 1 + trial % 7
+        b, k, s, gi = weighted_nms(boxes, kps, scores, groups, 0.3, most)
+        ref = _nms_reference(boxes, kps, scores, groups, 0.3, most)
+        assert gi.tolist() == [r[0] for r in ref] and s.tolist() == [r[1] for r in ref]
+        got = torch.cat([b, k.flatten(1)], 1).double()
+        assert torch.allclose(got, torch.tensor([r[2] for r in ref], dtype=torch.float64), atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------- letterbox/tiles

@@ -281,11 +281,14 @@ fused)  # this tree against OLD (mesh crops as one compiled kernel, the letterbo
   python3 tools/bench_stages.py "$OUT"/fu_*.json
   ;;
 netthreads)  # two networks' threads per worker against one (each its own batch and CUDA stream), one corpus:
-  # first the same manifests both ways (1,024 images, recompilations counted), then the engine rows
+  # the probe of threads in one process (ENGINE=0: only it), the same manifests both ways (1,024 images,
+  # recompilations counted), then the engine rows
   corpus ${IMAGES:-5000} /tmp/ffcorpus
   : > /tmp/n1.toml
   printf '[gpu]\nnetwork_threads = 2\n' > /tmp/n2.toml
   printf '[gpu]\nnetwork_threads = 2\nbatches_in_flight = 4\n' > /tmp/n2s4.toml
+  python3 tools/probe_threads.py --corpus /tmp/ffcorpus --batches "${BATCHES:-4}" 2>&1 | tee "$OUT/probe_threads.txt"
+  [ "${ENGINE:-1}" = 0 ] && exit 0
   ls /tmp/ffcorpus/*.jpg | head -1024 > /tmp/first.txt
   for v in n1 n2; do
     TORCH_LOGS=recompiles facefleet run /tmp/first.txt -o /tmp/run_$v --config /tmp/$v.toml --quiet > "$OUT/run_$v.txt" 2>&1

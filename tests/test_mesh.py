@@ -484,8 +484,8 @@ def test_compiled_gather_compiles_once_per_layout(monkeypatch: pytest.MonkeyPatc
 def test_letterbox_cast_compiles_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The letterboxes' uint8 -> float16 cast (compiled on CUDA: torch's own cast kernel is not
     vectorised) is compiled by the warm-up and then serves every chunk of frames and every frame size,
-    slices of a decoder slot included, without recompiling; the same values as torch's cast. Counted with
-    a compiler that only counts graphs (no C++ needed)."""
+    slices of a decoder slot included, at the start of their memory or after it, without recompiling;
+    the same values as torch's cast. Counted with a compiler that only counts graphs (no C++ needed)."""
     import torch._dynamo
 
     from facefleet.detect import views
@@ -500,18 +500,19 @@ def test_letterbox_cast_compiles_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(views._HALF, "fn", torch.compile(views._half, dynamic=True, backend=counting))
     try:
         views.warm_up_letterbox("cpu", compiled=True)
-        assert len(graphs) == 1
+        assert len(graphs) == 2  # chunks at offset 0 and after it
         g = torch.Generator().manual_seed(2)
         frames = torch.randint(0, 256, (12, 3, 40, 60), dtype=torch.uint8, generator=g)
         slot = torch.randint(0, 256, (100_000,), dtype=torch.uint8, generator=g)
+        batch = slot[: 4 * 3 * 40 * 60].view(4, 3, 40, 60)  # a decoded batch at the start of its slot
         for x in (
-            frames, frames[3:5], frames[7:8], slot[: 4 * 3 * 40 * 60].view(4, 3, 40, 60),
+            frames, frames[1:], frames[3:5], frames[7:8], frames[:5], batch, batch[:3], batch[1:],
             slot[7_200 : 7_200 + 2 * 3 * 30 * 50].view(2, 3, 30, 50),
         ):  # fmt: skip
             with torch.inference_mode():
-                got = views.to_half(x[1:] if len(x) > 2 else x, compiled=True)
-            assert got.dtype == torch.float16 and torch.equal(got, (x[1:] if len(x) > 2 else x).half())
-        assert len(graphs) == 1, "a call recompiled the cast"
+                got = views.to_half(x, compiled=True)
+            assert got.dtype == torch.float16 and torch.equal(got, x.half())
+        assert len(graphs) == 2, "a call recompiled the cast"
     finally:
         torch._dynamo.reset()
 

@@ -174,12 +174,15 @@ def to_half(x: Tensor, compiled: bool | None = None) -> Tensor:
 def warm_up_letterbox(device: torch.device | str, compiled: bool | None = None) -> None:
     """Compile :func:`to_half` now rather than on the first batch: called as the detector calls it (frames
     made outside inference mode, sliced and cast in it), twice with sizes unlike each other and the
-    code's constants (torch specialises sizes 0 and 1 and ties equal ones)."""
+    code's constants (torch specialises sizes 0 and 1 and ties equal ones), for chunks at the start of
+    their memory and after it: torch specialises a storage offset of 0 too (a batch's first chunk
+    recompiled the cast on the engine's first batch, H200, TORCH_LOGS=recompiles)."""
     dev = torch.device(device)
     for b in (5, 7):
         frames = torch.zeros(b + 1, 3, 11 + b, 13 + b, dtype=torch.uint8, device=dev)
         with torch.inference_mode():
             to_half(frames[1:], compiled)
+            to_half(frames[:b], compiled)
 
 
 def _letterbox_matmuls(regions: Tensor, sizes: Sequence[int], compiled: bool | None = None) -> list[Tensor]:

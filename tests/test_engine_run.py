@@ -134,6 +134,16 @@ def test_two_networks_threads_finish_units_whole(tmp_path: Path) -> None:
     print(f"busy seconds: two threads {busy2:.3f}, one {busy1:.3f}")
     assert busy1 >= 0.04 * 36  # 24 batches one after another: 12 of 0.08 s, 12 of 0.04 s
     assert busy2 <= s2["wall_seconds"] and busy2 < busy1 - 0.2  # two threads overlap them
+    # per batch: when it was done (as batch_done), its decoding, the waits, the networks' time
+    from facefleet.bench.bench import steady_batch_stages
+
+    for s in (s1, s2):
+        table = s["batch_stages"]
+        assert table["columns"] == ["t", "decode", "slot_wait", "wait_input", "networks"]
+        assert sorted(r[0] for r in table["rows"]) == sorted(t for t, _ in s["batch_done"])
+        assert len(table["rows"]) == 24 and all(r[4] >= 0.04 and min(r[1:]) >= 0 for r in table["rows"])
+        med = steady_batch_stages(table)
+        assert set(med) == {"decode", "slot_wait", "wait_input", "networks"} and med["networks"] >= 40
 
 
 def _cli(args: list[str], **kw: object) -> subprocess.Popen[str]:

@@ -55,6 +55,7 @@ class Decoded:
     device_bytes: int = 0
     needed: int = 0  # slot bytes the batch would have needed for all its images
     copy_seconds: float = 0.0  # a copy into the slot (none when decoded in place) and the wait for it
+    slot_wait_seconds: float = 0.0  # read, waiting for the worker to free a slot
 
 
 class DecoderProcessError(RuntimeError):
@@ -396,9 +397,11 @@ class _Child:
             else:
                 blobs.append(data)
                 at.append(k)
+        t0 = time.perf_counter()
         slot = self._slot_for(batch)  # decoded straight into the slot, once the worker has freed one
         if slot is None:
             return None
+        slot_wait_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         device = slot.device
         place = _Placer(slot, items)
@@ -418,7 +421,9 @@ class _Child:
 
             dev_bytes = torch.cuda.max_memory_allocated(device) + decoder_memory_bytes()
         copy_s = time.perf_counter() - t0
-        return Decoded(batch, done, place.stacked(), read_s, decode_s, dev_bytes, place.needed, copy_s)
+        return Decoded(
+            batch, done, place.stacked(), read_s, decode_s, dev_bytes, place.needed, copy_s, slot_wait_s
+        )
 
     def _gpu_decode(self, blobs: list[bytes], names: list[str], device: Any, slot: Any) -> Any:
         import torch

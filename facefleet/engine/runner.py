@@ -29,7 +29,7 @@ from typing import Any, TextIO
 from facefleet.engine.executor import Executor, WorkerHandle, make_executor
 from facefleet.engine.manifest import MANIFEST_DIR, unit_path
 from facefleet.engine.queue import QUEUE_FILE, WorkQueue, enqueue_listing
-from facefleet.engine.worker import EXIT_OUTPUT, WorkerSpec, error_kind, owner_id
+from facefleet.engine.worker import BATCH_STAGES, EXIT_OUTPUT, WorkerSpec, error_kind, owner_id
 from facefleet.hardware import (
     DeviceProfile,
     check_model_settings,
@@ -369,6 +369,7 @@ class _Coordinator:
         self.throughput: list[dict[str, float]] = []
         self.batch_seconds: list[float] = []
         self.batch_done: list[list[float]] = []  # [seconds since the start, images] per batch, all workers
+        self.batch_stages: list[list[float]] = []  # per batch, all workers: BATCH_STAGES (t since the start)
         self.last_event = 0
         self.t0 = time.time()
         self._rates: dict[str, tuple[float, int]] = {}
@@ -587,8 +588,13 @@ class _Coordinator:
                     self.batch_seconds = self.batch_seconds[::2]
                 if len(self.batch_done) < 200_000:  # a million images are ~8,000 batches
                     self.batch_done.extend([round(t - self.t0, 4), n] for t, n in data.get("batch_done", []))
+                if len(self.batch_stages) < 200_000:
+                    self.batch_stages.extend(
+                        [round(r[0] - self.t0, 4), *r[1:]] for r in data.get("batch_stages", [])
+                    )
             if self.log is not None:
-                data = {k: v for k, v in data.items() if k not in ("batch_seconds", "batch_done")}
+                drop = ("batch_seconds", "batch_done", "batch_stages")
+                data = {k: v for k, v in data.items() if k not in drop}
                 self._emit(kind, data, t)
 
     def _sample(self, now: float) -> None:
@@ -754,6 +760,7 @@ class _Coordinator:
             "throughput": self.throughput,
             "batch_seconds": [round(b, 5) for b in self.batch_seconds],
             "batch_done": sorted(self.batch_done),
+            "batch_stages": {"columns": list(BATCH_STAGES), "rows": sorted(self.batch_stages)},
             "gpu_memory_peak_mib": peak,
             "devices": devices,
             "config": self.config_record,

@@ -150,6 +150,7 @@ class _UnitState:
     files: list[tuple[int, Future[Any]]] = field(default_factory=list)
     batch_seconds: list[float] = field(default_factory=list)
     busy: float = 0.0  # the networks' busy time spent on the unit (shared among overlapping batches)
+    batch_stages: list[tuple[float, ...]] = field(default_factory=list)  # per batch: BATCH_STAGES
     batch_done: list[tuple[float, int]] = field(default_factory=list)  # (epoch seconds, images) per batch
 
 
@@ -172,11 +173,18 @@ class _Batch:
     host_ready: Any = None  # CUDA event: the pinned host copies of the images (overlays) are complete
     arena: int | None = None  # the shared slot (decoder process) holding the images, freed after the batch
     child_bytes: int = 0  # the decoder process's own peak device memory
+    decode_s: float = 0.0  # seconds its decoding took (decoder process or batch decoder thread)
+    slot_wait_s: float = 0.0  # seconds the decoder process waited for a free slot for it
     arena_need: int = 0  # bytes of the slot the batch would have needed (a smaller slot grows)
     ring: int | None = None  # the texture ring slot holding the batch's textures (freed once written)
 
 
 _STOP = object()
+
+# per batch, in a unit's stats ("batch_stages"): when it was done (epoch seconds), its decoding (decoder
+# process or thread), the decoder process's wait for a free slot for it, the networks' thread's wait for
+# it ("wait_input"), and the networks' time on it (seconds)
+BATCH_STAGES = ("t", "decode", "slot_wait", "wait_input", "networks")
 
 
 class _ProcBatch:
@@ -201,6 +209,7 @@ class _ProcBatch:
         _add(state.stages, "read", d.read_seconds)
         _add(state.stages, "decode", d.decode_seconds)
         _add(state.stages, "slot_copy", d.copy_seconds)
+        _add(state.stages, "slot_wait", d.slot_wait_seconds)
         stack = None
         items: list[Any]
         if d.stacked:
@@ -233,6 +242,7 @@ class _ProcBatch:
         return _Batch(
             state, index, sources, items, stack,
             arena=self.slot, child_bytes=d.device_bytes, arena_need=d.needed,
+            decode_s=d.decode_seconds, slot_wait_s=d.slot_wait_seconds,
         )  # fmt: skip
 
 
@@ -692,8 +702,9 @@ class Worker:
             for k, out in zip(blob_at, decoded.items, strict=True):
                 items[k] = out
             stack = decoded.stack if len(blob_at) == len(items) else None
-            _add(state.stages, "decode", time.perf_counter() - t0)
-            return _Batch(state, index, sources, items, stack, ready, slot=slot)
+            secs = time.perf_counter() - t0
+            _add(state.stages, "decode", secs)
+            return _Batch(state, index, sources, items, stack, ready, slot=slot, decode_s=secs)
         if slot:  # nothing of it reaches device memory
             self._slots.release()
         t0 = time.perf_counter()
@@ -713,8 +724,9 @@ class Worker:
         from facefleet.detect.views import stack_rows
 
         items, stack = stack_rows(items)
-        _add(state.stages, "decode", time.perf_counter() - t0)
-        return _Batch(state, index, sources, items, stack)
+        secs = time.perf_counter() - t0
+        _add(state.stages, "decode", secs)
+        return _Batch(state, index, sources, items, stack, decode_s=secs)
 
     def _device_stage(self) -> None:
 
@@ -838,7 +850,10 @@ class Worker:
                 batch.state.stages["_peak_mib"] = max(batch.state.stages.get("_peak_mib", 0.0), peak)
             with self._progress_lock:
                 batch.state.busy += busy
-                batch.state.batch_done.append((time.time(), len(results)))
+                now = time.time()
+                batch.state.batch_done.append((now, len(results)))
+                row = (now, batch.decode_s, batch.slot_wait_s, t_got - t_wait, secs)  # BATCH_STAGES
+                batch.state.batch_stages.append(row)
                 self._progress[0] += len(results)
                 self._progress[1] += sum(len(r.faces) for r in results)
                 self._progress[2] += sum(r.error is not None for r in results)
@@ -1292,6 +1307,7 @@ def unit_stats(st: _UnitState, results: list[ImageResult], spec: WorkerSpec) -> 
         "busy_seconds": round(st.busy, 6),
         "batch_seconds": [round(b, 6) for b in st.batch_seconds],
         "batch_done": [[round(t, 4), n] for t, n in st.batch_done],
+        "batch_stages": [[round(row[0], 4), *(round(v, 5) for v in row[1:])] for row in st.batch_stages],
         "batch_size": spec.profile.batch_size,
     }
     if "_peak_mib" in st.stages:

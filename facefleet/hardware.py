@@ -32,7 +32,8 @@ Config file (all keys optional)::
     decode_process = true # read and decode files in a child process of each worker (false: threads)
     network_threads = 1   # threads of a worker that run the networks, each on a batch of its own and a
                           # stream of its own (2: one queues its batch's kernels while the other waits
-                          # for the device); results keep the batches' order
+                          # for the device); results keep the batches' order. 1: on an H200 two were no
+                          # faster (the decoder process was the bound) and took 0.65 GB more
 
     [gpu."H100"]          # devices whose name contains "H100" (case-insensitive)
     batch_size = 128
@@ -134,9 +135,11 @@ class DeviceProfile:
     # (facefleet.engine.decode_proc); false: on threads of the worker process. On by default on CUDA
     # (plan_devices), off on CPU workers (whose networks' threads leave the GIL alone for long stretches)
     decode_process: bool = False
-    # CUDA: threads of the worker running the networks, each on a batch of its own and its own stream:
-    # one batch makes the host wait for the device ~10 times (data-dependent selections), and while one
-    # thread waits (without the GIL) another queues its batch's kernels
+    # threads of the worker running the networks, each on a batch of its own (on CUDA and its own
+    # stream): one batch makes the host wait for the device ~10 times (data-dependent selections), and
+    # while one thread waits (without the GIL) another queues its batch's kernels. On decoded batches in
+    # memory an H200 ran 4,200 / 4,855 / 5,449 img/s with 1 / 2 / 3; in the engine two were no faster,
+    # the decoder process beside them being the bound (docs/benchmarks.md, twelfth session): 1
     network_threads: int = 1
     capability: tuple[int, int] | None = None
     source: str = "builtin"  # where batch size/precision came from

@@ -729,7 +729,6 @@ class Worker:
         return _Batch(state, index, sources, items, stack, decode_s=secs)
 
     def _device_stage(self) -> None:
-
         if self._decoder_setup is not None:
             self._decoder_setup.join()
         warm = getattr(self._rec, "warmup", None)

@@ -9,10 +9,10 @@ The IoU matrices are computed on the device for all images at once; the greedy p
 inherently sequential, runs on the host on one small boolean array (two waits for the device per
 batch: the sorted image indices, then that array); the weighted averages are computed back on the
 device as differences of one float64 running sum over the absorbed candidates ordered by seed: the same
-sums in the same order on every call (``index_add_``'s atomic float additions on a GPU summed in
-whatever order its threads came, so one batch's boxes differed between calls in the last bits, and the
-mesh stage's float16 crops and outputs turned that into 0.25-0.3 px of landmark differences for about
-half the faces of a batch reconstructed twice on an H200).
+sums in the same order on every call. (``index_add_``'s atomic float additions on a GPU come in
+whatever order its threads do; one batch reconstructed twice on an H200 gave landmarks 0.25-0.3 px
+apart for about half its faces, boxes within 0.0005 px: most likely such last-bit differences carried
+on by the mesh stage's float16 crops and outputs. Not yet confirmed on a GPU.)
 """
 
 from __future__ import annotations

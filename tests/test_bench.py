@@ -158,3 +158,16 @@ def test_gpu_memory_both_ways_of_counting() -> None:
     head, _, line = format_rows([row]).splitlines()[:3]
     assert head.index("GPU MiB") < head.index("NVML MiB")
     assert line.index("2,870") < line.index("5,600")  # allocated, then NVML's count
+
+
+def test_steady_batch_stages_are_medians_of_the_middle_batches() -> None:
+    """The per-batch stages' medians (ms) leave out the first and last 10 % of the batches by completion
+    time (start-up, tail), whatever order the rows come in."""
+    from facefleet.bench.bench import steady_batch_stages
+
+    cols = ["t", "decode", "slot_wait", "wait_input", "networks"]
+    rows = [[float(t), 0.05, 0.0, 0.001, 0.03] for t in range(1, 9)]
+    rows += [[0.0, 5.0, 0.0, 9.0, 2.0], [99.0, 0.0, 3.0, 0.0, 0.0]]  # the first and the last batch
+    got = steady_batch_stages({"columns": cols, "rows": rows[::-1]})
+    assert got == {"decode": 50.0, "slot_wait": 0.0, "wait_input": 1.0, "networks": 30.0}
+    assert steady_batch_stages(None) == {} and steady_batch_stages({"columns": cols, "rows": []}) == {}

@@ -108,6 +108,7 @@ def test_a_batch_waits_for_its_slot_and_lands_in_the_one_placed(
     want = torch.from_numpy(decode_image(Path(a).read_bytes(), a)).permute(2, 0, 1)
     assert torch.equal(_views(d, slots[1])[0], want)
     assert not slots[0].any()
+    assert d.slot_wait_seconds > 1 and d.decode_seconds < d.slot_wait_seconds  # its 2 s wait, told apart
 
 
 def test_two_decode_threads_answer_every_batch_in_its_slot(
@@ -219,6 +220,8 @@ def test_engine_run_through_a_decoder_process_matches_threads(tmp_path: Path) ->
         events = [json.loads(line) for line in (tmp_path / f"{mode}.jsonl").read_text().splitlines()]
         done = [e for e in events if e["event"] == "unit_done"]
         assert len(done) == 2 and all({"read", "decode", "detect"} <= set(e["stages"]) for e in done)
+        rows = json.loads((out / "stats.json").read_text())["batch_stages"]["rows"]  # one per batch of 2
+        assert len(rows) == 12 and all(r[1] > 0 and r[4] > 0 for r in rows)  # decoding, networks
     assert tables[True].keys() == tables[False].keys()
     for key, row in tables[False].items():
         other = tables[True][key]

@@ -163,7 +163,7 @@ def test_gpu_memory_both_ways_of_counting() -> None:
 def test_steady_batch_stages_are_medians_of_the_middle_batches() -> None:
     """The per-batch stages' medians (ms) leave out the first and last 10 % of the batches by completion
     time (start-up, tail), whatever order the rows come in."""
-    from facefleet.bench.bench import steady_batch_stages
+    from facefleet.monitor.report import steady_batch_stages
 
     cols = ["t", "decode", "slot_wait", "wait_input", "networks"]
     rows = [[float(t), 0.05, 0.0, 0.001, 0.03] for t in range(1, 9)]

@@ -135,7 +135,7 @@ def test_two_networks_threads_finish_units_whole(tmp_path: Path) -> None:
     assert busy1 >= 0.04 * 36  # 24 batches one after another: 12 of 0.08 s, 12 of 0.04 s
     assert busy2 <= s2["wall_seconds"] and busy2 < busy1 - 0.2  # two threads overlap them
     # per batch: when it was done (as batch_done), its decoding, the waits, the networks' time
-    from facefleet.bench.bench import steady_batch_stages
+    from facefleet.monitor.report import steady_batch_stages
 
     for s in (s1, s2):
         table = s["batch_stages"]

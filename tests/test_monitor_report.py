@@ -154,6 +154,35 @@ def test_report_is_self_contained_html_with_plots_and_totals(tmp_path: Path) -> 
     assert 0.09 <= d["batch_latency"]["p50"] <= d["batch_latency"]["p99"] <= 0.21
 
 
+def test_report_says_which_side_waits_in_the_steady_state(tmp_path: Path) -> None:
+    """Per-batch records: the report gives their medians over the steady batches and which side waits
+    for which; the decoder's wait for a slot is a wait, not a share of the work."""
+    cols = ["t", "decode", "slot_wait", "wait_input", "networks"]
+    start = [[0.5, 2.0, 0.0, 20.0, 1.0]]  # the first batch: start-up, left out
+    steady = [[1.0 + k, 0.06, 0.0, 0.008, 0.035] for k in range(18)]
+    stats = {
+        "totals": {"images": 2560, "faces": 2500},
+        "wall_seconds": 30.0,
+        "stages": {"decode": 3.0, "detect": 1.0, "slot_wait": 0.5, "wait_input": 2.0},
+        "batch_stages": {"columns": cols, "rows": steady + start + [[40.0, 0.1, 0.0, 0.0, 0.03]]},
+    }
+    html_path, json_path = write_report(tmp_path, stats)
+    d = json.loads(json_path.read_text())["derived"]
+    assert d["batch_stages_ms"] == {"decode": 60.0, "slot_wait": 0.0, "wait_input": 8.0, "networks": 35.0}
+    assert d["bound"].startswith("reading and decoding")
+    assert d["waits"] == {"slot_wait": 0.5, "wait_input": 2.0}
+    assert set(d["stage_share"]) == {"decode", "detect"}
+    html = html_path.read_text()
+    assert "the decoder for a free slot" in html and "Bound: reading and decoding" in html
+    # the other way round: the decoder waits for slots, the networks never wait
+    for r in steady:
+        r[2], r[3] = 0.02, 0.0
+    d2 = json.loads(write_report(tmp_path / "b", stats)[1].read_text())["derived"]
+    assert d2["bound"] == "the networks: the decoder waits for them to free a slot"
+    d3 = json.loads(write_report(tmp_path / "c", {"wall_seconds": 1.0})[1].read_text())["derived"]
+    assert d3["bound"] is None and d3["batch_stages_ms"] == {}
+
+
 def test_report_minimal_stats_and_cpu_run(tmp_path: Path) -> None:
     """A CPU run with no GPU samples and no failures still gives a valid page and strict JSON."""
     stats = {

@@ -322,23 +322,8 @@ def run_engine(
         nvml_gpu_mib=nvml_added_mib(summary),
         # seconds per stage summed over units (stages overlap; wait_* are the device thread's waits)
         stages={k: round(float(v), 3) for k, v in (stats.get("stages") or {}).items()},
-        batch_stages_p50_ms=steady_batch_stages(stats.get("batch_stages")),
+        batch_stages_p50_ms=d.get("batch_stages_ms", {}),
     )
-
-
-def steady_batch_stages(table: dict[str, Any] | None, lo: float = 0.1, hi: float = 0.9) -> dict[str, float]:
-    """Median milliseconds per batch of each per-batch stage (the run's ``batch_stages``: decoding, the
-    decoder's wait for a slot, the networks' wait for the batch, the networks' time), over the batches
-    done between ``lo`` and ``hi`` of all batches (start-up and tail left out, as for the steady rate)."""
-    import numpy as np
-
-    if not table or not table.get("rows"):
-        return {}
-    cols = list(table["columns"])
-    rows = sorted(table["rows"])
-    rows = rows[int(lo * len(rows)) : max(int(hi * len(rows)), int(lo * len(rows)) + 1)]
-    a = np.asarray(rows, dtype=np.float64)
-    return {c: round(float(np.median(a[:, k])) * 1e3, 2) for k, c in enumerate(cols) if c != "t"}
 
 
 def run_loop(

@@ -16,6 +16,8 @@ block is optional; the keys read are::
     throughput  list of {"t", "images", "faces"} (cumulative counts at t seconds; or per-interval
               "images_per_s"/"faces_per_s"), or {"t": [...], "images": [...], ...}
     batch_latency {"p50", "p99", ...} seconds, or batch_seconds / batch_latencies [s, ...]
+    batch_stages {"columns": ["t", "decode", "slot_wait", "wait_input", "networks"], "rows": [...]}
+              per batch: when it was done and its seconds (see facefleet.engine.worker.BATCH_STAGES)
     gpu | gpu_samples   GpuSampler.to_dict(): {"samples": [...], "summary": {...}}
     gpu_memory_peak_mib {device: MiB} torch.cuda.max_memory_allocated of the workers, summed per device
     config | configuration                   dict of the settings used
@@ -34,7 +36,7 @@ from typing import Any
 
 from facefleet.monitor import svg
 
-__all__ = ["derive", "render_html", "write_report"]
+__all__ = ["derive", "render_html", "steady_batch_stages", "write_report"]
 
 _STAGE_ORDER = [
     "list",
@@ -75,16 +77,21 @@ def _workers(stats: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _is_wait(stage: str) -> bool:
+    return stage.startswith("wait_") or stage.endswith("_wait")
+
+
 def _stages(stats: dict[str, Any], waits: bool = False) -> dict[str, float]:
-    """Seconds per stage (work), or with ``waits`` the networks' thread's waits (``wait_*``: for
-    decoded images, for the file writers), which are idle time rather than a share of the work."""
+    """Seconds per stage (work), or with ``waits`` the waits (the networks' threads' ``wait_*``: for
+    decoded images, for the file writers; the decoder process's ``slot_wait`` for a free slot), which
+    are idle time rather than a share of the work."""
     st = stats.get("stages") or stats.get("stage_seconds") or {}
     if not isinstance(st, dict):
         return {}
     vals = {
         str(k): _num(v.get("seconds") if isinstance(v, dict) else v)
         for k, v in st.items()
-        if str(k).startswith("wait_") == waits
+        if _is_wait(str(k)) == waits
     }
     order = {k: i for i, k in enumerate(_STAGE_ORDER)}
     return dict(sorted(vals.items(), key=lambda kv: order.get(kv[0], len(order))))
@@ -149,6 +156,37 @@ def _latency(stats: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def steady_batch_stages(table: Any, lo: float = 0.1, hi: float = 0.9) -> dict[str, float]:
+    """Median milliseconds per batch of each per-batch stage (``batch_stages``: decoding, the decoder's
+    wait for a free slot, the networks' wait for the batch, the networks' time) over the batches done
+    between ``lo`` and ``hi`` of all batches (start-up and tail left out, as for a steady rate)."""
+    if not isinstance(table, dict) or not table.get("rows") or not table.get("columns"):
+        return {}
+    cols = [str(c) for c in table["columns"]]
+    rows = sorted(table["rows"])
+    a, b = int(lo * len(rows)), max(int(hi * len(rows)), int(lo * len(rows)) + 1)
+    return {
+        c: round(_percentile([_num(r[k]) for r in rows[a:b]], 50) * 1e3, 2)
+        for k, c in enumerate(cols)
+        if c != "t"
+    }
+
+
+def bound_verdict(ms: dict[str, float]) -> str | None:
+    """Which side of a worker bounds it in the steady state, from :func:`steady_batch_stages`: reading
+    and decoding when the networks wait for decoded batches (over 5 % of their time per batch), else
+    the networks (decoded batches are there when they want one; the decoder process may be waiting for
+    them to free a slot). None without the figures."""
+    net = ms.get("networks")
+    if not net:
+        return None
+    if ms.get("wait_input", 0.0) > 0.05 * net:
+        return "reading and decoding: the networks wait for decoded batches"
+    if ms.get("slot_wait", 0.0) > 0:
+        return "the networks: the decoder waits for them to free a slot"
+    return "the networks: decoded batches are ready when they want one"
+
+
 def _gpu(stats: dict[str, Any]) -> dict[str, Any]:
     g = stats.get("gpu") or stats.get("gpu_samples") or {}
     if isinstance(g, list):
@@ -207,6 +245,8 @@ def derive(stats: dict[str, Any]) -> dict[str, Any]:
         "per_gpu": gpu["summary"].get("gpus", {}),
         "host": {k: gpu["summary"].get(k) for k in ("cpu_percent_mean", "cpu_percent_max", "rss_mib_peak")},
         "batch_latency": _latency(stats),
+        "batch_stages_ms": (steady := steady_batch_stages(stats.get("batch_stages"))),
+        "bound": bound_verdict(steady),
     }
 
 
@@ -430,10 +470,20 @@ def render_html(stats: dict[str, Any], derived: dict[str, Any] | None = None) ->
         note = "seconds summed over workers; stages overlap in time"
         waits = _stages(stats, waits=True)
         if waits:
-            said = {"wait_input": "for decoded images", "wait_writers": "for the file writers"}
-            note += "; the networks' threads waited " + ", ".join(
-                f"{svg.fmt_seconds(v)} {said.get(k, k)}" for k, v in waits.items()
+            said = {
+                "wait_input": "the networks for decoded images",
+                "wait_writers": "the networks for the file writers",
+                "slot_wait": "the decoder for a free slot",
+            }
+            told = (f"{said.get(k, k)} {svg.fmt_seconds(v)}" for k, v in waits.items())
+            note += "; waited: " + ", ".join(told)
+        ms = d.get("batch_stages_ms") or {}
+        if ms:
+            note += ". Per batch in the steady state (median ms): " + ", ".join(
+                f"{k.replace('_', ' ')} {v:.1f}" for k, v in ms.items()
             )
+            if d.get("bound"):
+                note += f". Bound: {d['bound']}"
         row.append(_section("Time per stage", body, note))
     workers = d["per_worker"]
     if workers:

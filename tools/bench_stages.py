@@ -28,7 +28,7 @@ def lines(path: Path) -> list[str]:
             f"{path.name}  {r['name']}  steady {r.get('steady_images_per_s') or 0:,.0f} img/s  "
             f"p50 {r['batch_p50_s'] * 1e3:.1f} / p99 {(r.get('batch_p99_s') or 0) * 1e3:.0f} ms  "
             f"GPU {r.get('peak_gpu_mib') or 0:,.0f} MiB (NVML {r.get('nvml_gpu_mib') or 0:,.0f})  {stages}"
-            + (f"\n  steady batches, median ms: {per_batch}" if per_batch else "")
+            + (f"\n  steady batches, median ms: {per_batch}; bound: {r.get('bound')}" if per_batch else "")
         )
     return out
 

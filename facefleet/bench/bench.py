@@ -323,6 +323,7 @@ def run_engine(
         # seconds per stage summed over units (stages overlap; wait_* are the device thread's waits)
         stages={k: round(float(v), 3) for k, v in (stats.get("stages") or {}).items()},
         batch_stages_p50_ms=d.get("batch_stages_ms", {}),
+        bound=d.get("bound"),
     )
 
 

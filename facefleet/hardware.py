@@ -282,8 +282,10 @@ def _check_overrides(d: Mapping[str, Any], where: str) -> None:
         raise ValueError(f"{where}: precision must be one of {PRECISIONS}, got {d['precision']!r}")
     if "decoder" in d and d["decoder"] not in GPU_DECODERS:
         raise ValueError(f"{where}: decoder must be one of {GPU_DECODERS}, got {d['decoder']!r}")
-    positive = ("batch_size", "workers", "threads", "batches_in_flight", "decode_chunk", "decode_threads")
-    for k in (*positive, "network_threads"):
+    for k in (
+        "batch_size", "workers", "threads", "batches_in_flight", "decode_chunk", "decode_threads",
+        "network_threads",
+    ):  # fmt: skip
         if k in d and (not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 1):
             raise ValueError(f"{where}: {k} must be a positive integer, got {d[k]!r}")
     if "decode_backends" in d:

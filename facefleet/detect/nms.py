@@ -114,8 +114,9 @@ def weighted_nms(
     if kept_h.size == 0:  # max_per_group 0
         return boxes[:0], keypoints[:0], scores[:0], groups[:0]
     target_h = slot_h[kept_h] * k + owner_h[kept_h]
-    by_seed = kept_h[np.argsort(target_h, kind="stable")]
-    ends_h = np.flatnonzero(np.r_[np.diff(np.sort(target_h)) != 0, True]) + 1
+    order_h = np.argsort(target_h, kind="stable")
+    by_seed = kept_h[order_h]
+    ends_h = np.flatnonzero(np.r_[np.diff(target_h[order_h]) != 0, True]) + 1
     by, ends, seeds = (host_to_device(a, dev) for a in (by_seed, ends_h, np.flatnonzero(owner_h == col_h)))
     w = scores[by].double()[:, None]
     vals = torch.cat([boxes[by], keypoints[by].reshape(-1, 2 * p)], 1).double() * w

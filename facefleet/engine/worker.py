@@ -817,7 +817,8 @@ class Worker:
                 self._window.batch_starts()
             batch: _Batch = item.result()  # a decode future (decoding failures are per image)
             t_got = time.perf_counter()
-            _add(batch.state.stages, "wait_input", t_got - t_wait)
+            waited = t_got - t_wait
+            _add(batch.state.stages, "wait_input", waited)
             if batch.ready is not None:  # decoded on another stream: order, and keep memory alive
                 current = torch.cuda.current_stream(self.device)
                 current.wait_event(batch.ready)
@@ -851,7 +852,7 @@ class Worker:
                 batch.state.busy += busy
                 now = time.time()
                 batch.state.batch_done.append((now, len(results)))
-                row = (now, batch.decode_s, batch.slot_wait_s, t_got - t_wait, secs)  # BATCH_STAGES
+                row = (now, batch.decode_s, batch.slot_wait_s, waited, secs)  # BATCH_STAGES
                 batch.state.batch_stages.append(row)
                 self._progress[0] += len(results)
                 self._progress[1] += sum(len(r.faces) for r in results)

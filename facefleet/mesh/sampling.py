@@ -195,7 +195,8 @@ def sample_grid(
         flags = (size, pack.hwc, padding_mode == "border", float(scale), dtype)
 
         def part(s: int, e: int) -> Tensor | None:
-            return _run_compiled("grid", _grid_meta, pack, image_index[s:e], affine[s:e], *flags)
+            idx = image_index[s:e]
+            return _run_compiled("grid", "sample_grid", _grid_meta, pack, idx, affine[s:e], *flags)
 
         got = _in_chunks(n, p, max(1, chunk_points // p), dtype, m.device, part)
         if got is not None:
@@ -248,13 +249,16 @@ def _compiled_sample(
 ) -> Tensor:
     """:func:`_sample` through ``torch.compile`` (dynamic shapes: one compilation serves every number of
     faces and image size); :func:`_sample` from the first compiler failure on, with a warning."""
-    out = _run_compiled("fn", _sample_meta, pack, idx, xy, pack.hwc, padding_mode == "border", float(scale))
+    flags = (pack.hwc, padding_mode == "border", float(scale))
+    out = _run_compiled("fn", "sample_bilinear", _sample_meta, pack, idx, xy, *flags)
     return _sample(pack, idx, xy, padding_mode, scale) if out is None else out
 
 
-def _run_compiled(key: str, body: Any, pack: ImagePack, idx: Tensor, per_set: Tensor, *flags: Any) -> Any:
+def _run_compiled(
+    key: str, what: str, body: Any, pack: ImagePack, idx: Tensor, per_set: Tensor, *flags: Any
+) -> Any:
     """``body(pack.data, meta, idx, per_set, *flags)`` through ``torch.compile`` (made on first use and kept
-    in ``_COMPILED[key]``), or None once the compiler has failed (with a warning)."""
+    in ``_COMPILED[key]``), or None once the compiler has failed (with a warning naming ``what``)."""
     # Every call must match the one compiled graph (a recompilation takes seconds, mid-run):
     # torch.compile specialises sizes 0 and 1, so below 2 point sets or images the last one is
     # repeated; it guards on the tensors that inputs are views of (a batch in a decoder slot,
@@ -271,7 +275,7 @@ def _run_compiled(key: str, body: Any, pack: ImagePack, idx: Tensor, per_set: Te
     if n < 2:
         idx, per_set = torch.cat([idx, idx[-1:]]), torch.cat([per_set, per_set[-1:]])
     args = [*(t.detach() for t in (pack.data, meta, idx, per_set)), *flags]
-    out = call_compiled(_COMPILED, key, body, args, "sample_bilinear")
+    out = call_compiled(_COMPILED, key, body, args, what)
     return out[:n] if out is not None and n < 2 else out
 
 

@@ -243,10 +243,12 @@ mps)  # CUDA MPS: the decoder process and the networks' process share the SMs in
   cat /tmp/mps-log/control.log 2>/dev/null | tail -5
   python3 tools/bench_stages.py "$OUT"/mps_*.json
   ;;
-share)  # what the decoder process needs of the SMs and gets beside the networks (planar RGB, luma only,
+share)  # what the decoder process needs of the SMs and gets beside the networks (planar RGB, from pinned memory, luma only,
   # torchvision's nvJPEG), then the engine: default (two decode threads), three with four slots, default again
   corpus ${IMAGES:-8000} /tmp/ffcorpus
-  python3 tools/probe_decode_share.py --corpus /tmp/ffcorpus --seconds "${SECONDS_PER_ROW:-5}" 2>&1 | tee "$OUT/share.txt"
+  python3 tools/probe_decode_share.py --corpus /tmp/ffcorpus --seconds "${SECONDS_PER_ROW:-5}" \
+    --modes "${MODES:-rgb,pinned,gray,tv}" --threads "${THREADS:-1,2}" 2>&1 | tee "$OUT/share.txt"
+  [ "${ENGINE:-1}" = 0 ] && exit 0
   : > /tmp/d.toml; : > /tmp/d2.toml
   printf '[gpu]\ndecode_threads = 3\nbatches_in_flight = 4\n' > /tmp/t3.toml
   for v in ${CONFIGS:-d t3 d2}; do engine_row sh $v; done

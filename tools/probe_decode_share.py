@@ -1,6 +1,6 @@
 """What the GPU's JPEG decoding needs of the SMs, and what it gets beside the networks. (GPU host)
 
-Usage: python tools/probe_decode_share.py --corpus DIR [--seconds 5] [--modes rgb,gray,tv] [--threads 1,2]
+Usage: python tools/probe_decode_share.py --corpus DIR [--seconds 5] [--modes rgb,pinned,gray,tv] [--threads 1,2]
 
 The engine's decoder process time-shares the GPU with the networks' process (two CUDA contexts): it
 decodes ~5,300 1080p JPEGs/s alone and ~3,100/s beside the networks (docs/benchmarks.md). Whether that
@@ -9,6 +9,8 @@ what this asks. A child process decodes batches of 128 (chunks of 32, into targe
 nvImageCodec decoder and CUDA stream per thread), unpaced, in one of these modes:
 
 - ``rgb``: planar RGB as the engine decodes (the JPEG engine, then nvImageCodec's colour conversion);
+- ``pinned``: as ``rgb``, the files' bytes in page-locked host memory (``CodeStream`` over numpy views of
+  one pinned tensor): whether the bitstream uploads, pageable copies from ``bytes``, are what waits;
 - ``gray``: the luma plane only (no colour conversion, a third of the output);
 - ``tv``: torchvision's nvJPEG (``decode_jpeg`` on CUDA, one call per chunk).
 
@@ -65,6 +67,15 @@ class Worker:
             ch = 3
         self.buf = torch.empty((128, ch, 1080, 1920), dtype=torch.uint8, device=dev)
         self.targets = [nv.as_image(self.buf[i]) for i in range(128)]
+        self.srcs = blobs
+        if mode == "pinned":
+            pin = torch.empty(sum(len(b) for b in blobs), dtype=torch.uint8, pin_memory=True)
+            self.srcs, off = [], 0
+            for b in blobs:
+                view = pin[off:off + len(b)]
+                view.copy_(torch.frombuffer(b, dtype=torch.uint8))
+                self.srcs.append(view.numpy())
+                off += len(b)
 
     def batch(self, k):
         i = (k % nb) * 128
@@ -73,7 +84,7 @@ class Worker:
                 for c in range(0, 128, 32):
                     self.tio.decode_jpeg(self.datas[i + c:i + c + 32], device=dev)
             else:
-                srcs = [self.nv.CodeStream(b) for b in blobs[i:i + 128]]
+                srcs = [self.nv.CodeStream(b) for b in self.srcs[i:i + 128]]
                 for c in range(0, 128, 32):
                     self.dec.decode(srcs[c:c + 32], images=self.targets[c:c + 32], params=self.params,
                                     cuda_stream=self.stream.cuda_stream)

@@ -1,6 +1,7 @@
 """What the GPU's JPEG decoding needs of the SMs, and what it gets beside the networks. (GPU host)
 
-Usage: python tools/probe_decode_share.py --corpus DIR [--seconds 5] [--modes rgb,pinned,gray,tv] [--threads 1,2]
+Usage: python tools/probe_decode_share.py --corpus DIR [--seconds 5] [--modes rgb,pinned,gray,tv]
+       [--threads 1,2]
 
 The engine's decoder process time-shares the GPU with the networks' process (two CUDA contexts): it
 decodes ~5,300 1080p JPEGs/s alone and ~3,100/s beside the networks (docs/benchmarks.md). Whether that

@@ -129,6 +129,26 @@ def test_steady_rate_leaves_out_start_up_and_tail() -> None:
     assert rate is not None and abs(rate - 1000.0) < 1
 
 
+def test_steady_rate_of_several_workers_counts_only_when_all_run() -> None:
+    """Four workers of 1,000 img/s each (batches of 100 every 0.1 s), the fourth up 6 s after the
+    others: the rate is the four workers' (~4,000 img/s), not a mix with the time three ran alone
+    (the 10-90 % window alone gives ~3,680); a run the first three finish before the fourth starts
+    has no such window."""
+    from facefleet.bench.bench import _batch_points, steady_rate
+
+    def batches(worker: str, start: float, n: int) -> list[list]:
+        return [[start + 0.1 * (k + 1), 100, worker] for k in range(n)]
+
+    done = batches("w0", 1.0, 160) + batches("w1", 1.0, 160) + batches("w2", 1.0, 160)
+    done += batches("w3", 7.0, 100)  # up at 7 s; the others run until 17 s
+    rate = steady_rate(_batch_points(done))
+    assert rate is not None and abs(rate - 4000.0) < 120
+    unnamed = steady_rate(_batch_points([row[:2] for row in done]))  # no worker names: 10-90 % only
+    assert unnamed is not None and unnamed < 3750
+    early = batches("w0", 1.0, 20) + batches("w1", 1.0, 20) + batches("w3", 7.0, 5)
+    assert steady_rate(_batch_points(early)) is None
+
+
 def test_gpu_memory_both_ways_of_counting() -> None:
     """The engine row's GPU memory: what the workers allocate, and what the run added to the busiest
     GPU by NVML's count (peak "used" minus the first sample, taken before the workers start)."""
@@ -171,3 +191,21 @@ def test_steady_batch_stages_are_medians_of_the_middle_batches() -> None:
     got = steady_batch_stages({"columns": cols, "rows": rows[::-1]})
     assert got == {"decode": 50.0, "slot_wait": 0.0, "wait_input": 1.0, "networks": 30.0}
     assert steady_batch_stages(None) == {} and steady_batch_stages({"columns": cols, "rows": []}) == {}
+
+
+def test_scaling_table_uses_steady_rates_only() -> None:
+    """Speedup and efficiency come from the steady rates; a row without one (too few images for its
+    workers to run together) says so instead of falling back to the rate with start-up."""
+    from facefleet.bench.bench import format_scaling
+
+    rows = [
+        {"gpus": 1, "images_per_s": 400.0, "steady_images_per_s": 3000.0},
+        {"gpus": 2, "images_per_s": 450.0, "steady_images_per_s": 5700.0},
+        {"gpus": 4, "images_per_s": 350.0, "steady_images_per_s": None},
+    ]
+    text = format_scaling(rows)
+    lines = text.splitlines()
+    two = next(line for line in lines if line.startswith("2 "))
+    assert "1.90x" in two and "95.0%" in two
+    four = next(line for line in lines if line.startswith("4 "))
+    assert four.split()[-3:] == ["-", "-", "-"] and "4 GPU(s): no steady rate" in text

@@ -203,23 +203,29 @@ def _find_stats(d: dict[str, Any], *keys: str) -> Any:
     return None
 
 
-def _batch_points(done: Any) -> list[dict[str, float]]:
-    """The engine's batch completions ``[[t, images], ...]`` as cumulative samples for
+def _batch_points(done: Any) -> list[dict[str, Any]]:
+    """The engine's batch completions ``[[t, images, worker], ...]`` as cumulative samples for
     :func:`steady_rate`: one per batch (the coordinator's own samples are a second apart, coarse
     for runs of a few seconds)."""
-    pts: list[dict[str, float]] = []
+    pts: list[dict[str, Any]] = []
     total = 0.0
-    for t, n in sorted(done or []):
-        total += float(n)
-        pts.append({"t": float(t), "images": total})
+    for row in sorted(done or [], key=lambda r: float(r[0])):
+        total += float(row[1])
+        pts.append({"t": float(row[0]), "images": total, "worker": str(row[2]) if len(row) > 2 else ""})
     return pts
 
 
-def steady_rate(throughput: list[dict[str, float]], lo: float = 0.1, hi: float = 0.9) -> float | None:
+def steady_rate(throughput: list[dict[str, Any]], lo: float = 0.1, hi: float = 0.9) -> float | None:
     """Images/s while the run is in full swing: between the moments ``lo`` and ``hi`` of all images
-    were done (interpolated in the engine's cumulative samples [{"t", "images", "faces"}, ...]).
-    Start-up (model loading, warm-up, workers that come up at different times) and the tail (the
-    last units, when some workers already idle) are left out alike for 1 or N workers."""
+    were done (interpolated in the engine's cumulative samples [{"t", "images"}, ...]). Start-up
+    (model loading, warm-up) and the tail (the last units, when some workers already idle) are left
+    out alike for 1 or N workers.
+
+    Samples that name their worker (one per batch, :func:`_batch_points`) also narrow the window to
+    the time every worker was running: from the last worker's first batch to the first worker's last
+    batch. Workers come up seconds apart (compilation on a busy host), and on a short run the first
+    ones can do most of the images before the last one starts; a rate over that time is not N
+    workers' rate. ``None`` when there is no such window (too few images for this many workers)."""
     pts = [(float(r["t"]), float(r["images"])) for r in throughput if "t" in r and "images" in r]
     if len(pts) < 3 or pts[-1][1] <= 0:
         return None
@@ -232,10 +238,28 @@ def steady_rate(throughput: list[dict[str, float]], lo: float = 0.1, hi: float =
                 return t0 + (t1 - t0) * (goal - n0) / (n1 - n0)
         return None
 
+    def done_at(t: float) -> float:  # images done at time t (interpolated)
+        if t <= pts[0][0]:
+            return pts[0][1]
+        for (t0, n0), (t1, n1) in itertools.pairwise(pts):
+            if t0 <= t <= t1:
+                return n0 + (n1 - n0) * (t - t0) / (t1 - t0) if t1 > t0 else n1
+        return total
+
     a, b = when(lo), when(hi)
     if a is None or b is None or b <= a:
         return None
-    return (hi - lo) * total / (b - a)
+    spans: dict[str, list[float]] = {}
+    for r in throughput:
+        if r.get("worker"):
+            span = spans.setdefault(str(r["worker"]), [float(r["t"]), float(r["t"])])
+            span[0], span[1] = min(span[0], float(r["t"])), max(span[1], float(r["t"]))
+    if len(spans) > 1:
+        a = max(a, max(s[0] for s in spans.values()))
+        b = min(b, min(s[1] for s in spans.values()))
+        if b <= a:
+            return None
+    return (done_at(b) - done_at(a)) / (b - a)
 
 
 def _engine_config(path: str | None, decoder: str | None) -> dict[str, Any]:
@@ -475,7 +499,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 def format_scaling(rows: list[dict[str, Any]]) -> str:
     def rate(r: dict[str, Any]) -> float | None:  # steady state: start-up is a constant, not scaling
-        return r.get("steady_images_per_s") or r.get("images_per_s")
+        return r.get("steady_images_per_s")
 
     base = next((rate(r) for r in rows if r.get("gpus") == 1 and rate(r)), None)
     out = []
@@ -486,6 +510,11 @@ def format_scaling(rows: list[dict[str, Any]]) -> str:
             notes.append(f"{r.get('gpus')} GPU(s): {r['error']}")
             continue
         ips = rate(r)
+        if ips is None:
+            notes.append(
+                f"{r['gpus']} GPU(s): no steady rate: the workers never all ran at once between 10 % and "
+                "90 % of the images (the first ones up did them before the last was ready); use more --images"
+            )
         sp = ips / base if base and ips else None
         out.append(
             [

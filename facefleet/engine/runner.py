@@ -368,7 +368,8 @@ class _Coordinator:
         self.fatal: str | None = None
         self.throughput: list[dict[str, float]] = []
         self.batch_seconds: list[float] = []
-        self.batch_done: list[list[float]] = []  # [seconds since the start, images] per batch, all workers
+        # [seconds since the start, images, worker] per batch, all workers
+        self.batch_done: list[list[Any]] = []
         self.batch_stages: list[list[float]] = []  # per batch, all workers: BATCH_STAGES (t since the start)
         self.last_event = 0
         self.t0 = time.time()
@@ -587,7 +588,9 @@ class _Coordinator:
                 if len(self.batch_seconds) > 100_000:
                     self.batch_seconds = self.batch_seconds[::2]
                 if len(self.batch_done) < 200_000:  # a million images are ~8,000 batches
-                    self.batch_done.extend([round(t - self.t0, 4), n] for t, n in data.get("batch_done", []))
+                    w = str(data.get("worker", ""))
+                    rows = data.get("batch_done", [])
+                    self.batch_done.extend([round(t - self.t0, 4), n, w] for t, n in rows)
                 if len(self.batch_stages) < 200_000:
                     self.batch_stages.extend(
                         [round(r[0] - self.t0, 4), *r[1:]] for r in data.get("batch_stages", [])

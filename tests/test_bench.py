@@ -133,7 +133,7 @@ def test_steady_rate_of_several_workers_counts_only_when_all_run() -> None:
     """Four workers of 1,000 img/s each (batches of 100 every 0.1 s), the fourth up 6 s after the
     others: the rate is the four workers' (~4,000 img/s), not a mix with the time three ran alone
     (the 10-90 % window alone gives ~3,680); a run the first three finish before the fourth starts
-    has no such window."""
+    has no such window, nor has a run whose fourth worker never did a batch."""
     from facefleet.bench.bench import _batch_points, steady_rate
 
     def batches(worker: str, start: float, n: int) -> list[list]:
@@ -147,6 +147,11 @@ def test_steady_rate_of_several_workers_counts_only_when_all_run() -> None:
     assert unnamed is not None and unnamed < 3750
     early = batches("w0", 1.0, 20) + batches("w1", 1.0, 20) + batches("w3", 7.0, 5)
     assert steady_rate(_batch_points(early)) is None
+    # a fourth worker that never got a batch: not four workers' rate either
+    three = batches("w0", 1.0, 160) + batches("w1", 1.0, 160) + batches("w2", 1.0, 160)
+    assert steady_rate(_batch_points(three), workers=4) is None
+    rate = steady_rate(_batch_points(three), workers=3)
+    assert rate is not None and abs(rate - 3000.0) < 1
 
 
 def test_gpu_memory_both_ways_of_counting() -> None:

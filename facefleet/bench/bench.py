@@ -215,7 +215,9 @@ def _batch_points(done: Any) -> list[dict[str, Any]]:
     return pts
 
 
-def steady_rate(throughput: list[dict[str, Any]], lo: float = 0.1, hi: float = 0.9) -> float | None:
+def steady_rate(
+    throughput: list[dict[str, Any]], lo: float = 0.1, hi: float = 0.9, workers: int | None = None
+) -> float | None:
     """Images/s while the run is in full swing: between the moments ``lo`` and ``hi`` of all images
     were done (interpolated in the engine's cumulative samples [{"t", "images"}, ...]). Start-up
     (model loading, warm-up) and the tail (the last units, when some workers already idle) are left
@@ -225,7 +227,8 @@ def steady_rate(throughput: list[dict[str, Any]], lo: float = 0.1, hi: float = 0
     the time every worker was running: from the last worker's first batch to the first worker's last
     batch. Workers come up seconds apart (compilation on a busy host), and on a short run the first
     ones can do most of the images before the last one starts; a rate over that time is not N
-    workers' rate. ``None`` when there is no such window (too few images for this many workers)."""
+    workers' rate. ``None`` when there is no such window (too few images for this many workers), or
+    when fewer than ``workers`` (the run's worker count) did any batch at all."""
     pts = [(float(r["t"]), float(r["images"])) for r in throughput if "t" in r and "images" in r]
     if len(pts) < 3 or pts[-1][1] <= 0:
         return None
@@ -254,6 +257,8 @@ def steady_rate(throughput: list[dict[str, Any]], lo: float = 0.1, hi: float = 0
         if r.get("worker"):
             span = spans.setdefault(str(r["worker"]), [float(r["t"]), float(r["t"])])
             span[0], span[1] = min(span[0], float(r["t"])), max(span[1], float(r["t"]))
+    if spans and workers is not None and len(spans) < workers:
+        return None
     if len(spans) > 1:
         a = max(a, max(s[0] for s in spans.values()))
         b = min(b, min(s[1] for s in spans.values()))
@@ -338,7 +343,8 @@ def run_engine(
         rss_mib=rss,
         failed=int(totals.get("failed", 0)),
         steady_images_per_s=steady_rate(
-            _batch_points(stats.get("batch_done")) or stats.get("throughput") or []
+            _batch_points(stats.get("batch_done")) or stats.get("throughput") or [],
+            workers=int((stats.get("config") or {}).get("workers") or 0) or None,
         ),
         formats=list(formats) or ["parquet"],
         engine_wall_s=d.get("wall_seconds"),

@@ -214,3 +214,29 @@ def test_scaling_table_uses_steady_rates_only() -> None:
     assert "1.90x" in two and "95.0%" in two
     four = next(line for line in lines if line.startswith("4 "))
     assert four.split()[-3:] == ["-", "-", "-"] and "4 GPU(s): no steady rate" in text
+
+
+def test_bench_repeat_runs_the_corpus_k_times(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--repeat 3``: the engine reads each generated image three times, each under a path of its own
+    (a manifest row each), and finds three times the faces; the corpus itself is written once."""
+    why = _pipeline_ready()
+    if why:
+        pytest.skip(f"engine or Reconstructor not usable here: {why}")
+    from facefleet.engine import read_manifest
+
+    out = tmp_path / "bench.json"
+    args = ["--baselines", "engine", "--images", "3", "--resolution", "320x240", "--devices", "cpu"]
+    args += ["--workers", "1", "--repeat", "3", "--work-dir", str(tmp_path / "w"), "--json", str(out)]
+    rc = bench_cli(args)
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    doc = json.loads(out.read_text())
+    (row,) = doc["rows"]
+    assert "error" not in row, row
+    assert row["images"] == 9 and doc["corpus"]["n"] == 3 and doc["corpus"]["repeat"] == 3
+    assert 3 * 2 <= row["faces"] <= 3 * 3 and row["faces"] % 3 == 0
+    sources = read_manifest(tmp_path / "w" / "out_parquet").column("source").to_pylist()
+    assert len(set(sources)) == 9
+    assert len(list((tmp_path / "w" / "corpus").rglob("*.jpg"))) == 3
+    with pytest.raises(SystemExit, match="--repeat must be at least 1"):
+        bench_cli(["--baselines", "engine", "--repeat", "0"])

@@ -31,15 +31,10 @@ engine)
   facefleet bench --images "${FILES_IMAGES:-2000}" --resolution 1920x1080 --baselines engine \
     --formats obj,png --json "$OUT/bench_files.json"
   ;;
-scaling)  # REPEAT=k: the corpus k times over (trees of symlinks to one corpus of IMAGES files): runs long
-  # enough that every worker runs together for a while although they come up seconds apart
-  src=(--images "${IMAGES:-16000}" --resolution 1920x1080)
-  if [ -n "$REPEAT" ]; then
-    corpus "${IMAGES:-16000}" /tmp/ffbase; rm -rf /tmp/ffcorpus; mkdir -p /tmp/ffcorpus
-    for r in $(seq "$REPEAT"); do cp -rs /tmp/ffbase "/tmp/ffcorpus/r$r"; done
-    src=(--corpus /tmp/ffcorpus)
-  fi
-  facefleet bench "${src[@]}" --baselines engine --gpus-scaling "${GPUS:-1,2,4}" --json "$OUT/scaling.json"
+scaling)  # REPEAT=k: the engine runs over the corpus k times (facefleet bench --repeat: trees of symlinks),
+  # long enough that every worker runs together for a while although they come up seconds apart
+  facefleet bench --images "${IMAGES:-16000}" --resolution 1920x1080 --repeat "${REPEAT:-1}" --baselines engine \
+    --gpus-scaling "${GPUS:-1,2,4}" --json "$OUT/scaling.json"
   [ "${SIM:-1}" = 0 ] || facefleet bench --baselines none --simulate-workers 1,2,4,8 \
     --sim-rate "${SIM_RATE:-3000}" --json "$OUT/simulate.json"
   ;;

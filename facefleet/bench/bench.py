@@ -80,6 +80,13 @@ def build_parser(prog: str = "facefleet bench") -> argparse.ArgumentParser:
         "'obj,png'; repeat to compare",
     )
     p.add_argument("--gpus-scaling", default="", help="e.g. 1,2,4,8: engine on the first k GPUs each")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="the engine runs over the corpus K times (K trees of symlinks to its files, each file read "
+        "and decoded as usual): runs long enough for many GPUs without generating K times the images",
+    )
     p.add_argument("--loop-images", type=int, default=300, help="at most this many images for the loop")
     p.add_argument("--litert-images", type=int, default=2000, help="at most this many images for LiteRT")
     p.add_argument("--litert-processes", type=int, help="LiteRT processes (default: all cores)")
@@ -265,6 +272,19 @@ def steady_rate(
         if b <= a:
             return None
     return (done_at(b) - done_at(a)) / (b - a)
+
+
+def repeat_corpus(root: Path, files: list[Path], out: Path, k: int) -> Path:
+    """``out/r1 .. out/rK``, each mirroring ``files`` (under ``root``) as symlinks to them: the engine
+    lists k times the images, each a path of its own (its own manifest row), the same bytes."""
+    if out.exists():
+        shutil.rmtree(out)
+    for r in range(1, k + 1):
+        for f in files:
+            dst = out / f"r{r}" / os.path.relpath(f, root)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(f.resolve())
+    return out
 
 
 def _engine_config(path: str | None, decoder: str | None) -> dict[str, Any]:
@@ -559,6 +579,8 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     bad = [b for b in baselines if b not in _BASELINES]
     if bad:
         raise SystemExit(f"facefleet bench: unknown baseline(s) {bad}; choose from {', '.join(_BASELINES)}")
+    if args.repeat < 1:
+        raise SystemExit(f"facefleet bench: --repeat must be at least 1 (got {args.repeat})")
     result: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": _machine(),
@@ -604,6 +626,10 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                     f"corpus: {len(c)} JPEGs {res[0]}x{res[1]} q{args.quality}, {sum(c.faces)} faces "
                     f"({c.seconds:.1f} s)"
                 )
+            if args.repeat > 1:
+                corpus_dir = repeat_corpus(corpus_dir, files, work / "repeated", args.repeat)
+                result["corpus"]["repeat"] = args.repeat
+                log(f"corpus: {len(files)} files x {args.repeat} (trees of symlinks in {corpus_dir})")
             ngpu = _cuda_count()
             devices = args.devices
             if devices == "auto" and ngpu == 0:

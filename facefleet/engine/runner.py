@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 from facefleet.engine.executor import Executor, WorkerHandle, make_executor
 from facefleet.engine.manifest import MANIFEST_DIR, unit_path
-from facefleet.engine.queue import QUEUE_FILE, WorkQueue, enqueue_listing
+from facefleet.engine.queue import QUEUE_FILE, enqueue_listing, open_queue
 from facefleet.engine.worker import BATCH_STAGES, EXIT_OUTPUT, WorkerSpec, error_kind, owner_id
 from facefleet.hardware import (
     DeviceProfile,
@@ -360,7 +360,7 @@ class _Coordinator:
                 self.log = log_json.open("a", encoding="utf-8")
             except OSError as e:
                 raise EngineError(f"cannot open --log-json {log_json}: {e.strerror or e}") from None
-        self.q = WorkQueue(out / QUEUE_FILE)
+        self.q = open_queue(out / QUEUE_FILE)
         self.handles: dict[str, WorkerHandle] = {}
         self.restarts = 0
         self.drain_requests = 0
@@ -383,8 +383,7 @@ class _Coordinator:
         units_skipped = start_counts["done"]["units"] + start_counts["failed"]["units"]
         done_images_before = start_counts["done"]["images"] + start_counts["failed"]["images"]
         q.set_meta("drain", "0")
-        row = q._db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
-        self.last_event = int(row[0])
+        self.last_event = q.last_event_id()
         self._emit("run_started", {"config": self.config_record, "units_done_before": units_skipped})
 
         listing_needed = q.get_meta("listing_done") != "1"
@@ -451,7 +450,7 @@ class _Coordinator:
     # -- listing ---------------------------------------------------------------------------
     def _list(self, first: list[str], rest: Iterator[str]) -> None:
         """Lister thread: streams the listing into units (one unit in memory at a time)."""
-        q = WorkQueue(self.out / QUEUE_FILE)
+        q = open_queue(self.out / QUEUE_FILE)
 
         def paths() -> Iterator[str]:
             yield from first

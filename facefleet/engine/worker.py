@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facefleet.engine.queue import QUEUE_FILE, Unit, WorkQueue
+from facefleet.engine.queue import QUEUE_FILE, Unit, WorkQueue, open_queue
 from facefleet.hardware import DeviceProfile
 from facefleet.types import ImageResult
 
@@ -395,7 +395,7 @@ class Worker:
         if self._rec is None:
             self._rec = _make_reconstructor(spec, local)
         self._ring = self._texture_ring()
-        db = WorkQueue(spec.queue_path)
+        db = open_queue(spec.queue_path)
         db.register_worker(self.owner, spec.name, spec.profile.device, self.pid)
         threads = [
             threading.Thread(target=self._guard(self._heartbeat), name="heartbeat", daemon=True),
@@ -539,7 +539,7 @@ class Worker:
 
     # -- threads ---------------------------------------------------------------------------
     def _heartbeat(self) -> None:
-        db = WorkQueue(self.spec.queue_path)
+        db = open_queue(self.spec.queue_path)
         every = max(0.1, self.spec.lease_seconds / 3)
         last_beat = 0.0
         try:
@@ -572,7 +572,7 @@ class Worker:
 
     def _claimer(self) -> None:
         spec = self.spec
-        db = WorkQueue(spec.queue_path)
+        db = open_queue(spec.queue_path)
         pool = ThreadPoolExecutor(max(1, spec.readers), thread_name_prefix="reader")
         try:
             while not self._stop.is_set():
@@ -1036,7 +1036,7 @@ class Worker:
             fut.add_done_callback(done)
 
     def _finisher(self, done_q: queue_mod.Queue[Any]) -> None:
-        db = WorkQueue(self.spec.queue_path)
+        db = open_queue(self.spec.queue_path)
         try:
             while True:
                 st = self._get(done_q)

@@ -1,0 +1,84 @@
+"""Work items: what one entry of a unit of work is, independent of the medium.
+
+A unit of work holds a tuple of items of one or more kinds. Today there is one kind, an image file
+(:class:`ImageItem`); a video's frame range (``FrameRange(source, start, stop)``) is the next. The
+queue, leases, manifest and report only ever move items around as JSON, so a new kind is a frozen
+dataclass with a ``kind`` tag, ``to_json``/``from_json``, and an entry in :data:`ITEM_KINDS`.
+
+JSON is written with ``ensure_ascii``: a file name that is not valid UTF-8 (decoded by Python with
+``surrogateescape``, e.g. ``caf\\udce9.jpg``) and one with a newline both survive the round trip
+exactly, and the text is plain ASCII for every database.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar, TypeAlias
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image: ``source`` is an absolute path or a URL (``s3://...``), exactly as listed."""
+
+    source: str
+    kind: ClassVar[str] = "image"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, str) or not self.source:
+            raise ValueError(f"an image item needs a non-empty source, got {self.source!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "source": self.source}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageItem:
+        return cls(source=data["source"])
+
+
+# Every kind a unit may hold: one today; a new kind joins this union (``ImageItem | FrameRange``)
+# and ITEM_KINDS.
+WorkItem: TypeAlias = ImageItem
+
+ITEM_KINDS: Mapping[str, Any] = MappingProxyType({ImageItem.kind: ImageItem})
+
+
+def as_item(x: str | WorkItem) -> WorkItem:
+    """An item as is; a plain string is an image source (what listings produce today)."""
+    return ImageItem(x) if isinstance(x, str) else x
+
+
+def item_from_json(data: Mapping[str, Any]) -> WorkItem:
+    """The item that :meth:`to_json` wrote; an unknown kind is an error naming it."""
+    kind = data.get("kind")
+    cls = ITEM_KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"unknown work item kind {kind!r} (known: {', '.join(sorted(ITEM_KINDS))})")
+    item: WorkItem = cls.from_json(data)
+    return item
+
+
+def items_to_json(items: Iterable[WorkItem]) -> str:
+    """Canonical JSON text of a sequence of items: ASCII only, no spaces, keys sorted (so equal
+    items always give equal text, which unit ids hash)."""
+    return json.dumps([i.to_json() for i in items], ensure_ascii=True, sort_keys=True, separators=(",", ":"))
+
+
+def items_from_json(text: str) -> tuple[WorkItem, ...]:
+    """Inverse of :func:`items_to_json`."""
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise ValueError("work items must be a JSON list")
+    return tuple(item_from_json(d) for d in data)
+
+
+def image_sources(items: Sequence[WorkItem]) -> list[str]:
+    """The sources of image items; any other kind is an error (for call sites that read images)."""
+    out = []
+    for i in items:
+        if not isinstance(i, ImageItem):
+            raise TypeError(f"not an image item: {i!r}")
+        out.append(i.source)
+    return out

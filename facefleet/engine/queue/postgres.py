@@ -36,6 +36,7 @@ from facefleet.engine.queue.base import (
     ERROR_CHARS,
     SCHEMA_VERSION,
     STATES,
+    QueueError,
     Unit,
     WorkQueue,
     clean_text,
@@ -99,14 +100,25 @@ class PostgresQueue(WorkQueue):
         self._run(self._create)
 
     def _create(self, conn: psycopg.Connection[Any], attempt: int) -> None:
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._event_key,))  # one creator at a time
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
-        for stmt in _TABLES:
-            conn.execute(stmt)
-        conn.execute(
-            "INSERT INTO meta(key, value) VALUES ('queue_schema', %s) ON CONFLICT DO NOTHING",
-            (dump_json(SCHEMA_VERSION),),
-        )
+        """Create the run's schema and tables unless they exist. (Never runs DDL on existing tables:
+        ``CREATE INDEX IF NOT EXISTS`` would wait for every claim in flight.)"""
+        row = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
+        if not (row and row[0]):
+            key = hashlib.sha256(b"facefleet-schema:" + self.schema.encode()).digest()[:8]
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (int.from_bytes(key, "big", signed=True),))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            for stmt in _TABLES:
+                conn.execute(stmt)
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES ('queue_schema', %s) ON CONFLICT DO NOTHING",
+                (dump_json(SCHEMA_VERSION),),
+            )
+        row = conn.execute("SELECT value FROM meta WHERE key = 'queue_schema'").fetchone()
+        if row is not None and json.loads(row[0]) != SCHEMA_VERSION:
+            raise QueueError(
+                f"schema {self.schema} holds a queue of format {json.loads(row[0])}, this facefleet "
+                f"reads {SCHEMA_VERSION}: start the run over (--force) or name another schema"
+            )
 
     def close(self) -> None:
         self._s.close()

@@ -95,9 +95,10 @@ class SqliteQueue(WorkQueue):
             self._db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
             cols = {r[1] for r in self._db.execute("PRAGMA table_info(units)")}
-        if "items" not in cols:
+            if not cols or "items" in cols:
+                self._db.executescript(_SCHEMA)
+        if cols and "items" not in cols:
             self._db.close()
             raise QueueError(
                 f"{self.path} was written by an older facefleet (units as newline-joined paths); "

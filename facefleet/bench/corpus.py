@@ -1,14 +1,22 @@
-"""A reproducible benchmark corpus: real photos composited and re-encoded as JPEGs.
+"""Reproducible benchmark corpora of JPEGs, two kinds.
 
-Each image is a real background photo (non-face images of scikit-image, plus the ``noface_*``
-photos of the shared data folder when present) cropped and scaled to ``resolution``, with 0..N
-real portrait photos (``skimage.data.astronaut()`` plus single-face photos of the shared data)
-pasted as tiles at varied scales and positions, never overlapping. The result is JPEG-encoded at
+``make_photo_corpus`` (the default of ``facefleet bench`` where the shared photos are present): 1080p
+crops of the real photos of ``../shared/data/images`` (group photos, crowds, portraits, photos without
+a face, low light, grayscale...): 0 to many faces per image, a realistic photo folder. Each image is one
+photo (taken in a seeded order, every photo once per pass) scaled to cover the frame at a random zoom,
+a frame-sized window cropped from it and flipped at random, JPEG-encoded; landscape photos give
+1920x1080 frames, portraits and squares 1080x1920. The number of faces of a crop
+is not known beforehand (the window may cut some): the bench counts what it finds.
+
+``make_corpus`` (synthetic, any machine): each image is a real background photo (non-face images of
+scikit-image, plus the ``noface_*`` photos of the shared data folder when present) cropped and scaled
+to ``resolution``, with 0..N real portrait photos (``skimage.data.astronaut()`` plus single-face photos
+of the shared data) pasted as tiles at varied scales and positions, never overlapping, JPEG-encoded at
 ``quality``. Everything derives from ``seed`` and the image index, so the same arguments give
 byte-identical files on any machine with the same sources and Pillow version.
 
-``manifest.tsv`` lists ``file, faces, width, height, background, sources`` per image (``faces`` =
-faces pasted = expected detections); ``corpus.json`` records the parameters.
+Its ``manifest.tsv`` lists ``file, faces, width, height, background, sources`` per image (``faces`` =
+faces pasted = expected detections); ``corpus.json`` records the parameters of either kind.
 
 >>> c = make_corpus("/tmp/corpus", 1000, resolution=(1920, 1080), faces_per_image=(1, 1))  # doctest: +SKIP
 """
@@ -30,7 +38,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["Corpus", "make_corpus", "shared_data_dir"]
+__all__ = ["Corpus", "make_corpus", "make_photo_corpus", "photo_files", "shared_data_dir"]
 
 _FACE_SKIMAGE = ["astronaut"]
 _BG_SKIMAGE = [
@@ -49,9 +57,10 @@ _BG_SKIMAGE = [
 _SKIP_TAGS = ("partial", "low resolution", "profile", "crop")  # faces too hard to count on as "expected"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Corpus:
-    """A generated corpus: ``files[i]`` has ``faces[i]`` pasted faces."""
+    """A generated corpus of ``kind`` "synthetic" (``files[i]`` has ``faces[i]`` pasted faces) or "photos"
+    (crops of real photos: ``faces`` is empty, the count of a crop is not known beforehand)."""
 
     root: Path
     files: list[Path]
@@ -61,6 +70,7 @@ class Corpus:
     seed: int
     seconds: float = 0.0
     sources: dict[str, list[str]] = field(default_factory=dict)
+    kind: str = "synthetic"
 
     @property
     def manifest(self) -> Path:
@@ -308,6 +318,136 @@ def make_corpus(
         seed=seed,
         seconds=seconds,
         sources={"faces": face_ids, "backgrounds": bg_ids},
+    )
+
+
+_PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def photo_files(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The photos of ``data_dir/images`` (default :func:`shared_data_dir`), sorted; [] when absent."""
+    d = Path(data_dir) if data_dir is not None else shared_data_dir()
+    if d is None or not (d / "images").is_dir():
+        return []
+    return sorted(p for p in (d / "images").iterdir() if p.suffix.lower() in _PHOTO_SUFFIXES and p.is_file())
+
+
+def _init_photos(paths: list[str], resolution: tuple[int, int]) -> None:
+    photos = []
+    for p in paths:
+        a = _load_file(Path(p))
+        if a is not None:
+            photos.append((Path(p).name, Image.fromarray(a)))
+    if not photos:
+        raise RuntimeError("photo corpus: none of the photos could be read")
+    _STATE.update(photos=photos, resolution=resolution)
+
+
+def _photo_of(i: int, seed: int, n: int) -> int:
+    """Which of ``n`` photos image ``i`` crops: a seeded order per pass, every photo once per pass."""
+    return int(np.random.default_rng([seed, 1 << 20, i // n]).permutation(n)[i % n])
+
+
+def _crop_one(i: int, seed: int, quality: int) -> tuple[bytes, str]:
+    """Image ``i`` of a photo corpus: (JPEG bytes, source photo name). Landscape photos give a landscape
+    frame (``resolution``), the others (portraits, squares) the same frame turned upright, as a camera
+    held either way would: a portrait cropped to a landscape frame loses the face's top or bottom."""
+    w, h = _STATE["resolution"]
+    photos = _STATE["photos"]
+    name, im = photos[_photo_of(i, seed, len(photos))]
+    if (im.width > im.height) != (w > h):
+        w, h = h, w
+    rng = np.random.default_rng([seed, i])
+    zoom = rng.uniform(1.0, 1.2)  # the photo covers the frame, then up to 1.2x closer
+    scale = max(w / im.width, h / im.height) * zoom
+    cw, ch = w / scale, h / scale  # the window in photo pixels
+    # faces sit in the upper part of most photos: the window's top in the upper 60 % of its free range
+    x0 = rng.uniform(0, im.width - cw)
+    y0 = rng.uniform(0, 0.6) * (im.height - ch)
+    frame = im.resize((w, h), Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch), reducing_gap=2.0)
+    if rng.random() < 0.5:
+        frame = frame.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    buf = io.BytesIO()
+    frame.save(buf, format="JPEG", quality=int(quality))
+    return buf.getvalue(), name
+
+
+def _crop_work(args: tuple[list[int], int, int, list[str]]) -> list[tuple[int, str]]:
+    idx, seed, quality, paths = args
+    out = []
+    for i, p in zip(idx, paths, strict=True):
+        data, name = _crop_one(i, seed, quality)
+        tmp = f"{p}.tmp{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, p)
+        out.append((i, name))
+    return out
+
+
+def make_photo_corpus(
+    out_dir: str | os.PathLike[str],
+    n: int,
+    *,
+    resolution: tuple[int, int] = (1920, 1080),
+    quality: int = 90,
+    seed: int = 0,
+    photos: list[Path] | None = None,
+    workers: int | None = None,
+) -> Corpus:
+    """Write ``n`` JPEG crops (``resolution`` W, H) of real photos to ``out_dir`` (+ ``manifest.tsv``: file,
+    source photo; ``corpus.json``). ``photos``: default :func:`photo_files` (the shared data); raises
+    ``FileNotFoundError`` when there are none. Same arguments and photos: byte-identical files."""
+    w, h = (int(resolution[0]), int(resolution[1]))
+    if n < 0 or w < 64 or h < 64 or not 1 <= quality <= 100:
+        raise ValueError(f"make_photo_corpus: bad arguments n={n} resolution={resolution} quality={quality}")
+    srcs = [str(p) for p in (photos if photos is not None else photo_files())]
+    if not srcs:
+        raise FileNotFoundError(
+            "make_photo_corpus: no photos (set FACEFLEET_SHARED_DATA to a folder with images/)"
+        )
+    t0 = time.perf_counter()
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    digits = max(6, len(str(max(n - 1, 0))))
+    paths = [root / f"photo_{i:0{digits}d}.jpg" for i in range(n)]
+    nproc = max(1, min(workers or os.cpu_count() or 1, max(1, n // 16)))
+    chunk = max(1, min(256, math.ceil(n / (nproc * 4))))
+    jobs = [
+        (list(range(a, min(n, a + chunk))), seed, quality, [str(p) for p in paths[a : a + chunk]])
+        for a in range(0, n, chunk)
+    ]
+    rows: list[tuple[int, str]] = []
+    if nproc == 1:
+        _init_photos(srcs, (w, h))
+        for j in jobs:
+            rows.extend(_crop_work(j))
+    else:
+        with mp_context().Pool(nproc, initializer=_init_photos, initargs=(srcs, (w, h))) as pool:
+            for part in pool.imap_unordered(_crop_work, jobs):
+                rows.extend(part)
+    rows.sort()
+    from facefleet.io.atomic import atomic_open
+
+    with atomic_open(root / "manifest.tsv", "w") as fh:
+        fh.write("file\tphoto\n")
+        for (_, name), p in zip(rows, paths, strict=True):
+            fh.write(f"{p.name}\t{name}\n")
+    seconds = time.perf_counter() - t0
+    meta = {"kind": "photos", "n": n, "resolution": [w, h], "quality": quality, "seed": seed}
+    meta |= {"photos": [Path(s).name for s in srcs], "seconds": round(seconds, 3), "workers": nproc}
+    with atomic_open(root / "corpus.json", "w") as fh:
+        json.dump(meta, fh, indent=1)
+    return Corpus(
+        root=root,
+        files=paths,
+        faces=[],
+        resolution=(w, h),
+        quality=quality,
+        seed=seed,
+        seconds=seconds,
+        sources={"photos": srcs},
+        kind="photos",
     )
 
 

@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -49,7 +49,7 @@ def parse_url(url: str) -> tuple[str, str, float]:
         raise QueueError(f"{url!r}: retry_s must be a number of seconds") from e
     for k, v in _LIBPQ_DEFAULTS.items():
         opts.setdefault(k, v)
-    return urlunsplit(parts._replace(query=urlencode(opts))), schema, retry_s
+    return urlunsplit(parts._replace(query=urlencode(opts, quote_via=quote))), schema, retry_s
 
 
 class PgSession:

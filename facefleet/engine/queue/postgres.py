@@ -6,6 +6,13 @@ use, so many runs share one server. ``retry_s`` (default 60) bounds how long a c
 the server is unreachable (a restart, a failover, a network blip) before it raises
 :class:`QueueUnavailable`. Other query parameters go to libpq (``connect_timeout``, ``sslmode``,
 ``keepalives_idle``...); TCP keepalives default on, so a dead peer is noticed within ~30 s.
+Each write waits for the server's WAL flush; ``options=-c%20synchronous_commit%3Doff`` makes calls
+several times cheaper on a slow disk, at the price of the last few hundred ms of queue writes if the
+server crashes (units then run again; a unit's manifest file is replaced, never duplicated).
+
+Cost: events are ordered by a lock held until commit, so event-writing calls (claim, complete)
+run one at a time: about 1 / (commit latency) of them per second for the whole fleet, i.e. a few
+hundred units per second on a server with ~2 ms commits (benchmarks/queue_cost.py measures it).
 
 Same ideas as the SQLite backend, in SQL: a claim is one ``UPDATE`` of the first claimable row
 taken with ``FOR UPDATE SKIP LOCKED`` (claimers never wait on each other's rows); completion is
@@ -55,6 +62,7 @@ _TABLES = (
         stats TEXT, split_from TEXT, claim_token TEXT)""",
     "CREATE INDEX IF NOT EXISTS units_open ON units(seq) WHERE state IN ('pending', 'leased')",
     "CREATE INDEX IF NOT EXISTS units_owner ON units(owner) WHERE state = 'leased'",
+    "CREATE INDEX IF NOT EXISTS units_attempts ON units(attempts) WHERE state IN ('pending', 'leased')",
     """CREATE TABLE IF NOT EXISTS events (
         id BIGSERIAL PRIMARY KEY, t DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS workers (
@@ -281,7 +289,8 @@ class PostgresQueue(WorkQueue):
     def poisoned(self, max_attempts: int, now: float | None = None) -> list[Unit]:
         t = self.now() if now is None else now
         rows = self._rows(
-            f"SELECT {_UNIT_COLS} FROM units WHERE attempts >= %(max)s AND {_CLAIMABLE} ORDER BY seq",
+            f"SELECT {_UNIT_COLS} FROM units WHERE state IN ('pending', 'leased') AND attempts >= %(max)s "
+            f"AND {_CLAIMABLE} ORDER BY seq",
             {"max": max_attempts, "now": t},
         )
         return [_unit(r) for r in rows]

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS units (
     split_from TEXT
 );
 CREATE INDEX IF NOT EXISTS units_state ON units(state, seq);
+CREATE INDEX IF NOT EXISTS units_attempts ON units(attempts) WHERE state IN ('pending', 'leased');
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     t REAL NOT NULL,
@@ -72,6 +73,14 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 _CLAIMABLE = "(state='pending' OR (state='leased' AND lease_until < ?))"
 _UNIT_COLS = "seq, id, items, attempts, split_from"
+# the first claimable unit: two walks of the (state, seq) index that stop at their first match, not
+# a sort of every pending unit (which an OR over both states costs)
+_FIRST_CLAIMABLE = f"""
+SELECT * FROM (SELECT {_UNIT_COLS} FROM units WHERE state='pending' AND attempts < :max ORDER BY seq LIMIT 1)
+UNION ALL
+SELECT * FROM (SELECT {_UNIT_COLS} FROM units WHERE state='leased' AND lease_until < :now AND attempts < :max
+               ORDER BY seq LIMIT 1)
+ORDER BY seq LIMIT 1"""
 
 
 def _unit(row: Sequence[Any]) -> Unit:
@@ -176,10 +185,7 @@ class SqliteQueue(WorkQueue):
     ) -> Unit | None:
         now = self.now() if now is None else now
         with self._tx() as db:
-            row = db.execute(
-                f"SELECT {_UNIT_COLS} FROM units WHERE attempts < ? AND {_CLAIMABLE} ORDER BY seq LIMIT 1",
-                (max_attempts, now),
-            ).fetchone()
+            row = db.execute(_FIRST_CLAIMABLE, {"max": max_attempts, "now": now}).fetchone()
             if row is None:
                 return None
             db.execute(
@@ -250,7 +256,9 @@ class SqliteQueue(WorkQueue):
     def poisoned(self, max_attempts: int, now: float | None = None) -> list[Unit]:
         now = self.now() if now is None else now
         rows = self._all(
-            f"SELECT {_UNIT_COLS} FROM units WHERE attempts >= ? AND {_CLAIMABLE} ORDER BY seq",
+            f"SELECT {_UNIT_COLS} FROM units INDEXED BY units_attempts "
+            "WHERE state IN ('pending', 'leased') AND attempts >= ? "
+            f"AND {_CLAIMABLE} ORDER BY seq",
             (max_attempts, now),
         )
         return [_unit(r) for r in rows]

@@ -1,4 +1,4 @@
-"""The per-device batch pipeline: images -> faces -> 468-point mesh -> pose, 68 points, texture.
+"""The per-device batch pipeline: images -> faces -> landmarks of a model family -> pose, 68 points, texture.
 
 ``Reconstructor`` is the single source of truth for what a face result is (DESIGN.md). Every
 stage keeps tensors on its device; only the small per-face results cross to the host, in one
@@ -11,6 +11,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,40 @@ import numpy as np
 import torch
 
 from facefleet._device import host_to_device
-from facefleet.types import Face, ImageResult, Pose
+from facefleet.families import DEFAULT_FAMILY, FamilySpec, get_family
+from facefleet.types import Face, Gaze, ImageResult, Pose
 
 ImageInput = "str | Path | np.ndarray | torch.Tensor"
 
-# columns of the per-face table copied to the host once per batch (see reconstruct_tensors)
-_LM = 468 * 3
-_KP = 6 * 2
-_BOX = _LM
-_SCORE = _BOX + 4 + _KP
-_PRESENCE, _KEEP, _IDX = _SCORE + 1, _SCORE + 2, _SCORE + 3
+_KP = 6 * 2  # detector keypoints per face, (x, y) each
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """Columns of the per-face table copied to the host once per batch (see reconstruct_tensors): the
+    landmarks (V * 3), box (4), keypoints, then score, presence, keep and image index."""
+
+    lm: int
+
+    @property
+    def box(self) -> int:
+        return self.lm
+
+    @property
+    def score(self) -> int:
+        return self.lm + 4 + _KP
+
+    @property
+    def presence(self) -> int:
+        return self.score + 1
+
+    @property
+    def keep(self) -> int:
+        return self.score + 2
+
+    @property
+    def idx(self) -> int:
+        return self.score + 3
 
 _PRECISIONS = {
     "fp32": torch.float32,
@@ -70,15 +95,21 @@ def resolve_precision(precision: str | torch.dtype, device: torch.device) -> tor
     return dtype
 
 
-def resolve_runtime(runtime: str, device: torch.device, dtype: torch.dtype) -> str:
-    """ "auto" -> "litert" on the CPU in fp32 when ai-edge-litert is importable, else "torch"."""
+def resolve_runtime(
+    runtime: str, device: torch.device, dtype: torch.dtype, family: str | FamilySpec = DEFAULT_FAMILY
+) -> str:
+    """ "auto" -> "litert" on the CPU in fp32 when ai-edge-litert is importable and can run the family's
+    weights (no custom operators), else "torch"."""
     if runtime not in ("auto", "torch", "litert"):
         raise ValueError(f"unknown runtime {runtime!r}: use auto, torch or litert")
+    fam = get_family(family)
     if runtime == "litert" and (device.type != "cpu" or dtype != torch.float32):
         raise ValueError("the LiteRT runtime runs on the CPU in fp32 only")
+    if runtime == "litert" and not fam.litert:
+        raise ValueError(f"the LiteRT runtime cannot run model family {fam.name!r} (custom operators): use torch")
     if runtime != "auto":
         return runtime
-    if device.type != "cpu" or dtype != torch.float32:
+    if device.type != "cpu" or dtype != torch.float32 or not fam.litert:
         return "torch"
     import importlib.util
 
@@ -111,7 +142,12 @@ class Reconstructor:
             interpreter, CPU only) or "auto": on the CPU LiteRT when ``ai-edge-litert`` is
             installed, since it measured 2-4x faster than the torch port there
             (``python -m facefleet.bench.runtimes``), else torch.
-        threads: CPU threads for the networks (default: all cores).
+        threads: threads of the LiteRT interpreters (default: theirs). The torch networks use the
+            process's torch threads: the caller sets those (``torch.set_num_threads``), this constructor
+            switches nothing process-wide.
+        family: the model family, a name of :func:`facefleet.families.list_families`: "mediapipe468"
+            (default, 468 landmarks) or "mediapipe478" (the attention mesh: refined eyes and lips, iris
+            points, and each face's ``gaze``). Landmarks are ``(V, 3)`` with V from its topology.
         compiled: on CUDA, run the networks' CUDA graphs from ``torch.compile``'s fused kernels (default:
             when Triton is installed; :func:`facefleet.models.compile_available`).
     """
@@ -131,6 +167,7 @@ class Reconstructor:
         threads: int | None = None,
         refine: int = 2,
         compiled: bool | None = None,
+        family: str | FamilySpec = DEFAULT_FAMILY,
     ) -> None:
         from facefleet.detect import FaceDetector
         from facefleet.geometry import load_geometry
@@ -141,7 +178,10 @@ class Reconstructor:
         self.texture_size = int(texture_size)
         self.max_faces = int(max_faces)
         self.geometry = load_geometry()
-        self.runtime = resolve_runtime(runtime, self.device, self.dtype)
+        self.family = get_family(family)
+        self.topology = self.family.topology
+        self._cols = _Columns(self.topology.n_vertices * 3)
+        self.runtime = resolve_runtime(runtime, self.device, self.dtype, self.family)
         det_net: Any = None
         mesh_net: Any = None
         if self.runtime == "litert":
@@ -151,9 +191,7 @@ class Reconstructor:
             names = {"short": "face_detection_short_range", "full": "face_detection_full_range"}
             det_nets = {k: LiteRTModel(names[k], num_threads=threads, model_dir=model_dir) for k in kinds}
             det_net = det_nets if detector == "auto" else det_nets[kinds[0]]
-            mesh_net = LiteRTModel("face_landmark", num_threads=threads, model_dir=model_dir)
-        elif self.device.type == "cpu" and threads:
-            torch.set_num_threads(int(threads))
+            mesh_net = LiteRTModel(self.family.weights[-1], num_threads=threads, model_dir=model_dir)
         self.detector = FaceDetector(
             device=self.device,
             dtype=self.dtype,
@@ -172,6 +210,7 @@ class Reconstructor:
             net=mesh_net,
             refine=refine,
             compiled=compiled,
+            family=self.family,
         )
         self._sampler: Any = None
 
@@ -272,7 +311,10 @@ class Reconstructor:
         synchronisation; wall time on the CPU), and 'geometry' (head poses and the 68-point landmarks,
         computed on the host from the transferred landmarks: wall time).
         """
-        from facefleet.geometry import estimate_pose, to_landmarks68
+        from facefleet.families.gaze import gaze_angles
+        from facefleet.geometry import estimate_pose
+
+        cols = self._cols
 
         if len(images) != len(sources):
             raise ValueError(f"got {len(images)} images but {len(sources)} sources")
@@ -302,7 +344,7 @@ class Reconstructor:
             n = len(det)
             table = torch.cat(
                 [
-                    mesh.landmarks.float().reshape(n, _LM),
+                    mesh.landmarks.float().reshape(n, cols.lm),
                     det.boxes.float(),
                     det.keypoints.reshape(n, _KP).float(),
                     torch.stack(
@@ -319,25 +361,28 @@ class Reconstructor:
             ).to("cpu", non_blocking=True)
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()
-            kept = np.flatnonzero(table.numpy()[:, _KEEP] > 0.5)
+            kept = np.flatnonzero(table.numpy()[:, cols.keep] > 0.5)
             host = table.numpy()[kept]  # a copy: pinned blocks are for reuse
-        lm_host = host[:, :_LM].reshape(-1, 468, 3)
+        topo = self.topology
+        lm_host = host[:, : cols.lm].reshape(-1, topo.n_vertices, 3)
         t_geo = time.perf_counter()
         # head poses on the host, of the kept faces, from the landmarks as transferred: on CUDA the
         # batched 3x3 SVD synchronises the device (and ran cuSOLVER kernels) mid-batch; here ~1 ms
-        pose = estimate_pose(torch.from_numpy(lm_host))
+        pose = estimate_pose(torch.from_numpy(np.ascontiguousarray(lm_host[:, : topo.n_mesh])))
         mat = pose.matrix.numpy().astype(np.float64)
         yaw, pitch, roll = (t.tolist() for t in (pose.yaw, pose.pitch, pose.roll))
-        lm68 = to_landmarks68(torch.from_numpy(lm_host)).numpy()
+        lm68 = lm_host[:, topo.idx68, :2]
+        gaze = gaze_angles(lm_host, mat, topo) if topo.has_iris else None
         if timings is not None:
             timings["geometry"] = timings.get("geometry", 0.0) + time.perf_counter() - t_geo
-        img_idx = host[:, _IDX].astype(np.int64)
-        scores = host[:, _SCORE]
+        img_idx = host[:, cols.idx].astype(np.int64)
+        scores = host[:, cols.score]
         tex_host: list[np.ndarray] | None = None
         with self._stage("texture", timings, events):
             if texture and len(host) > 0:
                 keep = host_to_device(kept, self.device)
-                tex = self.sampler(images, mesh.landmarks[keep].float(), mesh.image_index[keep])
+                mesh_lm = mesh.landmarks[keep, : topo.n_mesh].float()  # the textured mesh's vertices
+                tex = self.sampler(images, mesh_lm, mesh.image_index[keep])
                 rgba = tex.permute(0, 2, 3, 1)  # (m, T, T, 4)
                 per = int(rgba[0].numel())
                 fit = 0 if texture_out is None else min(len(rgba), texture_out.size // per)
@@ -350,8 +395,8 @@ class Reconstructor:
                 tex_host = [t for part in parts for t in part]
         _collect_events(events)
         results = [ImageResult(source=str(s), width=w, height=h) for s, (w, h) in zip(sources, sizes)]
-        boxes = host[:, _BOX : _BOX + 4]
-        kps = host[:, _BOX + 4 : _BOX + 4 + _KP].reshape(-1, _KP // 2, 2)
+        boxes = host[:, cols.box : cols.box + 4]
+        kps = host[:, cols.box + 4 : cols.box + 4 + _KP].reshape(-1, _KP // 2, 2)
         # highest score first within each image
         for j in np.lexsort((-scores, img_idx)):
             results[int(img_idx[j])].faces.append(
@@ -362,8 +407,9 @@ class Reconstructor:
                     landmarks=lm_host[j],
                     landmarks68=lm68[j],
                     pose=Pose(yaw=yaw[j], pitch=pitch[j], roll=roll[j], matrix=mat[j]),
-                    presence=float(host[j, _PRESENCE]),
+                    presence=float(host[j, cols.presence]),
                     texture=None if tex_host is None else tex_host[j],
+                    gaze=None if gaze is None else Gaze(float(gaze[j, 0]), float(gaze[j, 1])),
                 )
             )
         return results

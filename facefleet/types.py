@@ -35,6 +35,18 @@ class Pose:
         }
 
 
+@dataclass(frozen=True)
+class Gaze:
+    """Gaze direction in degrees (families with iris points only; :mod:`facefleet.families.gaze`):
+    yaw > 0 looks toward the subject's right (image left), pitch > 0 up; (0, 0) into the camera."""
+
+    yaw: float
+    pitch: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"yaw": round(float(self.yaw), 3), "pitch": round(float(self.pitch), 3)}
+
+
 @dataclass
 class Face:
     """One reconstructed face.
@@ -42,9 +54,11 @@ class Face:
     bbox: (4,) x0, y0, x1, y1 of the detection; score: detector confidence;
     keypoints: (6, 2) detector keypoints (right eye, left eye, nose tip, mouth,
     right ear tragion, left ear tragion; "right" = the subject's right);
-    landmarks: (468, 3) mesh vertices; landmarks68: (68, 2) iBUG-68 subset;
+    landmarks: (V, 3) landmarks, V and their order from the model family's topology
+    (``facefleet.families``; 468 mesh vertices by default); landmarks68: (68, 2) iBUG-68 subset;
     presence: face-presence probability of the mesh network;
-    texture: optional (T, T, 4) uint8 RGBA UV texture, alpha = visible texels.
+    texture: optional (T, T, 4) uint8 RGBA UV texture, alpha = visible texels;
+    gaze: gaze direction, for families with iris points (None otherwise).
     """
 
     bbox: np.ndarray
@@ -55,12 +69,13 @@ class Face:
     pose: Pose
     presence: float = 1.0
     texture: np.ndarray | None = field(default=None, repr=False)
+    gaze: Gaze | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def r(a: np.ndarray, nd: int = 3) -> Any:
             return np.round(np.asarray(a, dtype=np.float64), nd).tolist()
 
-        return {
+        out: dict[str, Any] = {
             "bbox": r(self.bbox, 2),
             "score": round(float(self.score), 5),
             "keypoints": r(self.keypoints, 2),
@@ -69,6 +84,9 @@ class Face:
             "pose": self.pose.to_dict(),
             "presence": round(float(self.presence), 5),
         }
+        if self.gaze is not None:
+            out["gaze"] = self.gaze.to_dict()
+        return out
 
 
 @dataclass

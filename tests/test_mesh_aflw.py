@@ -1,9 +1,8 @@
 """Mesh accuracy on the AFLW2000-3D subset (skipped without ../shared/data).
 
-NME (3DDFA protocol: mean 2D error of 68 points / sqrt(w * h) of the ground-truth box). The official
-468 -> 68 map belongs to ``facefleet.geometry``; this check fits its own nearest-vertex map (for each of
-the 68 points, the mesh vertex with the least normalised error over the images), reported both fitted
-on all 8 images and leave-one-image-out.
+NME (3DDFA protocol: mean 2D error of the 68 points / sqrt(w * h) of the ground-truth box) of the
+SHIPPED 68-point map of each model family (``topology.idx68``, from ``facefleet.geometry``): nothing is
+fitted on the images scored here.
 """
 
 from __future__ import annotations
@@ -16,16 +15,12 @@ import pytest
 import torch
 
 from facefleet.detect import FaceDetector
+from facefleet.families import get_family
 from facefleet.mesh import MeshPredictor
 
-
-def _fit_map(preds: list[np.ndarray], gts: list[np.ndarray], skip: int | None = None) -> np.ndarray:
-    cost = np.zeros((68, 468))
-    for k, (p, g) in enumerate(zip(preds, gts, strict=True)):
-        if k != skip:
-            norm = np.sqrt(np.ptp(g[:, 0]) * np.ptp(g[:, 1]))
-            cost += np.linalg.norm(g[:, None, :] - p[None, :, :2], axis=2) / norm
-    return cost.argmin(1)
+# bounds on the mean NME (%) over the 8 images with the shipped map and the default refine (2); MediaPipe's
+# own runtime scores 4.7 % here with the best fixed map. Measured: see docs/benchmarks.md (facefleet eval).
+MAX_MEAN_NME = {"mediapipe468": 4.7, "mediapipe478": 5.0}
 
 
 def _nme(p: np.ndarray, g: np.ndarray) -> float:
@@ -33,7 +28,7 @@ def _nme(p: np.ndarray, g: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def aflw(shared_data: Path) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+def aflw(shared_data: Path) -> tuple[list[torch.Tensor], list[np.ndarray], object]:
     from scipy.io import loadmat
 
     from facefleet.io.decode import read_image
@@ -45,34 +40,28 @@ def aflw(shared_data: Path) -> tuple[list[torch.Tensor], list[np.ndarray]]:
         names = [r["image"] for r in csv.DictReader(fh, delimiter="\t")]
     imgs = [torch.from_numpy(read_image(root / n)).permute(2, 0, 1).contiguous() for n in names]
     gts = [loadmat(str(root / n.replace(".jpg", ".mat")))["pt3d_68"][:2].T.astype(np.float64) for n in names]
-    return imgs, gts
+    return imgs, gts, FaceDetector(model="auto")(imgs)
 
 
-def test_aflw_nme(aflw: tuple[list[torch.Tensor], list[np.ndarray]]) -> None:
-    imgs, gts = aflw
-    det = FaceDetector(model="auto")(imgs)
-    idx = det.image_index.numpy()
-    results = {}
-    for refine in (0, 1, 2):
-        lm = MeshPredictor(refine=refine)(imgs, det).landmarks.numpy()
-        preds = []
-        for i, g in enumerate(gts):  # the face nearest the ground-truth centre
-            cand = np.nonzero(idx == i)[0]
-            assert len(cand) >= 1, f"no face found in AFLW image {i}"
-            preds.append(
-                lm[cand[np.argmin([np.linalg.norm(lm[j, :, :2].mean(0) - g.mean(0)) for j in cand])]]
-            )
-        m = _fit_map(preds, gts)
-        fitted = [_nme(p[m, :2], g) for p, g in zip(preds, gts, strict=True)]
-        loo = [
-            _nme(p[_fit_map(preds, gts, skip=k), :2], g)
-            for k, (p, g) in enumerate(zip(preds, gts, strict=True))
-        ]
-        results[refine] = (float(np.mean(fitted)), float(np.mean(loo)))
-        print(
-            f"refine={refine}: NME fitted map {np.mean(fitted):.2f} %, leave-one-out {np.mean(loo):.2f} %, "
-            f"per image {np.round(fitted, 2).tolist()}"
-        )
-    default = MeshPredictor().refine
-    assert results[default][0] <= 4.7, results  # MediaPipe's own runtime: 4.7 %
-    assert results[default][0] <= results[0][0]  # refining is the better default
+def _shipped_map_nme(aflw: tuple[list[torch.Tensor], list[np.ndarray], object], family: str, refine: int) -> list[float]:
+    imgs, gts, det = aflw
+    idx68 = get_family(family).topology.idx68
+    lm = MeshPredictor(refine=refine, family=family)(imgs, det).landmarks.numpy()  # type: ignore[arg-type]
+    img_idx = det.image_index.numpy()  # type: ignore[attr-defined]
+    nmes = []
+    for i, g in enumerate(gts):  # the face nearest the ground-truth centre
+        cand = np.nonzero(img_idx == i)[0]
+        assert len(cand) >= 1, f"no face found in AFLW image {i}"
+        j = cand[np.argmin([np.linalg.norm(lm[k, :, :2].mean(0) - g.mean(0)) for k in cand])]
+        nmes.append(_nme(lm[j, idx68, :2], g))
+    return nmes
+
+
+@pytest.mark.parametrize("family", ["mediapipe468", "mediapipe478"])
+def test_aflw_nme(aflw: tuple[list[torch.Tensor], list[np.ndarray], object], family: str) -> None:
+    default = MeshPredictor(family=family).refine
+    nme = {r: _shipped_map_nme(aflw, family, r) for r in sorted({0, default})}
+    for r, v in nme.items():
+        print(f"{family} refine={r}: shipped-map NME {np.mean(v):.2f} %, per image {np.round(v, 2).tolist()}")
+    assert np.mean(nme[default]) <= MAX_MEAN_NME[family], nme
+    assert np.mean(nme[default]) <= np.mean(nme[0])  # refining is the better default

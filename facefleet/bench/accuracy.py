@@ -2,7 +2,15 @@
 
 NME protocol (3DDFA / PRNet): mean over the 68 points of the 2D error divided by sqrt(w * h) of
 the ground-truth 68-point bounding box, reported per |yaw| bin [0,30], (30,60], (60,90] and as
-the mean of the three bin means; also the plain mean over images.
+the mean of the three bin means; also the plain mean over images. The 68 points are the shipped map
+of the model family (``--family``; several, comma-separated, are measured in one run), and the
+mesh network's speed (faces/s on the evaluated faces' crops) is measured beside it.
+
+Expected data layout (``--data DIR``, default ``../shared/data``)::
+
+    DIR/benchmarks/aflw2000_3d_subset/index.tsv    image, yaw_bin, pose_para_pitch_yaw_roll_deg columns
+    DIR/benchmarks/aflw2000_3d_subset/<image>.jpg  with <image>.mat (pt3d_68: 68 ground-truth points)
+    DIR/images/INDEX.tsv                           file, faces columns (recall on real photos)
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import csv
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +29,20 @@ import numpy as np
 
 YAW_BINS = ("[0,30]", "(30,60]", "(60,90]")
 MEDIAPIPE_REFERENCE_NME = 4.7  # % mean over the 8 images, MediaPipe's runtime, best fixed mapping
+
+
+AFLW_DIR = Path("benchmarks") / "aflw2000_3d_subset"
+RECALL_INDEX = Path("images") / "INDEX.tsv"
+
+
+def layout_problems(data_dir: Path, what: set[str]) -> list[str]:
+    """What ``data_dir`` lacks for the evaluations in ``what`` ("aflw", "recall"); empty when complete."""
+    missing = []
+    if "aflw" in what and not (data_dir / AFLW_DIR / "index.tsv").is_file():
+        missing.append(str(data_dir / AFLW_DIR / "index.tsv"))
+    if "recall" in what and not (data_dir / RECALL_INDEX).is_file():
+        missing.append(str(data_dir / RECALL_INDEX))
+    return missing
 
 
 def default_data_dir() -> Path:
@@ -57,7 +80,7 @@ def _pick_face(result: Any, gt: np.ndarray) -> Any:
 def eval_aflw(rec: Any, data_dir: Path) -> tuple[list[NmeRow], dict[str, float]]:
     from scipy.io import loadmat
 
-    root = data_dir / "benchmarks" / "aflw2000_3d_subset"
+    root = data_dir / AFLW_DIR
     with open(root / "index.tsv") as fh:
         index = list(csv.DictReader(fh, delimiter="\t"))
     paths = [str(root / r["image"]) for r in index]
@@ -86,6 +109,52 @@ def eval_aflw(rec: Any, data_dir: Path) -> tuple[list[NmeRow], dict[str, float]]
     summary["mean_of_bins"] = float(np.mean(bin_means)) if bin_means else float("nan")
     summary["missed"] = float(sum(x.nme is None for x in rows))
     return rows, summary
+
+
+@dataclass(frozen=True)
+class MeshSpeed:
+    """Speed of a family's mesh network alone: ``faces`` crops per call, ``calls`` timed calls (after
+    one untimed), ``faces_per_s`` = faces * calls / seconds."""
+
+    family: str
+    runtime: str
+    faces: int
+    calls: int
+    seconds: float
+
+    @property
+    def faces_per_s(self) -> float:
+        return self.faces * self.calls / self.seconds
+
+
+def mesh_speed(rec: Any, data_dir: Path, batch: int = 16, calls: int = 10) -> MeshSpeed:
+    """Time ``rec``'s mesh network on ``batch`` face crops of the AFLW subset's images (the detector's
+    ROIs, repeated to fill the batch)."""
+    import torch
+
+    from facefleet.io.decode import read_image
+    from facefleet.mesh import crop_rois, roi_from_detections
+
+    root = data_dir / AFLW_DIR
+    with open(root / "index.tsv") as fh:
+        names = [r["image"] for r in csv.DictReader(fh, delimiter="\t")]
+    imgs = [torch.from_numpy(read_image(root / n)).permute(2, 0, 1).contiguous() for n in names]
+    det = rec.detector(imgs)
+    roi = roi_from_detections(det.boxes, det.keypoints)
+    size = rec.mesher.crop_size
+    crops = crop_rois(imgs, det.image_index, roi, size).to(rec.device, rec.dtype)
+    reps = -(-batch // max(len(crops), 1))
+    crops = crops.repeat(reps, 1, 1, 1)[:batch].contiguous()
+    model = rec.mesher.model
+    with torch.inference_mode():
+        model.landmarks_from_crops(crops)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            model.landmarks_from_crops(crops)
+        if rec.device.type == "cuda":
+            torch.cuda.synchronize(rec.device)
+        seconds = time.perf_counter() - t0
+    return MeshSpeed(rec.family.name, rec.runtime, int(crops.shape[0]), calls, seconds)
 
 
 def _expected(count: str) -> tuple[int, bool]:
@@ -130,7 +199,36 @@ def eval_recall(rec: Any, data_dir: Path, batch: int = 8) -> tuple[list[dict[str
     return rows, summary
 
 
+def _print_aflw(rows: list[NmeRow], summ: dict[str, float], label: str) -> None:
+    print(f"AFLW2000-3D subset, 68-point NME (%), {label}")
+    print(f"{'image':<16}{'yaw bin':<10}{'yaw':>8}{'pred yaw':>10}{'NME %':>8}")
+    for r in rows:
+        nme = "missed" if r.nme is None else f"{r.nme:.2f}"
+        py = "" if r.pred_yaw is None else f"{r.pred_yaw:.1f}"
+        print(f"{r.image:<16}{r.yaw_bin:<10}{r.yaw_deg:>8.1f}{py:>10}{nme:>8}")
+    for b in YAW_BINS:
+        if b in summ:
+            print(f"  mean {b:<9} {summ[b]:.2f}")
+    print(f"  mean over images      {summ['mean']:.2f}   (MediaPipe runtime: {MEDIAPIPE_REFERENCE_NME})")
+    print(f"  mean of the bin means {summ['mean_of_bins']:.2f}   (MediaPipe runtime: 6.3)")
+
+
+def _print_recall(rows2: list[dict[str, Any]], summ2: dict[str, Any], where: Path) -> None:
+    print(f"\nRecall on {where}")
+    print(f"{'file':<42}{'expected':>9}{'found':>7}")
+    for rr in rows2:
+        flag = "" if rr["ok"] else "  <-"
+        print(f"{rr['file']:<42}{rr['expected']:>9}{rr['found']:>7}{flag}")
+    print(
+        f"  faces found/expected (capped at expected): {summ2['faces_found_capped']}/"
+        f"{summ2['faces_expected_min']} = {summ2['recall']:.1%}"
+    )
+    print(f"  images with the expected count: {summ2['images_meeting_count']}/{summ2['positive_images']}")
+    print(f"  no-face images with a detection: {summ2['noface_images_with_faces']}/{summ2['noface_images']}")
+
+
 def eval_cli(argv: list[str]) -> int:
+    from facefleet.families import DEFAULT_FAMILY, list_families
     from facefleet.pipeline import Reconstructor
 
     p = argparse.ArgumentParser(
@@ -140,10 +238,16 @@ def eval_cli(argv: list[str]) -> int:
         "--data",
         type=Path,
         default=default_data_dir(),
-        help="the shared test data folder (default ../shared/data or $FACEFLEET_SHARED_DATA)",
+        help="the shared test data folder (default ../shared/data or $FACEFLEET_SHARED_DATA); layout above",
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--runtime", default="auto", choices=["auto", "torch", "litert"])
+    p.add_argument(
+        "--family",
+        default=DEFAULT_FAMILY,
+        help=f"model family, or several comma-separated (measured in one run): {', '.join(list_families())}",
+    )
     p.add_argument("--what", default="aflw,recall", help="aflw, recall or both (default)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     p.add_argument("--model-dir", type=Path, default=None)
@@ -151,43 +255,58 @@ def eval_cli(argv: list[str]) -> int:
 
     add_pipeline_options(p, max_faces=256)  # 256: crowds have 100+
     args = p.parse_args(argv)
-    if not (args.data / "benchmarks").is_dir():
-        print(f"facefleet eval: no benchmark data at {args.data} (use --data)", file=sys.stderr)
+    what = {w.strip() for w in args.what.split(",")}
+    unknown = what - {"aflw", "recall"}
+    if unknown:
+        print(f"facefleet eval: unknown --what {sorted(unknown)} (use aflw, recall)", file=sys.stderr)
+        return 2
+    families = [f.strip() for f in args.family.split(",") if f.strip()]
+    bad = [f for f in families if f not in list_families()]
+    if bad or not families:
+        print(f"facefleet eval: unknown --family {bad}; known: {', '.join(list_families())}", file=sys.stderr)
+        return 2
+    missing = layout_problems(args.data, what)
+    if missing:
+        print(
+            f"facefleet eval: {args.data} is not the test data folder: missing {', '.join(missing)}.\n"
+            f"Expected layout (--data DIR):\n"
+            f"  DIR/{AFLW_DIR}/index.tsv, and <image>.jpg with <image>.mat (pt3d_68) per row\n"
+            f"  DIR/{RECALL_INDEX} (file, faces columns) beside the photos",
+            file=sys.stderr,
+        )
         return 2
     settings = pipeline_kwargs(args)
-    rec = Reconstructor(device=args.device, precision=args.precision, model_dir=args.model_dir, **settings)  # type: ignore[arg-type]
-    report: dict[str, Any] = {"device": str(rec.device), "precision": args.precision, "settings": settings}
-    what = {w.strip() for w in args.what.split(",")}
-    if "aflw" in what:
-        rows, summ = eval_aflw(rec, args.data)
-        print(f"AFLW2000-3D subset, 68-point NME (%), {rec.device} {args.precision}")
-        print(f"{'image':<16}{'yaw bin':<10}{'yaw':>8}{'pred yaw':>10}{'NME %':>8}")
-        for r in rows:
-            nme = "missed" if r.nme is None else f"{r.nme:.2f}"
-            py = "" if r.pred_yaw is None else f"{r.pred_yaw:.1f}"
-            print(f"{r.image:<16}{r.yaw_bin:<10}{r.yaw_deg:>8.1f}{py:>10}{nme:>8}")
-        for b in YAW_BINS:
-            if b in summ:
-                print(f"  mean {b:<9} {summ[b]:.2f}")
-        print(f"  mean over images      {summ['mean']:.2f}   (MediaPipe runtime: {MEDIAPIPE_REFERENCE_NME})")
-        print(f"  mean of the bin means {summ['mean_of_bins']:.2f}   (MediaPipe runtime: 6.3)")
-        report["aflw"] = {"rows": [asdict(r) for r in rows], "summary": summ}
-    if "recall" in what:
-        rows2, summ2 = eval_recall(rec, args.data)
-        print(f"\nRecall on {args.data / 'images'}")
-        print(f"{'file':<42}{'expected':>9}{'found':>7}")
-        for rr in rows2:
-            flag = "" if rr["ok"] else "  <-"
-            print(f"{rr['file']:<42}{rr['expected']:>9}{rr['found']:>7}{flag}")
-        print(
-            f"  faces found/expected (capped at expected): {summ2['faces_found_capped']}/"
-            f"{summ2['faces_expected_min']} = {summ2['recall']:.1%}"
+    report: dict[str, Any] = {"precision": args.precision, "settings": settings, "families": {}}
+    speeds: list[MeshSpeed] = []
+    for fam in families:
+        rec = Reconstructor(
+            device=args.device,
+            precision=args.precision,
+            model_dir=args.model_dir,
+            runtime=args.runtime,
+            family=fam,
+            **settings,  # type: ignore[arg-type]
         )
-        print(f"  images with the expected count: {summ2['images_meeting_count']}/{summ2['positive_images']}")
-        print(
-            f"  no-face images with a detection: {summ2['noface_images_with_faces']}/{summ2['noface_images']}"
-        )
-        report["recall"] = {"rows": rows2, "summary": summ2}
+        report["device"] = str(rec.device)
+        out: dict[str, Any] = {"runtime": rec.runtime}
+        label = f"{fam}, {rec.device} {args.precision}, {rec.runtime}"
+        if "aflw" in what:
+            rows, summ = eval_aflw(rec, args.data)
+            _print_aflw(rows, summ, label)
+            speed = mesh_speed(rec, args.data)
+            speeds.append(speed)
+            out["aflw"] = {"rows": [asdict(r) for r in rows], "summary": summ}
+            out["mesh_speed"] = {**asdict(speed), "faces_per_s": speed.faces_per_s}
+        if "recall" in what:
+            rows2, summ2 = eval_recall(rec, args.data)
+            _print_recall(rows2, summ2, args.data / "images")
+            out["recall"] = {"rows": rows2, "summary": summ2}
+        report["families"][fam] = out
+        print()
+    if speeds:
+        print("Mesh network speed (faces/s; the same crops, one process, one after the other)")
+        for sp in speeds:
+            print(f"  {sp.family:<14} {sp.runtime:<7} {sp.faces_per_s:8.1f} faces/s  ({sp.faces} crops x {sp.calls} calls)")
     if args.json:
         from facefleet.io.atomic import atomic_write_text
 

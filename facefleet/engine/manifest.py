@@ -37,10 +37,12 @@ SCHEMA = pa.schema(
         ("pose_pitch", _F32),
         ("pose_roll", _F32),
         ("pose_matrix", pa.list_(_F32)),  # 16 values
-        ("landmarks", pa.list_(_F32)),  # 1404 values
+        ("landmarks", pa.list_(_F32)),  # V * 3 values, V from the model family's topology
         ("landmarks68", pa.list_(_F32)),  # 136 values
         ("presence", _F32),
         ("error", pa.string()),
+        ("gaze_yaw", _F32),  # families with iris points only (null otherwise)
+        ("gaze_pitch", _F32),
     ]
 )
 
@@ -48,15 +50,18 @@ SCHEMA = pa.schema(
 # fixed-size ones: Arrow's Parquet reader could not read null fixed-size lists (the rows of images
 # without a face) before mid-2026 (apache/arrow#35692; the pyarrow of the lent H200 hosts still
 # fails on them).
-_LISTS = (("bbox", 4), ("keypoints", 12), ("pose_matrix", 16), ("landmarks", 1404), ("landmarks68", 136))
+_LISTS = (("bbox", 4), ("keypoints", 12), ("pose_matrix", 16), ("landmarks68", 136))
 
 
 def unit_path(out_dir: str | os.PathLike[str], uid: str) -> Path:
     return Path(out_dir) / MANIFEST_DIR / f"unit-{uid}.parquet"
 
 
-def results_table(results: Sequence[ImageResult], uid: str) -> pa.Table:
-    """Manifest rows of one unit's results (one row per face, or one per faceless/failed image)."""
+def results_table(results: Sequence[ImageResult], uid: str, n_vertices: int | None = None) -> pa.Table:
+    """Manifest rows of one unit's results (one row per face, or one per faceless/failed image).
+
+    ``n_vertices``: landmarks per face (the model family's ``topology.n_vertices``); default: those of
+    the first face. Every face must have that many (``ValueError`` otherwise)."""
     src: list[str] = []
     widths: list[int] = []
     heights: list[int] = []
@@ -83,6 +88,11 @@ def results_table(results: Sequence[ImageResult], uid: str) -> pa.Table:
     has = np.array([f is not None for f in faces], dtype=bool)
     mask = pa.array(~has) if n else None
     present = [f for f in faces if f is not None]
+    if n_vertices is None:
+        n_vertices = len(present[0].landmarks) if present else 0
+    bad = [len(f.landmarks) for f in present if len(f.landmarks) != n_vertices]
+    if bad:
+        raise ValueError(f"results_table: faces with {bad[0]} landmarks among faces with {n_vertices}")
 
     def column(values: list[object], size: int) -> np.ndarray:
         """``(n, size)`` float32: the faces' values in their rows (one NumPy stack, no loop per
@@ -94,6 +104,13 @@ def results_table(results: Sequence[ImageResult], uid: str) -> pa.Table:
 
     def scalar(values: list[object]) -> pa.Array:
         return pa.array(column(values, 1).reshape(-1), type=_F32, mask=~has)
+
+    gazed = np.array([f is not None and f.gaze is not None for f in faces], dtype=bool)
+
+    def gaze_column(key: str) -> pa.Array:
+        out = np.zeros(n, np.float32)
+        out[gazed] = [getattr(f.gaze, key) for f in faces if f is not None and f.gaze is not None]
+        return pa.array(out, type=_F32, mask=~gazed)
 
     cols: dict[str, pa.Array] = {
         "source": pa.array(src, pa.string()),
@@ -107,6 +124,8 @@ def results_table(results: Sequence[ImageResult], uid: str) -> pa.Table:
         "pose_roll": scalar([f.pose.roll for f in present]),
         "presence": scalar([f.presence for f in present]),
         "error": pa.array(errors, pa.string()),
+        "gaze_yaw": gaze_column("yaw"),
+        "gaze_pitch": gaze_column("pitch"),
     }
     lists: dict[str, list[object]] = {
         "bbox": [f.bbox for f in present],
@@ -115,7 +134,7 @@ def results_table(results: Sequence[ImageResult], uid: str) -> pa.Table:
         "landmarks": [f.landmarks for f in present],
         "landmarks68": [f.landmarks68 for f in present],
     }
-    for name, size in _LISTS:
+    for name, size in (*_LISTS, ("landmarks", n_vertices * 3)):
         # offsets of the rows (a face's values, or none: the row is null), values of the faces only
         offsets = np.zeros(n + 1, np.int32)
         np.cumsum(np.where(has, size, 0), out=offsets[1:])

@@ -9,11 +9,13 @@ from facefleet.export.jsonfile import result_to_json, write_json
 from facefleet.export.obj import obj_paths, write_obj
 from facefleet.export.overlay import OverlayFace, pose_axes_2d, render_overlay
 from facefleet.export.png import encode_png, write_png
+from facefleet.export.topology import mesh_topology
 
 __all__ = [
     "OverlayFace",
     "build_glb",
     "encode_png",
+    "mesh_topology",
     "obj_paths",
     "pose_axes_2d",
     "render_overlay",

@@ -38,6 +38,8 @@ def test_bench_litert_baseline_prints_table_and_json(
         [
             "--baselines",
             "litert",
+            "--corpus-kind",
+            "synthetic",
             "--images",
             "8",
             "--resolution",
@@ -80,6 +82,8 @@ def test_bench_all_baselines_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixtur
         [
             "--baselines",
             "engine,loop,litert",
+            "--corpus-kind",
+            "synthetic",
             "--images",
             "8",
             "--resolution",
@@ -225,7 +229,8 @@ def test_bench_repeat_runs_the_corpus_k_times(tmp_path: Path, capsys: pytest.Cap
     from facefleet.engine import read_manifest
 
     out = tmp_path / "bench.json"
-    args = ["--baselines", "engine", "--images", "3", "--resolution", "320x240", "--devices", "cpu"]
+    args = ["--baselines", "engine", "--corpus-kind", "synthetic", "--images", "3", "--resolution", "320x240"]
+    args += ["--devices", "cpu"]
     args += ["--workers", "1", "--repeat", "3", "--work-dir", str(tmp_path / "w"), "--json", str(out)]
     rc = bench_cli(args)
     text = capsys.readouterr().out

@@ -38,18 +38,38 @@ _BASELINES = ("engine", "loop", "litert")
 def build_parser(prog: str = "facefleet bench") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Benchmark facefleet against the per-image loop and "
-        "LiteRT on all CPU cores, on one generated (or given) corpus.",
+        description="Benchmark facefleet against the per-image loop and LiteRT on all CPU cores, on one "
+        "generated (or given) corpus, every row with the same model settings.",
     )
     p.add_argument(
         "--baselines",
         default="engine,loop,litert",
         help="comma list of engine,loop,litert (default: all); 'none' for only --simulate-workers",
     )
-    p.add_argument("--images", type=int, default=2000, help="corpus size (default 2000)")
+    p.add_argument(
+        "--images", type=int, default=None, help="corpus size (default 2000 with GPUs, 300 on the CPU)"
+    )
+    p.add_argument(
+        "--corpus-kind",
+        choices=("auto", "photos", "synthetic"),
+        default="auto",
+        help="photos: 1080p crops of the real photos of ../shared/data/images ($FACEFLEET_SHARED_DATA), 0 "
+        "to many faces per image; synthetic: real faces pasted on real backgrounds, --faces per image; "
+        "auto (default): photos where that folder is present, else synthetic",
+    )
     p.add_argument("--resolution", default="1920x1080", help="WxH of generated images (default 1920x1080)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
-    p.add_argument("--faces", default="1", help="faces per image: N or MIN-MAX (default 1)")
+    p.add_argument("--faces", default="1", help="synthetic corpus: faces per image, N or MIN-MAX (default 1)")
+    p.add_argument(
+        "--detector",
+        choices=("auto", "short", "full"),
+        default=None,
+        help="model setting of every row, the engine's, the loop's and LiteRT's alike (default: --config's "
+        "[model], else auto)",
+    )
+    p.add_argument(
+        "--refine", type=int, default=None, help="extra mesh passes of every row (default: [model], else 2)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--corpus", type=Path, help="use this existing folder of images instead of generating one")
     p.add_argument(
@@ -71,7 +91,7 @@ def build_parser(prog: str = "facefleet bench") -> argparse.ArgumentParser:
         "gives one engine row per value",
     )
     p.add_argument("--batch-size", type=int, help="engine batch size (default: the GPU profile)")
-    p.add_argument("--unit-size", type=int, default=256)
+    p.add_argument("--unit-size", type=int, default=None, help="engine unit size (default: the engine's)")
     p.add_argument(
         "--formats",
         action="append",
@@ -287,13 +307,39 @@ def repeat_corpus(root: Path, files: list[Path], out: Path, k: int) -> Path:
     return out
 
 
-def _engine_config(path: str | None, decoder: str | None) -> dict[str, Any]:
+def _engine_config(
+    path: str | None, decoder: str | None, model: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The engine's config: the file's (``--config``), with the decoder and ``model`` settings put over it."""
     from facefleet.hardware import load_config
 
     cfg = load_config(path) if path else {}
     if decoder:
         cfg.setdefault("gpu", {})["decoder"] = decoder
+    if model:
+        cfg["model"] = {**cfg.get("model", {}), **model}
     return cfg
+
+
+def model_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The model settings every row runs with: ``--config``'s ``[model]`` with ``--detector`` and
+    ``--refine`` over it, and the defaults (detector auto, refine 2) for what neither gives."""
+    model = {"detector": "auto", "refine": 2, **_engine_config(args.config, None).get("model", {})}
+    if args.detector is not None:
+        model["detector"] = args.detector
+    if args.refine is not None:
+        model["refine"] = args.refine
+    return model
+
+
+def litert_settings(model: dict[str, Any]) -> Any:
+    """The LiteRT baseline's :class:`~facefleet.bench.litert_baseline.BaselineSettings` for ``model``."""
+    from dataclasses import fields
+
+    from facefleet.bench.litert_baseline import BaselineSettings
+
+    names = {f.name for f in fields(BaselineSettings)}
+    return BaselineSettings(**{k: v for k, v in model.items() if k in names})
 
 
 def run_engine(
@@ -303,12 +349,13 @@ def run_engine(
     devices: str,
     formats: tuple[str, ...],
     batch_size: int | None,
-    unit_size: int,
+    unit_size: int | None,
     workers: int | None,
     name: str,
     gpu_workers: int | None = None,
     decoder: str | None = None,
     config: str | None = None,
+    model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One ``facefleet.engine.run`` over the corpus; the row reads the run's stats.json."""
     from facefleet import engine
@@ -331,7 +378,7 @@ def run_engine(
             unit_size=unit_size,
             workers=workers,
             gpu_workers=gpu_workers,
-            config=_engine_config(config, decoder),
+            config=_engine_config(config, decoder, model),
             force=True,
             quiet=True,
         )
@@ -374,6 +421,7 @@ def run_engine(
         stages={k: round(float(v), 3) for k, v in (stats.get("stages") or {}).items()},
         batch_stages_p50_ms=d.get("batch_stages_ms", {}),
         bound=d.get("bound"),
+        model=None if model is None else f"{model.get('detector', 'auto')}, refine {model.get('refine', 2)}",
     )
 
 
@@ -436,23 +484,31 @@ def run_loop(
     )
 
 
-def run_litert(files: list[Path], *, processes: int | None, budget_s: float) -> dict[str, Any]:
+def run_litert(
+    files: list[Path], *, processes: int | None, budget_s: float, model: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """MediaPipe's models in the official LiteRT interpreter, one process per core, doing the engine's
+    work for the ``model`` settings (:mod:`facefleet.bench.litert_baseline`)."""
     from facefleet.bench.litert_baseline import run_litert_pool
 
+    settings = litert_settings(model or {})
     with GpuSampler(0.25) as sampler:
-        r = run_litert_pool([str(f) for f in files], processes=processes, time_budget_s=budget_s)
+        r = run_litert_pool(
+            [str(f) for f in files], processes=processes, time_budget_s=budget_s, settings=settings
+        )
     _, rss = _sampler_peaks(sampler.summary())
     return _row(
-        f"LiteRT CPU x{r['processes']}",
+        f"LiteRT CPU x{r.processes}",
         "cpu",
-        r["images"],
-        r["faces"],
-        r["seconds"],
-        p50=_pct(r["latencies"], 50),
-        p99=_pct(r["latencies"], 99),
+        r.images,
+        r.faces,
+        r.seconds,
+        p50=_pct(list(r.latencies), 50),
+        p99=_pct(list(r.latencies), 99),
         rss_mib=rss,
-        failed=r["failed"],
-        errors=r["errors"],
+        failed=r.failed,
+        errors=list(r.errors),
+        model=settings.label(),
     )
 
 
@@ -514,7 +570,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         )
     notes.append(
         "x loop / x LiteRT: steady img/s where measured (the baselines are timed after their warm-up); "
-        "img/s includes the engine's start-up"
+        "img/s includes the engine's start-up; every row does the same work per image (its model settings)"
     )
     notes.append(
         "GPU MiB: peak memory allocated (the engine: its busiest worker with its decoders); NVML MiB: what "
@@ -571,6 +627,49 @@ def _faces(s: str) -> tuple[int, int]:
     return int(a), int(b or a)
 
 
+def _make_corpus(
+    args: argparse.Namespace, out: Path, n: int, log: Any
+) -> tuple[Path, list[Path], dict[str, Any]]:
+    """The corpus ``args`` ask for: (folder, files, its description for the JSON)."""
+    from facefleet.bench.corpus import make_corpus, make_photo_corpus, photo_files
+
+    res = _resolution(args.resolution)
+    photos = photo_files() if args.corpus_kind != "synthetic" else []
+    if args.corpus_kind == "photos" and not photos:
+        raise SystemExit(
+            "facefleet bench: --corpus-kind photos needs the shared photos (../shared/data/images, or "
+            "$FACEFLEET_SHARED_DATA/images)"
+        )
+    if photos:
+        c = make_photo_corpus(out, n, resolution=res, quality=args.quality, seed=args.seed, photos=photos)
+        log(
+            f"corpus: {len(c)} JPEGs, {res[0]}x{res[1]} (upright for portraits) crops of {len(photos)} real "
+            f"photos of {photos[0].parent}, q{args.quality} ({c.seconds:.1f} s)"
+        )
+        desc: dict[str, Any] = {"kind": "photos", "photos": str(photos[0].parent), "expected_faces": None}
+    else:
+        c = make_corpus(
+            out, n, resolution=res, quality=args.quality, faces_per_image=_faces(args.faces), seed=args.seed
+        )
+        log(
+            f"corpus: {len(c)} JPEGs {res[0]}x{res[1]} q{args.quality}, {sum(c.faces)} faces pasted "
+            f"({c.seconds:.1f} s)"
+        )
+        if args.corpus_kind == "auto":
+            log(
+                "corpus: synthetic (faces pasted on backgrounds): the real photos of ../shared/data/images "
+                "are not here ($FACEFLEET_SHARED_DATA); a photo corpus mixes 0 to many faces per image"
+            )
+        desc = {
+            "kind": "synthetic",
+            "faces_per_image": list(_faces(args.faces)),
+            "expected_faces": sum(c.faces),
+        }
+    desc |= {"n": len(c), "resolution": list(res), "quality": args.quality, "seed": args.seed}
+    desc["seconds"] = round(c.seconds, 2)
+    return c.root, list(c.files), desc
+
+
 def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     """Run everything ``args`` asks for; returns the JSON-able result (also printed as tables)."""
     baselines = (
@@ -594,6 +693,10 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     try:
         if baselines:
+            ngpu = _cuda_count()
+            devices = args.devices
+            if devices == "auto" and ngpu == 0:
+                devices = "cpu"
             if args.corpus:
                 from facefleet.io.discover import iter_inputs
 
@@ -601,39 +704,18 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                 files = sorted(Path(p) for p in iter_inputs(str(corpus_dir)))
                 result["corpus"] = {"path": str(corpus_dir), "n": len(files)}
             else:
-                from facefleet.bench.corpus import make_corpus
-
-                res = _resolution(args.resolution)
-                c = make_corpus(
-                    work / "corpus",
-                    args.images,
-                    resolution=res,
-                    quality=args.quality,
-                    faces_per_image=_faces(args.faces),
-                    seed=args.seed,
-                )
-                corpus_dir, files = c.root, c.files
-                result["corpus"] = {
-                    "n": len(c),
-                    "resolution": list(res),
-                    "quality": args.quality,
-                    "faces_per_image": list(_faces(args.faces)),
-                    "seed": args.seed,
-                    "expected_faces": sum(c.faces),
-                    "seconds": round(c.seconds, 2),
-                }
-                log(
-                    f"corpus: {len(c)} JPEGs {res[0]}x{res[1]} q{args.quality}, {sum(c.faces)} faces "
-                    f"({c.seconds:.1f} s)"
-                )
+                n = args.images if args.images is not None else (300 if devices == "cpu" else 2000)
+                corpus_dir, files, result["corpus"] = _make_corpus(args, work / "corpus", n, log)
             if args.repeat > 1:
                 corpus_dir = repeat_corpus(corpus_dir, files, work / "repeated", args.repeat)
                 result["corpus"]["repeat"] = args.repeat
                 log(f"corpus: {len(files)} files x {args.repeat} (trees of symlinks in {corpus_dir})")
-            ngpu = _cuda_count()
-            devices = args.devices
-            if devices == "auto" and ngpu == 0:
-                devices = "cpu"
+            model = model_settings(args)
+            result["model"] = model
+            log(
+                f"model settings of every row: detector {model['detector']}, refine {model['refine']} "
+                "(LiteRT runs the same detector models, tiles and mesh passes)"
+            )
             per_gpu: list[int | None] = list(_parse_ints(args.gpu_workers)) or [None]
             decoders: list[str | None] = [d for d in args.decoders.replace(" ", "").split(",") if d] or [None]
             if "engine" in baselines:
@@ -657,6 +739,7 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                                 decoder=dec,
                                 config=args.config,
                                 name=name,
+                                model=model,
                             )
                         except Exception as e:
                             row = _error_row(name, devices, e)
@@ -674,7 +757,7 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                         work / "out_loop",
                         device=dev,
                         budget_s=args.baseline_seconds,
-                        model=_engine_config(args.config, None).get("model"),
+                        model=model,
                     )
                 except Exception as e:
                     row = _error_row("loop (1 image at a time)", dev, e)
@@ -686,6 +769,7 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                         files[: args.litert_images],
                         processes=args.litert_processes,
                         budget_s=args.baseline_seconds,
+                        model=model,
                     )
                 except Exception as e:
                     row = _error_row("LiteRT CPU", "cpu", e)
@@ -712,6 +796,7 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                             decoder=decoders[0],
                             config=args.config,
                             name=f"facefleet run x{k}",
+                            model=model,
                         )
                         row["gpus"] = k
                     except Exception as e:

@@ -272,10 +272,9 @@ class LiteRTFaceMesh:
             lm, presence = self._mesh(img, cx, cy, side, angle)
             for _ in range(self.settings.refine):  # ROI from the landmarks, as MediaPipe's tracking does
                 lo, hi = lm[:, :2].min(0), lm[:, :2].max(0)
+                (cx, cy), side = (lo + hi) / 2, _ROI_SCALE * float((hi - lo).max())
                 eye = lm[_LEFT_EYE, :2] - lm[_RIGHT_EYE, :2]
-                lm, presence = self._mesh(
-                    img, *((lo + hi) / 2), _ROI_SCALE * float((hi - lo).max()), math.atan2(eye[1], eye[0])
-                )
+                lm, presence = self._mesh(img, float(cx), float(cy), side, math.atan2(eye[1], eye[0]))
             if presence >= self.settings.min_presence:
                 faces.append(LiteFace(box, float(score), kp, lm, presence))
         return faces

@@ -1,8 +1,8 @@
 """CPU simulation of a multi-GPU run: is the scheduler (the engine's durable queue) ever the
 bottleneck?
 
-N worker processes stand in for N GPUs. Each claims units from the engine's real
-:class:`facefleet.engine.queue.WorkQueue` (SQLite WAL file in a scratch directory), "processes" a
+N worker processes stand in for N GPUs. Each claims units from the engine's real SQLite queue
+(:func:`facefleet.engine.queue.open_queue`, a WAL file in a scratch directory), "processes" a
 unit by sleeping ``images / rate`` seconds (the measured per-GPU rate), then completes it and
 records progress exactly as an engine worker does, while a heartbeat thread renews its leases.
 Measured: claim and complete latency, each worker's busy fraction (time in the simulated GPU
@@ -55,17 +55,17 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def _worker(idx: int, qpath: str, rate: float, lease_s: float, ready: Any, go: Any, out: Any) -> None:
-    from facefleet.engine.queue import WorkQueue
+    from facefleet.engine.queue import open_queue
 
     owner = f"sim{idx}-{os.getpid()}"
-    q = WorkQueue(qpath)
+    q = open_queue(qpath)
     q.register_worker(owner, f"sim{idx}", f"sim:{idx}", os.getpid())
     held: set[str] = set()
     lock = threading.Lock()
     stop = threading.Event()
 
     def beat() -> None:
-        hq = WorkQueue(qpath)
+        hq = open_queue(qpath)
         while not stop.wait(lease_s / 3):
             with lock:
                 ids = list(held)
@@ -135,7 +135,7 @@ def simulate_workers(
 ) -> SimResult:
     """Run the simulation with ``n_workers`` processes, each at ``rate`` images/s, over enough
     images for about ``seconds`` of ideal wall time (or exactly ``images``)."""
-    from facefleet.engine.queue import QUEUE_FILE, WorkQueue, iter_units
+    from facefleet.engine.queue import QUEUE_FILE, iter_units, open_queue
 
     if n_workers < 1 or rate <= 0:
         raise ValueError(f"simulate_workers: need n_workers >= 1 and rate > 0 (got {n_workers}, {rate})")
@@ -143,7 +143,7 @@ def simulate_workers(
     tmp = tempfile.TemporaryDirectory(prefix="facefleet-sim-", dir=work_dir)
     try:
         qpath = str(Path(tmp.name) / QUEUE_FILE)
-        with WorkQueue(qpath) as q:
+        with open_queue(qpath) as q:
             n_units = q.add_units(iter_units((f"sim/{i:09d}.jpg" for i in range(n_img)), unit_size))
         from facefleet.bench.corpus import mp_context
 

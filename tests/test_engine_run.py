@@ -21,7 +21,7 @@ import pyarrow as pa
 import pytest
 
 from facefleet.engine import read_manifest, run, run_cli
-from facefleet.engine.queue import WorkQueue
+from facefleet.engine.queue import open_queue
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_engine_support import make_corpus
@@ -62,7 +62,7 @@ def test_worker_killed_mid_run_still_completes(tmp_path: Path) -> None:
             if q is None:
                 if not (out / "_queue.sqlite").exists():
                     continue
-                q = WorkQueue(out / "_queue.sqlite")
+                q = open_queue(out / "_queue.sqlite")
             if q.counts()["done"]["units"] < 2:
                 continue
             row = q._db.execute("SELECT owner FROM units WHERE state='leased' LIMIT 1").fetchone()
@@ -147,64 +147,68 @@ def test_two_networks_threads_finish_units_whole(tmp_path: Path) -> None:
         assert set(med) == {"decode", "slot_wait", "wait_input", "networks"} and med["networks"] >= 40
 
 
-def _cli(args: list[str], **kw: object) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
+def _cli(args: list[str], env_extra: dict[str, str] | None = None, **kw: object) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]), **(env_extra or {}))
     cmd = [sys.executable, "-m", "facefleet.engine.cli", *args]
     return subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, **kw)  # type: ignore[call-overload]
 
 
 def test_interrupt_then_resume_equals_one_run(tmp_path: Path) -> None:
+    """SIGINT while the workers wait at a gate (GatedReconstructor: the real pipeline, each worker's
+    batches after its first two wait for a file), so the run cannot end before the interrupt; the
+    gate opens once the signal is in, the workers finish the units they hold and leave."""
     inp = tmp_path / "in"
     make_corpus(inp, 96)
     common = ["--devices", "cpu", "--workers", "2", "--unit-size", "8", "--batch-size", "4", "--quiet"]
     extra = {"reconstructor": RECON} if RECON else {}
-    env_delay = {"FACEFLEET_FAKE_DELAY": "0.05"} if RECON else {}
-    os.environ.update(env_delay)
-    try:
-        # the interrupted run: SIGINT to the coordinator once a unit is done
-        out = tmp_path / "out"
-        proc = _cli([str(inp), "-o", str(out), *common, *(["--reconstructor", RECON] if RECON else [])])
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            time.sleep(0.1)
-            if (out / "_queue.sqlite").exists():
-                with WorkQueue(out / "_queue.sqlite") as q:
-                    if q.counts()["done"]["units"] >= 1:
-                        break
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 130, err
-        with WorkQueue(out / "_queue.sqlite") as q:
-            counts = q.counts()
-        assert 1 <= counts["done"]["units"] < 12, counts
-        assert counts["leased"]["units"] == 0  # drained: nothing left half-done
-        partial = read_manifest(out)
-        assert 0 < len(_sources_once(partial)) < 96
-        # resume
-        resumed = run(str(inp), out, devices="cpu", workers=2, unit_size=8, batch_size=4, quiet=True, **extra)
-        assert not resumed.interrupted and resumed.units_skipped == counts["done"]["units"]
-        assert resumed.images == 96
-        # one uninterrupted run
-        ref_out = tmp_path / "ref"
-        ref = run(str(inp), ref_out, devices="cpu", workers=2, unit_size=8, batch_size=4, quiet=True, **extra)
-        assert ref.images == 96
-        got, want = _rows(read_manifest(out)), _rows(read_manifest(ref_out))
-        assert got.keys() == want.keys()
-        for key, w in want.items():
-            g = got[key]
-            assert (g["width"], g["height"], g["error"]) == (w["width"], w["height"], w["error"])
-            for col in ("bbox", "landmarks", "pose_matrix"):
-                if w[col] is None:
-                    assert g[col] is None
-                else:
-                    np.testing.assert_allclose(g[col], w[col], atol=1e-2, err_msg=f"{key} {col}")
-        # a third run of the same command does nothing and changes nothing
-        again = run(str(inp), out, devices="cpu", workers=2, unit_size=8, quiet=True, **extra)
-        assert again.units_skipped == 12 and again.images == 96
-        assert read_manifest(out).num_rows == len(got)
-    finally:
-        for k in env_delay:
-            os.environ.pop(k, None)
+    gate = tmp_path / "gate"
+    env = {"FACEFLEET_TEST_GATE": str(gate), **({"FACEFLEET_FAKE_DELAY": "0.05"} if RECON else {})}
+    recon = RECON or "test_engine_support:GatedReconstructor"
+    # the interrupted run: SIGINT to the coordinator once a unit is done
+    out = tmp_path / "out"
+    proc = _cli([str(inp), "-o", str(out), *common, "--reconstructor", recon], env_extra=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        if (out / "_queue.sqlite").exists():
+            with open_queue(out / "_queue.sqlite") as q:
+                if q.counts()["done"]["units"] >= 1:
+                    break
+    assert proc.poll() is None, "the run ended before the interrupt"
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)  # the coordinator sets the drain flag within 0.2 s; workers look before each claim
+    gate.touch()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    with open_queue(out / "_queue.sqlite") as q:
+        counts = q.counts()
+    assert 1 <= counts["done"]["units"] < 12, counts
+    assert counts["leased"]["units"] == 0  # drained: nothing left half-done
+    partial = read_manifest(out)
+    assert 0 < len(_sources_once(partial)) < 96
+    # resume
+    resumed = run(str(inp), out, devices="cpu", workers=2, unit_size=8, batch_size=4, quiet=True, **extra)
+    assert not resumed.interrupted and resumed.units_skipped == counts["done"]["units"]
+    assert resumed.images == 96
+    # one uninterrupted run
+    ref_out = tmp_path / "ref"
+    ref = run(str(inp), ref_out, devices="cpu", workers=2, unit_size=8, batch_size=4, quiet=True, **extra)
+    assert ref.images == 96
+    got, want = _rows(read_manifest(out)), _rows(read_manifest(ref_out))
+    assert got.keys() == want.keys()
+    for key, w in want.items():
+        g = got[key]
+        assert (g["width"], g["height"], g["error"]) == (w["width"], w["height"], w["error"])
+        for col in ("bbox", "landmarks", "pose_matrix"):
+            if w[col] is None:
+                assert g[col] is None
+            else:
+                np.testing.assert_allclose(g[col], w[col], atol=1e-2, err_msg=f"{key} {col}")
+    # a third run of the same command does nothing and changes nothing
+    units = resumed.units_done
+    again = run(str(inp), out, devices="cpu", workers=2, unit_size=8, quiet=True, **extra)
+    assert again.units_skipped == units and again.images == 96
+    assert read_manifest(out).num_rows == len(got)
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -301,10 +305,15 @@ def _has_report() -> bool:
     return True
 
 
-def test_poison_unit_is_failed_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_image_that_kills_its_worker_is_bisected_and_quarantined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One image whose worker dies of SIGSEGV: its unit is cut in halves until the file is alone,
+    which gets an error row; every other image of the unit is done."""
     inp, out = tmp_path / "in", tmp_path / "out"
     make_corpus(inp, 12, subdirs=1)
-    monkeypatch.setenv("FACEFLEET_FAKE_CRASH", "img00005")  # this image kills any worker (exit 17)
+    monkeypatch.setenv("FACEFLEET_FAKE_CRASH", "img00005")  # this image kills any worker
+    monkeypatch.setenv("FACEFLEET_FAKE_CRASH_SIGNAL", "SEGV")
     summary = run(
         str(inp),
         out,
@@ -316,12 +325,19 @@ def test_poison_unit_is_failed_and_the_run_goes_on(tmp_path: Path, monkeypatch: 
         quiet=True,
         reconstructor="test_engine_support:FakeReconstructor",
     )
-    assert summary.units_done == 2 and summary.units_failed == 1 and summary.exit_code == 1
+    assert summary.images == 12 and summary.failed == 1 and summary.exit_code == 1
+    assert summary.units_failed == 1
     rows = read_manifest(out).to_pylist()
-    assert len({r["source"] for r in rows}) == 12
+    by_src: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_src.setdefault(Path(r["source"]).name, []).append(r)
+    assert sorted(by_src) == [f"img{i:05d}.jpg" for i in range(12)]
     failed = [r for r in rows if r["error"]]
-    assert sorted(Path(r["source"]).name for r in failed) == [f"img{i:05d}.jpg" for i in range(4, 8)]
-    assert all("unit failed after 2 attempts" in r["error"] and "exit code 17" in r["error"] for r in failed)
+    assert [Path(r["source"]).name for r in failed] == ["img00005.jpg"]
+    assert "unit failed after 2 attempts" in failed[0]["error"]
+    assert str(-signal.SIGSEGV) in failed[0]["error"]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["totals"]["images"] == 12 and stats["totals"]["failed_by_reason"] == {"worker_crash": 1}
 
 
 def test_command_line_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,8 @@ class FakeReconstructor:
         out = []
         for t, s in zip(images, sources, strict=False):
             if self.crash and self.crash in s:
+                if os.environ.get("FACEFLEET_FAKE_CRASH_SIGNAL") == "SEGV":
+                    os.kill(os.getpid(), signal.SIGSEGV)  # as a native decoder crash would
                 os._exit(17)  # a worker that dies on this image (a poison unit)
             time.sleep(self.delay)
             a = t.float()
@@ -90,3 +93,27 @@ class FakeReconstructor:
         if timings is not None:
             timings["detect"] = timings.get("detect", 0.0) + 0.001
         return out
+
+
+class GatedReconstructor:
+    """The real pipeline, held at a gate: after the first ``open_calls`` batches of a worker, each
+    batch waits until the file ``$FACEFLEET_TEST_GATE`` exists. A test interrupts a run while its
+    workers wait there, then opens the gate, so the run cannot end before the interrupt."""
+
+    def __init__(self, *args: Any, open_calls: int = 2, **kwargs: Any) -> None:
+        from facefleet.pipeline import Reconstructor
+
+        self._rec = Reconstructor(*args, **kwargs)
+        self.device = self._rec.device
+        self.open_calls = open_calls
+        self.calls = 0
+        self.gate = os.environ.get("FACEFLEET_TEST_GATE", "")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rec, name)
+
+    def reconstruct_tensors(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        while self.calls > self.open_calls and self.gate and not os.path.exists(self.gate):
+            time.sleep(0.02)
+        return self._rec.reconstruct_tensors(*args, **kwargs)

@@ -7,7 +7,8 @@ entries are sorted by name within each directory and visited depth-first.
 Accepted specs (a list mixes them freely):
 
 - a directory: walked recursively; files whose extension is an image extension
-  (``.jpg .jpeg .png .webp .bmp .tif .tiff``, case-insensitive) are yielded; hidden entries
+  (``.jpg .jpeg .png .webp .bmp .tif .tiff .gif``, case-insensitive) are yielded when they are
+  regular files (FIFOs, sockets and symlink loops are skipped and reported); hidden entries
   (names starting with ``.``, e.g. macOS ``._x.jpg`` resource forks) are skipped;
 - a glob pattern (``*``, ``?``, ``[...]``, ``**`` for any depth), matched with shell semantics;
   matching files are filtered by extension, matching directories are walked;
@@ -29,7 +30,9 @@ import fnmatch
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
+import stat
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -44,7 +47,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+)
 LIST_EXTENSIONS: frozenset[str] = frozenset({".txt", ".lst", ".list"})
 
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
@@ -52,6 +57,31 @@ _GLOB_RE = re.compile(r"[*?\[]")
 _IMAGE_MAGICS = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 
 Spec = str | os.PathLike[str]
+SkipFn = Callable[[str, str], None]
+
+
+def _no_skip(path: str, reason: str) -> None:
+    log.info("skipping %r: %s", path, reason)
+
+
+@dataclass
+class _Walk:
+    """State of one local listing: directories seen (loops), excluded ones, the skip callback."""
+
+    skip: SkipFn = _no_skip
+    excluded: frozenset[tuple[int, int]] = frozenset()
+    seen: set[tuple[int, int]] = field(default_factory=set)
+
+
+def _dir_keys(paths: Iterable[str | os.PathLike[str]]) -> frozenset[tuple[int, int]]:
+    keys = set()
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        keys.add((st.st_dev, st.st_ino))
+    return frozenset(keys)
 
 
 def is_url(spec: str) -> bool:
@@ -107,20 +137,26 @@ def _iter_list_lines(lines: Iterable[str]) -> Iterator[str]:
 # ----------------------------------------------------------------------------- local filesystem
 
 
-def _walk_local(
-    root: str, exts: frozenset[str], include_hidden: bool, seen: set[tuple[int, int]]
-) -> Iterator[str]:
-    """Depth-first walk, entries sorted by name; follows directory symlinks without looping."""
+def _walk_local(root: str, exts: frozenset[str], include_hidden: bool, ctx: _Walk) -> Iterator[str]:
+    """Depth-first walk, entries sorted by name; follows directory symlinks without looping;
+    yields regular files only (FIFOs, sockets, devices and loops go to ``ctx.skip``)."""
     try:
         st = os.stat(root)
         key = (st.st_dev, st.st_ino)
-        if key in seen:
+        if key in ctx.seen:
+            ctx.skip(root, "symlink loop or repeated directory")
             return
-        seen.add(key)
+        if key in ctx.excluded:
+            return  # the run's own output folder
+        ctx.seen.add(key)
         with os.scandir(root) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as exc:
-        log.warning("skipping unreadable directory %s: %s", root, exc.strerror or exc)
+        if exc.errno == errno.ELOOP:
+            ctx.skip(root, "symlink loop")
+        else:
+            log.warning("skipping unreadable directory %s: %s", root, exc.strerror or exc)
+            ctx.skip(root, f"unreadable directory ({exc.strerror or exc})")
         return
     for entry in entries:
         if not include_hidden and entry.name.startswith("."):
@@ -128,11 +164,28 @@ def _walk_local(
         try:
             is_dir = entry.is_dir()
         except OSError:
-            continue
+            is_dir = False
         if is_dir:
-            yield from _walk_local(entry.path, exts, include_hidden, seen)
-        elif _ext(entry.name) in exts:
+            yield from _walk_local(entry.path, exts, include_hidden, ctx)
+            continue
+        if _ext(entry.name) not in exts:
+            continue
+        try:
+            mode = os.stat(entry.path).st_mode
+        except OSError as exc:
+            why = (
+                "symlink loop"
+                if exc.errno == errno.ELOOP
+                else "dangling symlink"
+                if entry.is_symlink()
+                else (f"unreadable ({exc.strerror or exc})")
+            )
+            ctx.skip(entry.path, why)
+            continue
+        if stat.S_ISREG(mode):
             yield entry.path
+        else:
+            ctx.skip(entry.path, "not a regular file (FIFO, socket or device)")
 
 
 def _glob_local(pattern: str) -> Iterator[str]:
@@ -191,9 +244,11 @@ def _sorted_listdir(path: str) -> list[str]:
         return []
 
 
-def _iter_local(path: str, exts: frozenset[str], include_hidden: bool, spec: str) -> Iterator[str]:
+def _iter_local(
+    path: str, exts: frozenset[str], include_hidden: bool, spec: str, ctx: _Walk
+) -> Iterator[str]:
     if os.path.isdir(path):
-        yield from _walk_local(path, exts, include_hidden, set())
+        yield from _walk_local(path, exts, include_hidden, ctx)
         return
     if os.path.isfile(path):
 
@@ -203,7 +258,7 @@ def _iter_local(path: str, exts: frozenset[str], include_hidden: bool, spec: str
 
         if _is_list_file(path, head, exts):
             base = os.path.dirname(os.path.abspath(path))
-            with open(path, encoding="utf-8", errors="replace") as fh:
+            with open(path, encoding="utf-8", errors="surrogateescape") as fh:  # names as the OS has them
                 for line in _iter_list_lines(fh):
                     if is_url(line) or os.path.isabs(line):
                         yield line
@@ -219,9 +274,12 @@ def _iter_local(path: str, exts: frozenset[str], include_hidden: bool, spec: str
         for match in _glob_local(path):
             found = True
             if os.path.isdir(match):
-                yield from _walk_local(match, exts, include_hidden, set())
+                yield from _walk_local(match, exts, include_hidden, ctx)
             elif _ext(match) in exts:
-                yield match
+                if os.path.isfile(match):
+                    yield match
+                else:
+                    ctx.skip(match, "not a regular file (FIFO, socket or device)")
         if not found:
             raise FileNotFoundError(f"no files match the pattern: {spec}")
         return
@@ -302,27 +360,40 @@ def iter_inputs(
     *,
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
     include_hidden: bool = False,
-) -> Iterator[str]:
+    on_skip: SkipFn | None = None,
+    exclude: Iterable[str | os.PathLike[str]] = (),
+) -> Generator[str, None, None]:
     """Yield image paths/URLs for ``spec`` (see the module docstring), lazily and in a stable order.
 
     ``extensions`` filters files found by walking directories or globs (not explicit files or
-    list entries). Raises ``FileNotFoundError`` with a one-line message for a missing input.
+    list entries). Walks yield regular files only: ``on_skip(path, reason)`` hears of every entry
+    left out for another reason than its extension (FIFOs, sockets, devices, dangling symlinks,
+    symlink loops, unreadable directories). Directories of ``exclude`` (e.g. the run's own output
+    folder inside INPUT) are never walked. Raises ``FileNotFoundError`` with a one-line message
+    for a missing input. Local names that are not valid UTF-8 come as ``str`` with
+    ``surrogateescape`` characters (``os.fsencode`` gives the bytes back).
     """
-    exts = _norm_exts(extensions)
+    ctx = _Walk(skip=on_skip or _no_skip, excluded=_dir_keys(exclude))
+    yield from _iter_spec(spec, _norm_exts(extensions), include_hidden, ctx)
+
+
+def _iter_spec(
+    spec: Spec | Iterable[Spec], exts: frozenset[str], include_hidden: bool, ctx: _Walk
+) -> Iterator[str]:
     if not isinstance(spec, (str, os.PathLike)):
         if isinstance(spec, (bytes, bytearray)) or not isinstance(spec, Iterable):
             raise TypeError(f"iter_inputs: expected a path, URL or list of them, got {type(spec).__name__}")
         for item in spec:
-            yield from iter_inputs(item, extensions=exts, include_hidden=include_hidden)
+            yield from _iter_spec(item, exts, include_hidden, ctx)
         return
     text = os.fspath(spec)
     if is_url(text):
         if text.lower().startswith("file://"):
-            yield from _iter_local(_file_url_to_path(text), exts, include_hidden, text)
+            yield from _iter_local(_file_url_to_path(text), exts, include_hidden, text, ctx)
         else:
             yield from _iter_fs(text, exts, include_hidden)
         return
-    yield from _iter_local(os.path.expanduser(text), exts, include_hidden, text)
+    yield from _iter_local(os.path.expanduser(text), exts, include_hidden, text, ctx)
 
 
 def read_bytes(path_or_url: str | os.PathLike[str]) -> bytes:

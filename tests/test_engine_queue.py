@@ -90,7 +90,7 @@ def completed_ids(out_dir: Path, n: int) -> list[str]:
     return [line for i in range(n) for line in (out_dir / f"w{i}.txt").read_text().splitlines()]
 
 
-def pg_url(schema: str, retry_s: float = 10.0) -> str:
+def pg_url(schema: str, retry_s: float = 3.0) -> str:
     return f"{PG_SERVER}?schema={schema}&retry_s={retry_s:g}"
 
 

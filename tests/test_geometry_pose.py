@@ -90,7 +90,7 @@ def test_input_validation_and_landmarks68() -> None:
 
 
 def _load_generator():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("make_geometry", REPO / "tools" / "make_geometry.py")
+    spec = importlib.util.spec_from_file_location("make_geometry", REPO / "scripts" / "make_geometry.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     sys.modules["make_geometry"] = mod

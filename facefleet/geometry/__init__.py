@@ -1,7 +1,7 @@
 """Face geometry: canonical shape, mesh topology, UV layout, 68-point map and head pose.
 
 All of it is derived from the MediaPipe face-landmark network's own outputs by
-``tools/make_geometry.py`` and shipped as ``data/face_geometry.npz`` (see that script for how).
+``scripts/make_geometry.py`` and shipped as ``data/face_geometry.npz`` (see that script for how).
 
 Frames
 ------
@@ -95,7 +95,7 @@ def load_geometry() -> FaceGeometry:
         with ref.open("rb") as fh, np.load(fh) as z:
             arrays = {k: np.array(z[k]) for k in z.files}
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{ref}: missing; regenerate it with tools/make_geometry.py") from exc
+        raise FileNotFoundError(f"{ref}: missing; regenerate it with scripts/make_geometry.py") from exc
     need = [
         "canonical",
         "triangles",
@@ -109,7 +109,7 @@ def load_geometry() -> FaceGeometry:
     ]
     missing = [k for k in need if k not in arrays]
     if missing:
-        raise ValueError(f"{ref}: missing arrays {missing}; regenerate it with tools/make_geometry.py")
+        raise ValueError(f"{ref}: missing arrays {missing}; regenerate it with scripts/make_geometry.py")
     for a in arrays.values():
         a.setflags(write=False)
     return FaceGeometry(

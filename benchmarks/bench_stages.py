@@ -1,6 +1,6 @@
 """Print the engine rows of ``facefleet bench --json`` files with their stages, one line per row.
 
-Usage: python tools/bench_stages.py OUT/a.json [OUT/b.json ...]
+Usage: python benchmarks/bench_stages.py OUT/a.json [OUT/b.json ...]
 
 Per row: steady img/s, p50 / p99 batch, peak GPU memory, and the seconds per stage summed over units
 (stages overlap; ``wait_input`` / ``wait_writers`` are the device thread's waits for decoded batches

@@ -1,6 +1,6 @@
 """Two runs' manifests side by side: the same images and faces, and how far their values differ.
 
-Usage: python tools/compare_runs.py OUT_A OUT_B
+Usage: python benchmarks/compare_runs.py OUT_A OUT_B
 
 Prints the images and faces of each run, the (source, face) keys found in one run only, and the largest
 absolute difference per face of the landmarks and boxes (pixels): median, p99 and max over the faces of

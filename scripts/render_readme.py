@@ -2,7 +2,7 @@
 mesh seen from 35 degrees to the side (a small z-buffer rasteriser written here, so the docs need
 no 3D package).
 
-    python tools/render_readme.py [--out docs/images]
+    python scripts/render_readme.py [--out docs/images]
 """
 
 from __future__ import annotations

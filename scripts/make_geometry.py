@@ -8,8 +8,8 @@ Writes ``facefleet/geometry/data/face_geometry.npz``. Nothing here is copied fro
 Usage::
 
     pip install av                             # PyAV, to read the two talking-head videos
-    python tools/make_geometry.py              # regenerate the npz (about 10 s on a CPU)
-    python tools/make_geometry.py --eval-aflw  # evaluation only: NME of the shipped 68-point map
+    python scripts/make_geometry.py              # regenerate the npz (about 10 s on a CPU)
+    python scripts/make_geometry.py --eval-aflw  # evaluation only: NME of the shipped 68-point map
                                                # and pose-sign agreement on the AFLW2000-3D subset
 
 Inputs: ``skimage.data.astronaut()``, the frontal photos ``FRONTAL_IMAGES`` and the two videos
@@ -326,7 +326,7 @@ def collect_video(net: LandmarkNet) -> list[F64]:
     try:
         import av
     except ImportError as exc:  # pragma: no cover - generator only
-        raise SystemExit("tools/make_geometry.py needs PyAV to read the videos: pip install av") from exc
+        raise SystemExit("scripts/make_geometry.py needs PyAV to read the videos: pip install av") from exc
     out = []
     for name in VIDEOS:
         path = SHARED / "videos" / name
@@ -1010,7 +1010,7 @@ def main() -> None:
         eval_aflw()
         return
     data = build()
-    if args.out.is_file():  # the 68-point map is refitted by tools/fit_landmarks68.py: keep it
+    if args.out.is_file():  # the 68-point map is refitted by scripts/fit_landmarks68.py: keep it
         with np.load(args.out) as old:
             data["landmarks68"] = old["landmarks68"]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ NME is separable over the 68 points, so this is the exact optimum), and reports 
 leave-one-out figure (each image scored with a map fitted on the other images), which is the
 number to expect on unseen faces. Optionally adds the 300W-LP sample to the fit.
 
-    python tools/fit_landmarks68.py [--data ../shared/data] [--write] [--with-300wlp]
+    python scripts/fit_landmarks68.py [--data ../shared/data] [--write] [--with-300wlp]
 
 --write stores the fitted map in facefleet/geometry/data/face_geometry.npz (key landmarks68).
 """

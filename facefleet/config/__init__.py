@@ -1,0 +1,67 @@
+"""Typed settings of facefleet: frozen dataclasses, one per TOML section, that are the one source of
+defaults, help texts, TOML keys and CLI flags (see :mod:`facefleet.config.sections`).
+
+::
+
+    from facefleet.config import JobConfig, RunConfig, load_file
+    cfg = load_file("ff.toml")                       # defaults < file
+    cfg = JobConfig(run=RunConfig(unit_size=64))     # or in code; invalid values raise ConfigError
+
+Importing this package does not import torch.
+"""
+
+from facefleet.config.fields import ConfigError, setting
+from facefleet.config.flags import add_config_arguments, config_from_args, flag_name, model_kwargs
+from facefleet.config.loading import (
+    apply_mapping,
+    check_model_settings,
+    from_mapping,
+    load_config,
+    load_file,
+    read_toml,
+    resolve,
+)
+from facefleet.config.sections import (
+    CPU_RUNTIMES,
+    DETECTORS,
+    FORMATS,
+    GPU_DECODERS,
+    PRECISIONS,
+    CpuConfig,
+    GpuConfig,
+    GpuOverride,
+    JobConfig,
+    ModelConfig,
+    QueueConfig,
+    RunConfig,
+    parse_jpeg_backends,
+)
+
+__all__ = [
+    "CPU_RUNTIMES",
+    "DETECTORS",
+    "FORMATS",
+    "GPU_DECODERS",
+    "PRECISIONS",
+    "ConfigError",
+    "CpuConfig",
+    "GpuConfig",
+    "GpuOverride",
+    "JobConfig",
+    "ModelConfig",
+    "QueueConfig",
+    "RunConfig",
+    "add_config_arguments",
+    "apply_mapping",
+    "check_model_settings",
+    "config_from_args",
+    "flag_name",
+    "from_mapping",
+    "load_config",
+    "load_file",
+    "model_kwargs",
+    "parse_jpeg_backends",
+    "read_toml",
+    "resolve",
+    "setting",
+]

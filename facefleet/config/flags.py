@@ -1,0 +1,194 @@
+"""CLI flags generated from the config dataclasses, and the config they build.
+
+Every setting gets one flag: ``--FIELD`` for the top level and the ``[model]``, ``[run]`` sections
+(``--refine``, ``--unit-size``), ``--SECTION-FIELD`` for the device sections (``--gpu-batch-size``,
+``--cpu-workers``) and ``--queue`` for ``[queue] url``; booleans get ``--x`` / ``--no-x``. The help
+text is the field's (:func:`facefleet.config.fields.setting`), the type its annotation's. Aliases
+keep the short flags users know: ``--batch-size`` and ``--precision`` set both device sections,
+``--workers`` is ``--cpu-workers``, ``--device`` is ``--devices``.
+
+A flag's value is checked as it is parsed (``--batch-size 0`` exits 2 with "argument --batch-size:
+gpu.batch_size must be >= 1, got 0"); unset flags are absent, so :func:`config_from_args` applies
+defaults < ``--config FILE`` < flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from facefleet.config.fields import ConfigError, check_value, config_fields, field_type
+from facefleet.config.loading import apply_mapping, load_file
+from facefleet.config.sections import SECTIONS, JobConfig
+
+_DEST = "ff:"  # namespace attributes of config flags: "ff:" + comma-separated keys they set
+
+#: short flags kept beside the generated ones: flag -> the keys it sets
+ALIASES: dict[str, tuple[str, ...]] = {
+    "--batch-size": ("gpu.batch_size", "cpu.batch_size"),
+    "--precision": ("gpu.precision", "cpu.precision"),
+    "--workers": ("cpu.workers",),
+    "--device": ("devices",),
+}
+
+
+def flag_name(key: str) -> str:
+    """The flag of a setting key: ``run.unit_size`` -> ``--unit-size``, ``gpu.batch_size`` ->
+    ``--gpu-batch-size``, ``queue.url`` -> ``--queue``, ``devices`` -> ``--devices``."""
+    section, _, name = key.rpartition(".")
+    if key == "queue.url":
+        return "--queue"
+    prefix = f"{section}-" if section in ("gpu", "cpu", "queue") else ""
+    return "--" + (prefix + name).replace("_", "-")
+
+
+def all_keys() -> list[str]:
+    """Every setting that has a flag, as ``section.field`` (``devices`` at the top level)."""
+    keys = [f.name for f in config_fields(JobConfig)]
+    for section, cls in SECTIONS.items():
+        keys += [f"{section}.{f.name}" for f in config_fields(cls) if f.metadata["cli"]]
+    return keys
+
+
+def _field_of(key: str) -> tuple[type, str]:
+    section, _, name = key.rpartition(".")
+    return (SECTIONS[section] if section else JobConfig), name
+
+
+def _parser_for(keys: Sequence[str]) -> Callable[[str], Any]:
+    """argparse ``type=``: text -> the value of ``keys`` (all of one type), checked for each key."""
+    cls, name = _field_of(keys[0])
+    ft = field_type(cls, name)
+
+    def parse(text: str) -> Any:
+        value: Any
+        if ft.sequence:
+            parts = [p.strip().lower() for p in text.split(",") if p.strip()]
+            value = tuple(dict.fromkeys(parts))
+        elif ft.base is int:
+            try:
+                value = int(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{keys[0]} must be an integer, got {text!r}") from None
+        elif ft.base is float:
+            try:
+                value = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{keys[0]} must be a number, got {text!r}") from None
+        else:
+            value = text
+        for key in keys:
+            c, n = _field_of(key)
+            try:
+                check_value(c, n, value, key)
+            except ConfigError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+
+    parse.__name__ = keys[0]  # argparse names the type in "invalid <name> value" messages
+    return parse
+
+
+def _help(key: str, extra: str = "") -> str:
+    cls, name = _field_of(key)
+    f = next(f for f in config_fields(cls) if f.name == name)
+    text = f.metadata["help"]
+    if f.default not in (None, ()) and "default" not in text:
+        shown = str(f.default).lower() if isinstance(f.default, bool) else f.default
+        text += f" (default {shown})"
+    return (text + extra).replace("%", "%%")
+
+
+def _add(group: Any, flags: Sequence[str], keys: Sequence[str], help: str) -> None:
+    cls, name = _field_of(keys[0])
+    ft = field_type(cls, name)
+    dest = _DEST + ",".join(keys)
+    if ft.base is bool and not ft.sequence:
+        group.add_argument(
+            *flags, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help
+        )
+        return
+    f = next(f for f in config_fields(cls) if f.name == name)
+    metavar = None
+    if f.metadata["choices"] is not None and not ft.sequence:
+        metavar = "{" + ",".join(map(str, f.metadata["choices"])) + "}"
+    elif ft.sequence:
+        metavar = "A,B"
+    else:
+        metavar = "N" if ft.base is int else "X" if ft.base is float else name.rpartition("_")[2].upper()
+    group.add_argument(
+        *flags, dest=dest, type=_parser_for(keys), default=argparse.SUPPRESS, metavar=metavar, help=help
+    )
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    keys: Iterable[str] | None = None,
+    *,
+    aliases: Iterable[str] = ("--batch-size", "--precision", "--workers"),
+    config_file: bool = True,
+) -> None:
+    """Add a flag for each setting in ``keys`` (default: all) and the ``aliases`` asked for, in
+    argument groups per section; ``config_file``: also ``--config FILE``."""
+    wanted = list(all_keys() if keys is None else keys)
+    if config_file:
+        parser.add_argument(
+            "--config",
+            default=None,
+            metavar="FILE",
+            help="TOML config file (sections [model], [gpu], [cpu], [run], [queue]); flags override it",
+        )
+    groups: dict[str, Any] = {}
+    for key in wanted:
+        section = key.rpartition(".")[0] or "job"
+        if section not in groups:
+            title = "job" if section == "job" else f"[{section}] settings"
+            groups[section] = parser.add_argument_group(title)
+        _add(groups[section], [flag_name(key)], [key], _help(key))
+    alias_group = None
+    for alias in aliases:
+        targets = ALIASES[alias]
+        if alias_group is None:
+            alias_group = parser.add_argument_group("short forms")
+        extra = f" [sets {', '.join(targets)}]"
+        _add(alias_group, [alias], list(targets), _help(targets[0], extra))
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags, TOML-shaped (``{"gpu": {"batch_size": 4}}``); alias values go
+    under each key they set, after the full flags (so ``--gpu-batch-size`` beats ``--batch-size``)."""
+    items = sorted(
+        ((dest[len(_DEST) :].split(","), v) for dest, v in vars(args).items() if dest.startswith(_DEST)),
+        key=lambda kv: len(kv[0]) == 1,  # aliases (several keys) first, so the full flags win
+    )
+    out: dict[str, Any] = {}
+    for keys, value in items:
+        for key in keys:
+            section, _, name = key.rpartition(".")
+            if section:
+                out.setdefault(section, {})[name] = value
+            else:
+                out[name] = value
+    return out
+
+
+def config_from_args(
+    args: argparse.Namespace,
+    base: JobConfig | None = None,
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+) -> JobConfig:
+    """defaults (``base``) < the ``--config`` file (or ``config_file``) < the flags of ``args``.
+    Raises ConfigError naming the key and the file or ``flags``."""
+    cfg = base or JobConfig()
+    path = config_file if config_file is not None else getattr(args, "config", None)
+    if path:
+        cfg = load_file(path, cfg)
+    return apply_mapping(cfg, flag_values(args), "flags", gpu_beats_tables=True)
+
+
+def model_kwargs(cfg: JobConfig, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The :class:`facefleet.pipeline.Reconstructor` keyword arguments of ``cfg.model``."""
+    return {f.name: getattr(cfg.model, f.name) for f in config_fields(type(cfg.model))} | dict(given or {})

@@ -26,6 +26,7 @@ import pytest
 from facefleet.engine.manifest import SCHEMA, output_location, read_manifest, results_table, write_unit
 from facefleet.engine.queue import (
     QueueError,
+    Unit,
     WorkQueue,
     enqueue_listing,
     iter_units,
@@ -145,6 +146,8 @@ def test_work_items_json_round_trip() -> None:
         items_from_json('[{"kind": "video", "source": "x"}]')
     with pytest.raises(ValueError):
         ImageItem("")
+    u = Unit("u1", 0, ["a.jpg", "b\nc.jpg"], 1)  # type: ignore[arg-type]  # sources are image items
+    assert u.items == (ImageItem("a.jpg"), ImageItem("b\nc.jpg")) and u.paths == ["a.jpg", "b\nc.jpg"]
 
 
 # -- the semantic suite, both backends -----------------------------------------------------------

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from facefleet.sources.items import WorkItem, image_sources
+from facefleet.sources.items import WorkItem, as_item, image_sources
 
 QUEUE_FILE = "_queue.sqlite"
 SCHEMA_VERSION = "2"  # 1: paths joined with newlines; 2: items as JSON, split units
@@ -54,6 +54,11 @@ class Unit:
     items: tuple[WorkItem, ...]
     attempts: int
     split_from: str | None = None
+
+    def __post_init__(self) -> None:
+        # items may be given as a list, and image items as their sources (call sites that predate items)
+        if not isinstance(self.items, tuple) or any(isinstance(i, str) for i in self.items):
+            object.__setattr__(self, "items", tuple(as_item(i) for i in self.items))
 
     @property
     def paths(self) -> list[str]:

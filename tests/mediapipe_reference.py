@@ -40,11 +40,15 @@ def main(crops_path: str, out_path: str) -> None:
     out = np.full((n, 478, 3), np.nan, np.float32)
     got: dict[int, object] = {}
     graph = mp.CalculatorGraph(graph_config=GRAPH)
-    graph.observe_output_stream("landmarks", lambda s, p: got.__setitem__(p.timestamp.value, packet_getter.get_proto(p)))
+    graph.observe_output_stream(
+        "landmarks", lambda s, p: got.__setitem__(p.timestamp.value, packet_getter.get_proto(p))
+    )
     graph.start_run(input_side_packets={"with_attention": packet_creator.create_bool(True)})
     roi = rect_pb2.NormalizedRect(x_center=0.5, y_center=0.5, width=1.0, height=1.0, rotation=0.0)
     for k, crop in enumerate(crops):
-        frame = packet_creator.create_image_frame(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(crop))
+        frame = packet_creator.create_image_frame(
+            image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(crop)
+        )
         graph.add_packet_to_input_stream("image", frame.at(k))
         graph.add_packet_to_input_stream("roi", packet_creator.create_proto(roi).at(k))
     graph.close()

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from facefleet.families import FamilySpec, Topology, family_for_vertices, get_family, list_families, register_family
+from facefleet.families import (
+    FamilySpec,
+    Topology,
+    family_for_vertices,
+    get_family,
+    list_families,
+    register_family,
+)
 from facefleet.families.gaze import EYEBALL_DEPTH, gaze_angles
 from facefleet.models import ModelNotFoundError, model_path
 
@@ -110,7 +117,9 @@ def test_manifest_refuses_mixed_landmark_counts(weights: None) -> None:
     from facefleet.types import Face, ImageResult, Pose
 
     def face(v: int) -> Face:
-        return Face(np.zeros(4), 1.0, np.zeros((6, 2)), np.zeros((v, 3)), np.zeros((68, 2)), Pose(0, 0, 0, np.eye(4)))
+        return Face(
+            np.zeros(4), 1.0, np.zeros((6, 2)), np.zeros((v, 3)), np.zeros((68, 2)), Pose(0, 0, 0, np.eye(4))
+        )
 
     with pytest.raises(ValueError, match="landmarks"):
         results_table([ImageResult("x", 1, 1, [face(478), face(468)])], "u")

@@ -19,7 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from facefleet.models.mediapipe_ops import LandmarksToTransformMatrix, TransformLandmarks, TransformTensorBilinear
+from facefleet.models.mediapipe_ops import (
+    LandmarksToTransformMatrix,
+    TransformLandmarks,
+    TransformTensorBilinear,
+)
 
 REF_TOL_PX = 0.01
 HERE = Path(__file__).resolve().parent
@@ -28,8 +32,15 @@ HERE = Path(__file__).resolve().parent
 # ------------------------------------------------------------------- direct transcriptions (one face)
 
 
-def _matrix_ref(lm: np.ndarray, subset: list[int], left: int, right: int, target: float, hw: tuple[int, int],
-                scale: tuple[float, float]) -> np.ndarray:
+def _matrix_ref(
+    lm: np.ndarray,
+    subset: list[int],
+    left: int,
+    right: int,
+    target: float,
+    hw: tuple[int, int],
+    scale: tuple[float, float],
+) -> np.ndarray:
     l, r = lm[left], lm[right]
     rot = target - math.atan2(r[1] - l[1], r[0] - l[0])
     c, s = math.cos(rot), math.sin(rot)
@@ -44,7 +55,9 @@ def _matrix_ref(lm: np.ndarray, subset: list[int], left: int, right: int, target
 
     t = m4([[1, 0, 0, cx], [0, 1, 0, cy], [0, 0, 1, 0], [0, 0, 0, 1]])
     q = -rot
-    t = t @ m4([[math.cos(q), -math.sin(q), 0, 0], [math.sin(q), math.cos(q), 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    t = t @ m4(
+        [[math.cos(q), -math.sin(q), 0, 0], [math.sin(q), math.cos(q), 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    )
     sx, sy = scale[0] * w / hw[1], scale[1] * h / hw[0]
     t = t @ m4([[sx, 0, 0, 0], [0, sy, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
     return t @ m4([[1, 0, 0, -hw[1] / 2], [0, 1, 0, -hw[0] / 2], [0, 0, 1, 0], [0, 0, 0, 1]])
@@ -149,7 +162,9 @@ def _mediapipe_python() -> str | None:
 def test_attention_mesh_matches_mediapipe_runtime(shared_data: Path, tmp_path: Path) -> None:
     exe = _mediapipe_python()
     if exe is None:
-        pytest.skip("no MediaPipe runtime: set FACEFLEET_MEDIAPIPE_PYTHON to a Python with mediapipe==0.10.21")
+        pytest.skip(
+            "no MediaPipe runtime: set FACEFLEET_MEDIAPIPE_PYTHON to a Python with mediapipe==0.10.21"
+        )
     from facefleet.detect import FaceDetector
     from facefleet.io.decode import read_image
     from facefleet.mesh import MeshPredictor, crop_rois, roi_from_detections

@@ -43,7 +43,9 @@ def aflw(shared_data: Path) -> tuple[list[torch.Tensor], list[np.ndarray], objec
     return imgs, gts, FaceDetector(model="auto")(imgs)
 
 
-def _shipped_map_nme(aflw: tuple[list[torch.Tensor], list[np.ndarray], object], family: str, refine: int) -> list[float]:
+def _shipped_map_nme(
+    aflw: tuple[list[torch.Tensor], list[np.ndarray], object], family: str, refine: int
+) -> list[float]:
     imgs, gts, det = aflw
     idx68 = get_family(family).topology.idx68
     lm = MeshPredictor(refine=refine, family=family)(imgs, det).landmarks.numpy()  # type: ignore[arg-type]

@@ -306,7 +306,8 @@ def eval_cli(argv: list[str]) -> int:
     if speeds:
         print("Mesh network speed (faces/s; the same crops, one process, one after the other)")
         for sp in speeds:
-            print(f"  {sp.family:<14} {sp.runtime:<7} {sp.faces_per_s:8.1f} faces/s  ({sp.faces} crops x {sp.calls} calls)")
+            rate = f"{sp.faces_per_s:8.1f} faces/s  ({sp.faces} crops x {sp.calls} calls)"
+            print(f"  {sp.family:<14} {sp.runtime:<7} {rate}")
     if args.json:
         from facefleet.io.atomic import atomic_write_text
 

@@ -147,7 +147,9 @@ def get_family(name: str | FamilySpec) -> FamilySpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown model family {name!r}; known families: {', '.join(list_families())}") from None
+        raise KeyError(
+            f"unknown model family {name!r}; known families: {', '.join(list_families())}"
+        ) from None
 
 
 def list_families() -> tuple[str, ...]:

@@ -37,7 +37,9 @@ def gaze_angles(landmarks: np.ndarray, pose_matrix: np.ndarray, topology: Topolo
     fwd = np.asarray(pose_matrix, dtype=np.float64)[:, :3, 2]
     fwd = fwd / np.maximum(np.linalg.norm(fwd, axis=1, keepdims=True), 1e-12)
     dirs = []
-    for (outer, inner), iris in zip(_CORNERS, (topology.extra["iris_right"], topology.extra["iris_left"]), strict=True):
+    for (outer, inner), iris in zip(
+        _CORNERS, (topology.extra["iris_right"], topology.extra["iris_left"]), strict=True
+    ):
         a, b = lm[:, outer], lm[:, inner]
         width = np.linalg.norm(a - b, axis=1, keepdims=True)
         centre = (a + b) / 2 - EYEBALL_DEPTH * width * fwd

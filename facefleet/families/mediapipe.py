@@ -75,7 +75,9 @@ class MediaPipeMesh:
 
     input_size = CROP_SIZE
 
-    def __init__(self, network: Callable[..., Any], assemble: Callable[[Sequence[Tensor]], tuple[Tensor, Tensor]]):
+    def __init__(
+        self, network: Callable[..., Any], assemble: Callable[[Sequence[Tensor]], tuple[Tensor, Tensor]]
+    ):
         self.network = network
         self._assemble = assemble
 
@@ -144,7 +146,9 @@ def _make_468(
     compiled: bool | None,
     net: Callable[..., Any] | None,
 ) -> MediaPipeMesh:
-    return MediaPipeMesh(net if net is not None else _load("face_landmark", device, dtype, model_dir, compiled), _assemble_468)
+    return MediaPipeMesh(
+        net if net is not None else _load("face_landmark", device, dtype, model_dir, compiled), _assemble_468
+    )
 
 
 def _make_478(
@@ -172,7 +176,9 @@ def _topology_478() -> Topology:
     from facefleet.geometry import load_geometry
 
     g = load_geometry()
-    iris_uv = [np.repeat(g.uv[list(eye[:EYE_CONTOUR])].mean(0, keepdims=True), 5, 0) for eye in (EYE_RIGHT, EYE_LEFT)]
+    iris_uv = [
+        np.repeat(g.uv[list(eye[:EYE_CONTOUR])].mean(0, keepdims=True), 5, 0) for eye in (EYE_RIGHT, EYE_LEFT)
+    ]
     uvs = np.concatenate([g.uv, *iris_uv]).astype(np.float32)
     uvs.setflags(write=False)
     return Topology(
@@ -198,7 +204,7 @@ MEDIAPIPE_478 = register_family(
     FamilySpec(
         name="mediapipe478",
         weights=("face_detection_short_range", "face_detection_full_range", "face_landmark_with_attention"),
-        description="MediaPipe attention mesh: 468 landmarks with refined eyes and lips, plus 2 x 5 iris points",
+        description="MediaPipe attention mesh: 468 landmarks (refined eyes and lips) and 2 x 5 iris points",
         build_topology=_topology_478,
         make_model=_make_478,
         litert=False,  # custom operators: the LiteRT interpreter cannot run it without MediaPipe's resolver

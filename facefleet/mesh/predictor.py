@@ -1,4 +1,4 @@
-"""Batched face mesh of a model family: ROI from detections, rotated crops, one network call, back to pixels."""
+"""Batched face mesh of a model family: ROI from detections, rotated crops, one network call, to pixels."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ Net = Callable[[Tensor], Sequence[Tensor]]
 class MeshResult:
     """Mesh of N faces (one per input detection, same order), tensors on the device.
 
-    landmarks: ``(N, V, 3)`` (V: the family's topology) x, y in original-image pixels, z in the same pixel scale, larger = closer
+    landmarks: ``(N, V, 3)`` (V: the family's topology) x, y in original-image pixels, z in the same pixel
+    scale, larger = closer
     to the camera (zero near the face centre plane); presence: ``(N,)`` face-presence probability;
     roi: ``(N, 5)`` crop square of the last pass (centre x, centre y, width, height, rotation radians);
     keep: ``(N,)`` bool, presence >= min_presence; image_index: ``(N,)`` long.
@@ -99,7 +100,8 @@ class MeshPredictor:
     def model(self) -> MeshModel:
         """The family's network on this device (loaded on first use)."""
         if self._model is None:
-            self._model = self.family.make_model(self.device, self.dtype, self.model_dir, self.compiled, self._net)
+            make = self.family.make_model
+            self._model = make(self.device, self.dtype, self.model_dir, self.compiled, self._net)
         return self._model
 
     @property
@@ -127,7 +129,9 @@ class MeshPredictor:
         ``images``: as for :func:`crop_rois` (pack them once with ``pack_images`` for several passes)."""
         size = self.crop_size
         m, t = affine = crop_affine(roi.float(), size)  # crop pixels and depth -> image pixels
-        crops = crop_rois(images, image_index, roi, size, self.padding_mode, affine, self.compiled, self.dtype)
+        crops = crop_rois(
+            images, image_index, roi, size, self.padding_mode, affine, self.compiled, self.dtype
+        )
         lm, logit = self._run(crops)
         return torch.baddbmm(t[:, None], lm, m.mT), torch.sigmoid(logit)
 

@@ -54,7 +54,8 @@ def roi_from_detections(boxes: Tensor, keypoints: Tensor, scale: float = ROI_SCA
 
 
 def roi_from_landmarks(landmarks: Tensor, scale: float = ROI_SCALE) -> Tensor:
-    """Mesh landmarks ``(N, V, 3)`` (pixels, V >= 468: MediaPipe's vertex order first) -> ROI ``(N, 5)`` for the next pass (MediaPipe tracking):
+    """Mesh landmarks ``(N, V, 3)`` (pixels; V >= 468, MediaPipe's vertices first) -> ROI ``(N, 5)`` for
+    the next pass (MediaPipe tracking):
     the axis-aligned box of all points, rotation from vertex 33 (right eye) to 263 (left eye)."""
     xy = landmarks[..., :2].float()
     boxes = torch.cat([xy.amin(1), xy.amax(1)], 1)

@@ -119,9 +119,7 @@ class TransformTensorBilinear(nn.Module):
         uv1 = torch.stack([u, v, torch.ones_like(u)], -1).view(1, h * w, 3)  # (1, h*w, 3)
         affine = m[:, :2][:, :, [0, 1, 3]]  # (B, 2, 3): z of the output pixels is 0
         tc = uv1 @ affine.mT - 0.5  # (B, h*w, 2) input pixel coordinates
-        inside = (
-            (tc[..., 0] >= 0) & (tc[..., 0] <= w_in - 1) & (tc[..., 1] >= 0) & (tc[..., 1] <= h_in - 1)
-        )
+        inside = (tc[..., 0] >= 0) & (tc[..., 0] <= w_in - 1) & (tc[..., 1] >= 0) & (tc[..., 1] <= h_in - 1)
         # align_corners=True: -1 and 1 are the centres of the first and last pixels
         gx = tc[..., 0] * (2.0 / max(w_in - 1, 1)) - 1
         gy = tc[..., 1] * (2.0 / max(h_in - 1, 1)) - 1
@@ -154,7 +152,9 @@ def _check_v2(c: _Converter, i: int, name: str, op: Any) -> None:
         raise c.fail(i, name, f"version {_version(c, op)} is not supported (version 2 is)")
 
 
-def _h_landmarks_to_matrix(c: _Converter, i: int, name: str, op: Any, ins: list[int], outs: list[int]) -> None:
+def _h_landmarks_to_matrix(
+    c: _Converter, i: int, name: str, op: Any, ins: list[int], outs: list[int]
+) -> None:
     _check_v2(c, i, name, op)
     shape = c.shape(ins[0])
     if len(shape) != 3 or shape[2] != 3 or ins[0] in c.consts:
@@ -172,7 +172,7 @@ def _h_landmarks_to_matrix(c: _Converter, i: int, name: str, op: Any, ins: list[
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise c.fail(i, name, f"bad options {sorted(o)} ({exc})") from exc
-    if not subset or min(subset + [module.left, module.right]) < 0 or max(subset) >= shape[1]:
+    if not subset or min([*subset, module.left, module.right]) < 0 or max(subset) >= shape[1]:
         raise c.fail(i, name, f"landmark indices outside [0, {shape[1]})")
     c.emit(module, [ins[0]], outs[0])
 
@@ -208,9 +208,10 @@ class StridedSlice(nn.Module):
         self.rank4, self.slices = rank4, slices
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index = (slice(None), *self.slices)
         if self.rank4:
-            return x.permute(0, 2, 3, 1)[(slice(None), *self.slices)].permute(0, 3, 1, 2)
-        return x[(slice(None), *self.slices)]
+            return x.permute(0, 2, 3, 1)[index].permute(0, 3, 1, 2)
+        return x[index]
 
 
 def _h_strided_slice(c: _Converter, i: int, name: str, op: Any, ins: list[int], outs: list[int]) -> None:

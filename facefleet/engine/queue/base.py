@@ -56,8 +56,8 @@ class Unit:
     split_from: str | None = None
 
     def __post_init__(self) -> None:
-        # items may be given as a list, and image items as their sources (call sites that predate items)
-        if not isinstance(self.items, tuple) or any(isinstance(i, str) for i in self.items):
+        # items may be given as a list of image sources (call sites that predate items)
+        if not isinstance(self.items, tuple) or (self.items and isinstance(self.items[0], str)):
             object.__setattr__(self, "items", tuple(as_item(i) for i in self.items))
 
     @property

@@ -90,9 +90,9 @@ _WORKER_COLS = (
 )
 
 
-def _unit(row: Sequence[Any], attempts_delta: int = 0) -> Unit:
+def _unit(row: Sequence[Any]) -> Unit:
     seq, uid, items, attempts, split_from = row
-    return Unit(uid, int(seq), items_from_json(items), int(attempts) + attempts_delta, split_from)
+    return Unit(uid, int(seq), items_from_json(items), int(attempts), split_from)
 
 
 class PostgresQueue(WorkQueue):

@@ -83,9 +83,9 @@ SELECT * FROM (SELECT {_UNIT_COLS} FROM units WHERE state='leased' AND lease_unt
 ORDER BY seq LIMIT 1"""
 
 
-def _unit(row: Sequence[Any]) -> Unit:
+def _unit(row: Sequence[Any], attempts_delta: int = 0) -> Unit:
     seq, uid, items, attempts, split_from = row
-    return Unit(id=uid, seq=seq, items=items_from_json(items), attempts=attempts, split_from=split_from)
+    return Unit(uid, seq, items_from_json(items), attempts + attempts_delta, split_from)
 
 
 class SqliteQueue(WorkQueue):
@@ -193,8 +193,7 @@ class SqliteQueue(WorkQueue):
                 "attempts=attempts+1 WHERE seq=?",
                 (owner, now + lease_seconds, now, row[0]),
             )
-            unit = _unit(row)
-            unit = Unit(unit.id, unit.seq, unit.items, unit.attempts + 1, unit.split_from)
+            unit = _unit(row, attempts_delta=1)
             data = {"unit": unit.id, "owner": owner, "attempt": unit.attempts, "images": len(unit.items)}
             _event(db, "unit_started", data, now)
         return unit

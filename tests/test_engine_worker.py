@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from facefleet.engine.worker import Worker, WorkerSpec, error_kind
-from facefleet.hardware import DeviceProfile
+from facefleet.platforms import DeviceProfile
 from facefleet.types import ImageResult
 
 

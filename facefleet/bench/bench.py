@@ -311,7 +311,7 @@ def _engine_config(
     path: str | None, decoder: str | None, model: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The engine's config: the file's (``--config``), with the decoder and ``model`` settings put over it."""
-    from facefleet.hardware import load_config
+    from facefleet.config import load_config
 
     cfg = load_config(path) if path else {}
     if decoder:

@@ -24,7 +24,7 @@ from facefleet.engine.listing import Lister
 from facefleet.engine.queue import QueueError, WorkQueue, open_queue
 from facefleet.engine.totals import RunSummary, build_stats, save_session, write_stats
 from facefleet.engine.worker import BATCH_STAGES, EXIT_OUTPUT, WorkerSpec, error_kind, owner_id
-from facefleet.hardware import DeviceProfile
+from facefleet.platforms import DeviceProfile
 
 
 @dataclass(frozen=True)

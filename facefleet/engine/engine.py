@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from facefleet.config import check_model_settings, load_config
 from facefleet.engine import events as ev
 from facefleet.engine.coordinator import Coordinator, JobPlan
 from facefleet.engine.executor import Executor, make_executor
@@ -41,7 +42,7 @@ from facefleet.engine.layout import (
 )
 from facefleet.engine.queue import QUEUE_FILE, QueueError
 from facefleet.engine.totals import RunSummary
-from facefleet.hardware import check_model_settings, cpu_count, load_config, plan_devices
+from facefleet.platforms import cpu_count, plan_devices
 
 
 @dataclass(frozen=True)

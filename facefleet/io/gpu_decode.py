@@ -35,9 +35,9 @@ from typing import Any, Protocol
 
 import torch
 
-from facefleet.hardware import GPU_DECODERS, parse_jpeg_backends
 from facefleet.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, check_image_size, decode_image
 from facefleet.io.jpeg import JpegHeader, parse_jpeg_header
+from facefleet.platforms import GPU_DECODERS, parse_jpeg_backends
 
 __all__ = [
     "DECODER_NAMES",

@@ -192,6 +192,8 @@ class Reconstructor:
             det_nets = {k: LiteRTModel(names[k], num_threads=threads, model_dir=model_dir) for k in kinds}
             det_net = det_nets if detector == "auto" else det_nets[kinds[0]]
             mesh_net = LiteRTModel(self.family.weights[-1], num_threads=threads, model_dir=model_dir)
+        # the stages' torch.compile code, and any compiler failure, belong to this reconstructor only
+        self.compile_cache: dict[str, Any] = {}
         self.detector = FaceDetector(
             device=self.device,
             dtype=self.dtype,
@@ -201,6 +203,7 @@ class Reconstructor:
             model_dir=model_dir,
             net=det_net,
             compiled=compiled,
+            compile_cache=self.compile_cache,
         )
         self.mesher = MeshPredictor(
             device=self.device,
@@ -211,6 +214,7 @@ class Reconstructor:
             refine=refine,
             compiled=compiled,
             family=self.family,
+            compile_cache=self.compile_cache,
         )
         self._sampler: Any = None
 
@@ -229,8 +233,8 @@ class Reconstructor:
 
             # crops (as the mesh stage makes them) and textures
             crops = (self.mesher.padding_mode, self.dtype)
-            warm_up_gather(self.device, compiled=self.mesher.compiled, grid=crops)
-            warm_up_letterbox(self.device, compiled=self.detector._compiled_casts)
+            warm_up_gather(self.device, compiled=self.mesher.compiled, grid=crops, cache=self.compile_cache)
+            warm_up_letterbox(self.device, compiled=self.detector._compiled_casts, cache=self.compile_cache)
             torch.cuda.synchronize(self.device)
 
     def __call__(
@@ -420,7 +424,10 @@ class Reconstructor:
             from facefleet.texture import TextureSampler
 
             self._sampler = TextureSampler(
-                size=self.texture_size, device=self.device, compiled=self.mesher.compiled
+                size=self.texture_size,
+                device=self.device,
+                compiled=self.mesher.compiled,
+                compile_cache=self.compile_cache,
             )
         return self._sampler
 

@@ -337,18 +337,19 @@ def _cuda_packs(astronaut: np.ndarray, seed: int) -> tuple[torch.Generator, list
 def test_compiled_gather_matches_eager_on_cuda(astronaut: np.ndarray) -> None:
     """On CUDA the bilinear gather runs as torch.compile code by default: the same samples as the eager
     operations (float rounding aside) for both padding modes, both memory layouts and any point count."""
-    from facefleet.mesh import sample_bilinear, sampling
+    from facefleet.mesh import sample_bilinear
 
     g, packs = _cuda_packs(astronaut, 3)
+    cache: dict[str, object] = {}
     for pack in packs:
         for n, p in ((3, 1000), (17, 37)):
             xy = torch.rand(n, p, 2, generator=g, device="cuda") * 700 - 100  # also outside the image
             idx = torch.randint(0, 2, (n,), generator=g, device="cuda")
             for mode in ("border", "zeros"):
                 ref = sample_bilinear(pack, idx, xy, mode, compiled=False, scale=0.5)
-                got = sample_bilinear(pack, idx, xy, mode, compiled=True, scale=0.5)
+                got = sample_bilinear(pack, idx, xy, mode, compiled=True, scale=0.5, cache=cache)
                 torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-3)
-    assert sampling._COMPILED.get("fn") is not False, "compilation failed and fell back to eager"
+    assert cache.get("fn") not in (None, False), "compilation failed and fell back to eager"
 
 
 def test_fused_sampler_matches_the_gather_and_the_grid_points() -> None:
@@ -399,10 +400,10 @@ def test_fused_sampler_matches_the_gather_and_the_grid_points() -> None:
 def test_compiled_crops_match_eager_on_cuda(astronaut: np.ndarray) -> None:
     """On CUDA the mesh crops are one compiled kernel in the network's precision: the eager crops, to
     fp16 rounding, for both padding modes and both layouts, 1 and many faces."""
-    from facefleet.mesh import sampling
     from facefleet.mesh.sampling import sample_grid
 
     g, packs = _cuda_packs(astronaut, 4)
+    cache: dict[str, object] = {}
     for pack in packs:
         for n in (1, 40):
             m = torch.randn(n, 2, 2, generator=g, device="cuda") * 2
@@ -411,14 +412,14 @@ def test_compiled_crops_match_eager_on_cuda(astronaut: np.ndarray) -> None:
             for mode in ("border", "zeros"):
                 ref = sample_grid(pack, idx, m, t, 192, mode, scale=1 / 255, compiled=False)
                 got = sample_grid(
-                    pack, idx, m, t, 192, mode, scale=1 / 255, dtype=torch.float16, compiled=True
+                    pack, idx, m, t, 192, mode, scale=1 / 255, dtype=torch.float16, compiled=True, cache=cache
                 )
                 assert got.dtype == torch.float16
                 torch.testing.assert_close(got.float(), ref, rtol=0, atol=2e-3)
-    assert sampling._COMPILED.get("grid") is not False, "compilation failed and fell back to eager"
+    assert cache.get("grid") not in (None, False), "compilation failed and fell back to eager"
 
 
-def test_compiled_gather_compiles_once_per_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_gather_compiles_once_per_layout() -> None:
     """After ``warm_up_gather`` no call recompiles (each took seconds, mid-run: the engine's first batch,
     a per-image loop's first single-face image): not one image or one face (torch specialises sizes 0
     and 1), not a batch that is a view into a decoder slot (torch guarded on the inputs' bases), not
@@ -443,14 +444,12 @@ def test_compiled_gather_compiles_once_per_layout(monkeypatch: pytest.MonkeyPatc
         return gm.forward
 
     torch._dynamo.reset()
-    monkeypatch.setitem(
-        sampling._COMPILED, "fn", torch.compile(sampling._sample_meta, dynamic=True, backend=counting)
-    )
-    monkeypatch.setitem(
-        sampling._COMPILED, "grid", torch.compile(sampling._grid_meta, dynamic=True, backend=counting_grids)
-    )
+    cache = {  # one owner's compile cache (a Reconstructor's), with counting compilers
+        "fn": torch.compile(sampling._sample_meta, dynamic=True, backend=counting),
+        "grid": torch.compile(sampling._grid_meta, dynamic=True, backend=counting_grids),
+    }
     try:
-        sampling.warm_up_gather("cpu", compiled=True, grid=("border", torch.float16))
+        sampling.warm_up_gather("cpu", compiled=True, grid=("border", torch.float16), cache=cache)
         assert len(graphs) == 2 and len(grids) == 2  # one per memory layout
         g = torch.Generator().manual_seed(5)
         frames = torch.randint(0, 256, (4, 3, 64, 96), dtype=torch.uint8, generator=g)
@@ -469,10 +468,14 @@ def test_compiled_gather_compiles_once_per_layout(monkeypatch: pytest.MonkeyPatc
                     pack = pack_images(images)
                     idx = torch.randint(0, len(pack), (n,), generator=g)
                     xy = torch.rand(n, p, 2, generator=g) * 80 - 5
-                    got = sample_bilinear(pack, idx, xy, "border", scale=scale, compiled=True, regions=False)
+                    got = sample_bilinear(
+                        pack, idx, xy, "border", scale=scale, compiled=True, regions=False, cache=cache
+                    )
                     ref = sample_bilinear(pack, idx, xy, "border", scale=scale, compiled=False, regions=False)
                     m, t = torch.rand(n, 2, 2, generator=g) * 2, torch.rand(n, 2, generator=g) * 60
-                    crops = sample_grid(pack, idx, m, t, 192, "border", dtype=torch.float16, compiled=True)
+                    crops = sample_grid(
+                        pack, idx, m, t, 192, "border", dtype=torch.float16, compiled=True, cache=cache
+                    )
                 torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
                 assert crops.shape == (n, 3, 192 * 192) and crops.dtype == torch.float16
         assert len(graphs) == 2, "a call recompiled the gather"
@@ -481,7 +484,7 @@ def test_compiled_gather_compiles_once_per_layout(monkeypatch: pytest.MonkeyPatc
         torch._dynamo.reset()
 
 
-def test_letterbox_cast_compiles_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_letterbox_cast_compiles_once() -> None:
     """The letterboxes' uint8 -> float16 cast (compiled on CUDA: torch's own cast kernel is not
     vectorised) is compiled by the warm-up and then serves every chunk of frames and every frame size,
     slices of a decoder slot included, at the start of their memory or after it, without recompiling;
@@ -497,9 +500,9 @@ def test_letterbox_cast_compiles_once(monkeypatch: pytest.MonkeyPatch) -> None:
         return gm.forward
 
     torch._dynamo.reset()
-    monkeypatch.setitem(views._HALF, "fn", torch.compile(views._half, dynamic=True, backend=counting))
+    cache = {"half": torch.compile(views._half, dynamic=True, backend=counting)}  # one owner's cache
     try:
-        views.warm_up_letterbox("cpu", compiled=True)
+        views.warm_up_letterbox("cpu", compiled=True, cache=cache)
         assert len(graphs) == 2  # chunks at offset 0 and after it
         g = torch.Generator().manual_seed(2)
         frames = torch.randint(0, 256, (12, 3, 40, 60), dtype=torch.uint8, generator=g)
@@ -510,11 +513,28 @@ def test_letterbox_cast_compiles_once(monkeypatch: pytest.MonkeyPatch) -> None:
             slot[7_200 : 7_200 + 2 * 3 * 30 * 50].view(2, 3, 30, 50),
         ):  # fmt: skip
             with torch.inference_mode():
-                got = views.to_half(x, compiled=True)
+                got = views.to_half(x, compiled=True, cache=cache)
             assert got.dtype == torch.float16 and torch.equal(got, x.half())
         assert len(graphs) == 2, "a call recompiled the cast"
     finally:
         torch._dynamo.reset()
+
+
+def test_a_compiler_failure_switches_off_one_owner_only() -> None:
+    """A failed ``torch.compile`` turns the compiled path off in its owner's cache (with one warning), not
+    process-wide: another owner (another Reconstructor) tries again, and succeeds when it can."""
+    from facefleet.models import call_compiled
+
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no compiler here")
+
+    first: dict[str, object] = {"k": broken}  # a "compiled" function that fails when called
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        assert call_compiled(first, "k", broken, [torch.ones(3)], "test") is None
+    assert first["k"] is False
+    assert call_compiled(first, "k", broken, [torch.ones(3)], "test") is None  # off, no second warning
+    second: dict[str, object] = {"k": lambda x: x * 2}  # another owner's cache is not affected
+    assert torch.equal(call_compiled(second, "k", broken, [torch.ones(3)], "test"), torch.full((3,), 2.0))
 
 
 def test_mesh_rejects_detections_of_other_images() -> None:

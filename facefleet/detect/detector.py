@@ -45,6 +45,7 @@ from facefleet.detect.views import (
     letterbox_tiles,
     stack_images,
 )
+from facefleet.models import CompileCache
 
 __all__ = ["Detections", "FaceDetector", "ImageBatch", "as_image_list", "image_count", "tile_grid"]
 
@@ -214,6 +215,7 @@ class FaceDetector:
         max_batch: int = 256,
         calibrate: bool = True,
         compiled: bool | None = None,
+        compile_cache: CompileCache | None = None,
     ) -> None:
         if model not in ("auto", "short", "full"):
             raise ValueError(f"FaceDetector: model must be 'auto', 'short' or 'full', got {model!r}")
@@ -234,6 +236,8 @@ class FaceDetector:
         self.max_batch = int(max_batch)
         self.calibrate = bool(calibrate)
         self.compiled = compiled  # load_model's ``compiled`` (None: its default)
+        # this detector's compiled code (the letterbox cast), shared with its owner's other stages if given
+        self.compile_cache: CompileCache = {} if compile_cache is None else compile_cache
         kinds = ("short", "full") if model == "auto" else (model,)
         self._nets: dict[str, Net] = {}
         if net is not None:
@@ -342,7 +346,7 @@ class FaceDetector:
             step = max(1, self._letterbox_budget // (3 * h * w))
             chunks: dict[str, list[Tensor]] = {k: [] for k in kinds}
             for s in range(0, len(members), step):
-                boxes = letterbox_sizes(stack[s : s + step], sizes, self._compiled_casts)
+                boxes = letterbox_sizes(stack[s : s + step], sizes, self._compiled_casts, self.compile_cache)
                 for k, x in zip(kinds, boxes, strict=True):
                     chunks[k].append(x)
             for k in kinds:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from facefleet._device import host_to_device
+from facefleet.models import CompileCache
 
 __all__ = [
     "ViewTransform",
@@ -144,20 +144,17 @@ def _letterbox_weights(
     return mats
 
 
-# "fn": the compiled uint8 -> float16 cast (made on first use), False once it failed
-_HALF: dict[str, Any] = {}
-
-
 def _half(flat: Tensor) -> Tensor:
     return flat.to(torch.float16)
 
 
-def to_half(x: Tensor, compiled: bool | None = None) -> Tensor:
+def to_half(x: Tensor, compiled: bool | None = None, cache: CompileCache | None = None) -> Tensor:
     """A float16 copy of uint8 frames (the letterbox products' input). torch's own cast from uint8 is its
     generic elementwise kernel with a conversion per element, not vectorised: 2.1 ms of a batch of 128
     1080p frames on an H200, 9 % of the batch's GPU time (``tools/probe_stages.py --trace``); the same
     cast as a ``torch.compile`` (Triton) kernel moves whole vectors. ``compiled``: None = on CUDA where
-    :func:`facefleet.models.compile_available`; only contiguous uint8 tensors take that path."""
+    :func:`facefleet.models.compile_available`; only contiguous uint8 tensors take that path. ``cache``:
+    where the compiled cast (key "half") and a compiler failure are kept, its owner's (None: this call's)."""
     from facefleet.models import call_compiled, compile_available
 
     if compiled is None:
@@ -165,13 +162,16 @@ def to_half(x: Tensor, compiled: bool | None = None) -> Tensor:
     if compiled and x.dtype == torch.uint8 and x.is_contiguous() and x.numel() > 1:
         # one flat shape for every frame size and count, and detached: torch.compile guards on the
         # tensor an input is a view of (a batch in a decoder slot)
-        out = call_compiled(_HALF, "fn", _half, [x.view(-1).detach()], "letterbox")
+        calls = {} if cache is None else cache
+        out = call_compiled(calls, "half", _half, [x.view(-1).detach()], "letterbox")
         if out is not None:
             return out.view(x.shape)
     return x.to(torch.float16)
 
 
-def warm_up_letterbox(device: torch.device | str, compiled: bool | None = None) -> None:
+def warm_up_letterbox(
+    device: torch.device | str, compiled: bool | None = None, cache: CompileCache | None = None
+) -> None:
     """Compile :func:`to_half` now rather than on the first batch: called as the detector calls it (frames
     made outside inference mode, sliced and cast in it), twice with sizes unlike each other and the
     code's constants (torch specialises sizes 0 and 1 and ties equal ones), for chunks at the start of
@@ -181,18 +181,20 @@ def warm_up_letterbox(device: torch.device | str, compiled: bool | None = None) 
     for b in (5, 7):
         frames = torch.zeros(b + 1, 3, 11 + b, 13 + b, dtype=torch.uint8, device=dev)
         with torch.inference_mode():
-            to_half(frames[1:], compiled)
-            to_half(frames[:b], compiled)
+            to_half(frames[1:], compiled, cache)
+            to_half(frames[:b], compiled, cache)
 
 
-def _letterbox_matmuls(regions: Tensor, sizes: Sequence[int], compiled: bool | None = None) -> list[Tensor]:
+def _letterbox_matmuls(
+    regions: Tensor, sizes: Sequence[int], compiled: bool | None = None, cache: CompileCache | None = None
+) -> list[Tensor]:
     """The letterboxes of :func:`letterbox_pixels` to each of ``sizes`` as matrix products, in float16
     on the GPU's tensor cores: one column product for all sizes, then one row product per size. The
     antialiased ``interpolate`` kernel this replaces was the largest GPU kernel of a 1080p batch
     (21 % of its GPU time, H200 profile); the padding and the 1/255 scale come free with the weights."""
     _, _, h, w = regions.shape
     rows, cols_t = _letterbox_weights(h, w, tuple(sizes), regions.device)
-    cols = to_half(regions, compiled) @ cols_t  # (V, 3, h, sum S)
+    cols = to_half(regions, compiled, cache) @ cols_t  # (V, 3, h, sum S)
     outs, at = [], 0
     for size, wy16 in zip(sizes, rows, strict=True):
         outs.append((wy16 @ cols[..., at : at + size]).float().clamp_(0.0, 1.0))  # (V, 3, S, S)
@@ -200,12 +202,16 @@ def _letterbox_matmuls(regions: Tensor, sizes: Sequence[int], compiled: bool | N
     return outs
 
 
-def _letterbox_matmul(regions: Tensor, size: int, compiled: bool | None = None) -> Tensor:
+def _letterbox_matmul(
+    regions: Tensor, size: int, compiled: bool | None = None, cache: CompileCache | None = None
+) -> Tensor:
     """:func:`_letterbox_matmuls` to one size."""
-    return _letterbox_matmuls(regions, (size,), compiled)[0]
+    return _letterbox_matmuls(regions, (size,), compiled, cache)[0]
 
 
-def letterbox_pixels(regions: Tensor, size: int, compiled: bool | None = None) -> Tensor:
+def letterbox_pixels(
+    regions: Tensor, size: int, compiled: bool | None = None, cache: CompileCache | None = None
+) -> Tensor:
     """Same-sized regions ``(V, 3, h, w)`` (uint8 or float in [0, 255], may be a strided view) ->
     letterboxed float32 ``(V, 3, S, S)`` in [0, 1]; no host-device transfer. ``compiled``: as for
     :func:`to_half` (on CUDA the float16 conversion of the matrix products)."""
@@ -213,7 +219,7 @@ def letterbox_pixels(regions: Tensor, size: int, compiled: bool | None = None) -
     nh, nw = _fit(h, w, size)
     shrink = nh < h or nw < w
     if regions.device.type == "cuda" and shrink:
-        return _letterbox_matmul(regions, size, compiled)
+        return _letterbox_matmul(regions, size, compiled, cache)
     if regions.dtype == torch.uint8 and regions.device.type == "cpu" and shrink:
         # the CPU has a fast uint8 antialiased resize (channels-last): ~15x the float path on 1080p
         # frames; the result differs from it by rounding to whole levels (< 1/255)
@@ -233,7 +239,9 @@ def letterbox_pixels(regions: Tensor, size: int, compiled: bool | None = None) -
     return F.pad(x, (px, size - nw - px, py, size - nh - py), value=0.0)
 
 
-def letterbox_sizes(regions: Tensor, sizes: Sequence[int], compiled: bool | None = None) -> list[Tensor]:
+def letterbox_sizes(
+    regions: Tensor, sizes: Sequence[int], compiled: bool | None = None, cache: CompileCache | None = None
+) -> list[Tensor]:
     """:func:`letterbox_pixels` of the same regions to several sizes: one float32 ``(V, 3, S, S)`` per
     size. On CUDA, when every size shrinks the regions, one float16 conversion and one column product
     (the sizes' column weights side by side) serve all sizes: the two detectors' letterboxes of a
@@ -241,8 +249,8 @@ def letterbox_sizes(regions: Tensor, sizes: Sequence[int], compiled: bool | None
     _, _, h, w = regions.shape
     fits = [_fit(h, w, size) for size in sizes]
     if len(sizes) < 2 or regions.device.type != "cuda" or not all(nh < h or nw < w for nh, nw in fits):
-        return [letterbox_pixels(regions, size, compiled) for size in sizes]
-    return _letterbox_matmuls(regions, sizes, compiled)
+        return [letterbox_pixels(regions, size, compiled, cache) for size in sizes]
+    return _letterbox_matmuls(regions, sizes, compiled, cache)
 
 
 _TILE_CACHE: dict[tuple[object, ...], tuple[Tensor, Tensor]] = {}

@@ -14,6 +14,7 @@ from facefleet.detect.detector import Detections, ImageBatch, as_image_list, ima
 from facefleet.families import DEFAULT_FAMILY, FamilySpec, MeshModel, get_family
 from facefleet.mesh.roi import crop_affine, crop_rois, roi_from_detections, roi_from_landmarks
 from facefleet.mesh.sampling import ImagePack, pack_images
+from facefleet.models import CompileCache
 
 __all__ = ["MeshPredictor", "MeshResult"]
 
@@ -80,6 +81,7 @@ class MeshPredictor:
         max_batch: int = 256,
         compiled: bool | None = None,
         family: str | FamilySpec = DEFAULT_FAMILY,
+        compile_cache: CompileCache | None = None,
     ) -> None:
         if padding_mode not in ("border", "zeros"):
             raise ValueError(f"MeshPredictor: padding_mode must be 'border' or 'zeros', got {padding_mode!r}")
@@ -91,6 +93,7 @@ class MeshPredictor:
         self.padding_mode = padding_mode
         self.max_batch = int(max_batch)
         self.compiled = compiled  # load_model's ``compiled`` (None: its default)
+        self.compile_cache: CompileCache = {} if compile_cache is None else compile_cache  # the crops' code
         self.family = get_family(family)
         self.topology = self.family.topology
         self._net = net
@@ -130,8 +133,9 @@ class MeshPredictor:
         size = self.crop_size
         m, t = affine = crop_affine(roi.float(), size)  # crop pixels and depth -> image pixels
         crops = crop_rois(
-            images, image_index, roi, size, self.padding_mode, affine, self.compiled, self.dtype
-        )
+            images, image_index, roi, size, self.padding_mode, affine, self.compiled, self.dtype,
+            self.compile_cache,
+        )  # fmt: skip
         lm, logit = self._run(crops)
         return torch.baddbmm(t[:, None], lm, m.mT), torch.sigmoid(logit)
 

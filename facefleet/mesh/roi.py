@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from facefleet.mesh.sampling import ImagePack, grid_points, pack_images, sample_grid
+from facefleet.models import CompileCache
 
 __all__ = [
     "crop_affine",
@@ -104,6 +105,7 @@ def crop_rois(
     affine: tuple[Tensor, Tensor] | None = None,
     compiled: bool | None = None,
     dtype: torch.dtype = torch.float32,
+    cache: CompileCache | None = None,
 ) -> Tensor:
     """Rotated square crops ``(N, 3, size, size)`` of ``dtype`` in [0, 1] of ROIs ``(N, 5)`` from uint8
     images.
@@ -114,7 +116,7 @@ def crop_rois(
     per-face loop. ``padding_mode`` "border" repeats edge pixels (MediaPipe's default), "zeros" pads black.
     ``affine``: ``crop_affine(roi, size)`` when the caller has it already. ``compiled``: as for
     :func:`facefleet.mesh.sampling.sample_grid` (on CUDA one kernel per call, the crops written in
-    ``dtype``: the mesh network's precision).
+    ``dtype``: the mesh network's precision). ``cache``: the owner's compile cache (as there).
     """
     n = int(roi.shape[0])
     if n == 0:
@@ -124,6 +126,7 @@ def crop_rois(
     m, t = crop_affine(roi, size) if affine is None else affine
     idx = image_index.to(roi.device)
     crops = sample_grid(
-        pack, idx, m[:, :2, :2], t[:, :2], size, padding_mode, scale=1 / 255.0, dtype=dtype, compiled=compiled
-    )
+        pack, idx, m[:, :2, :2], t[:, :2], size, padding_mode,
+        scale=1 / 255.0, dtype=dtype, compiled=compiled, cache=cache,
+    )  # fmt: skip
     return crops.unflatten(2, (size, size))  # channels-last (pixel by pixel): no copy

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from facefleet._device import host_to_device
 from facefleet.detect.views import is_hwc
-from facefleet.models import call_compiled, compile_available
+from facefleet.models import CompileCache, call_compiled, compile_available
 
 __all__ = ["ImagePack", "grid_points", "pack_images", "sample_bilinear", "sample_grid", "warm_up_gather"]
 
@@ -95,6 +95,7 @@ def sample_bilinear(
     regions: bool = True,
     scale: float = 1.0,
     compiled: bool | None = None,
+    cache: CompileCache | None = None,
 ) -> Tensor:
     """Bilinear samples ``(N, 3, P)`` float32 in [0, 255] (times ``scale``) of the images at pixel
     coordinates ``xy`` ``(N, P, 2)`` (x, y), point set ``n`` taken from image ``image_index[n]``
@@ -107,7 +108,9 @@ def sample_bilinear(
     ``compiled`` (default: on CUDA where :func:`facefleet.models.compile_available`): the gather path
     as one ``torch.compile`` kernel rather than ~30 passes over index and weight tensors (on an H200,
     ~128 mesh crops of 192x192 from 1080p frames: 2.8 -> 0.9 ms of kernels per call,
-    docs/benchmarks.md); the same arithmetic, float rounding aside.
+    docs/benchmarks.md); the same arithmetic, float rounding aside. ``cache``: where the compiled code
+    (and a compiler failure) is kept: its owner's :data:`facefleet.models.CompileCache` (None: this call's
+    own, compiled anew).
     """
     if padding_mode not in ("border", "zeros"):
         raise ValueError(f"sample_bilinear: padding_mode must be 'border' or 'zeros', got {padding_mode!r}")
@@ -120,10 +123,12 @@ def sample_bilinear(
         return out.mul_(scale) if scale != 1.0 else out
     if compiled is None:
         compiled = xy.device.type == "cuda" and compile_available()
-    sample = _compiled_sample if compiled else _sample
+    calls = {} if cache is None else cache
 
     def part(s: int, e: int) -> Tensor:
-        return sample(pack, image_index[s:e], xy[s:e].float(), padding_mode, scale)
+        if compiled:
+            return _compiled_sample(pack, image_index[s:e], xy[s:e].float(), padding_mode, scale, calls)
+        return _sample(pack, image_index[s:e], xy[s:e].float(), padding_mode, scale)
 
     got = _in_chunks(n, p, max(1, chunk_points // p), torch.float32, xy.device, part)
     assert got is not None  # the gather paths always give samples
@@ -178,31 +183,36 @@ def sample_grid(
     dtype: torch.dtype = torch.float32,
     chunk_points: int = 1 << 23,
     compiled: bool | None = None,
+    cache: CompileCache | None = None,
 ) -> Tensor:
     """Bilinear samples ``(N, 3, size * size)`` of ``dtype`` at the pixel centres of a ``size x size`` grid
     mapped into image ``image_index[n]`` by ``m[n] @ (u, v) + t[n]`` (``m`` ``(N, 2, 2)``, ``t`` ``(N, 2)``):
     rotated crops. The same samples as :func:`sample_bilinear` at :func:`grid_points`, float rounding
     aside; on the compiled path (as for :func:`sample_bilinear`) the points are computed in the one kernel
     of the call and the samples written in ``dtype`` (the mesh network's input precision), where the
-    other path writes every point, then float32 samples, then a converted copy."""
+    other path writes every point, then float32 samples, then a converted copy. ``cache``: as for
+    :func:`sample_bilinear`."""
     if padding_mode not in ("border", "zeros"):
         raise ValueError(f"sample_grid: padding_mode must be 'border' or 'zeros', got {padding_mode!r}")
     n, p = int(m.shape[0]), size * size
     if compiled is None:
         compiled = m.device.type == "cuda" and compile_available()
+    calls = {} if cache is None else cache
     if n and p and compiled:
         affine = torch.cat([m[:, 0], t[:, :1], m[:, 1], t[:, 1:]], 1).float()  # (N, 6)
         flags = (size, pack.hwc, padding_mode == "border", float(scale), dtype)
 
         def part(s: int, e: int) -> Tensor | None:
             idx = image_index[s:e]
-            return _run_compiled("grid", "sample_grid", _grid_meta, pack, idx, affine[s:e], *flags)
+            return _run_compiled(calls, "grid", "sample_grid", _grid_meta, pack, idx, affine[s:e], *flags)
 
         got = _in_chunks(n, p, max(1, chunk_points // p), dtype, m.device, part)
         if got is not None:
             return got
     pts = grid_points(m.float(), t.float(), size)
-    out = sample_bilinear(pack, image_index, pts, padding_mode, chunk_points, scale=scale, compiled=compiled)
+    out = sample_bilinear(
+        pack, image_index, pts, padding_mode, chunk_points, scale=scale, compiled=compiled, cache=calls
+    )
     return out.to(dtype)
 
 
@@ -210,6 +220,7 @@ def warm_up_gather(
     device: torch.device | str,
     compiled: bool | None = None,
     grid: tuple[str, torch.dtype] | None = None,
+    cache: CompileCache | None = None,
 ) -> None:
     """Compile :func:`sample_bilinear`'s ``torch.compile`` path (when ``compiled``, default as there) now
     rather than on a batch: both memory layouts (decoded batches are planar, arrays from the host
@@ -220,8 +231,10 @@ def warm_up_gather(
     the images outside inference mode (decoded frames are ordinary tensors), the rest in it (the mesh and
     texture stages run there); the engine's first batch recompiled for the grad mode (2.7 s on an H200,
     TORCH_LOGS=recompiles).
-    ``grid``: (padding mode, output dtype) of the crops' :func:`sample_grid` calls to compile too."""
+    ``grid``: (padding mode, output dtype) of the crops' :func:`sample_grid` calls to compile too.
+    ``cache``: the compile cache the later calls will use (their owner's)."""
     dev = torch.device(device)
+    calls = {} if cache is None else cache
     for hwc in (False, True):
         for b, n, p, scale in ((5, 7, 8, 1 / 255.0), (9, 10, 11, 1.0)):
             images = torch.zeros(b, 3, 13 + b, 17 + b, dtype=torch.uint8, device=dev)
@@ -231,34 +244,40 @@ def warm_up_gather(
                 idx = torch.arange(n, device=dev) % b
                 xy = torch.rand(n, p, 2, device=dev) * 12
                 pack = pack_images(images)
-                sample_bilinear(pack, idx, xy, "border", scale=scale, compiled=compiled, regions=False)
+                sample_bilinear(
+                    pack, idx, xy, "border", scale=scale, compiled=compiled, regions=False, cache=calls
+                )
                 if grid is not None:
                     m, t = torch.rand(n, 2, 2, device=dev), torch.rand(n, 2, device=dev) * 9
                     sample_grid(
-                        pack, idx, m, t, p, grid[0], scale=1 / 255.0, dtype=grid[1], compiled=compiled
-                    )
-
-
-# "fn": the compiled gather path, "grid": the compiled grid sampler (each made on first use), False once
-# it failed
-_COMPILED: dict[str, Any] = {}
+                        pack, idx, m, t, p, grid[0], scale=1 / 255.0, dtype=grid[1], compiled=compiled,
+                        cache=calls,
+                    )  # fmt: skip
 
 
 def _compiled_sample(
-    pack: ImagePack, idx: Tensor, xy: Tensor, padding_mode: str, scale: float = 1.0
+    pack: ImagePack, idx: Tensor, xy: Tensor, padding_mode: str, scale: float, cache: CompileCache
 ) -> Tensor:
     """:func:`_sample` through ``torch.compile`` (dynamic shapes: one compilation serves every number of
     faces and image size); :func:`_sample` from the first compiler failure on, with a warning."""
     flags = (pack.hwc, padding_mode == "border", float(scale))
-    out = _run_compiled("fn", "sample_bilinear", _sample_meta, pack, idx, xy, *flags)
+    out = _run_compiled(cache, "fn", "sample_bilinear", _sample_meta, pack, idx, xy, *flags)
     return _sample(pack, idx, xy, padding_mode, scale) if out is None else out
 
 
 def _run_compiled(
-    key: str, what: str, body: Any, pack: ImagePack, idx: Tensor, per_set: Tensor, *flags: Any
+    cache: CompileCache,
+    key: str,
+    what: str,
+    body: Any,
+    pack: ImagePack,
+    idx: Tensor,
+    per_set: Tensor,
+    *flags: Any,
 ) -> Any:
     """``body(pack.data, meta, idx, per_set, *flags)`` through ``torch.compile`` (made on first use and kept
-    in ``_COMPILED[key]``), or None once the compiler has failed (with a warning naming ``what``)."""
+    in ``cache[key]``: "fn" the gather path, "grid" the grid sampler), or None once the compiler has failed
+    for that cache (with a warning naming ``what``)."""
     # Every call must match the one compiled graph (a recompilation takes seconds, mid-run):
     # torch.compile specialises sizes 0 and 1, so below 2 point sets or images the last one is
     # repeated; it guards on the tensors that inputs are views of (a batch in a decoder slot,
@@ -275,7 +294,7 @@ def _run_compiled(
     if n < 2:
         idx, per_set = torch.cat([idx, idx[-1:]]), torch.cat([per_set, per_set[-1:]])
     args = [*(t.detach() for t in (pack.data, meta, idx, per_set)), *flags]
-    out = call_compiled(_COMPILED, key, body, args, what)
+    out = call_compiled(cache, key, body, args, what)
     return out[:n] if out is not None and n < 2 else out
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MODELS",
+    "CompileCache",
     "ModelChecksumError",
     "ModelNotFoundError",
     "ModelSpec",
@@ -71,8 +72,14 @@ def compile_available() -> bool:
     return os.environ.get("FACEFLEET_COMPILE", "1") != "0" and importlib.util.find_spec("triton") is not None
 
 
+#: The ``torch.compile`` functions of one owner (a :class:`facefleet.pipeline.Reconstructor`'s stages), by
+#: key, made on first use by :func:`call_compiled`; ``False`` marks a key whose compilation failed, for
+#: that owner only (no process-wide switch: another owner tries again).
+CompileCache = dict[str, Any]
+
+
 def call_compiled(
-    cache: dict[str, Any], key: str, body: Callable[..., Any], args: Sequence[Any], what: str
+    cache: CompileCache, key: str, body: Callable[..., Any], args: Sequence[Any], what: str
 ) -> Any:
     """``body(*args)`` through ``torch.compile(body, dynamic=True)`` (one compilation for every size), made
     on first use and kept in ``cache[key]``; None once the compiler has failed here (``cache[key]`` is

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from facefleet.geometry import load_geometry
 from facefleet.mesh.sampling import ImagePack, pack_images, sample_bilinear
+from facefleet.models import CompileCache
 
 __all__ = ["TextureSampler", "texel_map"]
 
@@ -75,11 +76,13 @@ class TextureSampler:
         device: str | torch.device = "cpu",
         chunk: int = 32,
         compiled: bool | None = None,
+        compile_cache: CompileCache | None = None,
     ) -> None:
         self.size = int(size)
         self.device = torch.device(device)
         self.chunk = max(1, int(chunk))
         self.compiled = compiled
+        self.compile_cache: CompileCache = {} if compile_cache is None else compile_cache
         tri_id, bary = texel_map(self.size)
         flat = tri_id.reshape(-1)
         covered = np.nonzero(flat >= 0)[0]
@@ -148,7 +151,8 @@ class TextureSampler:
         h = pack.height[idx].float()[:, None]
         inside = (pos[..., 0] >= 0) & (pos[..., 0] <= w) & (pos[..., 1] >= 0) & (pos[..., 1] <= h)
         visible = self.facing(lm)[:, self.texel_tri] & inside  # (m, K)
-        rgb = sample_bilinear(pack, idx, pos, "border", compiled=self.compiled)  # (m, 3, K) in [0, 255]
+        # (m, 3, K) in [0, 255]
+        rgb = sample_bilinear(pack, idx, pos, "border", compiled=self.compiled, cache=self.compile_cache)
         rgb = rgb.round().clamp(0, 255).to(torch.uint8) * visible[:, None]
         res = torch.zeros(m, 4, self.size * self.size, dtype=torch.uint8, device=self.device)
         res[:, :3, self.texels] = rgb

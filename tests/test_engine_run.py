@@ -149,7 +149,7 @@ def test_two_networks_threads_finish_units_whole(tmp_path: Path) -> None:
 
 def _cli(args: list[str], env_extra: dict[str, str] | None = None, **kw: object) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]), **(env_extra or {}))
-    cmd = [sys.executable, "-m", "facefleet.engine.cli", *args]
+    cmd = [sys.executable, "-m", "facefleet", "run", *args]
     return subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, **kw)  # type: ignore[call-overload]
 
 

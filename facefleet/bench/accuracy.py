@@ -251,10 +251,23 @@ def eval_cli(argv: list[str]) -> int:
     p.add_argument("--what", default="aflw,recall", help="aflw, recall or both (default)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     p.add_argument("--model-dir", type=Path, default=None)
-    from facefleet.cli import add_pipeline_options, pipeline_kwargs
+    from facefleet.config import (
+        ConfigError,
+        JobConfig,
+        ModelConfig,
+        add_config_arguments,
+        config_from_args,
+        model_kwargs,
+    )
+    from facefleet.config.flags import section_keys
 
-    add_pipeline_options(p, max_faces=256)  # 256: crowds have 100+
+    model_keys = [k for k in section_keys("model") if k != "model.family"]  # --family above takes a list
+    add_config_arguments(p, model_keys, aliases=(), config_file=False)
     args = p.parse_args(argv)
+    try:
+        cfg = config_from_args(args, JobConfig(model=ModelConfig(max_faces=256)))  # 256: crowds have 100+
+    except ConfigError as e:
+        p.error(str(e))
     what = {w.strip() for w in args.what.split(",")}
     unknown = what - {"aflw", "recall"}
     if unknown:
@@ -275,7 +288,7 @@ def eval_cli(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    settings = pipeline_kwargs(args)
+    settings = {k: v for k, v in model_kwargs(cfg).items() if k != "family"}
     report: dict[str, Any] = {"precision": args.precision, "settings": settings, "families": {}}
     speeds: list[MeshSpeed] = []
     for fam in families:

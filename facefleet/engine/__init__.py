@@ -19,12 +19,10 @@ __all__ = [
     "read_manifest",
     "rebuild_stats",
     "run",
-    "run_cli",
     "write_run_report",
 ]
 
 if TYPE_CHECKING:
-    from facefleet.engine.cli import run_cli
     from facefleet.engine.engine import Engine, Job, RunOptions, run
     from facefleet.engine.layout import EngineError
     from facefleet.engine.manifest import read_manifest
@@ -40,7 +38,6 @@ _WHERE = {
     "rebuild_stats": "totals",
     "write_run_report": "totals",
     "read_manifest": "manifest",
-    "run_cli": "cli",
 }
 
 

@@ -1,0 +1,83 @@
+"""``facefleet reconstruct PATHS -o OUT`` and ``facefleet demo``: the in-process runner on one
+device (:mod:`facefleet.reconstruct_cmd`), with settings from :mod:`facefleet.config`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from facefleet.config import (
+    FORMATS,
+    CpuConfig,
+    GpuConfig,
+    JobConfig,
+    RunConfig,
+    add_config_arguments,
+    model_kwargs,
+)
+from facefleet.config.flags import section_keys
+from facefleet.entrypoints.cli.options import job_config
+
+#: the settings of one in-process run: the model's, the outputs' and the files'
+KEYS = [*section_keys("model"), "run.formats", "run.texture_size", "run.model_dir"]
+#: defaults of ``reconstruct`` where they differ from a batch run's: outputs to look at, fp32
+BASE = JobConfig(
+    run=RunConfig(formats=("json", "obj", "overlay")),
+    gpu=GpuConfig(batch_size=16, precision="fp32"),
+    cpu=CpuConfig(batch_size=16),
+)
+
+
+def build_parser(prog: str, *, demo: bool = False) -> argparse.ArgumentParser:
+    if demo:
+        p = argparse.ArgumentParser(
+            prog=prog, description="Run the whole pipeline on a bundled sample portrait."
+        )
+        p.add_argument("-o", "--out", type=Path, default=Path("facefleet-demo"), help="output folder")
+    else:
+        p = argparse.ArgumentParser(prog=prog, description="Reconstruct the faces of images into OUT.")
+        p.add_argument("paths", nargs="+", help="image files or folders")
+        p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    add_config_arguments(p, KEYS, aliases=("--device", "--batch-size", "--precision"))
+    return p
+
+
+def runner_args(args: argparse.Namespace, cfg: JobConfig) -> argparse.Namespace:
+    """The namespace :mod:`facefleet.reconstruct_cmd` reads: one device and its batch size and
+    precision (its device section's), the outputs and the model settings."""
+    device = cfg.devices if cfg.devices != "all" else "cuda"
+    on_cpu = device == "cpu"
+    if device == "auto":
+        from facefleet.platforms import cuda_device_count
+
+        on_cpu = cuda_device_count() == 0
+    sec: GpuConfig | CpuConfig = cfg.cpu if on_cpu else cfg.gpu
+    return argparse.Namespace(
+        paths=getattr(args, "paths", []),
+        out=args.out,
+        device=device,
+        precision=sec.precision or "fp32",
+        batch_size=sec.batch_size or 16,
+        formats=set(cfg.run.formats),
+        texture_size=cfg.run.texture_size,
+        model_dir=Path(cfg.run.model_dir) if cfg.run.model_dir else None,
+        model=model_kwargs(cfg),
+    )
+
+
+def reconstruct_main(argv: list[str]) -> int:
+    parser = build_parser("facefleet reconstruct")
+    args = parser.parse_args(argv)
+    cfg = job_config(parser, args, BASE)
+    from facefleet.reconstruct_cmd import reconstruct_paths
+
+    return reconstruct_paths(runner_args(args, cfg))
+
+
+def demo_main(argv: list[str]) -> int:
+    parser = build_parser("facefleet demo", demo=True)
+    args = parser.parse_args(argv)
+    cfg = job_config(parser, args, JobConfig(run=RunConfig(formats=FORMATS), gpu=BASE.gpu, cpu=BASE.cpu))
+    from facefleet.reconstruct_cmd import demo
+
+    return demo(runner_args(args, cfg))

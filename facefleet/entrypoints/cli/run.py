@@ -1,0 +1,85 @@
+"""``facefleet run INPUT -o OUT ...``: the batch engine's command line. Every setting's flag is
+generated from :mod:`facefleet.config`; the options here are the command's own (what to run, where,
+how to report)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from facefleet.config import JobConfig, add_config_arguments
+from facefleet.config.flags import given_values
+from facefleet.entrypoints.cli.options import job_config
+
+
+def build_parser(prog: str = "facefleet run") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Reconstruct every face of a folder, glob, list file or bucket of images with every "
+        "device of this host. Writes a Parquet manifest (OUT/manifest), per-image files (OUT/files) and a "
+        "report (OUT/report.html). Re-running the same command resumes; --force starts over.",
+    )
+    p.add_argument(
+        "input", metavar="INPUT", help="directory (recursive), glob, text file of paths, or fsspec URL"
+    )
+    p.add_argument("-o", "--out", required=True, metavar="OUT", help="output directory")
+    p.add_argument("--force", action="store_true", help="clear OUT's queue and manifest and redo everything")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--log-json", default=None, metavar="FILE", help="append JSON-lines events to FILE")
+    add_config_arguments(p)
+    return p
+
+
+def engine_options(cfg: JobConfig, given: dict[str, Any]) -> dict[str, Any]:
+    """The engine's :class:`~facefleet.engine.engine.RunOptions` for ``cfg``: the settings it takes
+    as options from the typed config, the rest (device sections, ``[run]`` extras) as the
+    TOML-shaped ``given`` (what the file and the flags set, checked as ``cfg`` already). Unset unit
+    size and model settings stay unset, so a resumed run keeps its own."""
+    r = cfg.run
+    return {
+        "devices": cfg.devices,
+        "formats": r.formats,
+        "unit_size": given.get("run", {}).get("unit_size"),
+        "lease_seconds": r.lease_seconds,
+        "max_attempts": r.max_attempts,
+        "max_restarts": r.max_restarts,
+        "model_dir": r.model_dir,
+        "texture_size": r.texture_size,
+        "reconstructor": r.reconstructor,
+        "executor": r.executor,
+        "model": dict(given.get("model", {})),
+        "config": given,
+    }
+
+
+def run_main(argv: list[str]) -> int:
+    """Exit codes: 0 all images done, 1 done but some images failed, 2 error, 130 interrupted."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = job_config(parser, args)
+    from facefleet.engine.engine import run
+    from facefleet.engine.layout import EngineError
+
+    try:
+        summary = run(
+            args.input,
+            args.out,
+            quiet=args.quiet,
+            force=args.force,
+            log_json=args.log_json,
+            **engine_options(cfg, given_values(args)),
+        )
+    except (EngineError, ValueError) as e:  # ValueError: a setting the engine refused
+        print(f"facefleet run: error: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        s = summary
+        state = "interrupted; run the same command again to resume" if s.interrupted else "done"
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.failed_by_reason.items()))
+        print(
+            f"facefleet run: {state}: {s.images} images, {s.faces} faces, {s.no_face} without a face, "
+            f"{s.failed} failed{f' ({reasons})' if reasons else ''} in {s.seconds:.1f} s -> {s.out_dir}",
+            file=sys.stderr,
+        )
+    return summary.exit_code

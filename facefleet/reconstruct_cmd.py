@@ -1,8 +1,14 @@
-"""``facefleet reconstruct`` and ``facefleet demo``: the in-process runner on one device."""
+"""``facefleet reconstruct`` and ``facefleet demo``: the in-process runner on one device.
+
+Files are named by the one :class:`~facefleet.export.sink.ResultSink` of every runner, so
+``reconstruct DIR --out O`` writes the same names under ``O`` as ``facefleet run DIR O`` writes
+under ``O/files``: the input tree mirrored, each file's whole name kept (``x.jpg.json``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -12,25 +18,31 @@ from typing import Any
 import numpy as np
 
 
-def _iter_paths(paths: list[str]) -> Iterator[str]:
+def _iter_paths(paths: list[str]) -> Iterator[tuple[str, str | None]]:
+    """(image path, the folder its outputs mirror) for each input: a folder's or a glob's images
+    mirror it as ``facefleet run`` does (:func:`~facefleet.engine.layout.input_root`); an explicit
+    file (taken whatever its extension; bad ones get an error) sits at the top."""
+    from facefleet.engine.layout import input_root
     from facefleet.io.discover import iter_inputs
 
     for p in paths:
-        if Path(p).is_file():
-            yield p  # an explicit file is taken whatever its extension (bad ones get an error)
+        if Path(p).is_file() and not _is_list_file(p):
+            yield p, os.path.dirname(os.path.abspath(p))
         else:
-            yield from iter_inputs(p)
+            root = input_root(p)
+            for found in iter_inputs(p):
+                yield found, root
 
 
-def _stem_for(path: str, seen: dict[str, int]) -> str:
-    stem = Path(path).stem or "image"
-    n = seen.get(stem, 0)
-    seen[stem] = n + 1
-    return stem if n == 0 else f"{stem}_{n}"
+def _is_list_file(p: str) -> bool:
+    from facefleet.io.discover import LIST_EXTENSIONS
+
+    return os.path.splitext(p)[1].lower() in LIST_EXTENSIONS
 
 
 def _make_reconstructor(args: argparse.Namespace) -> Any:
-    from facefleet.cli import pipeline_kwargs
+    """The pipeline of ``args`` (``args.model``: the model settings as Reconstructor keywords, built
+    by the command line from :mod:`facefleet.config`)."""
     from facefleet.pipeline import Reconstructor
 
     return Reconstructor(
@@ -38,22 +50,24 @@ def _make_reconstructor(args: argparse.Namespace) -> Any:
         precision=args.precision,
         model_dir=args.model_dir,
         texture_size=args.texture_size,
-        **pipeline_kwargs(args),  # type: ignore[arg-type]
+        **dict(getattr(args, "model", None) or {}),
     )
 
 
 def _process(
-    rec: Any, items: list[tuple[str, np.ndarray | str]], out: Path, formats: set[str], seen: dict[str, int]
+    rec: Any, items: list[tuple[str, np.ndarray | str, str | None]], out: Path, formats: set[str]
 ) -> tuple[int, int]:
+    """Reconstruct ``items`` ((name, image or path, root its outputs mirror)) as one batch and write
+    their files; returns (faces, failed images)."""
+    from facefleet.export.sink import ResultSink
     from facefleet.io.decode import ImageDecodeError, read_image
-    from facefleet.outputs import needs_texture, write_outputs
+    from facefleet.outputs import needs_texture
     from facefleet.types import ImageResult
 
     arrays: list[np.ndarray] = []
     names: list[str] = []
     results: dict[str, ImageResult] = {}
-    order = [name for name, _ in items]
-    for name, src in items:
+    for name, src, _ in items:
         try:
             arrays.append(read_image(src) if isinstance(src, str) else src)
             names.append(name)
@@ -64,11 +78,10 @@ def _process(
             results[name] = res
     images = dict(zip(names, arrays))
     n_faces = n_failed = 0
-    for name in order:
+    for name, _, root in items:
         res = results[name]
-        stem = _stem_for(name, seen)
         try:
-            written = write_outputs(res, images.get(name), out, stem, formats)
+            written = ResultSink.of(out, formats, root).write(res, images.get(name))
         except OSError as e:
             print(f"facefleet: {name}: cannot write outputs: {e}", file=sys.stderr)
             n_failed += 1
@@ -78,10 +91,7 @@ def _process(
             print(f"facefleet: {res.error}", file=sys.stderr)
         else:
             n_faces += len(res.faces)
-            print(
-                f"{name}: {len(res.faces)} face(s) -> {', '.join(str(p) for p in written[:3])}"
-                + (" ..." if len(written) > 3 else "")
-            )
+            print(f"{name}: {len(res.faces)} face(s) -> {', '.join(str(p) for p in written)}")
     return n_faces, n_failed
 
 
@@ -98,18 +108,17 @@ def reconstruct_paths(args: argparse.Namespace) -> int:
         print(f"facefleet: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    seen: dict[str, int] = {}
     n_img = n_faces = n_failed = 0
-    batch: list[tuple[str, np.ndarray | str]] = []
+    batch: list[tuple[str, np.ndarray | str, str | None]] = []
     try:
-        for p in _iter_paths(args.paths):
-            batch.append((p, p))
+        for p, root in _iter_paths(args.paths):
+            batch.append((p, p, root))
             if len(batch) >= args.batch_size:
-                nf, ne = _process(rec, batch, out, args.formats, seen)
+                nf, ne = _process(rec, batch, out, args.formats)
                 n_img, n_faces, n_failed = n_img + len(batch), n_faces + nf, n_failed + ne
                 batch = []
         if batch:
-            nf, ne = _process(rec, batch, out, args.formats, seen)
+            nf, ne = _process(rec, batch, out, args.formats)
             n_img, n_faces, n_failed = n_img + len(batch), n_faces + nf, n_failed + ne
     except FileNotFoundError as e:
         print(f"facefleet: {e}", file=sys.stderr)
@@ -127,6 +136,6 @@ def demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rec = _make_reconstructor(args)
     image = np.ascontiguousarray(data.astronaut())
-    n_faces, n_failed = _process(rec, [("astronaut", image)], out, args.formats, {})
+    n_faces, n_failed = _process(rec, [("astronaut", image, None)], out, args.formats)
     print(f"demo: {n_faces} face(s) reconstructed on {rec.device}; outputs in {out.resolve()}")
     return 1 if n_failed or n_faces == 0 else 0

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from facefleet.engine.decode_proc import DecoderProcess, DecoderProcessError
+from facefleet.engine.worker.decode_proc import DecoderProcess, DecoderProcessError
 from facefleet.io.decode import decode_image
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from facefleet.engine.worker import Worker, WorkerSpec, error_kind
+from facefleet.export.sink import ResultSink
 from facefleet.platforms import DeviceProfile
 from facefleet.types import ImageResult
 
@@ -90,7 +91,7 @@ def test_per_image_files_written_by_a_process_pool(tmp_path: Path) -> None:
 
     import numpy as np
 
-    from facefleet.engine.worker import write_files
+    from facefleet.engine.worker.sink import write_files
     from facefleet.geometry import load_geometry
     from facefleet.types import Face, Pose
 
@@ -112,7 +113,7 @@ def test_per_image_files_written_by_a_process_pool(tmp_path: Path) -> None:
     pool = w._file_pool()
     try:
         assert isinstance(pool, ProcessPoolExecutor)
-        secs = pool.submit(write_files, result, None, spec.out_dir, spec.input_root, spec.formats).result()
+        secs = pool.submit(write_files, result, None, w.result_sink()).result()
     finally:
         pool.shutdown()
     assert secs > 0
@@ -144,7 +145,7 @@ def test_stack_sampler_reports_where_threads_wait(tmp_path: Path, monkeypatch: p
     import threading
     import time
 
-    from facefleet.engine.stacks import StackSampler
+    from facefleet.engine.worker.stacks import StackSampler
 
     monkeypatch.delenv("FACEFLEET_STACK_SAMPLES", raising=False)
     assert StackSampler.from_env("w") is None  # off unless asked for
@@ -184,7 +185,8 @@ def test_unit_write_errors_disk_full_stops_other_errors_fail_the_image(tmp_path:
     from concurrent.futures import Future
 
     from facefleet.engine.queue import Unit
-    from facefleet.engine.worker import OutputError, _UnitState
+    from facefleet.engine.worker import OutputError
+    from facefleet.engine.worker.base import UnitState
 
     def done(exc: BaseException | None) -> Future[Any]:
         f: Future[Any] = Future()
@@ -194,7 +196,7 @@ def test_unit_write_errors_disk_full_stops_other_errors_fail_the_image(tmp_path:
     w = _worker(tmp_path, _Flaky(8))
     db = _Completes()
     unit = Unit("u1", 0, ["a.jpg", "b.jpg"], 1)
-    st = _UnitState(unit, time.time(), [ImageResult("a.jpg", 4, 4), ImageResult("b.jpg", 4, 4)], [])
+    st = UnitState(unit, time.time(), [ImageResult("a.jpg", 4, 4), ImageResult("b.jpg", 4, 4)], [])
     st.files = [(0, done(None)), (1, done(OSError(errno.EIO, "I/O error")))]
     w._finish_unit(st, db)  # type: ignore[arg-type]
     assert db.completed == ["u1"]

@@ -1,4 +1,4 @@
-"""Textures to the writer processes through shared memory (facefleet.engine.texture_ring)."""
+"""Textures to the writer processes through shared memory (facefleet.engine.worker.texture_ring)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from facefleet.engine.texture_ring import TextureRef, TextureRing, resolve
+from facefleet.engine.worker.texture_ring import TextureRef, TextureRing, resolve
 
 
 def _checksum(ref: TextureRef) -> tuple[int, tuple[int, ...]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from facefleet.engine import events as ev
-from facefleet.engine.executor import Executor, WorkerHandle
+from facefleet.engine.executors import Executor, WorkerHandle
 from facefleet.engine.layout import EngineError
 from facefleet.engine.listing import Lister
 from facefleet.engine.queue import QueueError, WorkQueue, open_queue

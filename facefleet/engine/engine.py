@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from facefleet.config import check_model_settings, load_config
 from facefleet.engine import events as ev
 from facefleet.engine.coordinator import Coordinator, JobPlan
-from facefleet.engine.executor import Executor, make_executor
+from facefleet.engine.executors import Executor, make_executor
 from facefleet.engine.layout import (
     EngineError,
     RunLock,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from facefleet.export.sink import output_location as output_location  # moved; named there
 from facefleet.types import Face, ImageResult
 
 MANIFEST_DIR = "manifest"
@@ -161,30 +161,3 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> pa.Table:
     if not files:
         return SCHEMA.empty_table()
     return ds.dataset(files, schema=SCHEMA, format="parquet").to_table()
-
-
-# -- per-image output paths --------------------------------------------------------------------
-_UNSAFE = re.compile(r"[^A-Za-z0-9._@+=,-]+")
-
-
-def output_location(source: str, root: str | None) -> tuple[str, str]:
-    """(relative directory, file stem) of a source's per-image files under ``OUT/files``.
-
-    Local sources below ``root`` mirror the input tree; others (list files, URLs) get a
-    sanitised path made of their components. The stem is the whole file name, extension included
-    (``a.jpg`` -> ``a.jpg.json``), so ``a.jpg`` and ``a.png`` never overwrite each other.
-    """
-    rel: str | None = None
-    if root is not None and "://" not in source:
-        try:
-            r = os.path.relpath(os.path.abspath(source), root)
-        except ValueError:  # other drive (Windows)
-            r = ""
-        if r and not r.startswith(".."):
-            rel = r
-    if rel is None:
-        s = re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*://", lambda m: m.group(0)[:-3] + "/", source)
-        rel = s
-    parts = [p for p in re.split(r"[/\\]+", rel) if p not in ("", ".", "..")]
-    parts = [_UNSAFE.sub("_", p).strip(".") or "_" for p in parts] or ["_"]
-    return "/".join(parts[:-1]), parts[-1]

@@ -83,11 +83,18 @@ class DecoderProcess:
         backends: str = "auto",
         cpu_threads: int = 0,
         start_timeout: float = 120.0,
+        max_file_bytes: int = 256 << 20,
     ) -> None:
         self.slots = list(slots)
         # backends, cpu_threads: nvImageCodec's (facefleet.io.gpu_decode.configure_nvimgcodec)
         self.settings = _Settings(
-            decoder, int(chunk), int(readers), max(1, int(threads)), backends, int(cpu_threads)
+            decoder,
+            int(chunk),
+            int(readers),
+            max(1, int(threads)),
+            backends,
+            int(cpu_threads),
+            int(max_file_bytes),
         )
         self.start_timeout = float(start_timeout)
         self._proc: Any = None
@@ -236,6 +243,7 @@ class _Settings:
     threads: int = 1
     backends: str = "auto"
     cpu_threads: int = 0
+    max_file_bytes: int = 256 << 20  # larger files are refused unread (facefleet.engine.worker.read)
 
 
 def child_main(requests: Any, answers: Any, slots: list[Any], settings: _Settings) -> None:
@@ -301,7 +309,7 @@ class _Child:
     def run(self, requests: Any) -> None:
         """Reads requests on this thread (reads start at once); decodes on ``threads`` others, each
         taking the next batch in order."""
-        from facefleet.engine.worker import read_file
+        from facefleet.engine.worker.read import read_file
 
         workers = [
             threading.Thread(target=self._decode_loop, name=f"decode-{k}", daemon=True)
@@ -316,7 +324,9 @@ class _Child:
                 except (EOFError, OSError):  # the worker is gone
                     break
                 if msg[0] == "read":
-                    self.reads[msg[1]] = [(p, self.pool.submit(read_file, p)) for p in msg[2]]
+                    self.reads[msg[1]] = [
+                        (p, self.pool.submit(read_file, p, self.settings.max_file_bytes)) for p in msg[2]
+                    ]
                 elif msg[0] == "decode":
                     self.work.put((msg[1], self.reads.pop(msg[1])))
                 elif msg[0] == "place":
@@ -513,7 +523,7 @@ def _aligned(n: int) -> int:
 
 def _as_decode_error(path: str, e: BaseException) -> Any:
     """A picklable error with the manifest's wording (``ImageDecodeError.reason``)."""
-    from facefleet.engine.worker import error_text
+    from facefleet.engine.worker.errors import error_text
     from facefleet.io.decode import ImageDecodeError
 
     return e if isinstance(e, ImageDecodeError) else ImageDecodeError(path, error_text(e))

@@ -1,0 +1,97 @@
+"""Claim stage: units from the queue, and the heartbeat that keeps their leases.
+
+The claimer thread claims a unit, records it as held, and queues its items for the read stage (each
+with its read already started on the reader pool; the decoder process reads for itself), then the
+unit's :class:`~facefleet.engine.worker.base.End`. A unit that was retried (an earlier lease ended
+in a crash) runs alone, so that a crash blames only it. The claimer stops when the run drains, when
+a coordinator that started the worker is gone, or when the listing is done and no unit is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from facefleet.engine.queue import WorkQueue, open_queue
+from facefleet.engine.worker.base import STOP, Abort, End, UnitState, WorkerBase
+from facefleet.engine.worker.read import read_file
+
+
+class ClaimStage(WorkerBase):
+    """The claimer and heartbeat threads of a worker."""
+
+    def _heartbeat(self) -> None:
+        """Extends the leases of the units held, a third of a lease apart, and flushes progress."""
+        db = open_queue(self.spec.queue_path)
+        every = max(0.1, self.spec.lease_seconds / 3)
+        last_beat = 0.0
+        try:
+            while not self._stop.wait(0.5):
+                now = time.monotonic()
+                try:
+                    self._flush_progress(db)
+                    if now - last_beat >= every:
+                        with self._held_lock:
+                            held = list(self._held)
+                        db.heartbeat(self.owner, held, self.spec.lease_seconds)
+                        last_beat = now
+                except Exception as e:  # a busy database must not kill the worker; the lease is long
+                    print(f"facefleet worker {self.spec.name}: heartbeat failed: {e}", file=sys.stderr)
+        finally:
+            db.close()
+
+    def _flush_progress(self, db: WorkQueue) -> None:
+        with self._progress_lock:
+            images, faces, failed, busy = self._progress
+            self._progress = [0, 0, 0, 0.0]
+        if images or busy:
+            db.add_progress(self.owner, int(images), int(faces), int(failed), float(busy))
+
+    def _draining(self, db: WorkQueue) -> bool:
+        """Asked to drain (the run is interrupted), or started by a coordinator that is gone."""
+        if self._drain.is_set() or db.get_meta("drain") == "1":
+            return True
+        cp = self.spec.coordinator_pid
+        return cp is not None and os.getppid() != cp  # coordinator gone: finish up and leave
+
+    def _claimer(self) -> None:
+        """Claims units while there are any (or until a drain), and queues each item for the read stage
+        with its read started (on threads here, or in the decoder process), then the unit's end."""
+        spec = self.spec
+        db = open_queue(spec.queue_path)
+        pool = ThreadPoolExecutor(max(1, spec.readers), thread_name_prefix="reader")
+        try:
+            while not self._stop.is_set():
+                if self._draining(db):
+                    break
+                unit = db.claim(self.owner, spec.lease_seconds, spec.max_attempts)
+                if unit is None:
+                    if spec.exit_when_done and db.get_meta("listing_done") == "1" and db.remaining() == 0:
+                        break
+                    self._stop.wait(spec.poll_seconds)
+                    continue
+                with self._held_lock:
+                    self._held.add(unit.id)
+                n = len(unit.paths)
+                state = UnitState(unit, time.time(), [None] * n, [None] * n if self.keep_images else [])
+                for i, p in enumerate(unit.paths):  # the decoder process reads for itself
+                    self._put(
+                        self._read_q,
+                        (state, i, p, None if self._proc else pool.submit(read_file, p, spec.max_file_bytes)),
+                    )
+                self._put(self._read_q, End(state))
+                if unit.retried:  # run a suspect unit alone, so that a crash blames only it
+                    while not self._stop.is_set() and unit.id in self._held:
+                        self._stop.wait(0.05)
+        except Abort:
+            pass
+        finally:
+            with contextlib.suppress(Abort):
+                self._put(self._read_q, STOP)
+            # reads queued for the batcher are still waited for on a drain (cancelled, each would raise
+            # CancelledError in the batch that holds it and fail the worker); dropped only on a failure
+            pool.shutdown(wait=False, cancel_futures=self._fatal is not None)
+            db.close()

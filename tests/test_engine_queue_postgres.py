@@ -3,6 +3,7 @@ server restarted mid-run (a server this test starts itself from the binaries on 
 
 from __future__ import annotations
 
+import gc
 import glob
 import os
 import shutil
@@ -77,6 +78,33 @@ def test_a_killed_connection_is_reopened(pgq: PostgresQueue) -> None:
     u = pgq.claim("w", 30, 3)
     assert u is not None and u.paths == ["a"]
     assert pgq._s.run(lambda c, _: c.execute("SELECT pg_backend_pid()").fetchone())[0] != pid  # type: ignore[index]
+
+
+def test_a_forked_child_opens_its_own_connection(pgq: PostgresQueue) -> None:
+    """A child inherits the queue object across fork: it must not use (or close) the parent's
+    session, whose socket it shares."""
+    enqueue_listing(pgq, ["a", "b"], 1)
+    backend = pgq._s.run(lambda c, _: c.execute("SELECT pg_backend_pid()").fetchone())
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            u = pgq.claim("child", 30, 3)
+            mine = pgq._s.run(lambda c, _: c.execute("SELECT pg_backend_pid()").fetchone())
+            os.write(w, f"{u.id if u else ''} {mine != backend}".encode())
+            pgq.close()
+            gc.collect()  # whatever the child dropped is collected here, not by the parent
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    uid, own = os.read(r, 200).decode().split()
+    os.close(r)
+    assert status == 0 and own == "True"
+    assert pgq._s.run(lambda c, _: c.execute("SELECT pg_backend_pid()").fetchone()) == backend  # untouched
+    assert pgq.state_of(uid) == "leased" and pgq.claim("parent", 30, 3) is not None
 
 
 def test_an_unreachable_server_raises_after_the_retry_window() -> None:

@@ -55,20 +55,20 @@ def parse_url(url: str) -> tuple[str, str, float]:
 class PgSession:
     """The connection of one process (and thread) to one schema, with ``search_path`` set to it.
 
-    An instance inherited across ``fork`` opens its own connection in the child and keeps the
-    parent's open (closing it there would end the parent's session).
+    An instance inherited across ``fork`` opens its own connection in the child and leaves the
+    parent's session alone.
     """
 
     def __init__(self, conninfo: str, schema: str, retry_s: float) -> None:
         self.conninfo, self.schema, self.retry_s = conninfo, schema, retry_s
         self._conn: psycopg.Connection[Any] | None = None
         self._pid = os.getpid()
-        self._inherited: list[psycopg.Connection[Any]] = []
         self._offset = 0.0
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is not None and self._pid != os.getpid():
-            self._inherited.append(self._conn)
+            # inherited across fork: never use or close it here (psycopg does not finalize a
+            # connection in a process other than its own, so dropping it is safe)
             self._conn, self._pid = None, os.getpid()
         if self._conn is None or self._conn.closed:
             conn = psycopg.connect(self.conninfo, autocommit=True)
@@ -117,3 +117,4 @@ class PgSession:
         if self._conn is not None and self._pid == os.getpid():
             self._conn.close()
         self._conn = None
+

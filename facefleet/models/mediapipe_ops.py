@@ -56,6 +56,10 @@ class LandmarksToTransformMatrix(nn.Module):
     (float32). ``subset``: the landmark indices the box is fitted to."""
 
     subset: torch.Tensor
+    # computed from the mesh output in float32, with the steps that feed it (see tflite_steps._head_steps):
+    # in bfloat16 the patch positions were coarse and the lips and eyes moved by pixels
+    float32_root = True
+    head_passthrough = True
 
     def __init__(
         self,
@@ -124,8 +128,10 @@ class TransformTensorBilinear(nn.Module):
         gx = tc[..., 0] * (2.0 / max(w_in - 1, 1)) - 1
         gy = tc[..., 1] * (2.0 / max(h_in - 1, 1)) - 1
         grid = torch.stack([gx, gy], -1).view(-1, h, w, 2)
-        y = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
-        return y * inside.view(-1, 1, h, w).to(y.dtype)
+        # sampled in float32: in half precision the grid's coordinates are off by up to 0.1 feature pixel,
+        # which moved the lips' points by pixels
+        y = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return (y * inside.view(-1, 1, h, w)).to(x.dtype)
 
 
 class TransformLandmarks(nn.Module):

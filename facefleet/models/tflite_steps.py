@@ -246,7 +246,10 @@ def _head_steps(steps: Sequence[nn.Module], wiring: _Wiring, outputs: list[int])
     small convolutions at the networks' ends."""
     made = {out: k for k, (_, out, _) in enumerate(wiring)}
     head: set[int] = set()
+    # and the geometry the network computes from its own outputs (MediaPipe's Landmarks2TransformMatrix:
+    # ``float32_root``), with the steps that feed it
     todo = [made[s] for s in outputs if s in made]
+    todo += [k for k, step in enumerate(steps) if getattr(step, "float32_root", False)]
     while todo:
         k = todo.pop()
         if k in head:

@@ -96,13 +96,24 @@ def _parser_for(keys: Sequence[str]) -> Callable[[str], Any]:
     return parse
 
 
-def _help(key: str, extra: str = "") -> str:
+def _value(cfg: JobConfig, key: str) -> Any:
+    section, _, name = key.rpartition(".")
+    return getattr(getattr(cfg, section) if section else cfg, name)
+
+
+def _show(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else ",".join(v) if isinstance(v, tuple) else str(v)
+
+
+def _help(key: str, extra: str = "", base: JobConfig | None = None) -> str:
     cls, name = _field_of(key)
     f = next(f for f in config_fields(cls) if f.name == name)
     text = f.metadata["help"]
-    if f.default not in (None, ()) and "default" not in text:
-        shown = str(f.default).lower() if isinstance(f.default, bool) else f.default
-        text += f" (default {shown})"
+    here = _value(base, key) if base is not None else f.default
+    if here != f.default and here is not None:
+        text += f" (default here {_show(here)})"
+    elif f.default not in (None, ()) and "default" not in text:
+        text += f" (default {_show(f.default)})"
     return (text + extra).replace("%", "%%")
 
 
@@ -134,9 +145,11 @@ def add_config_arguments(
     *,
     aliases: Iterable[str] = ("--batch-size", "--precision", "--workers"),
     config_file: bool = True,
+    base: JobConfig | None = None,
 ) -> None:
     """Add a flag for each setting in ``keys`` (default: all) and the ``aliases`` asked for, in
-    argument groups per section; ``config_file``: also ``--config FILE``."""
+    argument groups per section; ``config_file``: also ``--config FILE``; ``base``: the command's
+    defaults where they differ from the fields' (shown in the help)."""
     wanted = list(all_keys() if keys is None else keys)
     if config_file:
         parser.add_argument(
@@ -151,14 +164,14 @@ def add_config_arguments(
         if section not in groups:
             title = "job" if section == "job" else f"[{section}] settings"
             groups[section] = parser.add_argument_group(title)
-        _add(groups[section], [flag_name(key)], [key], _help(key))
+        _add(groups[section], [flag_name(key)], [key], _help(key, base=base))
     alias_group = None
     for alias in aliases:
         targets = ALIASES[alias]
         if alias_group is None:
             alias_group = parser.add_argument_group("short forms")
         extra = f" [sets {', '.join(targets)}]"
-        _add(alias_group, [alias], list(targets), _help(targets[0], extra))
+        _add(alias_group, [alias], list(targets), _help(targets[0], extra, base))
 
 
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:

@@ -29,6 +29,7 @@ BASE = JobConfig(
 
 
 def build_parser(prog: str, *, demo: bool = False) -> argparse.ArgumentParser:
+    """``reconstruct`` (or ``demo``)'s parser: its own arguments and the flags of :data:`KEYS`."""
     if demo:
         p = argparse.ArgumentParser(
             prog=prog, description="Run the whole pipeline on a bundled sample portrait."
@@ -38,8 +39,14 @@ def build_parser(prog: str, *, demo: bool = False) -> argparse.ArgumentParser:
         p = argparse.ArgumentParser(prog=prog, description="Reconstruct the faces of images into OUT.")
         p.add_argument("paths", nargs="+", help="image files or folders")
         p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
-    add_config_arguments(p, KEYS, aliases=("--device", "--batch-size", "--precision"))
+    base = demo_base() if demo else BASE
+    add_config_arguments(p, KEYS, aliases=("--device", "--batch-size", "--precision"), base=base)
     return p
+
+
+def demo_base() -> JobConfig:
+    """``demo``'s defaults: ``reconstruct``'s, with every output format."""
+    return JobConfig(run=RunConfig(formats=FORMATS), gpu=BASE.gpu, cpu=BASE.cpu)
 
 
 def runner_args(args: argparse.Namespace, cfg: JobConfig) -> argparse.Namespace:
@@ -77,7 +84,7 @@ def reconstruct_main(argv: list[str]) -> int:
 def demo_main(argv: list[str]) -> int:
     parser = build_parser("facefleet demo", demo=True)
     args = parser.parse_args(argv)
-    cfg = job_config(parser, args, JobConfig(run=RunConfig(formats=FORMATS), gpu=BASE.gpu, cpu=BASE.cpu))
+    cfg = job_config(parser, args, demo_base())
     from facefleet.reconstruct_cmd import demo
 
     return demo(runner_args(args, cfg))

@@ -117,4 +117,3 @@ class PgSession:
         if self._conn is not None and self._pid == os.getpid():
             self._conn.close()
         self._conn = None
-

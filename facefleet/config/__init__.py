@@ -11,7 +11,7 @@ Importing this package does not import torch.
 """
 
 from facefleet.config.fields import ConfigError, setting
-from facefleet.config.flags import add_config_arguments, config_from_args, flag_name, model_kwargs
+from facefleet.config.flags import add_config_arguments, config_from_args, flag_name, flag_type, model_kwargs
 from facefleet.config.loading import (
     apply_mapping,
     check_model_settings,
@@ -56,6 +56,7 @@ __all__ = [
     "check_model_settings",
     "config_from_args",
     "flag_name",
+    "flag_type",
     "from_mapping",
     "load_config",
     "load_file",

@@ -62,6 +62,12 @@ def _field_of(key: str) -> tuple[type, str]:
     return (SECTIONS[section] if section else JobConfig), name
 
 
+def flag_type(*keys: str) -> Callable[[str], Any]:
+    """argparse ``type=`` for a hand-made flag that sets ``keys`` (all of one type): text -> the
+    value, checked as the config checks it (``--batch-size 0`` -> "gpu.batch_size must be >= 1")."""
+    return _parser_for(keys)
+
+
 def _parser_for(keys: Sequence[str]) -> Callable[[str], Any]:
     """argparse ``type=``: text -> the value of ``keys`` (all of one type), checked for each key."""
     cls, name = _field_of(keys[0])

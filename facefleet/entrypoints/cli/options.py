@@ -1,18 +1,27 @@
-"""What the subcommands share: turning parsed flags into a :class:`~facefleet.config.JobConfig`,
-with a bad setting reported as a usage error (exit status 2) that names the key."""
+"""What the subcommands share: parsing a command line into its arguments and a
+:class:`~facefleet.config.JobConfig`, with usage errors and bad settings turned into an exit status
+(2) and one line naming the key, so each subcommand's function returns a status and never exits."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from facefleet.config import ConfigError, JobConfig, config_from_args
 
 
-def job_config(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, base: JobConfig | None = None
-) -> JobConfig:
-    """defaults (``base``) < ``--config FILE`` < flags; exits 2 with the key named on a bad setting."""
+def parse_job(
+    parser: argparse.ArgumentParser, argv: list[str], base: JobConfig | None = None
+) -> tuple[argparse.Namespace, JobConfig] | int:
+    """(arguments, defaults ``base`` < ``--config FILE`` < flags), or the exit status to return:
+    argparse's (0 after ``--help``, 2 for a bad flag, ``--batch-size 0`` included), or 2 with one
+    line for a bad config file."""
     try:
-        return config_from_args(args, base)
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        return args, config_from_args(args, base)
     except ConfigError as e:
-        parser.error(str(e))
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2

@@ -16,7 +16,7 @@ from facefleet.config import (
     model_kwargs,
 )
 from facefleet.config.flags import section_keys
-from facefleet.entrypoints.cli.options import job_config
+from facefleet.entrypoints.cli.options import parse_job
 
 #: the settings of one in-process run: the model's, the outputs' and the files'
 KEYS = [*section_keys("model"), "run.formats", "run.texture_size", "run.model_dir"]
@@ -36,7 +36,11 @@ def build_parser(prog: str, *, demo: bool = False) -> argparse.ArgumentParser:
         )
         p.add_argument("-o", "--out", type=Path, default=Path("facefleet-demo"), help="output folder")
     else:
-        p = argparse.ArgumentParser(prog=prog, description="Reconstruct the faces of images into OUT.")
+        p = argparse.ArgumentParser(
+            prog=prog,
+            usage=f"{prog} PATH [PATH ...] -o OUT [options]",
+            description="Reconstruct the faces of images into OUT.",
+        )
         p.add_argument("paths", nargs="+", help="image files or folders")
         p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     base = demo_base() if demo else BASE
@@ -73,18 +77,20 @@ def runner_args(args: argparse.Namespace, cfg: JobConfig) -> argparse.Namespace:
 
 
 def reconstruct_main(argv: list[str]) -> int:
-    parser = build_parser("facefleet reconstruct")
-    args = parser.parse_args(argv)
-    cfg = job_config(parser, args, BASE)
+    parsed = parse_job(build_parser("facefleet reconstruct"), argv, BASE)
+    if isinstance(parsed, int):
+        return parsed
+    args, cfg = parsed
     from facefleet.reconstruct_cmd import reconstruct_paths
 
     return reconstruct_paths(runner_args(args, cfg))
 
 
 def demo_main(argv: list[str]) -> int:
-    parser = build_parser("facefleet demo", demo=True)
-    args = parser.parse_args(argv)
-    cfg = job_config(parser, args, demo_base())
+    parsed = parse_job(build_parser("facefleet demo", demo=True), argv, demo_base())
+    if isinstance(parsed, int):
+        return parsed
+    args, cfg = parsed
     from facefleet.reconstruct_cmd import demo
 
     return demo(runner_args(args, cfg))

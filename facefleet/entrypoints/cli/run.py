@@ -10,12 +10,13 @@ from typing import Any
 
 from facefleet.config import JobConfig, add_config_arguments
 from facefleet.config.flags import given_values
-from facefleet.entrypoints.cli.options import job_config
+from facefleet.entrypoints.cli.options import parse_job
 
 
 def build_parser(prog: str = "facefleet run") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
+        usage=f"{prog} INPUT -o OUT [options]",
         description="Reconstruct every face of a folder, glob, list file or bucket of images with every "
         "device of this host. Writes a Parquet manifest (OUT/manifest), per-image files (OUT/files) and a "
         "report (OUT/report.html). Re-running the same command resumes; --force starts over.",
@@ -55,9 +56,10 @@ def engine_options(cfg: JobConfig, given: dict[str, Any]) -> dict[str, Any]:
 
 def run_main(argv: list[str]) -> int:
     """Exit codes: 0 all images done, 1 done but some images failed, 2 error, 130 interrupted."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    cfg = job_config(parser, args)
+    parsed = parse_job(build_parser(), argv)
+    if isinstance(parsed, int):
+        return parsed
+    args, cfg = parsed
     from facefleet.engine.engine import run
     from facefleet.engine.layout import EngineError
 

@@ -31,11 +31,11 @@ def write_outputs(
 ) -> list[Path]:
     """Write the files of ``formats`` for one image as ``out_dir/stem[...]``; return their paths.
 
-    image: (H, W, 3) uint8, needed only for the overlay. Faces carry their texture when the
+    image: (H, W, 3) uint8, needed only for the overlay. Faces' landmarks are (V, 3) with V from
+    their model family (every face of one image comes from one family). Faces carry their texture when the
     reconstructor was asked for one (``texture=True``); without it meshes are written untextured.
     """
-    from facefleet.export import render_overlay, write_glb, write_json, write_obj, write_png
-    from facefleet.geometry import load_geometry
+    from facefleet.export import mesh_topology, render_overlay, write_glb, write_json, write_obj, write_png
 
     out_dir = Path(out_dir)
     written: list[Path] = []
@@ -43,8 +43,9 @@ def write_outputs(
         written.append(write_json(out_dir / f"{stem}.json", result))
     if result.error or not result.faces:
         return written
-    geo = load_geometry()
-    tri, uv = geo.triangles, geo.uv
+    # triangles and UVs of the faces' model family (468 points: MediaPipe's mesh; 478: the attention
+    # mesh, whose iris points are loose vertices)
+    tri, uv = mesh_topology(len(result.faces[0].landmarks))
     for k, face in enumerate(result.faces):
         name = f"{stem}_face{k}"
         tex_file = None

@@ -106,6 +106,29 @@ def test_external_worker_needs_no_coordinator(tmp_path: Path) -> None:
         assert {w["name"] for w in q.workers()} == {"h0/cpu0"}
 
 
+def test_a_file_that_kills_its_worker_is_quarantined_without_a_coordinator(tmp_path: Path) -> None:
+    """No coordinator reaps poison units here: the host does (split down to the one file, failed with
+    an error row), restarts its crashed worker, and finishes the rest."""
+    sources = _crops(tmp_path / "in", 4, size=48)
+    out = tmp_path / "out"
+    out.mkdir()
+    url = str(out / "_queue.sqlite")
+    with open_queue(url) as q:
+        rec = {"input": str(tmp_path / "in"), "formats": [], "lease_seconds": 5, "max_attempts": 1}
+        publish_run(q, {**rec, "reconstructor": "test_engine_support:FakeReconstructor"})
+        enqueue_listing(q, sources, 2)
+    env = {"FACEFLEET_FAKE_CRASH": "a01.jpg"}
+    p = _host(url, out, tmp_path / "h0", "h0", _config(tmp_path / "cfg.toml"), env)
+    log, _ = p.communicate(timeout=240)
+    assert p.returncode == 0, log
+    _exactly_once(out, sources)
+    errors = {r["source"]: r["error"] for r in read_manifest(out).to_pylist()}
+    assert [s for s, e in errors.items() if e] == [sources[1]] and "unit failed after 1 attempts" in errors[
+        sources[1]
+    ]
+    assert "quarantined 1 image(s)" in log
+
+
 def test_bad_queue_or_missing_run_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from facefleet.engine.worker.cli import worker_cli
 

@@ -139,7 +139,22 @@ class HostSupervisor:
         self.handles: dict[str, ProcessHandle] = {}
         self.signals = 0
         self.restarts = 0
+        self.done_units = 0
         self.error: str | None = None
+
+    def _reap_poison(self, q: WorkQueue) -> None:
+        """With no coordinator, the hosts split or fail poison units themselves (:mod:`.poison`)."""
+        from facefleet.engine.worker.poison import reap_poison
+
+        spec = self.plan.specs[0]
+        try:
+            for o in reap_poison(q, spec.out_dir, spec.max_attempts):
+                if o.action == "failed":
+                    print(f"facefleet worker: quarantined {o.items} image(s): {o.error}", file=sys.stderr)
+        except OSError as e:
+            self.error = self.error or f"cannot write to {spec.out_dir}: {e.strerror or e}"
+            for h in self.handles.values():
+                h.terminate()
 
     def _signal(self, signum: int, _: Any) -> None:
         self.signals += 1
@@ -155,9 +170,13 @@ class HostSupervisor:
         try:
             for spec in self.plan.specs:
                 self.handles[spec.name] = self.executor.start(spec)
+            last_poison = 0.0
             while self.handles:
                 time.sleep(self.poll)
                 self._reap(q)
+                if time.monotonic() - last_poison >= 2.0:
+                    last_poison = time.monotonic()
+                    self._reap_poison(q)
             return self._code(q)
         finally:
             for h in self.handles.values():
@@ -192,6 +211,9 @@ class HostSupervisor:
                 for other in self.handles.values():
                     other.terminate()
                 continue
+            done = q.counts()["done"]["units"]
+            if done > self.done_units:  # the budget counts deaths since a unit last finished
+                self.done_units, self.restarts = done, 0
             if self.signals or self.restarts >= self.plan.max_restarts or _finished(q):
                 continue
             self.restarts += 1

@@ -80,14 +80,18 @@ class MeshModel(Protocol):
 
     ``input_size``: side of the square crops; ``landmarks_from_crops``: crops ``(N, 3, S, S)`` in [0, 1]
     -> landmarks ``(N, V, 3)`` float32 in crop pixels (x right, y down; z in crop pixels, MediaPipe's
-    sign: smaller = closer) and face-presence logits ``(N,)``; ``warmup``: prepare the network for its
-    batch sizes now (CUDA plans and graphs) rather than on the first batch.
+    sign: smaller = closer) and face-presence logits ``(N,)``; ``roi_from_landmarks``: image landmarks
+    ``(N, V, 3)`` of one pass (or of the previous frame, for tracking) -> the ROIs ``(N, 5)`` (centre x,
+    centre y, width, height, rotation; :mod:`facefleet.mesh.roi`) of the next; ``warmup``: prepare the
+    network for its batch sizes now (CUDA plans and graphs) rather than on the first batch.
     """
 
     input_size: int
     network: Callable[..., object]
 
     def landmarks_from_crops(self, crops: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def roi_from_landmarks(self, landmarks: Tensor) -> Tensor: ...
 
     def warmup(self) -> None: ...
 

@@ -84,6 +84,13 @@ class MediaPipeMesh:
     def landmarks_from_crops(self, crops: Tensor) -> tuple[Tensor, Tensor]:
         return self._assemble(self.network(crops))
 
+    def roi_from_landmarks(self, landmarks: Tensor) -> Tensor:
+        """MediaPipe's tracking ROI: the box of every landmark (the iris points lie inside the mesh's),
+        rotated from vertex 33 to 263, scaled 1.5."""
+        from facefleet.mesh.roi import roi_from_landmarks
+
+        return roi_from_landmarks(landmarks)
+
     def warmup(self) -> None:
         warm = getattr(self.network, "warmup", None)
         if callable(warm):

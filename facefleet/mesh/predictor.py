@@ -12,7 +12,7 @@ from torch import Tensor
 
 from facefleet.detect.detector import Detections, ImageBatch, as_image_list, image_count
 from facefleet.families import DEFAULT_FAMILY, FamilySpec, MeshModel, get_family
-from facefleet.mesh.roi import crop_affine, crop_rois, roi_from_detections, roi_from_landmarks
+from facefleet.mesh.roi import crop_affine, crop_rois, roi_from_detections
 from facefleet.mesh.sampling import ImagePack, pack_images
 from facefleet.models import CompileCache
 
@@ -161,6 +161,6 @@ class MeshPredictor:
         pack = pack_images(images if batch else imgs, self.device)
         lm, presence = self.predict_rois(pack, idx, roi)
         for _ in range(self.refine if refine is None else int(refine)):
-            roi = roi_from_landmarks(lm)
+            roi = self.model.roi_from_landmarks(lm)
             lm, presence = self.predict_rois(pack, idx, roi)
         return MeshResult(lm, presence, roi, presence >= self.min_presence, idx)

@@ -36,6 +36,8 @@ _BASELINES = ("engine", "loop", "litert")
 
 
 def build_parser(prog: str = "facefleet bench") -> argparse.ArgumentParser:
+    from facefleet.config import flag_type
+
     p = argparse.ArgumentParser(
         prog=prog,
         description="Benchmark facefleet against the per-image loop and LiteRT on all CPU cores, on one "
@@ -68,7 +70,10 @@ def build_parser(prog: str = "facefleet bench") -> argparse.ArgumentParser:
         "[model], else auto)",
     )
     p.add_argument(
-        "--refine", type=int, default=None, help="extra mesh passes of every row (default: [model], else 2)"
+        "--refine",
+        type=flag_type("model.refine"),
+        default=None,
+        help="extra mesh passes of every row (default: [model], else 2)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--corpus", type=Path, help="use this existing folder of images instead of generating one")
@@ -76,7 +81,7 @@ def build_parser(prog: str = "facefleet bench") -> argparse.ArgumentParser:
         "--work-dir", type=Path, help="where the corpus and outputs go (default: a temp dir, removed)"
     )
     p.add_argument("--devices", default="auto", help="engine devices: auto, cpu or 0,1 (default auto)")
-    p.add_argument("--workers", type=int, help="engine CPU workers (CPU mode)")
+    p.add_argument("--workers", type=flag_type("cpu.workers"), help="engine CPU workers (CPU mode)")
     p.add_argument(
         "--gpu-workers",
         default="",
@@ -90,8 +95,17 @@ def build_parser(prog: str = "facefleet bench") -> argparse.ArgumentParser:
         help="GPU JPEG decoder of the engine: auto, nvimgcodec, nvjpeg (default: auto); a comma list "
         "gives one engine row per value",
     )
-    p.add_argument("--batch-size", type=int, help="engine batch size (default: the GPU profile)")
-    p.add_argument("--unit-size", type=int, default=None, help="engine unit size (default: the engine's)")
+    p.add_argument(
+        "--batch-size",
+        type=flag_type("gpu.batch_size", "cpu.batch_size"),
+        help="engine batch size (default: the GPU profile)",
+    )
+    p.add_argument(
+        "--unit-size",
+        type=flag_type("run.unit_size"),
+        default=None,
+        help="engine unit size (default: the engine's)",
+    )
     p.add_argument(
         "--formats",
         action="append",
@@ -198,6 +212,16 @@ def _row(
         "peak_rss_mib": rss_mib,
         **extra,
     }
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process and by its children that have ended and
+    been waited for (the engine's workers, the LiteRT pool): differences of it are a call's CPU cost, a
+    figure that other jobs on a shared machine disturb far less than its rate."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _error_row(name: str, device: str, e: BaseException) -> dict[str, Any]:
@@ -367,6 +391,7 @@ def run_engine(
         run = runner.run
     if out.exists():
         shutil.rmtree(out)
+    cpu0 = _cpu_seconds()
     with GpuSampler(0.25) as sampler:
         t0 = time.perf_counter()
         run(
@@ -383,6 +408,7 @@ def run_engine(
             quiet=True,
         )
         seconds = time.perf_counter() - t0
+    cpu_s = _cpu_seconds() - cpu0
     stats: dict[str, Any] = {}
     if (out / "stats.json").is_file():
         stats = json.loads((out / "stats.json").read_text())
@@ -422,6 +448,7 @@ def run_engine(
         batch_stages_p50_ms=d.get("batch_stages_ms", {}),
         bound=d.get("bound"),
         model=None if model is None else f"{model.get('detector', 'auto')}, refine {model.get('refine', 2)}",
+        cpu_ms_per_image=1e3 * cpu_s / images if images else None,
     )
 
 
@@ -447,6 +474,7 @@ def run_loop(
         torch.cuda.reset_peak_memory_stats(rec.device)
     lat: list[float] = []
     faces = failed = 0
+    cpu0 = _cpu_seconds()
     with GpuSampler(0.25) as sampler:
         t0 = time.perf_counter()
         for i, f in enumerate(files):
@@ -481,6 +509,7 @@ def run_loop(
         gpu_mib=gpu_peak,
         rss_mib=rss,
         failed=failed,
+        cpu_ms_per_image=1e3 * (_cpu_seconds() - cpu0) / len(lat) if lat else None,
     )
 
 
@@ -492,6 +521,7 @@ def run_litert(
     from facefleet.bench.litert_baseline import run_litert_pool
 
     settings = litert_settings(model or {})
+    cpu0 = _cpu_seconds()
     with GpuSampler(0.25) as sampler:
         r = run_litert_pool(
             [str(f) for f in files], processes=processes, time_budget_s=budget_s, settings=settings
@@ -509,6 +539,7 @@ def run_litert(
         failed=r.failed,
         errors=list(r.errors),
         model=settings.label(),
+        cpu_ms_per_image=1e3 * (_cpu_seconds() - cpu0) / r.images if r.images else None,
     )
 
 
@@ -538,6 +569,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         "GPU MiB",
         "NVML MiB",
         "RSS MiB",
+        "CPU ms/img",
         "x loop",
         "x LiteRT",
     ]
@@ -545,7 +577,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     notes = []
     for r in rows:
         if "error" in r:
-            out.append([r["name"], r["device"], "failed", *["-"] * 10])
+            out.append([r["name"], r["device"], "failed", *["-"] * 11])
             notes.append(f"{r['name']}: {r['error']}")
             continue
         ips = r.get("images_per_s")
@@ -564,6 +596,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
                 _f(r.get("peak_gpu_mib"), "{:,.0f}"),
                 _f(r.get("nvml_gpu_mib"), "{:,.0f}"),
                 _f(r.get("peak_rss_mib"), "{:,.0f}"),
+                _f(r.get("cpu_ms_per_image"), "{:,.0f}"),
                 _f(cmp / loop if cmp and loop else None, "{:.1f}x"),
                 _f(cmp / lite if cmp and lite else None, "{:.2f}x"),
             ]
@@ -571,6 +604,10 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     notes.append(
         "x loop / x LiteRT: steady img/s where measured (the baselines are timed after their warm-up); "
         "img/s includes the engine's start-up; every row does the same work per image (its model settings)"
+    )
+    notes.append(
+        "CPU ms/img: CPU time of the whole call (start-up included: the engine's, the LiteRT pool's) per "
+        "image, all processes; on a shared machine a steadier measure of the work than the rates"
     )
     notes.append(
         "GPU MiB: peak memory allocated (the engine: its busiest worker with its decoders); NVML MiB: what "

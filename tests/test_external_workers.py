@@ -129,6 +129,35 @@ def test_a_file_that_kills_its_worker_is_quarantined_without_a_coordinator(tmp_p
     assert "quarantined 1 image(s)" in log
 
 
+def test_a_run_with_the_external_executor_waits_for_external_workers(tmp_path: Path) -> None:
+    """``run(..., executor="external")`` lists the input and starts no worker; a ``facefleet worker``
+    started beside it (any host) does the work with the run's settings, and both end when the queue
+    is done: the run's summary counts every image, the files are named as a local run names them."""
+    import threading
+
+    from facefleet.engine import run
+
+    sources = _crops(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    logs: list[str] = []
+
+    def host() -> None:
+        while not (out / "run.json").exists():
+            time.sleep(0.05)
+        p = _host(str(out / "_queue.sqlite"), out, tmp_path / "h0", "h0", _config(tmp_path / "cfg.toml"))
+        logs.append(p.communicate(timeout=180)[0])
+        logs.append(f"rc {p.returncode}")
+
+    t = threading.Thread(target=host)
+    t.start()
+    summary = run(str(tmp_path / "in"), out, devices="cpu", formats=["json"], executor="external", quiet=True)
+    t.join()
+    assert logs[-1] == "rc 0", logs
+    assert summary.images == 4 and summary.failed == 0
+    _exactly_once(out, sources)
+    assert sorted(p.name for p in (out / "files").iterdir()) == [f"a{k:02d}.jpg.json" for k in range(4)]
+
+
 def test_bad_queue_or_missing_run_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from facefleet.engine.worker.cli import worker_cli
 

@@ -20,8 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from facefleet.engine import read_manifest, run, run_cli
+from facefleet.engine import read_manifest, run
 from facefleet.engine.queue import open_queue
+from facefleet.entrypoints.cli.run import run_main as run_cli
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_engine_support import make_corpus
@@ -362,8 +363,8 @@ def test_command_line_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     (tmp_path / "o2" / "run.json").write_text(json.dumps({"input": str(one), "unit_size": 256}))
     assert run_cli([str(one), "-o", str(tmp_path / "o2"), "--devices", "cpu", "--unit-size", "8"]) == 2
     assert "--unit-size 256" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        run_cli([str(one), "-o", str(tmp_path / "o3"), "--formats", "json,stl"])
+    assert run_cli([str(one), "-o", str(tmp_path / "o3"), "--formats", "json,stl"]) == 2
+    assert "run.formats must be one of" in capsys.readouterr().err
 
 
 def test_pipeline_settings_from_flags_and_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -384,7 +385,7 @@ def test_pipeline_settings_from_flags_and_config(tmp_path: Path, capsys: pytest.
     assert run_cli([*args, "--detector", "short", "--refine", "0"]) == 0  # the same: resumes (nothing left)
     # bad values: one line, exit 2
     assert run_cli([*args, "--refine", "-1", "--force"]) == 2
-    assert "refine must be an integer >= 0" in capsys.readouterr().err
+    assert "model.refine must be >= 0, got -1" in capsys.readouterr().err
     cfg.write_text("[model]\nrefines = 1\n")
     assert run_cli([*args, "--force"]) == 2
-    assert "unknown setting(s) ['refines']" in capsys.readouterr().err
+    assert "unknown key model.refines" in capsys.readouterr().err

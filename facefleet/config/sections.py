@@ -248,7 +248,11 @@ class RunConfig:
         choices=FORMATS,
     )  # fmt: skip
     texture_size: int = setting(512, "UV texture side in texels", minimum=8)
-    executor: str = setting("local", "how workers are started: local (processes of this host)")
+    executor: str = setting(
+        "local",
+        "how workers are started: local (processes of this host), external (facefleet worker commands "
+        "started on any host, with --queue)",
+    )
     max_file_bytes: int = setting(
         256 << 20, "input files larger than this many bytes are refused unread", minimum=1
     )

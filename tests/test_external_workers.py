@@ -158,6 +158,18 @@ def test_a_run_with_the_external_executor_waits_for_external_workers(tmp_path: P
     assert sorted(p.name for p in (out / "files").iterdir()) == [f"a{k:02d}.jpg.json" for k in range(4)]
 
 
+def test_a_launcher_rank_takes_its_own_device() -> None:
+    """Under torchrun (LOCAL_RANK) or srun (SLURM_LOCALID) each process takes its rank's GPU, or the CPU
+    on a host without that GPU, instead of every GPU of the host."""
+    from facefleet.engine.worker.cli import launcher_slot
+    from facefleet.platforms import cuda_device_count
+
+    assert launcher_slot({}) == (None, "")
+    devices, suffix = launcher_slot({"LOCAL_RANK": "1"})
+    assert suffix == "-r1" and devices == ("1" if cuda_device_count() > 1 else "cpu")
+    assert launcher_slot({"SLURM_LOCALID": "0"})[1] == "-r0"
+
+
 def test_bad_queue_or_missing_run_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from facefleet.engine.worker.cli import worker_cli
 

@@ -237,6 +237,19 @@ def _finished(q: WorkQueue) -> bool:
     return q.get_meta("listing_done") == "1" and q.remaining() == 0
 
 
+def launcher_slot(environ: dict[str, str] | None = None) -> tuple[str | None, str]:
+    """(devices, name suffix) when a launcher started one process per GPU (torchrun's ``LOCAL_RANK``,
+    Slurm's ``SLURM_LOCALID``): the process takes its rank's GPU (the CPU when there is none) rather
+    than every GPU of the host; (None, "") otherwise."""
+    env = os.environ if environ is None else environ
+    rank = env.get("LOCAL_RANK") or env.get("SLURM_LOCALID")
+    if rank is None or not rank.isdigit():
+        return None, ""
+    from facefleet.platforms import cuda_device_count
+
+    return (rank if cuda_device_count() > int(rank) else "cpu"), f"-r{rank}"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="facefleet worker",
@@ -245,7 +258,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--queue", required=True, help="the run's work queue: postgresql://... (or a SQLite path)")
     p.add_argument("--out", required=True, help="the run's output folder (shared by every host)")
-    p.add_argument("--devices", default=None, help="auto (default), all, cpu, or GPU indices like 0,1")
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="auto (default: every GPU, else the CPU; under torchrun or srun, the rank's GPU), all, cpu, "
+        "or GPU indices like 0,1",
+    )
     p.add_argument("--config", default=None, help="TOML file with this host's [gpu]/[cpu]/[run] settings")
     p.add_argument("--name", default=None, help="this host's name in the run's report (default: host name)")
     p.add_argument(
@@ -258,6 +276,7 @@ def worker_cli(argv: list[str]) -> int:
     """``facefleet worker``: returns 0 (queue done), 1 (workers kept dying), 2 (error), 130 (signal)."""
     args = _parser().parse_args(argv)
     out = os.path.abspath(os.path.expanduser(args.out))
+    slot_devices, suffix = launcher_slot() if args.devices is None else (None, "")
     try:
         with open_queue(args.queue) as q:
             record = run_record(q, out)
@@ -265,9 +284,9 @@ def worker_cli(argv: list[str]) -> int:
             record,
             out,
             args.queue,
-            args.devices,
+            args.devices or slot_devices,
             args.config,
-            args.name or socket.gethostname(),
+            (args.name or socket.gethostname()) + suffix,
             args.max_restarts,
         )
     except (WorkerCliError, QueueError) as e:

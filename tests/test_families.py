@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,7 +160,7 @@ def test_attention_mesh_in_bfloat16_stays_near_float32(weights: None, astronaut:
     assert float(err.amax()) < 1.5 and float(err.mean()) < 0.3, (float(err.amax()), float(err.mean()))
 
 
-def test_gaze_follows_the_head_on_real_photos(weights: None, shared_data) -> None:  # noqa: ANN001
+def test_gaze_follows_the_head_on_real_photos(weights: None, shared_data: Path) -> None:
     """On real photos people mostly look where their head points (or at the camera): the gaze yaw
     tracks the head yaw across faces (measured on the first 12 photos: correlation 0.96, median
     |gaze - head| 6 degrees)."""

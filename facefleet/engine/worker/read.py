@@ -66,7 +66,10 @@ def read_source(source: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
             kind = next((name for test, name in _KINDS if test(st.st_mode)), "a special file")
             raise OSError(errno.EINVAL, f"not a regular file: {kind}", source)
         _check_size(st.st_size, max_bytes, source)
-        data = fh.read(max_bytes + 1)
+        # read(n) allocates n bytes up front: the size it has (one byte more shows it grew)
+        data = fh.read(st.st_size + 1)
+        if len(data) > st.st_size:  # growing while read: up to the cap
+            data += fh.read(max_bytes + 1 - len(data))
     _check_size(len(data), max_bytes, source)
     return data
 

@@ -124,6 +124,14 @@ def test_run_refuses_an_unknown_config_key_naming_it_and_the_file(
     assert not (tmp_path / "o").exists()
 
 
+def test_an_unknown_model_family_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main([str(tmp_path), "-o", str(tmp_path / "o"), "--family", "mediapipe999"]) == 2
+    assert (
+        "model.family must be one of mediapipe468, mediapipe478, got 'mediapipe999'"
+        in capsys.readouterr().err
+    )
+
+
 def test_run_passes_the_typed_config_to_the_engine(tmp_path: Path) -> None:
     cfg_file = tmp_path / "ff.toml"
     cfg_file.write_text(

@@ -168,3 +168,13 @@ def test_every_field_is_a_flag_with_its_help() -> None:
             assert "--no-" + flag_name(key)[2:] in by_flag, key
     assert flag_name("gpu.batch_size") == "--gpu-batch-size" and flag_name("run.unit_size") == "--unit-size"
     assert flag_name("queue.url") == "--queue" and "--gpu-by-name" not in by_flag
+
+
+def test_settings_reference_is_current() -> None:
+    """docs/config.md is rendered from the dataclasses (python -m facefleet.config.reference)."""
+    from facefleet.config.reference import markdown
+
+    doc = Path(__file__).parent.parent / "docs" / "config.md"
+    assert doc.read_text() == markdown(), "regenerate: python -m facefleet.config.reference > docs/config.md"
+    for key in all_keys():
+        assert f"`{flag_name(key)}`" in doc.read_text(), key

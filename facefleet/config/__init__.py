@@ -7,7 +7,8 @@ defaults, help texts, TOML keys and CLI flags (see :mod:`facefleet.config.sectio
     cfg = load_file("ff.toml")                       # defaults < file
     cfg = JobConfig(run=RunConfig(unit_size=64))     # or in code; invalid values raise ConfigError
 
-Importing this package does not import torch.
+``docs/config.md`` lists every setting (rendered by :mod:`facefleet.config.reference`). Importing
+this package does not import torch.
 """
 
 from facefleet.config.fields import ConfigError, setting

@@ -21,7 +21,19 @@ def parse_job(
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
     try:
-        return args, config_from_args(args, base)
+        cfg = config_from_args(args, base)
+        check_family(cfg)
     except ConfigError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
+    return args, cfg
+
+
+def check_family(cfg: JobConfig) -> None:
+    """ConfigError unless ``cfg.model.family`` names a registered model family (the registry loads
+    the networks' code, so this runs once a command is about to use them, not in the config)."""
+    from facefleet.families import list_families
+
+    known = list_families()
+    if cfg.model.family not in known:
+        raise ConfigError(f"model.family must be one of {', '.join(known)}, got {cfg.model.family!r}")

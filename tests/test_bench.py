@@ -245,3 +245,83 @@ def test_bench_repeat_runs_the_corpus_k_times(tmp_path: Path, capsys: pytest.Cap
     assert len(list((tmp_path / "w" / "corpus").rglob("*.jpg"))) == 3
     with pytest.raises(SystemExit, match="--repeat must be at least 1"):
         bench_cli(["--baselines", "engine", "--repeat", "0"])
+
+
+def test_default_corpus_is_the_photos_else_synthetic_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the shared photos are, the bench crops them; elsewhere it generates the synthetic corpus
+    and says why."""
+    from PIL import Image
+    from skimage import data
+
+    from facefleet.bench import corpus
+    from facefleet.bench.bench import _make_corpus, build_parser
+
+    args = build_parser().parse_args(["--resolution", "320x180"])
+    photo = tmp_path / "images" / "astronaut.jpg"
+    photo.parent.mkdir()
+    Image.fromarray(data.astronaut()).save(photo)
+    monkeypatch.setattr(corpus, "photo_files", lambda data_dir=None: [photo])
+    logs: list[str] = []
+    _, files, desc = _make_corpus(args, tmp_path / "p", 3, logs.append)
+    assert desc["kind"] == "photos" and len(files) == 3 and "real photos" in logs[0]
+    monkeypatch.setattr(corpus, "photo_files", lambda data_dir=None: [])
+    logs.clear()
+    _, files, desc = _make_corpus(args, tmp_path / "s", 3, logs.append)
+    assert desc["kind"] == "synthetic" and desc["expected_faces"] == 3 and len(files) == 3
+    assert any("../shared/data/images" in line and "not here" in line for line in logs)
+    with pytest.raises(SystemExit, match="--corpus-kind photos needs"):
+        _make_corpus(build_parser().parse_args(["--corpus-kind", "photos"]), tmp_path / "x", 3, logs.append)
+
+
+def test_every_row_gets_the_same_model_settings(tmp_path: Path) -> None:
+    from facefleet.bench.bench import build_parser, litert_settings, model_settings
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[model]\ndetector = "full"\nrefine = 1\n')
+    assert model_settings(build_parser().parse_args([])) == {"detector": "auto", "refine": 2}
+    m = model_settings(build_parser().parse_args(["--config", str(cfg), "--refine", "0"]))
+    assert m == {"detector": "full", "refine": 0}
+    s = litert_settings(m)
+    assert (s.detector, s.refine, s.kinds) == ("full", 0, ("full",))
+
+
+@pytest.mark.skipif(not _models_present(), reason="MediaPipe .tflite files not in the model cache")
+def test_litert_baseline_does_the_engines_work() -> None:
+    """The baseline runs each detector model of the setting on the whole image, the full-range model on
+    the tiles of a crowded frame, and 1 + refine mesh passes per face (the work the engine does)."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    from facefleet.bench.litert_baseline import BaselineSettings, LiteRTFaceMesh
+
+    face = Image.fromarray(data.astronaut())
+    calls: list[str] = []
+    for settings, want_faces in ((BaselineSettings("auto", 2), 1), (BaselineSettings("short", 0), 1)):
+        m = LiteRTFaceMesh(settings=settings)
+        det, mesh = m._detect, m._mesh
+        m._detect = lambda img, which, det=det: (calls.append(f"det:{which}:{img.size[0]}"), det(img, which))[
+            1
+        ]
+        m._mesh = lambda *a, mesh=mesh: (calls.append("mesh"), mesh(*a))[1]
+        calls.clear()
+        faces = m(face)
+        assert len(faces) == want_faces and faces[0].landmarks.shape == (468, 3)
+        whole = sorted(c for c in calls if c.startswith("det:") and c.endswith(":512"))
+        assert whole == sorted(f"det:{k}:512" for k in settings.kinds)
+        assert calls.count("mesh") == len(faces) * (1 + settings.refine)
+    # a 1920x1080 frame with two small faces: the engine's rule tiles it (a face under 7 % of the long
+    # side); so does the baseline, and the tiles find the face the whole-image pass missed
+    frame = Image.new("RGB", (1920, 1080), (90, 90, 90))
+    head = face.crop((100, 0, 380, 280)).resize((260, 260))
+    frame.paste(head, (200, 300))
+    frame.paste(head, (1300, 300))
+    m = LiteRTFaceMesh(settings=BaselineSettings("full", 0))
+    det = m._detect
+    m._detect = lambda img, which, det=det: (calls.append(f"det:{which}:{img.size[0]}"), det(img, which))[1]
+    calls.clear()
+    assert len(m(frame)) == 2
+    tiles = [c for c in calls if c.startswith("det:full:") and not c.endswith(":1920")]
+    assert len(tiles) > 1 and np.all([c == tiles[0] for c in tiles])  # square tiles of one side

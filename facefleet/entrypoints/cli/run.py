@@ -60,17 +60,25 @@ def run_main(argv: list[str]) -> int:
     if isinstance(parsed, int):
         return parsed
     args, cfg = parsed
-    from facefleet.engine.engine import run
+    import dataclasses
+
+    from facefleet.engine.engine import RunOptions, run
     from facefleet.engine.layout import EngineError
 
+    options = engine_options(cfg, given_values(args))
+    takes = {f.name for f in dataclasses.fields(RunOptions)}
+    if cfg.queue.url is not None:  # a queue elsewhere than OUT: only an engine that takes one
+        name = next((n for n in ("queue_url", "queue") if n in takes), None)
+        if name is None:
+            print(
+                "facefleet run: error: queue.url: this engine keeps its queue in OUT (no --queue yet)",
+                file=sys.stderr,
+            )
+            return 2
+        options[name] = cfg.queue.url
     try:
         summary = run(
-            args.input,
-            args.out,
-            quiet=args.quiet,
-            force=args.force,
-            log_json=args.log_json,
-            **engine_options(cfg, given_values(args)),
+            args.input, args.out, quiet=args.quiet, force=args.force, log_json=args.log_json, **options
         )
     except (EngineError, ValueError) as e:  # ValueError: a setting the engine refused
         print(f"facefleet run: error: {e}", file=sys.stderr)

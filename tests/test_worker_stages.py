@@ -42,7 +42,9 @@ class _Rec:
 
     def reconstruct_tensors(self, images: list[Any], sources: list[str], **_: Any) -> list[ImageResult]:
         time.sleep(self.delay)
-        return [ImageResult(s, int(t.shape[2]), int(t.shape[1])) for t, s in zip(images, sources, strict=True)]
+        return [
+            ImageResult(s, int(t.shape[2]), int(t.shape[1])) for t, s in zip(images, sources, strict=True)
+        ]
 
 
 def _spec(out: Path, **kw: Any) -> WorkerSpec:
@@ -105,7 +107,9 @@ def test_files_over_the_size_cap_are_refused_unread(tmp_path: Path) -> None:
     assert _run_worker(_spec(out, max_file_bytes=10_000), _Rec()) == EXIT_OK
     rows = {r["source"]: r for r in read_manifest(out).to_pylist()}
     assert rows[str(small)]["error"] is None
-    assert error_kind(rows[str(junk)]["error"]) == "too_large" and "max_file_bytes" in rows[str(junk)]["error"]
+    assert (
+        error_kind(rows[str(junk)]["error"]) == "too_large" and "max_file_bytes" in rows[str(junk)]["error"]
+    )
 
 
 def test_a_drain_finishes_queued_reads_instead_of_failing_the_worker(
@@ -146,7 +150,15 @@ def test_a_drain_finishes_queued_reads_instead_of_failing_the_worker(
 # -- the result sink --------------------------------------------------------------------------
 def test_sink_names_are_collision_free_and_deterministic() -> None:
     root = "/data/in"
-    names = ["with space.jpg", "with_space.jpg", "caf€.png", "caf_.png", "caf\udce9.png", "a\nb.jpg", "a_b.jpg"]
+    names = [
+        "with space.jpg",
+        "with_space.jpg",
+        "caf€.png",
+        "caf_.png",
+        "caf\udce9.png",
+        "a\nb.jpg",
+        "a_b.jpg",
+    ]
     locs = [output_location(f"{root}/{n}", root) for n in names]
     assert len(set(locs)) == len(names)  # no two sources share a file
     assert locs[1] == ("", "with_space.jpg") and locs[3] == ("", "caf_.png")  # safe names kept
@@ -161,7 +173,9 @@ def test_sink_names_are_collision_free_and_deterministic() -> None:
     assert len(output_location(f"{root}/{long}", root)[1]) < 200
 
 
-def test_reconstruct_and_run_write_the_same_file_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reconstruct_and_run_write_the_same_file_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``facefleet reconstruct IN -o A`` and ``facefleet run IN B`` name every file alike (A/... ==
     B/files/...), the whole file name kept, and colliding names stay apart."""
     import argparse
@@ -180,7 +194,9 @@ def test_reconstruct_and_run_write_the_same_file_names(tmp_path: Path, monkeypat
     class Rec:
         device = "cpu"
 
-        def __call__(self, arrays: list[np.ndarray], sources: list[str], texture: bool = False) -> list[ImageResult]:
+        def __call__(
+            self, arrays: list[np.ndarray], sources: list[str], texture: bool = False
+        ) -> list[ImageResult]:
             return [ImageResult(s, a.shape[1], a.shape[0]) for a, s in zip(arrays, sources, strict=True)]
 
     monkeypatch.setattr(reconstruct_cmd, "_make_reconstructor", lambda args: Rec())
@@ -188,14 +204,23 @@ def test_reconstruct_and_run_write_the_same_file_names(tmp_path: Path, monkeypat
     ns = argparse.Namespace(paths=[str(inp)], out=a, formats={"json"}, batch_size=4)
     assert reconstruct_cmd.reconstruct_paths(ns) == 0
     b = tmp_path / "b"
-    run(str(inp), str(b), devices="cpu", formats=["json"], reconstructor="test_engine_support:FakeReconstructor")
+    run(
+        str(inp),
+        str(b),
+        devices="cpu",
+        formats=["json"],
+        reconstructor="test_engine_support:FakeReconstructor",
+    )
 
     def tree(d: Path) -> set[str]:
         return {str(p.relative_to(d)) for p in d.rglob("*.json")}
 
     got = tree(a)
     assert got == tree(b / "files")
-    assert len(got) == len(names) and {"with_space.jpg.json", "caf_.png.json", "sub/x.jpg.json", "sub/x.png.json"} <= got
+    assert (
+        len(got) == len(names)
+        and {"with_space.jpg.json", "caf_.png.json", "sub/x.jpg.json", "sub/x.png.json"} <= got
+    )
 
 
 def test_demo_summary_lists_every_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -213,7 +238,9 @@ def test_demo_summary_lists_every_file(tmp_path: Path, capsys: pytest.CaptureFix
     )  # fmt: skip
 
     def rec(arrays: list[np.ndarray], sources: list[str], texture: bool = False) -> list[ImageResult]:
-        return [ImageResult(s, a.shape[1], a.shape[0], faces=[face]) for a, s in zip(arrays, sources, strict=True)]
+        return [
+            ImageResult(s, a.shape[1], a.shape[0], faces=[face]) for a, s in zip(arrays, sources, strict=True)
+        ]
 
     image = np.zeros((200, 200, 3), np.uint8)
     formats = {"json", "obj", "glb", "png", "overlay"}
@@ -221,7 +248,13 @@ def test_demo_summary_lists_every_file(tmp_path: Path, capsys: pytest.CaptureFix
     assert (n_faces, n_failed) == (1, 0)
     line = capsys.readouterr().out
     assert "..." not in line
-    for name in ("astronaut.json", "astronaut.glb", "astronaut_face0.obj", "astronaut_overlay.png", "texture.png"):
+    for name in (
+        "astronaut.json",
+        "astronaut.glb",
+        "astronaut_face0.obj",
+        "astronaut_overlay.png",
+        "texture.png",
+    ):
         assert name in line, name
     sink = ResultSink.of(tmp_path, formats, None)
     assert sink.location("astronaut") == (tmp_path, "astronaut")

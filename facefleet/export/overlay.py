@@ -14,6 +14,7 @@ __all__ = ["OverlayFace", "pose_axes_2d", "render_overlay"]
 
 _AXIS_COLORS = ((230, 40, 40), (40, 200, 60), (50, 110, 255))  # x red, y green, z blue
 _NOSE_TIP = 1  # MediaPipe face-mesh landmark index of the nose tip
+_MESH_VERTICES = 468  # landmarks of MediaPipe's face mesh (families add theirs after these)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def _face_size(f: OverlayFace) -> float:
 
 
 def _anchor(f: OverlayFace) -> np.ndarray | None:
-    if f.landmarks is not None and len(f.landmarks) > _NOSE_TIP and len(f.landmarks) >= 468:
+    if f.landmarks is not None and len(f.landmarks) >= _MESH_VERTICES:  # a MediaPipe mesh (468 or more)
         return np.asarray(f.landmarks, dtype=np.float64)[_NOSE_TIP, :2]
     if f.keypoints is not None and len(f.keypoints) > 2:
         return np.asarray(f.keypoints, dtype=np.float64)[2, :2]

@@ -176,8 +176,9 @@ def estimate_pose(landmarks: Tensor, weights: Tensor | None = None) -> PoseBatch
     """
     import torch
 
-    if landmarks.ndim != 3 or landmarks.shape[1:] != (468, 3):
-        raise ValueError(f"estimate_pose: expected landmarks (N, 468, 3), got {tuple(landmarks.shape)}")
+    v = load_geometry().num_vertices
+    if landmarks.ndim != 3 or landmarks.shape[1:] != (v, 3):
+        raise ValueError(f"estimate_pose: expected landmarks (N, {v}, 3), got {tuple(landmarks.shape)}")
     out_dtype = landmarks.dtype if landmarks.is_floating_point() else torch.float32
     dtype = torch.float64 if landmarks.device.type != "mps" else torch.float32
     dev = landmarks.device
@@ -238,7 +239,8 @@ def to_landmarks68(landmarks: Tensor) -> Tensor:
     """(N, 468, 3) or (N, 468, 2) -> (N, 68, 2) iBUG-68 points (x, y), same device and dtype."""
     import torch
 
-    if landmarks.ndim != 3 or landmarks.shape[1] != 468:
-        raise ValueError(f"to_landmarks68: expected landmarks (N, 468, C), got {tuple(landmarks.shape)}")
+    v = load_geometry().num_vertices
+    if landmarks.ndim != 3 or landmarks.shape[1] != v:
+        raise ValueError(f"to_landmarks68: expected landmarks (N, {v}, C), got {tuple(landmarks.shape)}")
     idx = _device_arrays(str(landmarks.device), torch.float32)[2]
     return landmarks[:, idx, :2]

@@ -92,6 +92,7 @@ class TextureSampler:
         self.texel_vert = torch.tensor(geo.triangles[flat[covered]], dtype=torch.long, device=self.device)
         self.texel_bary = torch.tensor(bary.reshape(-1, 3)[covered], dtype=torch.float32, device=self.device)
         self.triangles = torch.tensor(geo.triangles, dtype=torch.long, device=self.device)  # (F, 3)
+        self.n_vertices = geo.num_vertices  # the textured mesh's (a family's first n_mesh landmarks)
 
     @property
     def coverage(self) -> Tensor:
@@ -117,8 +118,9 @@ class TextureSampler:
 
         All faces of all images are sampled together (``chunk`` faces per step), whatever the image
         sizes; one host sync (the index range check)."""
-        if landmarks.ndim != 3 or landmarks.shape[1] != 468 or landmarks.shape[2] < 2:
-            raise ValueError(f"TextureSampler: expected landmarks (N, 468, 3), got {tuple(landmarks.shape)}")
+        v = self.n_vertices
+        if landmarks.ndim != 3 or landmarks.shape[1] != v or landmarks.shape[2] < 2:
+            raise ValueError(f"TextureSampler: expected landmarks (N, {v}, 3), got {tuple(landmarks.shape)}")
         n = int(landmarks.shape[0])
         idx = torch.as_tensor(image_index, dtype=torch.long).reshape(-1).to(self.device)
         if idx.numel() != n:

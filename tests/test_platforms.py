@@ -203,3 +203,15 @@ def test_plan_gpu_workers_per_gpu() -> None:
     assert worker_names(plan_devices("1", gpu_workers=3, host=host)) == ["gpu1", "gpu1.1", "gpu1.2"]
     with pytest.raises(ValueError, match=r"gpu\.workers must be >= 1"):
         plan_devices("0", gpu_workers=-1, host=host)
+
+
+def test_compile_cache_is_keyed_by_gpu_and_torch(tmp_path: Path) -> None:
+    from facefleet.platforms import compile_cache_dir, compile_env
+
+    h200 = compile_cache_dir(tmp_path, H200, "2.13.0+cu128")
+    assert h200 == tmp_path / "inductor" / "h200-sm90-torch2.13.0-cu128"
+    assert compile_cache_dir(tmp_path, H100, "2.13.0+cu128") != h200  # another GPU
+    assert compile_cache_dir(tmp_path, H200, "2.14.0+cu128") != h200  # another torch
+    assert compile_env(tmp_path, None, "2.13.0+cpu")["TORCHINDUCTOR_CACHE_DIR"].endswith(
+        "cpu-torch2.13.0-cpu"
+    )

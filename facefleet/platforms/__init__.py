@@ -4,13 +4,15 @@
   ``--devices`` setting names;
 - :mod:`~facefleet.platforms.gpu`: built-in GPU profiles (batch size, precision, workers per GPU);
 - :mod:`~facefleet.platforms.cpu`: CPU workers x threads that cover the cores;
-- :mod:`~facefleet.platforms.plan`: one :class:`DeviceProfile` per worker process of a job.
+- :mod:`~facefleet.platforms.plan`: one :class:`DeviceProfile` per worker process of a job;
+- :mod:`~facefleet.platforms.compile`: where torch.compile's artifacts live, per GPU and torch.
 
 Nothing here switches anything process-wide (thread counts are set by the worker that owns its
 process); importing it does not import torch.
 """
 
 from facefleet.config import GPU_DECODERS, PRECISIONS, parse_jpeg_backends
+from facefleet.platforms.compile import compile_cache_dir, compile_env
 from facefleet.platforms.cpu import plan_cpu_workers
 from facefleet.platforms.gpu import GpuSpec, default_gpu_workers, gpu_profile
 from facefleet.platforms.host import (
@@ -31,6 +33,8 @@ __all__ = [
     "DeviceProfile",
     "GpuSpec",
     "HostInfo",
+    "compile_cache_dir",
+    "compile_env",
     "cpu_count",
     "cpu_name",
     "cuda_device_count",

@@ -1,0 +1,45 @@
+"""Where torch.compile keeps what it builds, per GPU and torch version.
+
+Inductor's caches (FX graphs, autotuning, Triton kernels) are valid for one GPU architecture and one
+torch build; kept in facefleet's cache folder under a key of both, a second run on the same kind of
+GPU loads the compiled graphs instead of building them again, and a host with another GPU or torch
+never reads ones that do not fit. :func:`compile_env` gives the variables a worker sets in its own
+process before it imports torch (nothing here changes the calling process)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from facefleet.platforms.gpu import GpuSpec
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "unknown"
+
+
+def compile_cache_key(spec: GpuSpec | None, torch_version: str) -> str:
+    """``h200-sm90-torch2.13.0-cu128`` for an H200 and torch 2.13.0+cu128; ``cpu-torch...`` without
+    a GPU."""
+    device = (
+        "cpu"
+        if spec is None
+        else f"{_slug(spec.name.removeprefix('NVIDIA '))}-sm{spec.capability[0]}{spec.capability[1]}"
+    )
+    return f"{device}-torch{_slug(torch_version.replace('+', '-'))}"
+
+
+def compile_cache_dir(root: str | Path, spec: GpuSpec | None, torch_version: str) -> Path:
+    """The folder of torch.compile's artifacts for ``spec`` and ``torch_version`` under ``root``
+    (facefleet's cache folder)."""
+    return Path(root) / "inductor" / compile_cache_key(spec, torch_version)
+
+
+def compile_env(root: str | Path, spec: GpuSpec | None, torch_version: str) -> dict[str, str]:
+    """Environment variables that keep Inductor's FX-graph and autograd caches, on disk, in
+    :func:`compile_cache_dir` (set by a worker process before it imports torch)."""
+    return {
+        "TORCHINDUCTOR_CACHE_DIR": str(compile_cache_dir(root, spec, torch_version)),
+        "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
+        "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
+    }

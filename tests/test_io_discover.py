@@ -143,3 +143,50 @@ def test_fsspec_memory_filesystem() -> None:
             read_bytes(f"memory://{root}/nope.jpg")
     finally:
         fs.rm(root, recursive=True)
+
+
+def test_walk_yields_regular_files_and_reports_the_rest(tmp_path: Path) -> None:
+    """FIFOs, sockets, dangling symlinks and symlink loops are never yielded (a FIFO would block its
+    reader forever): each is reported through ``on_skip``; a .gif is an image; a non-UTF-8 name
+    comes through as its surrogate-escaped str."""
+    import socket
+
+    root = tmp_path / "in"
+    _touch(root, "a.jpg", "b.gif", "sub/c.png")
+    os.mkfifo(root / "pipe.jpg")
+    os.symlink(root, root / "sub" / "loop")  # a loop back to the top
+    os.symlink(root / "gone.jpg", root / "dangling.jpg")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(root / "s.png"))
+    raw = os.fsencode(root) + b"/caf\xe9.jpg"
+    with open(raw, "wb") as fh:
+        fh.write(b"\xff\xd8\xff")
+    skipped: list[tuple[str, str]] = []
+    try:
+        listed = iter_inputs(root, on_skip=lambda p, r: skipped.append((p, r)))
+        got = [os.path.relpath(p, root) for p in listed]
+    finally:
+        sock.close()
+    assert got == ["a.jpg", "b.gif", os.fsdecode(b"caf\xe9.jpg"), "sub/c.png"]
+    assert os.fsencode(got[2]) == b"caf\xe9.jpg"
+    why = {os.path.relpath(p, root): r for p, r in skipped}
+    assert "not a regular file" in why["pipe.jpg"] and "not a regular file" in why["s.png"]
+    assert why["dangling.jpg"] == "dangling symlink"
+    assert "loop" in why["sub/loop"] or "repeated" in why["sub/loop"]
+
+
+def test_excluded_folder_is_never_walked(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    _touch(root, "a.jpg", "out/files/a.jpg_overlay.png", "out2/b.jpg")
+    got = [os.path.relpath(p, root) for p in iter_inputs(root, exclude=[root / "out"])]
+    assert got == ["a.jpg", "out2/b.jpg"]
+    # the same folder reached through a symlink is excluded too
+    os.symlink(root / "out", root / "link")
+    assert [os.path.relpath(p, root) for p in iter_inputs(root, exclude=[str(root / "out")])] == got
+
+
+def test_list_file_keeps_non_utf8_names(tmp_path: Path) -> None:
+    name = os.fsencode(tmp_path) + b"/caf\xe9.jpg"
+    lst = tmp_path / "list.txt"
+    lst.write_bytes(b"caf\xe9.jpg\n")
+    assert [os.fsencode(p) for p in iter_inputs(lst)] == [name]

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from facefleet.engine import events as ev
 from facefleet.engine.executors import Executor, WorkerHandle
 from facefleet.engine.layout import EngineError
-from facefleet.engine.listing import Lister
+from facefleet.engine.listing import Lister, source_text
 from facefleet.engine.queue import QueueError, WorkQueue, open_queue
 from facefleet.engine.totals import RunSummary, build_stats, save_session, write_stats
 from facefleet.engine.worker import BATCH_STAGES, EXIT_OUTPUT, WorkerSpec, error_kind, owner_id
@@ -106,13 +106,17 @@ class Coordinator:
 
     def run(self) -> RunSummary:
         q, plan = self.q, self.plan
-        c = q.counts()
+        try:
+            c = q.counts()
+            q.set_meta("drain", "0")
+            q.set_meta("listing_done", "0")  # every session lists INPUT again: new files are picked up
+            self.last_event = q.last_event_id()
+            self.session = save_session(q, -1, {"start": self.t0, "end": self.t0, "images": 0})
+        except QueueError as e:
+            self._close()
+            raise EngineError(_disk_message(str(e), plan.out)) from None
         units_before = c["done"]["units"] + c["failed"]["units"]
         self.done_before = c["done"]["images"] + c["failed"]["images"]
-        q.set_meta("drain", "0")
-        q.set_meta("listing_done", "0")  # every session lists INPUT again: new files are picked up
-        self.last_event = q.last_event_id()
-        self.session = save_session(q, -1, {"start": self.t0, "end": self.t0, "images": 0})
         self._emit("run_started", {"config": plan.record, "units_done_before": units_before})
         lister = Lister(plan, stop=lambda: bool(self.stop_requests or self.fatal), note=self._note)
         lister.start()
@@ -247,7 +251,7 @@ class Coordinator:
                     self._publish(ev.UnitDone(self.job_id, time.time(), unit.id, "split", len(unit.items)))
                     continue
             text = f"unit failed after {unit.attempts} attempts: {reason}"
-            results = [ImageResult(p, 0, 0, error=text) for p in unit.paths]
+            results = [ImageResult(source_text(p), 0, 0, error=text) for p in unit.paths]
             try:
                 write_unit(self.plan.out, unit.id, results)
             except OSError as e:
@@ -262,11 +266,11 @@ class Coordinator:
                 "failed_by_reason": {error_kind(text): len(results)},
                 "stages": {},
                 "failures": [
-                    {"source": p, "reason": error_kind(text), "error": text} for p in unit.paths[:5]
+                    {"source": r.source, "reason": error_kind(text), "error": text} for r in results[:5]
                 ],
             }
             self.q.fail(unit.id, text, stats)
-            self._note(f"quarantined {len(results)} image(s) that crashed their worker: {unit.paths[0]}")
+            self._note(f"quarantined {len(results)} image(s) that crashed their worker: {results[0].source}")
 
     def _request_drain(self) -> None:
         with contextlib.suppress(QueueError):

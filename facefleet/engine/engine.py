@@ -160,6 +160,9 @@ class Engine:
             lock = RunLock(plan.out).acquire()
             if r.job.options.force:
                 clear_out(plan.out)
+                if "://" in plan.queue_url:  # a networked queue: this run's schema starts empty
+                    with open_queue(plan.queue_url) as q:
+                        q.reset()
             record = check_or_write_record(
                 plan.out, plan.record, unit_size_given=r.job.options.unit_size is not None
             )
@@ -238,6 +241,7 @@ def plan_job(job_id: str, job: Job) -> tuple[JobPlan, Executor]:
         "config_file": None if isinstance(o.config, Mapping) or o.config is None else str(o.config),
         "executor": o.executor if isinstance(o.executor, str) or o.executor is None else o.executor.name,
         "profiles": [p.to_dict() for p in profiles],
+        "queue": _public_url(_queue_url(cfg, out)) if "://" in _queue_url(cfg, out) else None,
     }
     worker_kwargs = {
         "formats": fmts,
@@ -260,7 +264,7 @@ def plan_job(job_id: str, job: Job) -> tuple[JobPlan, Executor]:
         job_id=job_id,
         input_spec=job.input,
         out=out,
-        queue_url=str(out / QUEUE_FILE),
+        queue_url=_queue_url(cfg, out),
         profiles=tuple(profiles),
         unit_size=unit_size,
         lease=lease,
@@ -273,6 +277,24 @@ def plan_job(job_id: str, job: Job) -> tuple[JobPlan, Executor]:
     )
     make_out(out)
     return plan, executor
+
+
+def _public_url(url: str) -> str:
+    """A queue URL without its password (run.json and the report are not secret)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    u = urlsplit(url)
+    if u.password is None:
+        return url
+    host = u.hostname or ""
+    netloc = f"{u.username}@{host}" + (f":{u.port}" if u.port else "")
+    return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
+
+
+def _queue_url(cfg: Mapping[str, Any], out: Path) -> str:
+    """``[queue] url`` (a PostgreSQL URL, or a SQLite path) or the run's own ``OUT/_queue.sqlite``."""
+    url = (cfg.get("queue") or {}).get("url")
+    return str(url) if url else str(out / QUEUE_FILE)
 
 
 def check_input(spec: Any) -> None:
@@ -308,7 +330,7 @@ class ProgressPrinter:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._last = 0.0
+        self._last = float("-inf")
         self._open = False
 
     def __call__(self, e: ev.Event) -> None:

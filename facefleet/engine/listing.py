@@ -42,6 +42,18 @@ def absolute_source(s: str) -> str:
     return s if is_url(s) else os.path.abspath(s)
 
 
+def source_text(s: str) -> str:
+    """A source as text any file format takes: a local name that is not valid UTF-8 (decoded with
+    ``surrogateescape``, e.g. ``caf\\udce9.jpg``) with its undecodable bytes as ``\\xNN``
+    (``caf\\xe9.jpg``); any other source unchanged. The manifest's ``source`` column holds this form,
+    so the listing's sources are compared with the manifest's through it."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def effective_unit_size(n_listed: int, unit_size: int, workers: int) -> int:
     """Units of at most ``unit_size`` images, smaller for a listing of ``n_listed`` images that would
     leave workers without a unit (about :data:`UNITS_PER_WORKER` units per worker)."""
@@ -101,8 +113,9 @@ class Lister:
             for s in listing:
                 self.listed += 1
                 a = absolute_source(s)
-                if a not in known:
-                    known.add(a)  # a source listed twice (two list entries) is queued once
+                key = source_text(a)
+                if key not in known:
+                    known.add(key)  # a source listed twice (two list entries) is queued once
                     yield a
 
         fresh = new_sources()
@@ -197,7 +210,7 @@ def _unfinished_sources(q: WorkQueue) -> set[str]:
     every lease returns exactly those)."""
     out: set[str] = set()
     for unit in q.poisoned(0, now=_FAR_FUTURE):
-        out.update(unit.paths)
+        out.update(source_text(p) for p in unit.paths)
     return out
 
 

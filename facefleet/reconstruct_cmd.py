@@ -59,7 +59,7 @@ def _process(
 ) -> tuple[int, int]:
     """Reconstruct ``items`` ((name, image or path, root its outputs mirror)) as one batch and write
     their files; returns (faces, failed images)."""
-    from facefleet.export.sink import ResultSink
+    from facefleet.export.sink import ResultSink, source_text, with_text_source
     from facefleet.io.decode import ImageDecodeError, read_image
     from facefleet.outputs import needs_texture
     from facefleet.types import ImageResult
@@ -79,19 +79,20 @@ def _process(
     images = dict(zip(names, arrays))
     n_faces = n_failed = 0
     for name, _, root in items:
-        res = results[name]
+        res = with_text_source(results[name])  # printable; the files are named by the name's bytes
         try:
-            written = ResultSink.of(out, formats, root).write(res, images.get(name))
+            written = ResultSink.of(out, formats, root).write(res, images.get(name), source=name)
         except OSError as e:
-            print(f"facefleet: {name}: cannot write outputs: {e}", file=sys.stderr)
+            print(f"facefleet: {res.source}: cannot write outputs: {e}", file=sys.stderr)
             n_failed += 1
             continue
         if res.error:
             n_failed += 1
-            print(f"facefleet: {res.error}", file=sys.stderr)
+            print(f"facefleet: {source_text(res.error)}", file=sys.stderr)
         else:
             n_faces += len(res.faces)
-            print(f"{name}: {len(res.faces)} face(s) -> {', '.join(str(p) for p in written)}")
+            files = ", ".join(source_text(str(p)) for p in written)
+            print(f"{res.source}: {len(res.faces)} face(s) -> {files}")
     return n_faces, n_failed
 
 

@@ -223,6 +223,43 @@ def test_reconstruct_and_run_write_the_same_file_names(
     )
 
 
+def test_a_name_that_is_not_utf8_is_recorded_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``caf\\xe9.jpg`` (Latin-1 bytes): the manifest, the JSON file and ``reconstruct``'s output
+    carry the name as text (``caf\\xe9.jpg``); both runners name its files alike (from its bytes)."""
+    import argparse
+    import json
+
+    from facefleet import reconstruct_cmd
+
+    inp = tmp_path / "in"
+    raw = os.fsdecode(bytes(inp) + b"/caf\xe9.jpg")
+    _jpeg(Path(raw), np.full((30, 40, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    _queue(out, [[raw]])
+    assert _run_worker(_spec(out, formats=("json",), input_root=str(inp)), _Rec()) == EXIT_OK
+    rows = read_manifest(out).to_pylist()
+    text = str(inp) + "/caf\\xe9.jpg"
+    assert [(r["source"], r["error"], r["width"]) for r in rows] == [(text, None, 40)]
+    (name,) = [p.name for p in (out / "files").iterdir()]
+    assert json.loads((out / "files" / name).read_text())["source"] == text
+
+    class Rec:
+        device = "cpu"
+
+        def __call__(
+            self, arrays: list[np.ndarray], sources: list[str], texture: bool = False
+        ) -> list[ImageResult]:
+            return [ImageResult(s, a.shape[1], a.shape[0]) for a, s in zip(arrays, sources, strict=True)]
+
+    monkeypatch.setattr(reconstruct_cmd, "_make_reconstructor", lambda args: Rec())
+    a = tmp_path / "a"
+    ns = argparse.Namespace(paths=[str(inp)], out=a, formats={"json"}, batch_size=4)
+    assert reconstruct_cmd.reconstruct_paths(ns) == 0
+    assert [p.name for p in a.iterdir()] == [name]
+
+
 def test_demo_summary_lists_every_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The per-image line names every file written (JSON, OBJ, GLB, texture, overlay), no '...'."""
     from facefleet import reconstruct_cmd

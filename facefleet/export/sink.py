@@ -34,6 +34,26 @@ MAX_NAME = 160  # characters of a sanitised component before its hash (file syst
 HASH_CHARS = 10  # hex digits of the hash (40 bits)
 
 
+def source_text(source: str) -> str:
+    """A source as text any file format takes: a local name that is not valid UTF-8 (decoded with
+    ``surrogateescape``, e.g. ``caf\\udce9.jpg``) with its undecodable bytes as ``\\xNN``
+    (``caf\\xe9.jpg``); any other source unchanged. Results, the manifest and the JSON files carry
+    this form; file names are made from the source as listed (its bytes)."""
+    try:
+        source.encode("utf-8")
+        return source
+    except UnicodeEncodeError:
+        return source.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def with_text_source(result: ImageResult) -> ImageResult:
+    """``result`` with its source as :func:`source_text`; ``result`` itself when it is text already."""
+    import dataclasses
+
+    text = source_text(result.source)
+    return result if text == result.source else dataclasses.replace(result, source=text)
+
+
 def safe_component(name: str) -> str:
     """``name`` itself when it is safe, else its sanitised form with ``~`` and a hash of its bytes
     (non-UTF-8 names, decoded with ``surrogateescape``, hash their raw bytes)."""
@@ -81,12 +101,14 @@ class ResultSink:
         rel, name = output_location(source, self.root)
         return Path(self.out_dir) / rel, name
 
-    def write(self, result: ImageResult, image: Any = None) -> list[Path]:
+    def write(self, result: ImageResult, image: Any = None, *, source: str | None = None) -> list[Path]:
         """Write ``result``'s files (each atomically; inside :func:`facefleet.io.atomic.deferred_fsync`
-        without their fsyncs) and return their paths. ``image``: (H, W, 3) uint8, for overlays."""
+        without their fsyncs) and return their paths. ``image``: (H, W, 3) uint8, for overlays.
+        ``source``: the source as listed, to name the files by, when ``result.source`` holds its text
+        form (a name that is not UTF-8 is named by its bytes, whatever text its result carries)."""
         from facefleet.outputs import write_outputs
 
-        folder, name = self.location(result.source)
+        folder, name = self.location(source if source is not None else result.source)
         return write_outputs(result, image, folder, name, set(self.formats))
 
     @classmethod

@@ -32,6 +32,7 @@ def reap_poison(q: WorkQueue, out: str | os.PathLike[str], max_attempts: int) ->
     """Split or fail every poison unit of ``q`` (see the module docstring); writes the failed units'
     manifest files under ``out``. Raises OSError when such a file cannot be written."""
     from facefleet.engine.manifest import write_unit
+    from facefleet.export.sink import source_text
     from facefleet.types import ImageResult
 
     done: list[PoisonOutcome] = []
@@ -43,7 +44,7 @@ def reap_poison(q: WorkQueue, out: str | os.PathLike[str], max_attempts: int) ->
                 done.append(PoisonOutcome(unit.id, "split", len(unit.items), reason, tuple(halves)))
             continue
         text = f"unit failed after {unit.attempts} attempts: {reason}"
-        results = [ImageResult(p, 0, 0, error=text) for p in unit.paths]
+        results = [ImageResult(source_text(p), 0, 0, error=text) for p in unit.paths]
         write_unit(out, unit.id, results)
         kind = error_kind(text)
         stats = {
@@ -54,7 +55,7 @@ def reap_poison(q: WorkQueue, out: str | os.PathLike[str], max_attempts: int) ->
             "failed": len(results),
             "failed_by_reason": {kind: len(results)},
             "stages": {},
-            "failures": [{"source": p, "reason": kind, "error": text} for p in unit.paths[:5]],
+            "failures": [{"source": r.source, "reason": kind, "error": text} for r in results[:5]],
         }
         q.fail(unit.id, text, stats)
         done.append(PoisonOutcome(unit.id, "failed", len(results), text))

@@ -34,7 +34,7 @@ from facefleet.engine.worker.base import (
 )
 from facefleet.engine.worker.errors import DISK_ERRNOS, OutputError, error_kind
 from facefleet.engine.worker.spec import PROCESS_FORMATS, WorkerSpec
-from facefleet.export.sink import ResultSink
+from facefleet.export.sink import ResultSink, with_text_source
 from facefleet.types import ImageResult
 
 
@@ -119,6 +119,8 @@ class SinkStage(WorkerBase):
                 st = batch.state
                 in_ring: list[Future[Any]] = []  # the files that read the batch's texture slot
                 for k, (i, r) in enumerate(zip(batch.index, results, strict=False)):
+                    raw = r.source  # names the files; results carry it as text (the manifest's form)
+                    r = with_text_source(r)
                     st.results[i] = r
                     sent = r if batch.ring is None else with_texture_refs(r, self._ring)
                     if self.formats:  # failed images get their JSON (with the error) too
@@ -128,7 +130,7 @@ class SinkStage(WorkerBase):
                                 batch.host_ready.synchronize()
                                 batch.host_ready = None
                             image = batch.items[k].permute(1, 2, 0).numpy()  # (H, W, 3) uint8
-                        args = (sent, image, sink)
+                        args = (sent, image, sink, raw)
                         try:
                             fut = pool.submit(write_files, *args)
                         except BrokenProcessPool:  # a writer process died (OOM killer...): new pool
@@ -250,8 +252,9 @@ def ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def write_files(result: ImageResult, image: Any, sink: ResultSink) -> float:
-    """Write one image's per-image files through ``sink`` without their fsyncs (the finisher makes a
+def write_files(result: ImageResult, image: Any, sink: ResultSink, source: str | None = None) -> float:
+    """Write one image's per-image files through ``sink`` (named by ``source``, the source as listed,
+    when the result holds its text form) without their fsyncs (the finisher makes a
     unit's files durable at once, before the unit is recorded); return the seconds it took. Module
     level, so that a process pool can run it; textures in a slot of the worker's texture ring are
     mapped here."""
@@ -263,7 +266,7 @@ def write_files(result: ImageResult, image: Any, sink: ResultSink) -> float:
         if isinstance(face.texture, TextureRef):
             face.texture = resolve(face.texture)
     with deferred_fsync():
-        sink.write(result, image)
+        sink.write(result, image, source=source)
     return time.perf_counter() - t0
 
 

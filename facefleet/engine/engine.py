@@ -40,7 +40,7 @@ from facefleet.engine.layout import (
     input_root,
     make_out,
 )
-from facefleet.engine.queue import QUEUE_FILE, QueueError
+from facefleet.engine.queue import QUEUE_FILE, QueueError, open_queue
 from facefleet.engine.totals import RunSummary
 from facefleet.platforms import cpu_count, plan_devices
 

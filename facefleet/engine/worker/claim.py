@@ -69,7 +69,7 @@ class ClaimStage(WorkerBase):
                     break
                 unit = db.claim(self.owner, spec.lease_seconds, spec.max_attempts)
                 if unit is None:
-                    if spec.exit_when_done and db.get_meta("listing_done") == "1" and db.remaining() == 0:
+                    if db.get_meta("listing_done") == "1" and db.remaining() == 0:
                         break
                     self._stop.wait(spec.poll_seconds)
                     continue

@@ -51,8 +51,6 @@ class WorkerSpec:
     poll_seconds: float = 0.25
     queue_url: str | None = None  # the work queue (open_queue's URL); None: OUT/_queue.sqlite
     max_file_bytes: int = MAX_FILE_BYTES  # larger input files are refused unread
-    # leave when the queue has no unit to claim (and its listing is done); False: wait for more work
-    exit_when_done: bool = True
 
     @property
     def queue_path(self) -> str:

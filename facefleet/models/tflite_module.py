@@ -217,12 +217,14 @@ class TFLiteModule(nn.Module):
 
         # every network (and batch size, dtype) is one more compiled entry of the same code object,
         # TFLiteModule._eager: past torch's default of 8 per code object, further modules would silently
-        # run uncompiled (a process benchmarking several precisions holds more than 8)
+        # run uncompiled (a process benchmarking several precisions holds more than 8). The limit is
+        # raised for this compilation only (entries are added only here: the graph replays the code
+        # later, and the capture's call finds this entry), not for the process
         cfg = torch._dynamo.config
-        cfg.cache_size_limit = max(int(cfg.cache_size_limit), 64)
         try:
             fn = torch.compile(self._eager, dynamic=False)
-            fn(x)
+            with cfg.patch(cache_size_limit=max(int(cfg.cache_size_limit), 64)):
+                fn(x)
             return fn
         except Exception as exc:  # any compiler failure: run the eager code instead
             self.compiled = False

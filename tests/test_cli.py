@@ -139,7 +139,19 @@ def test_run_passes_the_typed_config_to_the_engine(tmp_path: Path) -> None:
     )
     parser = run_parser()
     args = parser.parse_args(
-        ["in", "-o", "out", "--config", str(cfg_file), "--max-faces", "4", "--workers", "2"]
+        [
+            "in",
+            "-o",
+            "out",
+            "--config",
+            str(cfg_file),
+            "--max-faces",
+            "4",
+            "--workers",
+            "2",
+            "--queue",
+            "postgresql://h/db",
+        ]
     )
     from facefleet.config import config_from_args
     from facefleet.config.flags import given_values
@@ -148,6 +160,7 @@ def test_run_passes_the_typed_config_to_the_engine(tmp_path: Path) -> None:
     assert opts["devices"] == "cpu" and opts["formats"] == ("json",) and opts["texture_size"] == 256
     assert opts["model"] == {"refine": 1, "max_faces": 4}  # only what was set: a resume keeps the rest
     assert opts["unit_size"] is None and opts["config"]["cpu"] == {"workers": 2}
+    assert opts["config"]["queue"] == {"url": "postgresql://h/db"}
 
 
 def test_reconstruct_keeps_its_defaults_and_takes_config_flags(tmp_path: Path) -> None:

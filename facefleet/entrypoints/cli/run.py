@@ -34,8 +34,8 @@ def build_parser(prog: str = "facefleet run") -> argparse.ArgumentParser:
 
 def engine_options(cfg: JobConfig, given: dict[str, Any]) -> dict[str, Any]:
     """The engine's :class:`~facefleet.engine.engine.RunOptions` for ``cfg``: the settings it takes
-    as options from the typed config, the rest (device sections, ``[run]`` extras) as the
-    TOML-shaped ``given`` (what the file and the flags set, checked as ``cfg`` already). Unset unit
+    as options from the typed config, the rest (device sections, ``[run]`` extras, ``[queue] url``)
+    as the TOML-shaped ``given`` (what the file and the flags set, checked as ``cfg`` already). Unset unit
     size and model settings stay unset, so a resumed run keeps its own."""
     r = cfg.run
     return {
@@ -60,22 +60,10 @@ def run_main(argv: list[str]) -> int:
     if isinstance(parsed, int):
         return parsed
     args, cfg = parsed
-    import dataclasses
-
-    from facefleet.engine.engine import RunOptions, run
+    from facefleet.engine.engine import run
     from facefleet.engine.layout import EngineError
 
     options = engine_options(cfg, given_values(args))
-    takes = {f.name for f in dataclasses.fields(RunOptions)}
-    if cfg.queue.url is not None:  # a queue elsewhere than OUT: only an engine that takes one
-        name = next((n for n in ("queue_url", "queue") if n in takes), None)
-        if name is None:
-            print(
-                "facefleet run: error: queue.url: this engine keeps its queue in OUT (no --queue yet)",
-                file=sys.stderr,
-            )
-            return 2
-        options[name] = cfg.queue.url
     try:
         summary = run(
             args.input, args.out, quiet=args.quiet, force=args.force, log_json=args.log_json, **options

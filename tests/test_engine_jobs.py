@@ -312,3 +312,23 @@ def test_cancel_before_start_and_progress_line(tmp_path: Path) -> None:
     engine.cancel(job)
     summary = engine.wait(job)
     assert gate.wait(5) and summary.exit_code in (0, 130)
+
+
+def test_job_from_typed_config(tmp_path: Path) -> None:
+    from facefleet.config import CpuConfig, JobConfig, ModelConfig, RunConfig
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_corpus(inp, 6)
+    cfg = JobConfig(
+        devices="cpu",
+        run=RunConfig(unit_size=3, reconstructor=FAKE, formats=("json",)),
+        cpu=CpuConfig(workers=1),
+        model=ModelConfig(max_faces=2),
+    )
+    engine = Engine()
+    summary = engine.wait(engine.submit(Job.from_config(str(inp), out, cfg)))
+    assert summary.images == 6 and summary.units_done == 3  # units of 2: about 4 for the one worker
+    record = json.loads((out / "run.json").read_text())
+    assert record["unit_size"] == 3 and record["formats"] == ["json"] and record["workers"] == 1
+    assert record["model"]["max_faces"] == 2
+    assert len(list((out / "files").rglob("*.json"))) == 6

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -80,6 +80,28 @@ class Job:
     input: str | os.PathLike[str] | Sequence[str]
     out: str | os.PathLike[str]
     options: RunOptions = field(default_factory=RunOptions)
+
+    @classmethod
+    def from_config(
+        cls,
+        input: str | os.PathLike[str] | Sequence[str],
+        out: str | os.PathLike[str],
+        config: Any,
+        **options: Any,
+    ) -> Job:
+        """A job from a typed :class:`~facefleet.config.JobConfig` (``options``: the fields of
+        :class:`RunOptions` that are not settings, e.g. ``force``, ``log_json``)."""
+        r = config.run
+        opts = RunOptions(
+            devices=config.devices,
+            formats=tuple(r.formats),
+            texture_size=r.texture_size,
+            reconstructor=r.reconstructor,
+            model_dir=r.model_dir,
+            config=config,
+            **options,
+        )
+        return cls(input, out, opts)
 
 
 @dataclass
@@ -198,13 +220,15 @@ def plan_job(job_id: str, job: Job) -> tuple[JobPlan, Executor]:
     """Resolve a job's options (config file, device plan) into a :class:`JobPlan`; checks INPUT
     before OUT is touched (a missing or empty INPUT is an error here)."""
     o = job.options
-    cfg = dict(o.config) if isinstance(o.config, Mapping) else load_config(o.config)
-    run_cfg = dict(cfg.get("run", {}))
-    unit_size = int(o.unit_size or run_cfg.get("unit_size", 256))
-    lease = float(o.lease_seconds or run_cfg.get("lease_seconds", 30.0))
-    attempts = int(o.max_attempts or run_cfg.get("max_attempts", 3))
+    try:
+        run_cfg, model_file, queue_cfg, cfg = _sections(o.config)
+    except ValueError as e:
+        raise EngineError(str(e)) from None
+    unit_size = int(o.unit_size or run_cfg.get("unit_size") or 256)
+    lease = float(o.lease_seconds or run_cfg.get("lease_seconds") or 30.0)
+    attempts = int(o.max_attempts or run_cfg.get("max_attempts") or 3)
     fmts = tuple(sorted({f.strip().lower() for f in o.formats if f.strip()}))
-    model_cfg = {**cfg.get("model", {}), **dict(o.model or {})}
+    model_cfg = {**model_file, **dict(o.model or {})}
     try:
         check_model_settings(model_cfg, "model settings")
         profiles = plan_devices(
@@ -238,10 +262,10 @@ def plan_job(job_id: str, job: Job) -> tuple[JobPlan, Executor]:
         "texture_size": o.texture_size,
         "model": model_cfg,
         "model_dir": str(o.model_dir) if o.model_dir else None,
-        "config_file": None if isinstance(o.config, Mapping) or o.config is None else str(o.config),
+        "config_file": str(o.config) if isinstance(o.config, (str, os.PathLike)) else None,
         "executor": o.executor if isinstance(o.executor, str) or o.executor is None else o.executor.name,
         "profiles": [p.to_dict() for p in profiles],
-        "queue": _public_url(_queue_url(cfg, out)) if "://" in _queue_url(cfg, out) else None,
+        "queue": _public_url(_queue_url(queue_cfg, out)) if "://" in _queue_url(queue_cfg, out) else None,
     }
     worker_kwargs = {
         "formats": fmts,
@@ -253,18 +277,20 @@ def plan_job(job_id: str, job: Job) -> tuple[JobPlan, Executor]:
         "reconstructor": o.reconstructor,
         "reconstructor_kwargs": {**model_cfg, **dict(o.reconstructor_kwargs or {})},
         "coordinator_pid": os.getpid(),
+        "queue_url": _queue_url(queue_cfg, out),
+        **({"max_file_bytes": int(run_cfg["max_file_bytes"])} if run_cfg.get("max_file_bytes") else {}),
         "stage_timings": bool(run_cfg.get("stage_timings", True)),
         # per-image files in processes (default: on GPU workers when meshes, textures or overlays are
         # asked for) or threads
         "file_processes": _optional_bool(run_cfg.get("file_processes"), "[run] file_processes"),
         # per-image files (PNG/OBJ encoding) need CPU: share the host's cores among workers
-        "writers": int(run_cfg.get("writers", max(2, min(16, cpu_count() // max(1, len(profiles)) // 2)))),
+        "writers": int(run_cfg.get("writers") or max(2, min(16, cpu_count() // max(1, len(profiles)) // 2))),
     }
     plan = JobPlan(
         job_id=job_id,
         input_spec=job.input,
         out=out,
-        queue_url=_queue_url(cfg, out),
+        queue_url=_queue_url(queue_cfg, out),
         profiles=tuple(profiles),
         unit_size=unit_size,
         lease=lease,
@@ -293,8 +319,21 @@ def _public_url(url: str) -> str:
 
 def _queue_url(cfg: Mapping[str, Any], out: Path) -> str:
     """``[queue] url`` (a PostgreSQL URL, or a SQLite path) or the run's own ``OUT/_queue.sqlite``."""
-    url = (cfg.get("queue") or {}).get("url")
+    url = cfg.get("url")
     return str(url) if url else str(out / QUEUE_FILE)
+
+
+def _sections(config: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], Any]:
+    """The ``[run]``, ``[model]`` and ``[queue]`` settings of a job's config (a typed
+    :class:`~facefleet.config.JobConfig`, a TOML-shaped mapping or a file) and what the device
+    planner takes."""
+    from facefleet.config import JobConfig, model_kwargs
+
+    if isinstance(config, JobConfig):
+        run = {k: v for k, v in asdict(config.run).items() if v is not None}
+        return run, model_kwargs(config), asdict(config.queue), config
+    cfg = dict(config) if isinstance(config, Mapping) else load_config(config)
+    return dict(cfg.get("run", {})), dict(cfg.get("model", {})), dict(cfg.get("queue", {})), cfg
 
 
 def check_input(spec: Any) -> None:

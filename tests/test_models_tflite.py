@@ -201,6 +201,11 @@ def test_torch_compile_fullgraph_matches_eager(name: str) -> None:
     """One graph, no breaks, no data-dependent guards; a second batch size reuses it (dynamic batch)."""
     import torch._dynamo
 
+    try:
+        model_path(name, download=False)
+    except ModelNotFoundError as exc:
+        pytest.skip(f"{name}: weights not available offline: {exc}")
+
     torch._dynamo.reset()
     net = load_model(name)
     compiled = torch.compile(net, backend="aot_eager", fullgraph=True)

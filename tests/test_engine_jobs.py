@@ -229,7 +229,9 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
-@pytest.mark.parametrize("sig, rc", [(signal.SIGTERM, 143), (signal.SIGKILL, -9)])
+@pytest.mark.parametrize(
+    "sig, rc", [(signal.SIGTERM, 143), pytest.param(signal.SIGKILL, -9, marks=pytest.mark.slow)]
+)
 def test_sigterm_drains_and_a_killed_run_leaves_no_lock(tmp_path: Path, sig: int, rc: int) -> None:
     inp, out = tmp_path / "in", tmp_path / "out"
     make_corpus(inp, 64)
@@ -261,6 +263,7 @@ def test_sigterm_drains_and_a_killed_run_leaves_no_lock(tmp_path: Path, sig: int
     assert done.images == 64 and len(_sources(out)) == 64
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_line_and_resumes(tmp_path: Path) -> None:
     """OUT on a tiny file system: one line, exit code 2, no traceback; a resume with room finishes."""
     mnt = tmp_path / "mnt"
@@ -332,3 +335,18 @@ def test_job_from_typed_config(tmp_path: Path) -> None:
     assert record["unit_size"] == 3 and record["formats"] == ["json"] and record["workers"] == 1
     assert record["model"]["max_faces"] == 2
     assert len(list((out / "files").rglob("*.json"))) == 6
+
+
+def test_a_live_coordinator_is_seen_through_a_shared_queue(tmp_path: Path) -> None:
+    """A networked queue may be shared by runs with different OUT folders (their locks differ): a
+    run sees another's session refreshed within the last seconds, and a crashed one's goes stale."""
+    from facefleet.engine.totals import LIVE_SECONDS, live_session, save_session
+
+    with open_queue(tmp_path / "q.sqlite") as q:
+        now = time.time()
+        assert live_session(q, now) is None
+        i = save_session(q, -1, {"start": now - 5, "end": now - 1, "images": 3, "status": "running"})
+        assert live_session(q, now) is not None
+        assert live_session(q, now + LIVE_SECONDS) is None  # its coordinator stopped refreshing it
+        save_session(q, i, {"start": now - 5, "end": now, "images": 3, "status": "completed"})
+        assert live_session(q, now) is None

@@ -19,10 +19,10 @@ from typing import Any, TextIO
 
 from facefleet.engine import events as ev
 from facefleet.engine.executors import Executor, WorkerHandle
-from facefleet.engine.layout import EngineError
+from facefleet.engine.layout import EngineError, disk_message
 from facefleet.engine.listing import Lister, source_text
 from facefleet.engine.queue import QueueError, WorkQueue, open_queue
-from facefleet.engine.totals import RunSummary, build_stats, save_session, write_stats
+from facefleet.engine.totals import RunSummary, build_stats, live_session, save_session, write_stats
 from facefleet.engine.worker import BATCH_STAGES, EXIT_OUTPUT, WorkerSpec, error_kind, owner_id
 from facefleet.platforms import DeviceProfile
 
@@ -107,14 +107,24 @@ class Coordinator:
     def run(self) -> RunSummary:
         q, plan = self.q, self.plan
         try:
+            # OUT's lock covers a queue inside OUT; a networked queue may be shared by other OUTs
+            live = live_session(q, self.t0) if "://" in plan.queue_url else None
+            if live is not None:
+                self._close()
+                raise EngineError(
+                    f"another run is using the work queue {plan.record.get('queue') or plan.queue_url} "
+                    f"(its coordinator was seen {self.t0 - float(live['end']):.0f} s ago); wait for it to end"
+                )
             c = q.counts()
             q.set_meta("drain", "0")
             q.set_meta("listing_done", "0")  # every session lists INPUT again: new files are picked up
             self.last_event = q.last_event_id()
-            self.session = save_session(q, -1, {"start": self.t0, "end": self.t0, "images": 0})
+            self.session = save_session(
+                q, -1, {"start": self.t0, "end": self.t0, "images": 0, "status": "running"}
+            )
         except QueueError as e:
             self._close()
-            raise EngineError(_disk_message(str(e), plan.out)) from None
+            raise EngineError(disk_message(str(e), plan.out)) from None
         units_before = c["done"]["units"] + c["failed"]["units"]
         self.done_before = c["done"]["images"] + c["failed"]["images"]
         self._emit("run_started", {"config": plan.record, "units_done_before": units_before})
@@ -128,7 +138,7 @@ class Coordinator:
                 q.get_meta("listing_done") == "1" and q.remaining() == 0
             )
         except QueueError as e:
-            self.fatal = self.fatal or _disk_message(str(e), plan.out)
+            self.fatal = self.fatal or disk_message(str(e), plan.out)
         finally:
             self._shutdown(lister, sampler)
         if lister.error is not None and not self.fatal:
@@ -179,7 +189,7 @@ class Coordinator:
             self._reap_dead()
             self._reap_poison()
         except QueueError as e:
-            self.fatal = self.fatal or _disk_message(str(e), self.plan.out)
+            self.fatal = self.fatal or disk_message(str(e), self.plan.out)
         if sampler is not None:
             sampler.stop()
 
@@ -446,7 +456,7 @@ class Coordinator:
             stats = build_stats(q, plan.out, plan.record, status=status, extra=extra)
         except QueueError as e:
             self._close()
-            raise EngineError(_disk_message(str(e), plan.out)) from None
+            raise EngineError(disk_message(str(e), plan.out)) from None
         try:
             path = write_stats(plan.out, stats, plan.report)
         except EngineError as e:
@@ -486,12 +496,3 @@ class Coordinator:
             self.log.close()
             self.log = None
         self.q.close()
-
-
-def _disk_message(text: str, out: Path) -> str:
-    low = text.lower()
-    if ("disk" in low and "full" in low) or "no space" in low:
-        return f"no space left on device (writing to {out}); free some space and run again to resume"
-    if "readonly" in low or "read-only" in low or "permission" in low:
-        return f"cannot write to {out} (read-only or no permission); run again once it is writable"
-    return text.splitlines()[0] if text else "the work queue failed"

@@ -204,3 +204,13 @@ def _show(v: Any) -> str:
     if isinstance(v, list):
         return ",".join(map(str, v)) or "(none)"
     return json.dumps(v) if isinstance(v, dict) else str(v)
+
+
+def disk_message(text: str, out: Path) -> str:
+    """One line for a queue error of a full or read-only OUT (else the error's first line)."""
+    low = text.lower()
+    if ("disk" in low and "full" in low) or "no space" in low:
+        return f"no space left on device (writing to {out}); free some space and run again to resume"
+    if "readonly" in low or "read-only" in low or "permission" in low:
+        return f"cannot write to {out} (read-only or no permission); run again once it is writable"
+    return text.splitlines()[0] if text else "the work queue failed"

@@ -87,6 +87,18 @@ def save_session(q: WorkQueue, index: int, record: dict[str, Any]) -> int:
     return index
 
 
+LIVE_SECONDS = 10.0  # a running session's record is refreshed every second; older: its coordinator is gone
+
+
+def live_session(q: WorkQueue, now: float) -> dict[str, Any] | None:
+    """The session of another coordinator that is running on this queue now (a networked queue
+    shared by runs with different OUT folders, which OUT's lock cannot see), or None."""
+    for s in read_sessions(q)[-1:]:
+        if s.get("status") == "running" and now - float(s.get("end") or 0) < LIVE_SECONDS:
+            return s
+    return None
+
+
 def void_units(q: WorkQueue) -> set[str]:
     text = q.get_meta(VOID_KEY)
     try:

@@ -132,7 +132,9 @@ def test_plan_heterogeneous_gpus_and_overrides(tmp_path: Path) -> None:
 def test_cpu_defaults_use_every_core() -> None:
     """Without settings every core is used, by equal workers; memory and MAX_CPU_WORKERS cap the
     processes (more threads each); the config's workers / threads win."""
-    assert plan_cpu_workers(2, memory=None) == (2, 1)
+    assert plan_cpu_workers(2, memory=None) == (2, 1)  # this development box: 2 workers beat 1 x 2 threads
+    assert [p.threads for p in plan_devices("cpu", host=_host(cores=2))] == [1, 1]
+    assert [p.threads for p in plan_devices("cpu", host=HostInfo(2, memory_bytes=GIB))] == [2]  # room for one
     assert plan_cpu_workers(1, memory=None) == (1, 1)
     assert plan_cpu_workers(6, memory=None) == (6, 1)
     assert plan_cpu_workers(64, memory=None) == (16, 4)

@@ -9,8 +9,6 @@ into fewer, wider workers (:data:`MAX_CPU_WORKERS`) and never plan more processe
 
 from __future__ import annotations
 
-import os
-
 #: torch threads per CPU worker while there are cores for more workers
 THREADS_PER_WORKER = 1
 #: most CPU worker processes planned by default; beyond it each worker gets more threads
@@ -19,36 +17,20 @@ MAX_CPU_WORKERS = 16
 WORKER_BYTES = 1 << 30
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to new processes (``MemAvailable``), None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):  # pragma: no cover - non-POSIX
-        return None
-
-
 def plan_cpu_workers(
-    cores: int, workers: int | None = None, threads: int | None = None, memory: int | None = -1
+    cores: int, workers: int | None = None, threads: int | None = None, memory: int | None = None
 ) -> tuple[int, int]:
     """(worker processes, torch threads each) for ``cores`` cores; ``workers`` / ``threads`` given
     by the config win. By default every core is used: ``cores / THREADS_PER_WORKER`` workers (a
     divisor of ``cores``, so every worker gets the same share), at most :data:`MAX_CPU_WORKERS` and
-    what ``memory`` (bytes; default: available now; None: unknown) holds at :data:`WORKER_BYTES`."""
+    what ``memory`` (bytes available; None: unknown) holds at :data:`WORKER_BYTES`."""
     cores = max(1, cores)
     if workers is None:
         cap = min(MAX_CPU_WORKERS, max(1, cores // THREADS_PER_WORKER))
         if threads is not None:
             cap = min(cap, max(1, cores // threads))
-        mem = available_memory() if memory == -1 else memory
-        if mem is not None:
-            cap = min(cap, max(1, mem // WORKER_BYTES))
+        if memory is not None:
+            cap = min(cap, max(1, memory // WORKER_BYTES))
         workers = max(w for w in range(1, cap + 1) if cores % w == 0)
     if threads is None:
         threads = max(1, cores // workers)

@@ -15,12 +15,14 @@ from facefleet.platforms.gpu import GpuSpec, gpu_profile
 
 @dataclass(frozen=True)
 class HostInfo:
-    """The hardware a device plan is made for: ``cores`` this process may use and the CUDA devices
-    torch sees (in torch's numbering, after ``CUDA_VISIBLE_DEVICES``)."""
+    """The hardware a device plan is made for: ``cores`` this process may use, the CUDA devices
+    torch sees (in torch's numbering, after ``CUDA_VISIBLE_DEVICES``) and the bytes of memory
+    available to new processes (None: unknown, no limit)."""
 
     cores: int
     gpus: tuple[GpuSpec, ...] = ()
     cpu_name: str = "cpu"
+    memory_bytes: int | None = None
 
 
 def cuda_device_count() -> int:
@@ -63,10 +65,25 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to new processes (``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - non-POSIX
+        return None
+
+
 def probe_host(*, gpus: bool = True) -> HostInfo:
     """This host's :class:`HostInfo` (``gpus=False``: the CPU only, without importing torch)."""
     n = cuda_device_count() if gpus else 0
-    return HostInfo(cpu_count(), tuple(gpu_spec(i) for i in range(n)), cpu_name())
+    return HostInfo(cpu_count(), tuple(gpu_spec(i) for i in range(n)), cpu_name(), available_memory())
 
 
 def parse_devices(spec: str | None, n_gpus: int | None = None) -> list[str]:

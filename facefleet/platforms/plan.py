@@ -66,7 +66,7 @@ def plan_job_devices(
 def _cpu_profiles(c: CpuConfig, host: HostInfo, cli: bool) -> list[DeviceProfile]:
     if c.precision == "fp16":
         raise ConfigError("cpu.precision: fp16 is not supported on the CPU: use fp32 or bf16")
-    workers, threads = plan_cpu_workers(host.cores, c.workers, c.threads)
+    workers, threads = plan_cpu_workers(host.cores, c.workers, c.threads, host.memory_bytes)
     src = "cli" if cli else "builtin" if c == CpuConfig() else "config"
     p = DeviceProfile(
         "cpu", host.cpu_name, c.batch_size, c.precision, "cpu", threads, source=src,

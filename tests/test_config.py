@@ -178,3 +178,16 @@ def test_settings_reference_is_current() -> None:
     assert doc.read_text() == markdown(), "regenerate: python -m facefleet.config.reference > docs/config.md"
     for key in all_keys():
         assert f"`{flag_name(key)}`" in doc.read_text(), key
+
+
+def test_load_config_gives_settings_mappings_for_old_callers(tmp_path: Path) -> None:
+    """Callers still on settings mappings get a file's checked tables, or a JobConfig's set values."""
+    from facefleet.config import load_config
+
+    f = tmp_path / "ff.toml"
+    f.write_text('[gpu]\nbatch_size = 8\n[gpu."T4"]\ncompile = false\n')
+    assert load_config(f) == {"gpu": {"batch_size": 8, "T4": {"compile": False}}}
+    assert load_config(None) == {}
+    d = load_config(JobConfig(run=RunConfig(unit_size=64), devices="cpu"))
+    assert d["run"]["unit_size"] == 64 and "batch_size" not in d["gpu"] and d["devices"] == "cpu"
+    assert from_mapping(d) == JobConfig(run=RunConfig(unit_size=64), devices="cpu")

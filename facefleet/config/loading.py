@@ -160,14 +160,21 @@ def resolve(
 
 
 # -- transitional: settings dicts, for callers that have not moved to JobConfig ------------------
-def load_config(path: str | os.PathLike[str] | None) -> dict[str, Any]:
-    """The raw tables of a config file, checked against the dataclasses (``None`` -> ``{}``).
-    Transitional: new code takes :func:`load_file`'s :class:`JobConfig`."""
+def load_config(path: str | os.PathLike[str] | JobConfig | None) -> dict[str, Any]:
+    """The raw tables of a config file, checked against the dataclasses (``None`` -> ``{}``; a
+    :class:`JobConfig` -> its settings, unset ones left out). Transitional, for callers that take
+    settings mappings: new code takes :func:`load_file`'s :class:`JobConfig`."""
     if path is None:
         return {}
+    if isinstance(path, JobConfig):
+        return _drop_unset(path.to_dict())
     data = read_toml(path)
     apply_mapping(JobConfig(), data, str(path))
     return data
+
+
+def _drop_unset(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _drop_unset(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
 
 
 def check_model_settings(d: Mapping[str, Any], where: str) -> None:

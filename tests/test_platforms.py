@@ -170,6 +170,16 @@ def test_plan_job_devices_takes_the_typed_config(tmp_path: Path) -> None:
     cfg_file.write_text('devices = "0"\n[gpu]\nbatch_size = 32\nworkers = 2\n')
     plan = plan_job_devices(load_file(cfg_file), _host(H100, T4))
     assert [(p.device, p.batch_size) for p in plan] == [("cuda:0", 32), ("cuda:0", 32)]
+    # the engine's default devices="auto" leaves the config's choice; others win over it
+    assert [p.device for p in plan_devices("auto", config=load_file(cfg_file), host=_host(H100, T4))] == [
+        "cuda:0"
+    ] * 2
+    assert [p.device for p in plan_devices("1", config=load_file(cfg_file), host=_host(H100, T4))] == [
+        "cuda:1"
+    ] * 2
+    assert {p.device for p in plan_devices("auto", config=JobConfig(devices="cpu"), host=_host(T4))} == {
+        "cpu"
+    }
 
 
 def test_describe_devices_lists_cpu() -> None:

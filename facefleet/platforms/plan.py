@@ -122,10 +122,12 @@ def plan_devices(
     host: HostInfo | None = None,
 ) -> list[DeviceProfile]:
     """:func:`plan_job_devices` for callers holding loose settings: ``config`` (a JobConfig, a
-    TOML-shaped mapping or a file) with ``devices`` and the explicit arguments (flags) over it.
+    TOML-shaped mapping or a file) with ``devices`` (unless "auto": then the config's) and the
+    explicit arguments (flags) over it.
     Raises ConfigError (a ValueError) naming the key of a bad setting."""
     cfg = resolve(config)
-    flags: dict[str, Any] = {"devices": devices or "auto"}
+    # "auto" is also the engine's default argument: a config that names devices decides then
+    flags: dict[str, Any] = {} if devices in (None, "auto") else {"devices": devices}
     for key, value in (("batch_size", batch_size), ("precision", precision)):
         if value is not None:
             flags.setdefault("gpu", {})[key] = value

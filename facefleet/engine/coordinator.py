@@ -116,6 +116,9 @@ class Coordinator:
                     f"(its coordinator was seen {self.t0 - float(live['end']):.0f} s ago); wait for it to end"
                 )
             c = q.counts()
+            from facefleet.engine.worker.cli import publish_run
+
+            publish_run(q, plan.record)  # the run's settings, for external workers on any host
             q.set_meta("drain", "0")
             q.set_meta("listing_done", "0")  # every session lists INPUT again: new files are picked up
             self.last_event = q.last_event_id()

@@ -264,6 +264,11 @@ def rebuild_stats(out: str | os.PathLike[str], queue_url: str | None = None) -> 
         raise EngineError(f"no run in {out_p}: {url} not found")
     try:
         with open_queue(url) as q:
+            if not record:  # no run.json here (external workers): the record the run left in its queue
+                from facefleet.engine.worker.cli import RUN_META_KEY
+
+                text = q.get_meta(RUN_META_KEY)
+                record = json.loads(text) if text else {}
             remaining = q.remaining()
             listed = q.get_meta("listing_done") == "1"
             status = "completed" if listed and remaining == 0 else "incomplete"

@@ -117,7 +117,7 @@ def test_bench_all_baselines_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_steady_rate_leaves_out_start_up_and_tail() -> None:
     """The steady column: 12 s of start-up, 1,000 img/s for 20 s, a slow tail -> ~1,000 img/s
     (the whole-run rate would be ~580)."""
-    from facefleet.bench.bench import steady_rate
+    from facefleet.bench.rates import steady_rate
 
     pts = [{"t": float(t), "images": 0.0} for t in range(13)]
     pts += [{"t": 12.0 + t, "images": 1000.0 * t} for t in range(1, 21)]
@@ -126,10 +126,10 @@ def test_steady_rate_leaves_out_start_up_and_tail() -> None:
     assert rate is not None and abs(rate - 1000.0) < 30
     assert steady_rate(pts[:2]) is None
     # from the engine's batch completions: 50 batches of 100 images every 0.1 s after 5 s of start-up
-    from facefleet.bench.bench import _batch_points
+    from facefleet.bench.rates import batch_points
 
     done = [[5.0 + 0.1 * k, 100] for k in range(50)]
-    rate = steady_rate(_batch_points(done[::-1]))  # in any order
+    rate = steady_rate(batch_points(done[::-1]))  # in any order
     assert rate is not None and abs(rate - 1000.0) < 1
 
 
@@ -138,30 +138,31 @@ def test_steady_rate_of_several_workers_counts_only_when_all_run() -> None:
     others: the rate is the four workers' (~4,000 img/s), not a mix with the time three ran alone
     (the 10-90 % window alone gives ~3,680); a run the first three finish before the fourth starts
     has no such window, nor has a run whose fourth worker never did a batch."""
-    from facefleet.bench.bench import _batch_points, steady_rate
+    from facefleet.bench.rates import batch_points, steady_rate
 
     def batches(worker: str, start: float, n: int) -> list[list]:
         return [[start + 0.1 * (k + 1), 100, worker] for k in range(n)]
 
     done = batches("w0", 1.0, 160) + batches("w1", 1.0, 160) + batches("w2", 1.0, 160)
     done += batches("w3", 7.0, 100)  # up at 7 s; the others run until 17 s
-    rate = steady_rate(_batch_points(done))
+    rate = steady_rate(batch_points(done))
     assert rate is not None and abs(rate - 4000.0) < 120
-    unnamed = steady_rate(_batch_points([row[:2] for row in done]))  # no worker names: 10-90 % only
+    unnamed = steady_rate(batch_points([row[:2] for row in done]))  # no worker names: 10-90 % only
     assert unnamed is not None and unnamed < 3750
     early = batches("w0", 1.0, 20) + batches("w1", 1.0, 20) + batches("w3", 7.0, 5)
-    assert steady_rate(_batch_points(early)) is None
+    assert steady_rate(batch_points(early)) is None
     # a fourth worker that never got a batch: not four workers' rate either
     three = batches("w0", 1.0, 160) + batches("w1", 1.0, 160) + batches("w2", 1.0, 160)
-    assert steady_rate(_batch_points(three), workers=4) is None
-    rate = steady_rate(_batch_points(three), workers=3)
+    assert steady_rate(batch_points(three), workers=4) is None
+    rate = steady_rate(batch_points(three), workers=3)
     assert rate is not None and abs(rate - 3000.0) < 1
 
 
 def test_gpu_memory_both_ways_of_counting() -> None:
     """The engine row's GPU memory: what the workers allocate, and what the run added to the busiest
     GPU by NVML's count (peak "used" minus the first sample, taken before the workers start)."""
-    from facefleet.bench.bench import format_rows, nvml_added_mib
+    from facefleet.bench.rates import nvml_added_mib
+    from facefleet.bench.tables import format_rows
     from facefleet.monitor.gpu import summarize_samples
 
     def sample(t: float, used: list[float]) -> dict:
@@ -205,7 +206,7 @@ def test_steady_batch_stages_are_medians_of_the_middle_batches() -> None:
 def test_scaling_table_uses_steady_rates_only() -> None:
     """Speedup and efficiency come from the steady rates; a row without one (too few images for its
     workers to run together) says so instead of falling back to the rate with start-up."""
-    from facefleet.bench.bench import format_scaling
+    from facefleet.bench.tables import format_scaling
 
     rows = [
         {"gpus": 1, "images_per_s": 400.0, "steady_images_per_s": 3000.0},
@@ -276,7 +277,8 @@ def test_default_corpus_is_the_photos_else_synthetic_with_a_note(
 
 
 def test_every_row_gets_the_same_model_settings(tmp_path: Path) -> None:
-    from facefleet.bench.bench import build_parser, litert_settings, model_settings
+    from facefleet.bench.bench import build_parser, model_settings
+    from facefleet.bench.rows import litert_settings
 
     cfg = tmp_path / "c.toml"
     cfg.write_text('[model]\ndetector = "full"\nrefine = 1\n')

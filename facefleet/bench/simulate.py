@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from facefleet.bench.tables import format_table
+
 __all__ = ["SimResult", "format_sim_table", "simulate_workers"]
 
 
@@ -230,16 +232,3 @@ def format_sim_table(results: list[SimResult]) -> str:
             ]
         )
     return format_table(head, rows)
-
-
-def format_table(head: list[str], rows: list[list[str]]) -> str:
-    """Plain-text table; first column left-aligned, the others right-aligned."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(head), sep, *(line(r) for r in rows)])

@@ -361,6 +361,8 @@ def eval_cli(argv: list[str]) -> int:
                 f"({sp.faces} crops x {sp.calls} calls)"
             )
             print(f"  {sp.family:<14} {sp.runtime:<7} {rate}")
+        if len({sp.runtime for sp in speeds}) > 1:
+            print("  (different runtimes: to compare the families like for like, use --runtime torch)")
     if args.json:
         from facefleet.io.atomic import atomic_write_text
 

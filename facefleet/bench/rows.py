@@ -280,6 +280,7 @@ def run_loop(
         rss_mib=rss,
         failed=failed,
         cpu_ms_per_image=1e3 * (cpu_seconds() - cpu0) / len(lat) if lat else None,
+        model=None if model is None else f"{model.get('detector', 'auto')}, refine {model.get('refine', 2)}",
     )
 
 

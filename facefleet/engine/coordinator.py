@@ -78,6 +78,7 @@ class Coordinator:
         self.fatal: str | None = None
         self.t0 = time.time()
         self.last_event = 0
+        self.old_owners: set[str] = set()
         self.throughput: list[dict[str, float]] = []
         self.batch_seconds: list[float] = []
         self.batch_done: list[list[Any]] = []
@@ -116,6 +117,7 @@ class Coordinator:
                     f"(its coordinator was seen {self.t0 - float(live['end']):.0f} s ago); wait for it to end"
                 )
             c = q.counts()
+            self.old_owners = {w["owner"] for w in q.workers()}  # earlier sessions' workers
             from facefleet.engine.worker.cli import publish_run
 
             publish_run(q, plan.record)  # the run's settings, for external workers on any host
@@ -361,7 +363,7 @@ class Coordinator:
         )
 
     def _session_workers(self) -> list[dict[str, Any]]:
-        return [w for w in self.q.workers() if w["started"] >= self.t0 - 1]
+        return [w for w in self.q.workers() if w["owner"] not in self.old_owners]
 
     def _session_record(self, now: float) -> dict[str, Any]:
         ws = self._session_workers()

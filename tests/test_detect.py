@@ -20,6 +20,7 @@ from facefleet.detect import (
     sigmoid_scores,
     ssd_anchors,
     tile_grid,
+    tile_layout,
     weighted_nms,
 )
 
@@ -299,6 +300,35 @@ def test_tiles_find_a_small_face_in_a_large_image() -> None:
     det = FaceDetector(model="full", net=nets["full"], tile_threshold=768)
     side, overlap, tiles = det._tiles(1500, 2000)
     assert len(tiles) > 1 and overlap >= side // 4
+
+
+@pytest.mark.parametrize("max_tiles", [3, 4, 5, 6])
+@pytest.mark.parametrize(
+    "hw", [(1080, 1920), (1920, 1080), (3024, 4032), (2000, 3000), (720, 1280), (900, 1000)]
+)
+def test_tile_grid_honours_max_tiles_with_its_overlap(hw: tuple[int, int], max_tiles: int) -> None:
+    """At most ``max_tiles`` tiles along each side, the overlap counted (a side of ``long / max_tiles``
+    leaving the overlap out cut 7 x 4 tiles on a 1080p frame for ``max_tiles=4``); tiles of at least
+    ``tile_size``, overlapping by at least the whole-image views' smallest face (``long / 8``), and
+    covering the image."""
+    h, w = hw
+    det = FaceDetector(model="full", net=lambda x: x, max_tiles=max_tiles)
+    side, overlap, tiles = det._tiles(h, w, threshold=768)
+    assert tiles and side >= min(512, h, w) and overlap >= max(h, w) / 8 - 1 and overlap >= side // 4
+    xs = sorted({t[0] for t in tiles})
+    ys = sorted({t[1] for t in tiles})
+    assert len(tiles) == len(xs) * len(ys) and max(len(xs), len(ys)) <= max_tiles
+    assert xs[0] == 0 and xs[-1] + side == w and ys[0] == 0 and ys[-1] + side == h
+    steps = [b - a for a, b in itertools.pairwise(xs)] + [b - a for a, b in itertools.pairwise(ys)]
+    assert all(step <= side - overlap for step in steps)
+    assert tile_layout(h, w, 512, max_tiles) == (side, overlap)
+
+
+def test_default_tiles_of_a_1080p_frame_and_a_phone_photo() -> None:
+    """The default grid: 5 x 3 tiles of a 1920x1080 frame, 5 x 4 of a 4032x3024 photo."""
+    det = FaceDetector(model="full", net=lambda x: x)
+    assert len(det._tiles(1080, 1920, threshold=768)[2]) == 15
+    assert len(det._tiles(3024, 4032)[2]) == 20
 
 
 def test_tile_candidates_are_flagged_in_every_tile_column() -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from facefleet.detect import FaceDetector, tile_grid
+from facefleet.detect import FaceDetector, tile_grid, tile_layout
 
 __all__ = ["BaselineSettings", "LiteFace", "LiteRTFaceMesh", "LiteRTRun", "run_litert_pool"]
 
@@ -220,8 +220,7 @@ class LiteRTFaceMesh:
             )
             if not (bool((side_of < t.crowd_face_fraction).any()) or group):
                 return empty
-        side = min(min(h, w), max(t.tile_size, math.ceil(long_side / t.max_tiles)))
-        overlap = min(side // 2, max(side // 4, math.ceil(24 * long_side / _DETECTORS["full"][1])))
+        side, overlap = tile_layout(h, w, t.tile_size, t.max_tiles)
         xs, cx0, cx1 = tile_grid(w, side, overlap)
         ys, cy0, cy1 = tile_grid(h, side, overlap)
         if len(xs) * len(ys) <= 1:

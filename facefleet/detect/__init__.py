@@ -6,7 +6,7 @@
 """
 
 from facefleet.detect.anchors import DETECTOR_SPECS, DetectorSpec, decode_boxes, sigmoid_scores, ssd_anchors
-from facefleet.detect.detector import Detections, FaceDetector, as_image_list, tile_grid
+from facefleet.detect.detector import Detections, FaceDetector, as_image_list, tile_grid, tile_layout
 from facefleet.detect.nms import box_iou, weighted_nms
 from facefleet.detect.views import ViewTransform, letterbox
 
@@ -23,5 +23,6 @@ __all__ = [
     "sigmoid_scores",
     "ssd_anchors",
     "tile_grid",
+    "tile_layout",
     "weighted_nms",
 ]

@@ -150,11 +150,11 @@ def _half(flat: Tensor) -> Tensor:
 
 def to_half(x: Tensor, compiled: bool | None = None, cache: CompileCache | None = None) -> Tensor:
     """A float16 copy of uint8 frames (the letterbox products' input). torch's own cast from uint8 is its
-    generic elementwise kernel with a conversion per element, not vectorised: 2.1 ms of a batch of 128
-    1080p frames on an H200, 9 % of the batch's GPU time (``tools/probe_stages.py --trace``); the same
-    cast as a ``torch.compile`` (Triton) kernel moves whole vectors. ``compiled``: None = on CUDA where
-    :func:`facefleet.models.compile_available`; only contiguous uint8 tensors take that path. ``cache``:
-    where the compiled cast (key "half") and a compiler failure are kept, its owner's (None: this call's)."""
+    generic elementwise kernel with a conversion per element, not vectorised (a sizeable part of a 1080p
+    batch's GPU time); the same cast as a ``torch.compile`` (Triton) kernel moves whole vectors.
+    ``compiled``: None = on CUDA where :func:`facefleet.models.compile_available`; only contiguous uint8
+    tensors take that path. ``cache``: where the compiled cast (key "half") and a compiler failure are
+    kept, its owner's (None: this call's)."""
     from facefleet.models import call_compiled, compile_available
 
     if compiled is None:

@@ -49,18 +49,16 @@ __all__ = [
 # largest). At 128 a call of these small networks is launch-bound (~3 ms for 64 or 128 crops on an
 # H200), so padding costs little, and one size means one plan build (~1-2.5 s) per network.
 FIXED_BATCH_SIZES = (128,)
-# Models that run channels-last on CUDA: all. Measured on an H200 at batch 128, fp16, CUDA graphs
-# (tools/probe_layouts.py, 2026-11-30), ms per call channels-first -> channels-last: short-range
-# detector 1.55 -> 1.35, full-range 9.33 -> 4.13, landmarks 2.30 -> 1.94; their cuDNN plans take
-# 0.4-1.3 s longer to build (once per worker).
+# Models that run channels-last (NHWC) on CUDA: all. These networks are mostly depthwise and small
+# convolutions, whose cuDNN kernels are faster in NHWC (fp16 tensor cores read channels-last); the
+# price is a longer cuDNN plan build, once per worker and batch size.
 CHANNELS_LAST_ON_CUDA = frozenset(MODELS)
-# On CPUs (oneDNN) every model runs about twice as fast channels-last: 2 cores of the development
-# machine, batch 16, fp32 (tools/probe_layouts.py): short-range detector 83 -> 36 ms, full-range
-# 211 -> 104 ms, landmarks 65 -> 35 ms per call.
+# Models that run channels-last on CPUs: all (oneDNN's convolutions are native in NHWC; NCHW inputs
+# are reordered on every call).
 CHANNELS_LAST_ON_CPU = frozenset(MODELS)
-# Fixed-size calls on CUDA replay captured CUDA graphs (TFLiteModule.use_cuda_graphs; engine on an H200:
-# 935 -> 1,345 img/s with one worker, 1,632 -> 1,815 with two). FACEFLEET_CUDA_GRAPHS=0 turns them
-# off (e.g. to profile operator by operator).
+# Fixed-size calls on CUDA replay captured CUDA graphs (TFLiteModule.use_cuda_graphs): one launch per
+# call instead of one per operator, which is what bounds these small networks.
+# FACEFLEET_CUDA_GRAPHS=0 turns them off (e.g. to profile operator by operator).
 CUDA_GRAPHS = os.environ.get("FACEFLEET_CUDA_GRAPHS", "1") != "0"
 
 

@@ -65,10 +65,10 @@ class TFLiteModule(nn.Module):
         holds it, larger batches go in chunks of the largest (outputs are sliced back to the real
         batch). ``None`` or ``()`` turns this off.
 
-        cuDNN builds execution plans per new input shape; on an H200 that took 0.7-3.8 s per network
-        and shape (``tools/probe_shapes.py``), against ~3 ms to run 128 crops. In a stream of batches
-        whose sizes vary (faces per batch, tiles, the last batch of a unit) that cost recurred on every
-        batch. With fixed sizes it is paid once, in :meth:`warmup`."""
+        cuDNN builds execution plans per new input shape, which takes far longer (seconds) than
+        running a batch (milliseconds). In a stream of batches whose sizes vary (faces per batch,
+        tiles, the last batch of a unit) that cost would recur on every new size; with fixed sizes it is
+        paid once, in :meth:`warmup`."""
         self.batch_sizes = tuple(sorted({int(n) for n in sizes or ()}))
         if any(n < 1 for n in self.batch_sizes):
             raise ValueError(f"batch sizes must be positive, got {sizes}")
@@ -87,10 +87,7 @@ class TFLiteModule(nn.Module):
     def use_cuda_graphs(self, enable: bool = True) -> TFLiteModule:
         """On CUDA, run each fixed batch size (:meth:`use_fixed_batches`) as a captured CUDA graph:
         one launch instead of one per operator (~100-200 per network), which is what bounds these
-        small networks: torch.compile's CUDA-graph mode ran them 2-2.8x faster per call at batch 128
-        on an H200, its kernel fusion alone 0.85-1.4x (``tools/probe_compile.py``), so the graph is
-        the part worth having; the engine on an H200 went 935 -> 1,345 img/s with one worker and
-        1,632 -> 1,815 with two (single runs, which vary by ~20 %).
+        small networks (their kernels are short; the host's launches are the limit).
         Same kernels, same results as eager. A graph is captured on the first call of each shape
         (:meth:`warmup` does it up front); calls from several threads are ordered on the device.
         Other batch sizes, devices and calls made while a stream is being captured run eagerly."""
@@ -103,13 +100,11 @@ class TFLiteModule(nn.Module):
     def use_compile(self, enable: bool = True) -> TFLiteModule:
         """Capture the CUDA graphs of :meth:`use_cuda_graphs` from ``torch.compile``'s code (TorchInductor,
         Triton kernels) instead of eager operators: each convolution's bias, PReLU and residual add fuse
-        into one kernel rather than a pass over memory each. On an H200 at batch 128, fp16 this took the
-        kernel time of a 1080p batch (both detectors, tiles, mesh passes) from 38.2 to 27.5 ms
-        (``tools/probe_stages.py``; docs/benchmarks.md). Outputs differ from eager by fp16 rounding of
-        the fused operations. The compilation happens at the first capture, in :meth:`warmup` (a cold
-        machine: 65 s for the three networks and the gathers in one process with Inductor's compiler
-        pool; ~20 s per process once torch's on-disk cache holds the code); if it fails the graphs
-        capture eager code, with a warning. Only the graph path uses it: other calls and devices run
+        into one kernel rather than a pass over memory each, which shortens the networks' GPU time
+        (figures in docs/benchmarks.md). Outputs differ from eager by fp16 rounding of the fused
+        operations. The compilation happens at the first capture, in :meth:`warmup` (tens of seconds on
+        a cold machine, less once torch's on-disk cache holds the code); if it fails the graphs capture
+        eager code, with a warning. Only the graph path uses it: other calls and devices run
         eagerly."""
         self.compiled = bool(enable)
         self._graphs = {}

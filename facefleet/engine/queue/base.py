@@ -38,6 +38,11 @@ class QueueError(RuntimeError):
     """The queue cannot do what was asked (disk full, server gone, incompatible file): one line."""
 
 
+class QueueStorageFull(QueueError):
+    """The queue's storage cannot take more writes (disk full, read-only file system): an output
+    problem that a restart does not mend."""
+
+
 class QueueUnavailable(QueueError):
     """The queue's server did not answer within the retry window."""
 

@@ -23,6 +23,7 @@ from facefleet.engine.queue.base import (
     SCHEMA_VERSION,
     STATES,
     QueueError,
+    QueueStorageFull,
     Unit,
     WorkQueue,
     clean_text,
@@ -71,6 +72,8 @@ CREATE TABLE IF NOT EXISTS workers (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# SQLITE_FULL, SQLITE_READONLY: the file system cannot take the queue's writes
+_STORAGE_FULL_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY})
 _CLAIMABLE = "(state='pending' OR (state='leased' AND lease_until < ?))"
 _UNIT_COLS = "seq, id, items, attempts, split_from"
 # the first claimable unit: two walks of the (state, seq) index that stop at their first match, not
@@ -131,7 +134,8 @@ class SqliteQueue(WorkQueue):
         try:
             yield
         except sqlite3.Error as e:
-            raise QueueError(f"work queue {self.path}: {e}") from e
+            full = (getattr(e, "sqlite_errorcode", 0) & 0xFF) in _STORAGE_FULL_CODES  # primary code
+            raise (QueueStorageFull if full else QueueError)(f"work queue {self.path}: {e}") from e
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

@@ -30,7 +30,7 @@ import threading
 import traceback
 from typing import Any
 
-from facefleet.engine.queue import open_queue
+from facefleet.engine.queue import QueueError, QueueStorageFull, open_queue
 from facefleet.engine.worker.claim import ClaimStage
 from facefleet.engine.worker.errors import OutputError
 from facefleet.engine.worker.networks import NetworksStage
@@ -76,9 +76,12 @@ def worker_main(spec: WorkerSpec) -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: worker.drain())
         code = worker.run()
-    except OutputError as e:
+    except (OutputError, QueueStorageFull) as e:
         print(f"facefleet worker {spec.name}: error: {e}", file=sys.stderr, flush=True)
         code = EXIT_OUTPUT
+    except QueueError as e:  # the queue's storage or server, not this worker's code: one line
+        print(f"facefleet worker {spec.name}: error: {e}", file=sys.stderr, flush=True)
+        code = EXIT_ERROR
     except BaseException:
         print(f"facefleet worker {spec.name} ({spec.profile.device}) failed:", file=sys.stderr)
         traceback.print_exc()

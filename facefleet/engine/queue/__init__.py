@@ -18,7 +18,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from facefleet.engine.queue.base import QUEUE_FILE, STATES, QueueError, QueueStorageFull, QueueUnavailable, Unit, WorkQueue
+from facefleet.engine.queue.base import (
+    QUEUE_FILE,
+    STATES,
+    QueueError,
+    QueueStorageFull,
+    QueueUnavailable,
+    Unit,
+    WorkQueue,
+)
 from facefleet.engine.queue.listing import enqueue_listing, iter_units, unit_id
 
 if TYPE_CHECKING:

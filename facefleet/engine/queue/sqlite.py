@@ -73,7 +73,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 # SQLITE_FULL, SQLITE_READONLY: the file system cannot take the queue's writes
-_STORAGE_FULL_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY})
+_STORAGE_FULL_CODES = frozenset({13, 8})  # SQLITE_FULL, SQLITE_READONLY (named in sqlite3 from 3.11)
 _CLAIMABLE = "(state='pending' OR (state='leased' AND lease_until < ?))"
 _UNIT_COLS = "seq, id, items, attempts, split_from"
 # the first claimable unit: two walks of the (state, seq) index that stop at their first match, not

@@ -222,12 +222,15 @@ def test_three_hosts_on_postgres_one_killed_mid_run(tmp_path: Path, pg_queue_url
         publish_run(q, {**record, "model": {"detector": "short", "refine": 0}})
         enqueue_listing(q, sources, 2)
     cfg = _config(tmp_path / "cfg.toml", batch=2)
-    hosts = {name: _host(url, out, tmp_path / name, name, cfg) for name in ("h0", "h1", "h2")}
+    # h1 starts first and is killed once it holds a lease; the others start then, so h1 cannot have
+    # finished the run before its kill (as it could when all three raced for 8 small units)
+    hosts = {"h1": _host(url, out, tmp_path / "h1", "h1", cfg)}
     t0 = time.monotonic()
     while _leased_by(url, "h1") == 0:
         assert hosts["h1"].poll() is None, hosts["h1"].communicate()[0]
         assert time.monotonic() - t0 < 90, "host h1 never claimed a unit"
         time.sleep(0.05)
+    hosts.update({name: _host(url, out, tmp_path / name, name, cfg) for name in ("h0", "h2")})
     os.killpg(hosts["h1"].pid, signal.SIGKILL)
     hosts["h1"].wait(10)
     logs = {}

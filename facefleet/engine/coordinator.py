@@ -20,10 +20,11 @@ from typing import Any, TextIO
 from facefleet.engine import events as ev
 from facefleet.engine.executors import Executor, WorkerHandle
 from facefleet.engine.layout import EngineError, disk_message
-from facefleet.engine.listing import Lister, source_text
+from facefleet.engine.listing import Lister
 from facefleet.engine.queue import QueueError, WorkQueue, open_queue
 from facefleet.engine.totals import RunSummary, build_stats, live_session, save_session, write_stats
-from facefleet.engine.worker import BATCH_STAGES, EXIT_OUTPUT, WorkerSpec, error_kind, owner_id
+from facefleet.engine.worker import BATCH_STAGES, EXIT_OUTPUT, WorkerSpec, owner_id
+from facefleet.engine.worker.poison import reap_poison
 from facefleet.platforms import DeviceProfile
 
 
@@ -253,39 +254,19 @@ class Coordinator:
 
     def _reap_poison(self) -> None:
         """Units that used up their attempts: cut in halves (one file that kills its worker ends up
-        alone), and a unit of one file is failed with an error row."""
-        from facefleet.engine.manifest import unit_path, write_unit
-        from facefleet.types import ImageResult
-
-        for unit in self.q.poisoned(self.plan.attempts):
-            reason = self.q.last_error(unit.id) or "worker failed"
-            if len(unit.items) > 1:
-                halves = self.q.split(unit.id)
-                if halves:
-                    self._emit("unit_split", {"unit": unit.id, "halves": halves, "reason": reason})
-                    self._publish(ev.UnitDone(self.job_id, time.time(), unit.id, "split", len(unit.items)))
-                    continue
-            text = f"unit failed after {unit.attempts} attempts: {reason}"
-            results = [ImageResult(source_text(p), 0, 0, error=text) for p in unit.paths]
-            try:
-                write_unit(self.plan.out, unit.id, results)
-            except OSError as e:
-                self.fatal = f"cannot write {unit_path(self.plan.out, unit.id)}: {e.strerror or e}"
-                return
-            stats = {
-                "worker": None,
-                "images": len(results),
-                "faces": 0,
-                "no_face": 0,
-                "failed": len(results),
-                "failed_by_reason": {error_kind(text): len(results)},
-                "stages": {},
-                "failures": [
-                    {"source": r.source, "reason": error_kind(text), "error": text} for r in results[:5]
-                ],
-            }
-            self.q.fail(unit.id, text, stats)
-            self._note(f"quarantined {len(results)} image(s) that crashed their worker: {results[0].source}")
+        alone), and a unit of one file is failed with an error row (:func:`reap_poison`, which the
+        supervisors of external worker hosts run too)."""
+        try:
+            outcomes = reap_poison(self.q, self.plan.out, self.plan.attempts)
+        except OSError as e:
+            self.fatal = f"cannot write a poison unit's manifest under {self.plan.out}: {e.strerror or e}"
+            return
+        for o in outcomes:
+            if o.action == "split":
+                self._emit("unit_split", {"unit": o.unit, "halves": list(o.halves), "reason": o.error})
+                self._publish(ev.UnitDone(self.job_id, time.time(), o.unit, "split", o.items))
+            else:
+                self._note(f"quarantined {o.items} image(s) that crashed their worker: {o.source}")
 
     def _request_drain(self) -> None:
         with contextlib.suppress(QueueError):

@@ -27,6 +27,7 @@ from facefleet.engine.layout import DAMAGED_DIR
 from facefleet.engine.manifest import MANIFEST_DIR
 from facefleet.engine.queue import WorkQueue, iter_units, open_queue, unit_id
 from facefleet.engine.totals import add_void_units, void_units
+from facefleet.export.sink import source_text
 from facefleet.io.discover import is_url, iter_inputs
 from facefleet.sources.items import WorkItem
 
@@ -40,18 +41,6 @@ _FAR_FUTURE = 1e18  # a time after every lease: poisoned(0, now=_FAR_FUTURE) is 
 def absolute_source(s: str) -> str:
     """A listed source as the queue stores it: an absolute local path, or the URL as written."""
     return s if is_url(s) else os.path.abspath(s)
-
-
-def source_text(s: str) -> str:
-    """A source as text any file format takes: a local name that is not valid UTF-8 (decoded with
-    ``surrogateescape``, e.g. ``caf\\udce9.jpg``) with its undecodable bytes as ``\\xNN``
-    (``caf\\xe9.jpg``); any other source unchanged. The manifest's ``source`` column holds this form,
-    so the listing's sources are compared with the manifest's through it."""
-    try:
-        s.encode("utf-8")
-        return s
-    except UnicodeEncodeError:
-        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def effective_unit_size(n_listed: int, unit_size: int, workers: int) -> int:

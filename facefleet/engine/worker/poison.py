@@ -19,13 +19,14 @@ from facefleet.engine.worker.errors import error_kind
 @dataclass(frozen=True)
 class PoisonOutcome:
     """What became of one poison unit: ``action`` is "split" (``halves``: the new units' ids) or
-    "failed" (``items``: the images failed with ``error``)."""
+    "failed" (``items``: the images failed with ``error``; ``source``: the first of them, as text)."""
 
     unit: str
     action: str
     items: int
     error: str
     halves: tuple[str, ...] = ()
+    source: str = ""
 
 
 def reap_poison(q: WorkQueue, out: str | os.PathLike[str], max_attempts: int) -> list[PoisonOutcome]:
@@ -58,5 +59,5 @@ def reap_poison(q: WorkQueue, out: str | os.PathLike[str], max_attempts: int) ->
             "failures": [{"source": r.source, "reason": kind, "error": text} for r in results[:5]],
         }
         q.fail(unit.id, text, stats)
-        done.append(PoisonOutcome(unit.id, "failed", len(results), text))
+        done.append(PoisonOutcome(unit.id, "failed", len(results), text, source=results[0].source))
     return done

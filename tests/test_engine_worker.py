@@ -214,3 +214,26 @@ class _Completes:
 
     def complete(self, uid: str, owner: str, stats: Any) -> None:
         self.completed.append(uid)
+
+
+def test_a_unit_split_while_its_worker_finished_it_leaves_no_second_manifest_file(tmp_path: Path) -> None:
+    """A worker whose lease ran out finishes a unit the coordinator has meanwhile cut in halves (a
+    poison unit): its manifest file goes, else the halves' files would double its rows."""
+    from facefleet.engine.manifest import unit_path, write_unit
+    from facefleet.engine.queue import iter_units, open_queue
+    from facefleet.engine.worker.sink import complete_unit
+    from facefleet.sources.items import ImageItem
+
+    items = [ImageItem(f"/in/{k}.jpg") for k in range(4)]
+    with open_queue(tmp_path / "q.sqlite") as q:
+        q.add_units(iter_units(items, 2))
+        slow, fine = q.claim("slow", 0.0, 1, now=100.0), q.claim("fine", 60.0, 1, now=100.0)
+        assert slow is not None and fine is not None
+        assert [u.id for u in q.poisoned(1, now=101.0)] == [slow.id]  # its lease ran out
+        assert len(q.split(slow.id, now=101.0)) == 2
+        for unit in (slow, fine):
+            write_unit(tmp_path, unit.id, [ImageResult(p, 10, 10) for p in unit.paths])
+        assert not complete_unit(q, str(tmp_path), slow.id, "slow", {})
+        assert not unit_path(tmp_path, slow.id).exists()
+        assert complete_unit(q, str(tmp_path), fine.id, "fine", {})
+        assert unit_path(tmp_path, fine.id).exists() and q.state_of(fine.id) == "done"

@@ -224,9 +224,22 @@ class SinkStage(WorkerBase):
         with self._disk_errors():
             write_unit(self.spec.out_dir, st.unit.id, results)
         add_time(st.stages, "write", time.perf_counter() - t0)
-        db.complete(st.unit.id, self.owner, unit_stats(st, results, self.spec))
+        complete_unit(db, self.spec.out_dir, st.unit.id, self.owner, unit_stats(st, results, self.spec))
         with self._held_lock:
             self._held.discard(st.unit.id)
+
+
+def complete_unit(db: WorkQueue, out_dir: str, uid: str, owner: str, stats: dict[str, Any]) -> bool:
+    """Marks a unit whose manifest file is written done; returns whether this call did. A unit
+    whose lease ran out and that was cut in halves meanwhile (a poison unit) loses its file: the
+    halves' files hold its rows, and a second copy would double them."""
+    if db.complete(uid, owner, stats):
+        return True
+    if db.state_of(uid) == "split":
+        from facefleet.engine.manifest import unit_path
+
+        unit_path(out_dir, uid).unlink(missing_ok=True)
+    return False
 
 
 def with_texture_refs(result: ImageResult, ring: Any) -> ImageResult:

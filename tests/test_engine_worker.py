@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from facefleet.engine.worker import Worker, WorkerSpec, error_kind
-from facefleet.export.sink import ResultSink
 from facefleet.platforms import DeviceProfile
 from facefleet.types import ImageResult
 

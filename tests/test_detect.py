@@ -325,10 +325,12 @@ def test_tile_grid_honours_max_tiles_with_its_overlap(hw: tuple[int, int], max_t
 
 
 def test_default_tiles_of_a_1080p_frame_and_a_phone_photo() -> None:
-    """The default grid: 5 x 3 tiles of a 1920x1080 frame, 5 x 4 of a 4032x3024 photo."""
+    """The default grid: 6 x 3 tiles of a 1920x1080 frame (about ``tile_size``: 520 px), 6 x 5 of a
+    4032x3024 photo."""
     det = FaceDetector(model="full", net=lambda x: x)
-    assert len(det._tiles(1080, 1920, threshold=768)[2]) == 15
-    assert len(det._tiles(3024, 4032)[2]) == 20
+    side, _, tiles = det._tiles(1080, 1920, threshold=768)
+    assert (len(tiles), side) == (18, 520)
+    assert len(det._tiles(3024, 4032)[2]) == 30
 
 
 def test_tile_candidates_are_flagged_in_every_tile_column() -> None:

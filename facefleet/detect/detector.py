@@ -210,10 +210,10 @@ class FaceDetector:
             such as 4032x3024 are, 1080p frames are not; lower it to search smaller faces in smaller
             images, at the cost of ~8 more full-range passes per tiled image).
         max_tiles: most tiles along one side of an image (the overlap counted: :func:`tile_layout`). The
-            trade-off of tiled images' speed against the smallest faces found: 5 (default) cuts 5 x 3 = 15
-            tiles of 576 px on a 1920x1080 frame and 5 x 4 = 20 on a 4032x3024 photo, and finds the same
-            faces on the shared test photos' crowd as 6 or more; 4 (8 and 12 tiles) misses about a third
-            of that crowd's small faces.
+            trade-off of tiled images' speed against the smallest faces found: 6 (default) cuts 6 x 3 = 18
+            tiles of 520 px on a 1920x1080 frame (about ``tile_size``: the small faces a 512 px tile finds)
+            and 6 x 5 = 30 of 1092 px on a 4032x3024 photo; 5 cuts 15 and 20 tiles and finds a few
+            percent fewer faces in crowds; 4 (8 and 12 tiles) about a third fewer (docs/benchmarks.md).
         crowd_tile_threshold, crowd_face_fraction: images whose long side is between
             ``crowd_tile_threshold`` and ``tile_threshold`` are tiled too when the whole-image passes
             found a face smaller than ``crowd_face_fraction`` of the long side (crowds, distant people);
@@ -239,7 +239,7 @@ class FaceDetector:
         tile: bool = True,
         tile_size: int = 512,
         tile_threshold: int = 2048,
-        max_tiles: int = 5,
+        max_tiles: int = 6,
         crowd_tile_threshold: int = 768,
         crowd_face_fraction: float = 0.07,
         group_face_fraction: float = 0.12,

@@ -4,6 +4,11 @@
 as :func:`facefleet.models.load_model` (TFLite output shapes with batch ``B``, float32, on the input's
 device). CPU only; ``ai-edge-litert`` is imported lazily and is optional (``pip install ai-edge-litert``).
 An interpreter is not thread-safe: calls of one instance from several threads take turns (a lock).
+
+A LiteRT interpreter is allocated for one input shape; resizing it re-plans and re-allocates its tensors
+(the larger the batch, the dearer: fresh memory). Batches vary (faces per batch, tiled images), so a
+model keeps one interpreter per power-of-two batch size up to :data:`MAX_CHUNK`, each allocated once,
+and runs a batch as power-of-two chunks (13 = 8 + 4 + 1; larger ones in chunks of ``MAX_CHUNK``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LiteRTModel", "LiteRTUnavailableError", "make_interpreter"]
+__all__ = ["MAX_CHUNK", "LiteRTModel", "LiteRTUnavailableError", "make_interpreter"]
+
+MAX_CHUNK = 16  # largest batch of one invoke (a power of two); bounds the interpreters' memory
 
 
 class LiteRTUnavailableError(ImportError):
@@ -54,8 +61,10 @@ class LiteRTModel:
 
         path = model_path(str(model), model_dir=model_dir) if str(model) in MODELS else Path(model)
         self.source = str(path)
+        self._threads = num_threads
         self._it = make_interpreter(path, num_threads)
         self._it.allocate_tensors()
+        self._its: dict[int, Any] = {1: self._it}  # batch size -> interpreter allocated for it
         inp = self._it.get_input_details()[0]
         self._in_index = int(inp["index"])
         _, h, w, c = (int(v) for v in inp["shape"])
@@ -64,7 +73,6 @@ class LiteRTModel:
         self._out_index = [int(d["index"]) for d in outs]
         self.output_shapes = [(-1, *(int(v) for v in d["shape"][1:])) for d in outs]
         self.output_names = [str(d["name"]) for d in outs]
-        self._batch = 1
         self._lock = threading.Lock()  # one interpreter: its input, invoke and outputs are one turn
         self.batched = self._batch_is_exact()
 
@@ -81,20 +89,39 @@ class LiteRTModel:
             for b, o in zip(both, [[t[k] for t in one] for k in range(len(both))], strict=True)
         )
 
+    def _interpreter(self, batch: int) -> Any:
+        """The interpreter allocated for ``batch`` items (made on first use; under the lock)."""
+        it = self._its.get(batch)
+        if it is None:
+            it = make_interpreter(self.source, self._threads)
+            it.resize_tensor_input(self._in_index, [batch, *self.input_shape[1:], self.input_shape[0]])
+            it.allocate_tensors()
+            self._its[batch] = it
+        return it
+
     def _invoke(self, nchw: np.ndarray) -> list[np.ndarray]:
+        """Outputs of a ``(B, C, H, W)`` batch, run in power-of-two chunks (see the module docstring)."""
         nhwc = np.ascontiguousarray(np.asarray(nchw, dtype=np.float32).transpose(0, 2, 3, 1))
-        batch = nhwc.shape[0]
+        parts: list[list[np.ndarray]] = []
+        at = 0
         with self._lock:
-            if batch != self._batch:
-                self._it.resize_tensor_input(self._in_index, list(nhwc.shape))
-                self._it.allocate_tensors()
-                self._batch = batch
-            self._it.set_tensor(self._in_index, nhwc)
-            self._it.invoke()
-            return [
-                self._it.get_tensor(i).reshape(batch, *shape[1:]).copy()
-                for i, shape in zip(self._out_index, self.output_shapes, strict=True)
-            ]
+            while at < nhwc.shape[0]:
+                n = min(MAX_CHUNK, 1 << ((nhwc.shape[0] - at).bit_length() - 1))
+                it = self._interpreter(n)
+                it.set_tensor(self._in_index, nhwc[at : at + n])
+                it.invoke()
+                parts.append(
+                    [
+                        it.get_tensor(i).reshape(n, *shape[1:]).copy()
+                        for i, shape in zip(self._out_index, self.output_shapes, strict=True)
+                    ]
+                )
+                at += n
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return [np.zeros((0, *shape[1:]), np.float32) for shape in self.output_shapes]
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(self._out_index))]
 
     def eval(self) -> LiteRTModel:
         return self

@@ -236,3 +236,17 @@ def test_a_unit_split_while_its_worker_finished_it_leaves_no_second_manifest_fil
         assert not unit_path(tmp_path, slow.id).exists()
         assert complete_unit(q, str(tmp_path), fine.id, "fine", {})
         assert unit_path(tmp_path, fine.id).exists() and q.state_of(fine.id) == "done"
+
+
+def test_cpu_workers_build_the_pipeline_with_the_configured_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[cpu] runtime reaches the pipeline of a CPU worker, with its share of the cores."""
+    import dataclasses
+
+    import facefleet.pipeline
+    from facefleet.engine.worker.main import _make_reconstructor
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(facefleet.pipeline, "Reconstructor", lambda **kw: seen.update(kw))
+    profile = dataclasses.replace(DeviceProfile("cpu", "cpu", 8, "fp32", "cpu", 3), runtime="litert")
+    _make_reconstructor(WorkerSpec("c0", "/out", profile), "cpu")
+    assert seen["runtime"] == "litert" and seen["threads"] == 3 and seen["device"] == "cpu"

@@ -181,6 +181,7 @@ def _make_reconstructor(spec: WorkerSpec, device: str) -> Any:
 
         if device == "cpu":  # the worker's share of the cores, for either CPU runtime
             kwargs.setdefault("threads", max(1, spec.profile.threads))
+            kwargs.setdefault("runtime", spec.profile.runtime)  # [cpu] runtime
         elif not spec.profile.compile:  # [gpu] compile = false (default: where Triton is installed)
             kwargs.setdefault("compiled", False)
     return factory(device=device, precision=spec.profile.precision, **kwargs)

@@ -350,3 +350,20 @@ def test_a_live_coordinator_is_seen_through_a_shared_queue(tmp_path: Path) -> No
         assert live_session(q, now + LIVE_SECONDS) is None  # its coordinator stopped refreshing it
         save_session(q, i, {"start": now - 5, "end": now, "images": 3, "status": "completed"})
         assert live_session(q, now) is None
+
+
+def test_report_command_rebuilds_stats_from_the_queue(tmp_path: Path) -> None:
+    """``facefleet report OUT`` rebuilds stats.json and the report of a run from its queue alone (as
+    after external workers with no coordinator): the same totals as the run's own."""
+    from facefleet.entrypoints.cli import main
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_corpus(inp, 12)
+    run(str(inp), out, **OPTS)
+    before = json.loads((out / "stats.json").read_text())["totals"]
+    for name in ("stats.json", "report.html", "report.json"):
+        (out / name).unlink()
+    assert main(["report", str(out)]) == 0
+    assert json.loads((out / "stats.json").read_text())["totals"] == before
+    assert (out / "report.html").is_file() and before["images"] == 12
+    assert main(["report", str(tmp_path / "nothing")]) == 2

@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("reconstruct:demo_main", "run the whole pipeline on a bundled sample portrait"),
     "run": ("run:run_main", "batch engine over a folder/list/URL on all GPUs (facefleet run -h)"),
     "worker": ("worker:worker_main", "a worker of a shared queue, on any host (facefleet worker -h)"),
+    "report": ("report:report_main", "rebuild a run's stats and report from its queue (external workers)"),
     "models": ("models:models_main", "fetch|list|path the MediaPipe weights (facefleet models -h)"),
     "bench": ("bench:bench_main", "throughput benchmark with baselines (facefleet bench -h)"),
     "bench-core": ("bench:bench_core_main", "speed of networks and pipeline per device, CPU/GPU agreement"),

@@ -63,7 +63,7 @@ def test_bench_litert_baseline_prints_table_and_json(
 
 def _pipeline_ready() -> str | None:
     try:
-        from facefleet.engine import runner  # noqa: F401
+        from facefleet.engine import run  # noqa: F401
         from facefleet.pipeline import Reconstructor
 
         Reconstructor(device="cpu")

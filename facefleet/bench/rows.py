@@ -152,13 +152,8 @@ def run_engine(
     model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One ``facefleet.engine.run`` over the corpus; the row reads the run's stats.json."""
-    from facefleet import engine
+    from facefleet.engine import run
 
-    run: Any = getattr(engine, "run", None)
-    if run is None:  # the package may not re-export it
-        from facefleet.engine import runner
-
-        run = runner.run
     if out.exists():
         shutil.rmtree(out)
     cpu0 = cpu_seconds()

@@ -106,8 +106,7 @@ def sample_bilinear(
     On the CPU each point set is sampled from a float copy of the region its points reach
     (``regions=False``: the gather path every device uses otherwise; same result).
     ``compiled`` (default: on CUDA where :func:`facefleet.models.compile_available`): the gather path
-    as one ``torch.compile`` kernel rather than ~30 passes over index and weight tensors (on an H200,
-    ~128 mesh crops of 192x192 from 1080p frames: 2.8 -> 0.9 ms of kernels per call,
+    as one ``torch.compile`` kernel rather than ~30 passes over index and weight tensors (figures in
     docs/benchmarks.md); the same arithmetic, float rounding aside. ``cache``: where the compiled code
     (and a compiler failure) is kept: its owner's :data:`facefleet.models.CompileCache` (None: this call's
     own, compiled anew).
@@ -190,8 +189,9 @@ def sample_grid(
     rotated crops. The same samples as :func:`sample_bilinear` at :func:`grid_points`, float rounding
     aside; on the compiled path (as for :func:`sample_bilinear`) the points are computed in the one kernel
     of the call and the samples written in ``dtype`` (the mesh network's input precision), where the
-    other path writes every point, then float32 samples, then a converted copy. ``cache``: as for
-    :func:`sample_bilinear`."""
+    other path writes every point, then float32 samples, then a converted copy. On the CPU each crop is
+    sampled from a float copy of the region its grid reaches, the grid made per crop from its affine map
+    (no points; :func:`_sample_grid_regions`). ``cache``: as for :func:`sample_bilinear`."""
     if padding_mode not in ("border", "zeros"):
         raise ValueError(f"sample_grid: padding_mode must be 'border' or 'zeros', got {padding_mode!r}")
     n, p = int(m.shape[0]), size * size
@@ -233,8 +233,8 @@ def warm_up_gather(
     equal sizes together when it traces and then compiles them as fixed, and the first real batch
     recompiled (seconds). Made as the pipeline makes its calls, since the graph is specialised to both:
     the images outside inference mode (decoded frames are ordinary tensors), the rest in it (the mesh and
-    texture stages run there); the engine's first batch recompiled for the grad mode (2.7 s on an H200,
-    TORCH_LOGS=recompiles).
+    texture stages run there); else the engine's first batch recompiles for the grad mode (seconds;
+    TORCH_LOGS=recompiles shows it).
     ``grid``: (padding mode, output dtype) of the crops' :func:`sample_grid` calls to compile too.
     ``cache``: the compile cache the later calls will use (their owner's)."""
     dev = torch.device(device)
@@ -345,14 +345,18 @@ def _sample_grid_regions(
     boxes = _region_boxes(pack, idx, corners.amin(1), corners.amax(1))
     b = torch.tensor(boxes, dtype=torch.float64)
     origin, extent = b[:, :2], b[:, 2:] - b[:, :2]  # (N, 2) region top-left and size, pixels
-    # output grid coordinate g in [-1, 1] -> output pixel u = (g + 1) * size / 2 -> image pixel
-    # m @ u + t -> region coordinate (pixel - origin) / extent * 2 - 1: one affine map per set
-    # (the maps in float64: ``t - origin`` of pixel coordinates in the hundreds keeps its digits)
+    # output pixel centre (u, v) -> image pixel m @ (u, v) + t -> region coordinate
+    # (pixel - origin) / extent * 2 - 1 = a(u) + b(v): per set and axis, a term of the column and one of
+    # the row (in float64, ``t - origin`` keeps its digits), so the (N, size, size, 2) grid is one sum
+    # of two float32 vectors per element (affine_grid's batched product costs several times that)
     m64, t64 = m.double(), t.double()
-    lin = m64 * (size / extent)[:, :, None]  # (N, 2, 2)
-    shift = ((m64.sum(2) * (size / 2) + t64 - origin) * 2 / extent - 1)[:, :, None]
-    theta = torch.cat([lin, shift], 2).float()
-    grids = F.affine_grid(theta, [len(boxes), 1, size, size], align_corners=False)
+    uv = torch.arange(size, dtype=torch.float64) + 0.5  # (size,)
+    per_px = (2 / extent)[:, :, None]  # (N, 2, 1)
+    cols = (m64[:, :, 0, None] * uv * per_px).float()  # (N, 2, size): the term of u
+    rows = ((m64[:, :, 1, None] * uv + (t64 - origin)[:, :, None]) * per_px - 1).float()  # of v
+    grids = torch.empty(len(boxes), size, size, 2)
+    for a in range(2):
+        torch.add(rows[:, a, :, None], cols[:, a, None, :], out=grids[..., a])
     for k, (i, box) in enumerate(zip(idx.tolist(), boxes, strict=True)):
         out[k] = F.grid_sample(
             _float_region(pack, i, offsets[i], box), grids[k, None], mode="bilinear",
@@ -440,7 +444,7 @@ def _bilinear(
     and widths as rows), as :func:`_sample_tensors` computes them, written for ``torch.compile``: each tap
     of each channel is a plain indexed read and the sum is elementwise, so that Inductor makes one
     kernel of the whole call (the tap-stacked form of :func:`_sample_tensors`, few operations for the
-    eager path, compiled into four kernels and 1.2 ms per 128 mesh crops of 192x192 on an H200)."""
+    eager path, compiles into four kernels)."""
     offset, height, width = meta[0][idx][:, None], meta[1][idx][:, None], meta[2][idx][:, None]
     qx, qy = x - 0.5, y - 0.5  # pixel-centre index coordinates (grid_sample, align_corners=False)
     if border:  # clamped into the image: both taps inside (the second weighs 0 at an edge)

@@ -290,8 +290,8 @@ class FaceDetector:
         }  # fmt: skip
 
     # most image elements letterboxed in one operation: bounds the memory of the float16 copy (2 bytes per
-    # element: 0.5 GiB, 43 1080p frames), while each chunk costs the host ~10 operations (at 2**26, 13
-    # chunks per batch of 128 frames took 2.6 ms of the networks' thread, H200 profile)
+    # element: 0.5 GiB, 43 1080p frames), while each chunk costs the host ~10 operations (a smaller budget
+    # means more chunks per batch, whose launches take the networks' thread's time)
     _letterbox_budget = 1 << 28
 
     @property

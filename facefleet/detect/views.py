@@ -175,8 +175,8 @@ def warm_up_letterbox(
     """Compile :func:`to_half` now rather than on the first batch: called as the detector calls it (frames
     made outside inference mode, sliced and cast in it), twice with sizes unlike each other and the
     code's constants (torch specialises sizes 0 and 1 and ties equal ones), for chunks at the start of
-    their memory and after it: torch specialises a storage offset of 0 too (a batch's first chunk
-    recompiled the cast on the engine's first batch, H200, TORCH_LOGS=recompiles)."""
+    their memory and after it: torch specialises a storage offset of 0 too (else a batch's first chunk
+    recompiles the cast on the engine's first batch: TORCH_LOGS=recompiles shows it)."""
     dev = torch.device(device)
     for b in (5, 7):
         frames = torch.zeros(b + 1, 3, 11 + b, 13 + b, dtype=torch.uint8, device=dev)
@@ -190,8 +190,8 @@ def _letterbox_matmuls(
 ) -> list[Tensor]:
     """The letterboxes of :func:`letterbox_pixels` to each of ``sizes`` as matrix products, in float16
     on the GPU's tensor cores: one column product for all sizes, then one row product per size. The
-    antialiased ``interpolate`` kernel this replaces was the largest GPU kernel of a 1080p batch
-    (21 % of its GPU time, H200 profile); the padding and the 1/255 scale come free with the weights."""
+    antialiased ``interpolate`` kernel these replace is slow on GPUs (the largest kernel of a 1080p batch);
+    the padding and the 1/255 scale come free with the weights."""
     _, _, h, w = regions.shape
     rows, cols_t = _letterbox_weights(h, w, tuple(sizes), regions.device)
     cols = to_half(regions, compiled, cache) @ cols_t  # (V, 3, h, sum S)

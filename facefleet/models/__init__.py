@@ -46,8 +46,8 @@ __all__ = [
 
 
 # Network batch sizes on CUDA: every call is padded to one of these (larger ones go in chunks of the
-# largest). At 128 a call of these small networks is launch-bound (~3 ms for 64 or 128 crops on an
-# H200), so padding costs little, and one size means one plan build (~1-2.5 s) per network.
+# largest). At 128 a call of these small networks is launch-bound (64 or 128 crops take about the same
+# time), so padding costs little, and one size means one cuDNN plan build (seconds) per network.
 FIXED_BATCH_SIZES = (128,)
 # Models that run channels-last (NHWC) on CUDA: all. These networks are mostly depthwise and small
 # convolutions, whose cuDNN kernels are faster in NHWC (fp16 tensor cores read channels-last); the

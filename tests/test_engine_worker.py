@@ -211,8 +211,9 @@ class _Completes:
     def __init__(self) -> None:
         self.completed: list[str] = []
 
-    def complete(self, uid: str, owner: str, stats: Any) -> None:
+    def complete(self, uid: str, owner: str, stats: Any) -> bool:
         self.completed.append(uid)
+        return True
 
 
 def test_a_unit_split_while_its_worker_finished_it_leaves_no_second_manifest_file(tmp_path: Path) -> None:

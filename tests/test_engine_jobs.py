@@ -367,3 +367,18 @@ def test_report_command_rebuilds_stats_from_the_queue(tmp_path: Path) -> None:
     assert json.loads((out / "stats.json").read_text())["totals"] == before
     assert (out / "report.html").is_file() and before["images"] == 12
     assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_typed_config_settings_reach_the_plan(tmp_path: Path) -> None:
+    """A JobConfig's [run] settings reach the job's plan (max_restarts was dropped), and an explicit
+    option still wins over the config."""
+    from facefleet.config import JobConfig, RunConfig
+    from facefleet.engine.engine import plan_job
+
+    inp = tmp_path / "in"
+    make_corpus(inp, 2)
+    cfg = JobConfig(devices="cpu", run=RunConfig(max_restarts=7, lease_seconds=12.0, reconstructor=FAKE))
+    plan, _ = plan_job("j1", Job.from_config(str(inp), tmp_path / "out", cfg))
+    assert plan.max_restarts == 7 and plan.lease == 12.0
+    plan, _ = plan_job("j2", Job.from_config(str(inp), tmp_path / "out2", cfg, max_restarts=1))
+    assert plan.max_restarts == 1

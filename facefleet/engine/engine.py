@@ -295,7 +295,11 @@ def plan_job(job_id: str, job: Job) -> tuple[JobPlan, Executor]:
         unit_size=unit_size,
         lease=lease,
         attempts=attempts,
-        max_restarts=o.max_restarts if o.max_restarts is not None else 2 * len(profiles) + 2,
+        max_restarts=next(
+            int(v)
+            for v in (o.max_restarts, run_cfg.get("max_restarts"), 2 * len(profiles) + 2)
+            if v is not None
+        ),
         worker_kwargs=worker_kwargs,
         record=record,
         report=o.report,

@@ -230,3 +230,25 @@ class WorkQueue(ABC):
 
     @abstractmethod
     def state_of(self, uid: str) -> str | None: ...
+
+
+class SqlQueue(WorkQueue):
+    """A :class:`WorkQueue` kept in SQL tables (units, events, workers, meta): the inspection queries
+    both backends run alike, over the backend's :meth:`_rows`."""
+
+    @abstractmethod
+    def _rows(self, query: str, args: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one statement (the backend's errors as :class:`QueueError`)."""
+
+    def last_event_id(self) -> int:
+        return int(self._rows("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out = {s: {"units": 0, "images": 0} for s in STATES}
+        for state, units, images in self._rows("SELECT state, COUNT(*), SUM(n) FROM units GROUP BY state"):
+            if state in out:
+                out[state] = {"units": int(units), "images": int(images or 0)}
+        return out
+
+    def remaining(self) -> int:
+        return int(self._rows("SELECT COUNT(*) FROM units WHERE state IN ('pending', 'leased')")[0][0])

@@ -42,10 +42,9 @@ from psycopg import sql
 from facefleet.engine.queue.base import (
     ERROR_CHARS,
     SCHEMA_VERSION,
-    STATES,
     QueueError,
+    SqlQueue,
     Unit,
-    WorkQueue,
     clean_text,
     dump_json,
     halves,
@@ -95,7 +94,7 @@ def _unit(row: Sequence[Any]) -> Unit:
     return Unit(uid, int(seq), items_from_json(items), int(attempts), split_from)
 
 
-class PostgresQueue(WorkQueue):
+class PostgresQueue(SqlQueue):
     """The queue of one run in a PostgreSQL schema. ``retry_s`` overrides the URL's."""
 
     def __init__(self, url: str, *, retry_s: float | None = None) -> None:
@@ -377,24 +376,11 @@ class PostgresQueue(WorkQueue):
         rows = self._rows("SELECT id, t, kind, data FROM events WHERE id > %s ORDER BY id", (last_id,))
         return [(int(r[0]), float(r[1]), r[2], json.loads(r[3])) for r in rows]
 
-    def last_event_id(self) -> int:
-        return int(self._rows("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
-
     def workers(self) -> list[dict[str, Any]]:
         rows = self._rows(f"SELECT {', '.join(_WORKER_COLS)} FROM workers ORDER BY started")
         return [dict(zip(_WORKER_COLS, r)) for r in rows]
 
     # -- inspection ------------------------------------------------------------------------
-    def counts(self) -> dict[str, dict[str, int]]:
-        out = {s: {"units": 0, "images": 0} for s in STATES}
-        for state, units, images in self._rows("SELECT state, COUNT(*), SUM(n) FROM units GROUP BY state"):
-            if state in out:
-                out[state] = {"units": int(units), "images": int(images or 0)}
-        return out
-
-    def remaining(self) -> int:
-        return int(self._rows("SELECT COUNT(*) FROM units WHERE state IN ('pending', 'leased')")[0][0])
-
     def unit_stats(self, page: int = 10_000) -> Iterator[tuple[str, str, dict[str, Any]]]:
         last = 0
         while True:  # in pages by seq: bounded memory, and each page survives a reconnect

@@ -21,11 +21,10 @@ from typing import Any
 from facefleet.engine.queue.base import (
     ERROR_CHARS,
     SCHEMA_VERSION,
-    STATES,
     QueueError,
     QueueStorageFull,
+    SqlQueue,
     Unit,
-    WorkQueue,
     clean_text,
     dump_json,
     halves,
@@ -91,7 +90,7 @@ def _unit(row: Sequence[Any], attempts_delta: int = 0) -> Unit:
     return Unit(uid, seq, items_from_json(items), attempts + attempts_delta, split_from)
 
 
-class SqliteQueue(WorkQueue):
+class SqliteQueue(SqlQueue):
     """The queue in one SQLite file. ``timeout``: seconds to wait for another process's write."""
 
     def __init__(self, path: str | Path, *, timeout: float = 60.0) -> None:
@@ -150,9 +149,9 @@ class SqliteQueue(WorkQueue):
                 raise
             self._db.execute("COMMIT")
 
-    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+    def _rows(self, query: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._guard():
-            return self._db.execute(sql, args).fetchall()
+            return self._db.execute(query, args).fetchall()
 
     def reset(self) -> None:
         with self._tx() as db:
@@ -164,7 +163,7 @@ class SqliteQueue(WorkQueue):
 
     # -- meta ------------------------------------------------------------------------------
     def get_meta(self, key: str, default: str | None = None) -> str | None:
-        rows = self._all("SELECT value FROM meta WHERE key=?", (key,))
+        rows = self._rows("SELECT value FROM meta WHERE key=?", (key,))
         return str(json.loads(rows[0][0])) if rows else default
 
     def set_meta(self, key: str, value: str) -> None:
@@ -258,7 +257,7 @@ class SqliteQueue(WorkQueue):
 
     def poisoned(self, max_attempts: int, now: float | None = None) -> list[Unit]:
         now = self.now() if now is None else now
-        rows = self._all(
+        rows = self._rows(
             f"SELECT {_UNIT_COLS} FROM units INDEXED BY units_attempts "
             "WHERE state IN ('pending', 'leased') AND attempts >= ? "
             f"AND {_CLAIMABLE} ORDER BY seq",
@@ -301,7 +300,7 @@ class SqliteQueue(WorkQueue):
         return ids
 
     def last_error(self, uid: str) -> str | None:
-        rows = self._all("SELECT last_error FROM units WHERE id=?", (uid,))
+        rows = self._rows("SELECT last_error FROM units WHERE id=?", (uid,))
         return rows[0][0] if rows else None
 
     # -- workers and events ----------------------------------------------------------------
@@ -330,11 +329,8 @@ class SqliteQueue(WorkQueue):
             _event(db, kind, data, self.now())
 
     def events_after(self, last_id: int) -> list[tuple[int, float, str, dict[str, Any]]]:
-        rows = self._all("SELECT id, t, kind, data FROM events WHERE id > ? ORDER BY id", (last_id,))
+        rows = self._rows("SELECT id, t, kind, data FROM events WHERE id > ? ORDER BY id", (last_id,))
         return [(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
-
-    def last_event_id(self) -> int:
-        return int(self._all("SELECT COALESCE(MAX(id), 0) FROM events")[0][0])
 
     def workers(self) -> list[dict[str, Any]]:
         with self._guard():
@@ -343,16 +339,6 @@ class SqliteQueue(WorkQueue):
             return [dict(zip(cols, r)) for r in cur.fetchall()]
 
     # -- inspection ------------------------------------------------------------------------
-    def counts(self) -> dict[str, dict[str, int]]:
-        out = {s: {"units": 0, "images": 0} for s in STATES}
-        for state, units, images in self._all("SELECT state, COUNT(*), SUM(n) FROM units GROUP BY state"):
-            if state in out:
-                out[state] = {"units": int(units), "images": int(images or 0)}
-        return out
-
-    def remaining(self) -> int:
-        return int(self._all("SELECT COUNT(*) FROM units WHERE state IN ('pending', 'leased')")[0][0])
-
     def unit_stats(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
         with self._guard():  # streamed: a run may have millions of units
             cur = self._db.execute(
@@ -362,7 +348,7 @@ class SqliteQueue(WorkQueue):
                 yield uid, state, json.loads(stats) if stats else {}
 
     def state_of(self, uid: str) -> str | None:
-        rows = self._all("SELECT state FROM units WHERE id=?", (uid,))
+        rows = self._rows("SELECT state FROM units WHERE id=?", (uid,))
         return rows[0][0] if rows else None
 
 

@@ -222,8 +222,7 @@ class Reconstructor:
     def warmup(self) -> None:
         """Prepare the networks for their fixed batch sizes now rather than on the first batches (on
         CUDA this builds the cuDNN plans: seconds per network); nothing to do for other runtimes."""
-        nets = [self.detector.network(k) for k in self.detector.kinds] + [self.mesher.network]
-        for net in nets:
+        for net in self.networks():
             warm = getattr(net, "warmup", None)
             if callable(warm):
                 warm()
@@ -236,6 +235,49 @@ class Reconstructor:
             warm_up_gather(self.device, compiled=self.mesher.compiled, grid=crops, cache=self.compile_cache)
             warm_up_letterbox(self.device, compiled=self.detector._compiled_casts, cache=self.compile_cache)
             torch.cuda.synchronize(self.device)
+
+    def networks(self) -> list[Any]:
+        """The torch (or LiteRT) networks this reconstructor runs: the detector's, then the mesh's
+        (loaded on first use)."""
+        return [self.detector.network(k) for k in self.detector.kinds] + [self.mesher.network]
+
+    def use_cuda_graphs(self, enable: bool) -> Reconstructor:
+        """Turn the networks' CUDA graphs on or off (``TFLiteModule.use_cuda_graphs``; off: every call
+        runs eager operators). An eager reconstructor (``compiled=False`` and graphs off) is ready as
+        soon as its weights are loaded: the engine runs one while another one compiles."""
+        for net in self.networks():
+            use = getattr(net, "use_cuda_graphs", None)
+            if callable(use):
+                use(enable)
+        return self
+
+    def precompile(self) -> None:
+        """Build the ``torch.compile`` code of the networks' fixed batch sizes and of the compiled
+        stages (crop gather, letterbox), without capturing CUDA graphs, on the calling thread's current
+        stream. The captures that :meth:`warmup` makes afterwards find the compiled code in torch's
+        caches, so they take little time. Safe on a background thread while *another* Reconstructor
+        runs batches on the same device: nothing here captures a graph or touches that one's modules.
+        Nothing to do off CUDA or when the networks are not compiled."""
+        if self.device.type != "cuda":
+            return
+        for net in self.networks():
+            # TFLiteModule compiles a fixed-shape body at its first CUDA-graph capture (in inference
+            # mode, as TFLiteModule.warmup runs); the same compilation made here on dummy input is what
+            # that capture then finds in torch's cache
+            body = getattr(net, "_compiled_body", None)
+            if body is None or not (getattr(net, "compiled", False) and getattr(net, "cuda_graphs", False)):
+                continue
+            probe = net._dtype_probe
+            with torch.inference_mode():
+                for n in net.batch_sizes:
+                    body(torch.zeros((n, *net.input_shape), dtype=probe.dtype, device=probe.device))
+        from facefleet.detect.views import warm_up_letterbox
+        from facefleet.mesh.sampling import warm_up_gather
+
+        crops = (self.mesher.padding_mode, self.dtype)
+        warm_up_gather(self.device, compiled=self.mesher.compiled, grid=crops, cache=self.compile_cache)
+        warm_up_letterbox(self.device, compiled=self.detector._compiled_casts, cache=self.compile_cache)
+        torch.cuda.current_stream(self.device).synchronize()
 
     def __call__(
         self,

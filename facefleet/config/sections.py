@@ -172,6 +172,11 @@ class GpuConfig:
     decode_process: bool = setting(
         True, "read and decode files in a child process of each worker (off: on the worker's threads)"
     )
+    eager_start: bool = setting(
+        True,
+        "start on eager networks while the compiled ones build on a background thread, then switch to "
+        "them between batches (with compile, decode_process and one network thread; off: wait for them)",
+    )
     network_threads: int = setting(
         1, "threads of a worker running the networks, each on a batch and CUDA stream of its own", minimum=1
     )

@@ -12,7 +12,12 @@ process); importing it does not import torch.
 """
 
 from facefleet.config import GPU_DECODERS, PRECISIONS, parse_jpeg_backends
-from facefleet.platforms.compile import compile_cache_dir, compile_env
+from facefleet.platforms.compile import (
+    compile_cache_dir,
+    compile_env,
+    load_compile_artifacts,
+    save_compile_artifacts,
+)
 from facefleet.platforms.cpu import plan_cpu_workers
 from facefleet.platforms.gpu import GpuSpec, default_gpu_workers, gpu_profile
 from facefleet.platforms.host import (
@@ -42,11 +47,13 @@ __all__ = [
     "describe_devices",
     "gpu_profile",
     "gpu_spec",
+    "load_compile_artifacts",
     "parse_devices",
     "parse_jpeg_backends",
     "plan_cpu_workers",
     "plan_devices",
     "plan_job_devices",
     "probe_host",
+    "save_compile_artifacts",
     "with_batch_size",
 ]

@@ -43,3 +43,54 @@ def compile_env(root: str | Path, spec: GpuSpec | None, torch_version: str) -> d
         "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
         "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
     }
+
+
+ARTIFACTS_FILE = "compile_artifacts.bin"
+
+
+def load_compile_artifacts(folder: str | Path) -> bool:
+    """Load torch's portable compile artifacts (``torch.compiler.load_cache_artifacts``, torch >= 2.7)
+    from ``folder`` (:func:`compile_cache_dir`) into this process's compile caches, before compiling.
+    False when there is no file, this torch has no such function, or loading fails (compiling then
+    builds what is missing, as without the file). Imports torch."""
+    import torch
+
+    load = getattr(getattr(torch, "compiler", None), "load_cache_artifacts", None)
+    path = Path(folder) / ARTIFACTS_FILE
+    if load is None or not path.is_file():
+        return False
+    try:
+        return load(path.read_bytes()) is not None
+    except Exception:  # a damaged or foreign file: torch's own caches still work
+        return False
+
+
+def save_compile_artifacts(folder: str | Path) -> bool:
+    """Write the compile artifacts this process made or loaded (``torch.compiler.save_cache_artifacts``,
+    torch >= 2.7) to ``folder`` (:func:`compile_cache_dir`), atomically (a temporary file renamed
+    over the old one: concurrent workers never read half a file). False when torch has no such
+    function, there is nothing to save, or the folder cannot be written."""
+    import os
+    import tempfile
+
+    import torch
+
+    save = getattr(getattr(torch, "compiler", None), "save_cache_artifacts", None)
+    if save is None:
+        return False
+    try:
+        got = save()
+        if got is None or not got[0]:
+            return False
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".artifacts-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(got[0])
+            os.replace(tmp, Path(folder) / ARTIFACTS_FILE)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return True
+    except Exception:  # a read-only or full cache folder: the run goes on without it
+        return False

@@ -34,6 +34,7 @@ class DeviceProfile:
     decode_cpu_threads: int = 0
     compile: bool = True
     decode_process: bool = False
+    eager_start: bool = False  # GPU workers: eager networks until the compiled ones are built
     network_threads: int = 1
     capability: tuple[int, int] | None = None
     source: str = "builtin"  # where batch size/precision came from: builtin, config or cli
@@ -105,6 +106,7 @@ def _gpu_profiles(g0: GpuConfig, dev: str, host: HostInfo, n_gpus: int, cli: boo
         compile=g.compile,
         decode_process=g.decode_process,
         network_threads=g.network_threads,
+        eager_start=g.eager_start,
         capability=spec.capability,
         source=src,
     )

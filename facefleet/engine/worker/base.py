@@ -196,9 +196,20 @@ class WorkerBase:
     device: Any  # torch.device of the networks (set by Worker.run, or by tests)
 
     def __init__(
-        self, spec: WorkerSpec, *, reconstructor: Any = None, local_device: str | None = None
+        self,
+        spec: WorkerSpec,
+        *,
+        reconstructor: Any = None,
+        local_device: str | None = None,
+        started: float | None = None,
     ) -> None:
         self.spec = spec
+        # time.perf_counter() at the process's launch (start-up lines say how long after it)
+        self.started = time.perf_counter() if started is None else started
+        # eager start: the compiled networks being built (startup.BackgroundCompile), until they take over
+        self._compiling: Any = None
+        self._eager_batches = 0  # batches run on eager networks before the compiled ones took over
+        self._batch_count = 0  # batches through the networks (the first one's time is reported)
         self.local_device = local_device or spec.profile.device
         self.pid = os.getpid()
         self.owner = owner_id(spec.name, self.pid)

@@ -22,11 +22,13 @@ This module does not import torch at import time (the process entry sets thread 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -36,6 +38,15 @@ from facefleet.engine.worker.errors import OutputError
 from facefleet.engine.worker.networks import NetworksStage
 from facefleet.engine.worker.sink import SinkStage
 from facefleet.engine.worker.spec import EXIT_ERROR, EXIT_OK, EXIT_OUTPUT, WorkerSpec, visible_device
+from facefleet.engine.worker.startup import (
+    BackgroundCompile,
+    compile_folder,
+    compile_root,
+    eager_start,
+    gpu_of,
+    torch_version,
+)
+from facefleet.platforms import compile_env
 
 __all__ = ["Worker", "WorkerSpec", "worker_main"]
 
@@ -47,6 +58,7 @@ def worker_main(spec: WorkerSpec) -> None:
     Ctrl-C belongs to the coordinator of a coordinator-started worker (it drains the run through the
     queue). An external worker (no ``coordinator_pid``) drains itself on SIGINT or SIGTERM: it claims
     no more units and finishes those it holds."""
+    started = time.perf_counter()  # the process's launch, for the start-up lines
     external = spec.coordinator_pid is None
     if not external:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -63,6 +75,10 @@ def worker_main(spec: WorkerSpec) -> None:
         # held 9.7 GB of host memory with one worker (18.9 GB with two) for the whole run; compiled code
         # is cached on disk after the first run
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+        # torch.compile's caches in facefleet's cache folder, one per GPU kind and torch build (a
+        # user's own TORCHINDUCTOR_* settings win)
+        for k, v in compile_env(compile_root(), gpu_of(spec), torch_version()).items():
+            os.environ.setdefault(k, v)
         local = "cuda:0"
     import torch
 
@@ -71,7 +87,7 @@ def worker_main(spec: WorkerSpec) -> None:
     torch.set_num_threads(max(1, spec.profile.threads))
     code = EXIT_ERROR
     try:
-        worker = Worker(spec, local_device=local)
+        worker = Worker(spec, local_device=local, started=started)
         if external:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: worker.drain())
@@ -123,7 +139,11 @@ class Worker(ClaimStage, NetworksStage, SinkStage):
         if spec.profile.decode_process:
             self._start_decoder_process()
         if self._rec is None:
-            self._rec = _make_reconstructor(spec, local)
+            eager = eager_start(spec, local)
+            self._rec = _make_reconstructor(spec, local, eager=eager)
+            if eager:  # started once the eager networks are ready (_device_stage)
+                build = functools.partial(_make_reconstructor, spec, local)
+                self._compiling = BackgroundCompile(build, self.device, compile_folder(spec))
         self._ring = self._texture_ring()
         db = open_queue(spec.queue_path)
         db.register_worker(self.owner, spec.name, spec.profile.device, self.pid)
@@ -168,7 +188,9 @@ class Worker(ClaimStage, NetworksStage, SinkStage):
         return EXIT_OK
 
 
-def _make_reconstructor(spec: WorkerSpec, device: str) -> Any:
+def _make_reconstructor(spec: WorkerSpec, device: str, *, eager: bool = False) -> Any:
+    """The worker's reconstructor; ``eager``: without torch.compile and CUDA graphs (ready once its
+    weights are loaded)."""
     kwargs = dict(spec.reconstructor_kwargs)
     if spec.model_dir is not None:
         kwargs.setdefault("model_dir", spec.model_dir)
@@ -182,6 +204,9 @@ def _make_reconstructor(spec: WorkerSpec, device: str) -> Any:
         if device == "cpu":  # the worker's share of the cores, for either CPU runtime
             kwargs.setdefault("threads", max(1, spec.profile.threads))
             kwargs.setdefault("runtime", spec.profile.runtime)  # [cpu] runtime
-        elif not spec.profile.compile:  # [gpu] compile = false (default: where Triton is installed)
+        elif eager or not spec.profile.compile:  # [gpu] compile = false (default: where Triton is)
             kwargs.setdefault("compiled", False)
-    return factory(device=device, precision=spec.profile.precision, **kwargs)
+    rec = factory(device=device, precision=spec.profile.precision, **kwargs)
+    if eager:
+        rec.use_cuda_graphs(False)
+    return rec

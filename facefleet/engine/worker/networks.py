@@ -24,6 +24,7 @@ from typing import Any
 from facefleet.engine.worker.base import STOP, Abort, Batch, End, add_time
 from facefleet.engine.worker.errors import device_broken, error_text
 from facefleet.engine.worker.read import ReadStage
+from facefleet.engine.worker.startup import compile_folder
 from facefleet.types import ImageResult
 
 
@@ -37,14 +38,24 @@ class NetworksStage(ReadStage):
         where = None
         if self.device.type == "cuda" and callable(warm):
             # cuDNN plans and CUDA-graph captures, while the claimer reads the first files; the
-            # decoders start after it, so no other thread uses the device during the captures
+            # decoders start after it, so no other thread uses the device during the captures.
+            # Eager start: this reconstructor is the eager one (cuDNN plans only: seconds), the
+            # compiled one is built afterwards on a thread of its own (startup.BackgroundCompile)
             from facefleet.io.gpu_decode import jpeg_decoder
+            from facefleet.platforms import load_compile_artifacts, save_compile_artifacts
 
+            folder = compile_folder(self.spec) if self._compiling is None else None
             t0 = time.perf_counter()
+            loaded = folder is not None and load_compile_artifacts(folder)
             warm()
+            if folder is not None:
+                save_compile_artifacts(folder)
             dec = jpeg_decoder(self.device, self.spec.profile.decoder)  # set up already: cached
-            where = f"networks ready in {time.perf_counter() - t0:.1f} s, JPEG decoder "
-            where += dec.name if dec is not None else "Pillow (CPU)"
+            kind = "eager networks (compiled ones building)" if self._compiling is not None else "networks"
+            where = f"{kind} ready in {time.perf_counter() - t0:.1f} s"
+            where += f" ({time.perf_counter() - self.started:.1f} s after launch"
+            where += ", compile artifacts loaded), " if loaded else "), "
+            where += "JPEG decoder " + (dec.name if dec is not None else "Pillow (CPU)")
         if self._proc is not None:
             try:
                 child = self._proc.wait_ready().decoder_name
@@ -60,6 +71,8 @@ class NetworksStage(ReadStage):
         # whole run: out of the cyclic collector's sight, whose full passes over it took ~0.4 s each
         gc.collect()
         gc.freeze()
+        if self._compiling is not None:
+            self._compiling.start()
         if self._sampler is not None:
             self._sampler.start()
         if self._batcher_thread is not None and self._batcher_thread.ident is None:
@@ -108,6 +121,8 @@ class NetworksStage(ReadStage):
         while True:
             # what this thread waits for, per unit: the next decoded batch ("wait_input": reading and
             # decoding are the bound) and room downstream ("wait_writers": the file writers are)
+            if self._compiling is not None:
+                self._take_compiled()  # between batches: the compiled networks take over when built
             t_wait = time.perf_counter()
             ticket, item = self._order.take()
             if item is STOP or isinstance(item, End):
@@ -160,9 +175,52 @@ class NetworksStage(ReadStage):
                 self._progress[1] += sum(len(r.faces) for r in results)
                 self._progress[2] += sum(r.error is not None for r in results)
                 self._progress[3] += busy
+            if self._compiling is not None:
+                self._eager_batches += 1
+            if self._batch_count == 0 and self.device.type == "cuda":
+                self._say(f"first batch done {time.perf_counter() - self.started:.1f} s after launch")
+            self._batch_count += 1
             t_put = time.perf_counter()
             self._order.pass_on(ticket, (batch, results))  # after the batches taken before it
             add_time(batch.state.stages, "wait_writers", time.perf_counter() - t_put)
+
+    def _say(self, text: str) -> None:
+        print(f"facefleet worker {self.spec.name}: {text}", file=sys.stderr, flush=True)
+
+    def _take_compiled(self) -> None:
+        """Eager start, between two batches of the (one) networks' thread: once the background build
+        has ended, capture the compiled networks' CUDA graphs and run on them from now on; a failed
+        build or capture leaves the worker on the eager networks (one warning line)."""
+        built = None if self._compiling is None else self._compiling.take()
+        if built is None:
+            return
+        self._compiling = None
+        eager = f"after {self._eager_batches} batches on eager networks"
+        if built.error is not None:
+            e = built.error
+            first = str(e).splitlines()[0] if str(e) else ""
+            self._say(
+                f"warning: compiling the networks failed ({type(e).__name__}: {first}); staying on eager"
+            )
+            return
+        t0 = time.perf_counter()
+        try:
+            built.rec.warmup()  # the CUDA-graph captures of the compiled code (found in torch's caches)
+        except Exception as e:
+            if device_broken(e):
+                raise
+            first = str(e).splitlines()[0] if str(e) else ""
+            self._say(
+                f"warning: capturing compiled networks failed ({type(e).__name__}: {first}); staying on eager"
+            )
+            return
+        self._rec = built.rec
+        gc.freeze()  # the compiled code stays for the whole run, like everything before it
+        note = ", compile artifacts loaded" if built.artifacts_loaded else ""
+        self._say(
+            f"compiled networks took over {time.perf_counter() - self.started:.1f} s after launch "
+            f"(built in {built.seconds:.1f} s{note}, captured in {time.perf_counter() - t0:.1f} s), {eager}"
+        )
 
     def _take_ring_slot(self) -> int:
         """A free texture slot (waits for the writer processes to be done with one)."""

@@ -218,7 +218,12 @@ def test_compile_artifacts_saved_and_loaded_atomically(
     assert hasattr(torch.compiler, "save_cache_artifacts") and hasattr(torch.compiler, "load_cache_artifacts")
     loaded: list[bytes] = []
     monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"ARTIFACTS", object()))
-    monkeypatch.setattr(torch.compiler, "load_cache_artifacts", lambda b: loaded.append(b) or object())
+
+    def load(data: bytes) -> object:
+        loaded.append(data)
+        return object()
+
+    monkeypatch.setattr(torch.compiler, "load_cache_artifacts", load)
     folder = tmp_path / "inductor" / "key"
     assert not load_compile_artifacts(folder)  # nothing saved yet
     assert save_compile_artifacts(folder)
@@ -273,3 +278,4 @@ def test_compiled_network_built_on_a_thread_matches_the_eager_one_running_meanwh
     for a, b in zip(out, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert (tmp_path / "compile_artifacts.bin").is_file()  # saved after the build
+    assert load_compile_artifacts(tmp_path)  # and torch takes them back (the next worker's start)

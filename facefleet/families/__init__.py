@@ -6,15 +6,8 @@
 (478, 468)
 """
 
-from facefleet.families.base import (
-    FamilySpec,
-    MeshModel,
-    Topology,
-    family_for_vertices,
-    get_family,
-    list_families,
-    register_family,
-)
+from facefleet.families.base import FamilySpec, MeshModel, Topology
+from facefleet.families.registry import family_for_vertices, get_family, list_families, register_family
 
 DEFAULT_FAMILY = "mediapipe468"
 

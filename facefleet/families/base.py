@@ -1,9 +1,9 @@
-"""Model families: what a mesh network family is (topology, weights, network adapter) and the registry.
+"""Model families: what a mesh network family is (topology, weights, network adapter).
 
-A family names a landmark network and everything its results' shapes depend on. The pipeline asks the
-registry for one by name (``Reconstructor(family="mediapipe478")``) and takes every size from its
-:class:`Topology`: the landmarks ``(V, 3)`` of :class:`facefleet.types.Face`, the Parquet columns and the
-mesh files.
+A family names a landmark network and everything its results' shapes depend on. The pipeline asks
+the registry (:mod:`facefleet.families.registry`) for one by name
+(``Reconstructor(family="mediapipe478")``) and takes every size from its :class:`Topology`: the
+landmarks ``(V, 3)`` of :class:`facefleet.types.Face`, the Parquet columns and the mesh files.
 
 >>> from facefleet.families import get_family, list_families     # doctest: +SKIP
 >>> list_families()                                               # doctest: +SKIP
@@ -14,7 +14,6 @@ mesh files.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -31,9 +30,6 @@ __all__ = [
     "FamilySpec",
     "MeshModel",
     "Topology",
-    "get_family",
-    "list_families",
-    "register_family",
 ]
 
 
@@ -127,51 +123,3 @@ class FamilySpec:
 
     def __hash__(self) -> int:
         return hash(self.name)
-
-
-_REGISTRY: dict[str, FamilySpec] = {}
-_LOCK = threading.Lock()
-
-
-def register_family(spec: FamilySpec, *, replace: bool = False) -> FamilySpec:
-    """Add ``spec`` to the registry (``ValueError`` if the name is taken, unless ``replace``)."""
-    with _LOCK:
-        if spec.name in _REGISTRY and not replace and _REGISTRY[spec.name] is not spec:
-            raise ValueError(f"model family {spec.name!r} is already registered")
-        _REGISTRY[spec.name] = spec
-    return spec
-
-
-def get_family(name: str | FamilySpec) -> FamilySpec:
-    """The family called ``name`` (a :class:`FamilySpec` is returned as is); ``KeyError`` naming the
-    known families otherwise."""
-    if isinstance(name, FamilySpec):
-        return name
-    _load_builtin()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown model family {name!r}; known families: {', '.join(list_families())}"
-        ) from None
-
-
-def list_families() -> tuple[str, ...]:
-    """Names of the registered families, sorted."""
-    _load_builtin()
-    return tuple(sorted(_REGISTRY))
-
-
-def family_for_vertices(n_vertices: int) -> FamilySpec:
-    """The registered family whose landmarks have ``n_vertices`` points (for files written from plain
-    results, which carry no family name); ``KeyError`` when none or several match."""
-    _load_builtin()
-    found = [f for f in _REGISTRY.values() if f.topology.n_vertices == int(n_vertices)]
-    if len(found) != 1:
-        what = "no" if not found else "several"
-        raise KeyError(f"{what} registered model family with {n_vertices} landmarks")
-    return found[0]
-
-
-def _load_builtin() -> None:
-    import facefleet.families.mediapipe  # noqa: F401  (registers the shipped families)

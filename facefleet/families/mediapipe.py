@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from facefleet.families.base import FamilySpec, Topology, register_family
+from facefleet.families.base import FamilySpec, Topology
 
 __all__ = ["EYE_CORNERS", "IRIS_LEFT", "IRIS_RIGHT", "MediaPipeMesh"]
 
@@ -198,22 +198,19 @@ def _topology_478() -> Topology:
     )
 
 
-MEDIAPIPE_468 = register_family(
-    FamilySpec(
-        name="mediapipe468",
-        weights=("face_detection_short_range", "face_detection_full_range", "face_landmark"),
-        description="MediaPipe face mesh: 468 3D landmarks (the default)",
-        build_topology=_topology_468,
-        make_model=_make_468,
-    )
+MEDIAPIPE_468 = FamilySpec(
+    name="mediapipe468",
+    weights=("face_detection_short_range", "face_detection_full_range", "face_landmark"),
+    description="MediaPipe face mesh: 468 3D landmarks (the default)",
+    build_topology=_topology_468,
+    make_model=_make_468,
 )
-MEDIAPIPE_478 = register_family(
-    FamilySpec(
-        name="mediapipe478",
-        weights=("face_detection_short_range", "face_detection_full_range", "face_landmark_with_attention"),
-        description="MediaPipe attention mesh: 468 landmarks (refined eyes and lips) and 2 x 5 iris points",
-        build_topology=_topology_478,
-        make_model=_make_478,
-        litert=False,  # custom operators: the LiteRT interpreter cannot run it without MediaPipe's resolver
-    )
+MEDIAPIPE_478 = FamilySpec(
+    name="mediapipe478",
+    weights=("face_detection_short_range", "face_detection_full_range", "face_landmark_with_attention"),
+    description="MediaPipe attention mesh: 468 landmarks (refined eyes and lips) and 2 x 5 iris points",
+    build_topology=_topology_478,
+    make_model=_make_478,
+    litert=False,  # custom operators: the LiteRT interpreter cannot run it without MediaPipe's resolver
 )
+BUILTIN = (MEDIAPIPE_468, MEDIAPIPE_478)  # registered by facefleet.families.registry on first use

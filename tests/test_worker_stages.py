@@ -18,9 +18,9 @@ from PIL import Image
 from facefleet.engine.manifest import read_manifest
 from facefleet.engine.queue import open_queue
 from facefleet.engine.worker import Worker, WorkerSpec, error_kind
-from facefleet.engine.worker.read import read_file
 from facefleet.engine.worker.spec import EXIT_OK
 from facefleet.export.sink import ResultSink, output_location
+from facefleet.io.read import read_file
 from facefleet.platforms import DeviceProfile
 from facefleet.sources.items import ImageItem
 from facefleet.types import ImageResult

@@ -309,7 +309,7 @@ class _Child:
     def run(self, requests: Any) -> None:
         """Reads requests on this thread (reads start at once); decodes on ``threads`` others, each
         taking the next batch in order."""
-        from facefleet.engine.worker.read import read_file
+        from facefleet.io.read import read_file
 
         workers = [
             threading.Thread(target=self._decode_loop, name=f"decode-{k}", daemon=True)

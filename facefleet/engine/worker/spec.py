@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from facefleet.engine.queue import QUEUE_FILE
+from facefleet.io.read import MAX_FILE_BYTES
 from facefleet.platforms import DeviceProfile
 
 EXIT_OK = 0
@@ -20,7 +21,6 @@ EXIT_OUTPUT = 3  # OUT cannot be written (disk full, read-only, permission): res
 
 TEXTURE_FORMATS = frozenset({"png", "obj", "glb"})
 PROCESS_FORMATS = TEXTURE_FORMATS | {"overlay"}  # written by a process pool on GPU workers
-MAX_FILE_BYTES = 256 << 20  # default of [run] max_file_bytes
 
 
 @dataclass(frozen=True)

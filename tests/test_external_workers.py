@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facefleet.engine.layout import publish_run
 from facefleet.engine.manifest import read_manifest
 from facefleet.engine.queue import enqueue_listing, open_queue
-from facefleet.engine.worker.cli import publish_run
 
 PG_SERVER = os.environ.get("FACEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 TESTS = Path(__file__).parent

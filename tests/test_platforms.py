@@ -194,7 +194,7 @@ def test_plan_gpu_workers_per_gpu() -> None:
     child (decode_process = false), big cards on hosts with the cores for it get two worker processes
     each (they fill each other's host-side gaps); small cards or few cores get one; config and CLI
     override; names stay unique."""
-    from facefleet.engine.coordinator import worker_names
+    from facefleet.platforms.plan import worker_names
 
     host = _host(H200, T4, cores=32)
     plan = plan_devices("all", host=host)

@@ -13,12 +13,11 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
 from facefleet.engine import events as ev
 from facefleet.engine.executors import Executor, WorkerHandle
+from facefleet.engine.jobplan import JobPlan
 from facefleet.engine.layout import EngineError, disk_message
 from facefleet.engine.listing import Lister
 from facefleet.engine.queue import QueueError, WorkQueue, open_queue
@@ -26,42 +25,7 @@ from facefleet.engine.totals import RunSummary, build_stats, live_session, save_
 from facefleet.engine.worker import BATCH_STAGES, EXIT_OUTPUT, WorkerSpec, owner_id
 from facefleet.engine.worker.poison import reap_poison
 from facefleet.platforms import DeviceProfile
-
-
-@dataclass(frozen=True)
-class JobPlan:
-    """A job resolved into what the coordinator needs (built by :mod:`facefleet.engine.engine`)."""
-
-    job_id: str
-    input_spec: Any
-    out: Path
-    queue_url: str
-    profiles: tuple[DeviceProfile, ...]
-    unit_size: int
-    lease: float
-    attempts: int
-    max_restarts: int
-    worker_kwargs: dict[str, Any]  # the WorkerSpec fields shared by every worker
-    record: dict[str, Any]  # run.json
-    report: bool = True
-    log_json: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def worker_names(profiles: tuple[DeviceProfile, ...] | list[DeviceProfile]) -> list[str]:
-    """One name per worker: cpu0, cpu1, ...; gpuN for the (first) worker of GPU N, gpuN.K for its
-    K-th further worker when a GPU runs several."""
-    names: list[str] = []
-    seen: dict[str, int] = {}
-    for i, p in enumerate(profiles):
-        if p.device == "cpu":
-            names.append(f"cpu{i}")
-            continue
-        k = seen.get(p.device, 0)
-        seen[p.device] = k + 1
-        base = p.device.replace("cuda:", "gpu")
-        names.append(base if k == 0 else f"{base}.{k}")
-    return names
+from facefleet.platforms.plan import worker_names
 
 
 class Coordinator:
@@ -119,7 +83,7 @@ class Coordinator:
                 )
             c = q.counts()
             self.old_owners = {w["owner"] for w in q.workers()}  # earlier sessions' workers
-            from facefleet.engine.worker.cli import publish_run
+            from facefleet.engine.layout import publish_run
 
             publish_run(q, plan.record)  # the run's settings, for external workers on any host
             q.set_meta("drain", "0")

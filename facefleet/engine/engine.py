@@ -29,8 +29,9 @@ from typing import Any, TextIO
 
 from facefleet.config import check_model_settings, load_config
 from facefleet.engine import events as ev
-from facefleet.engine.coordinator import Coordinator, JobPlan
+from facefleet.engine.coordinator import Coordinator
 from facefleet.engine.executors import Executor, make_executor
+from facefleet.engine.jobplan import JobPlan
 from facefleet.engine.layout import (
     EngineError,
     RunLock,

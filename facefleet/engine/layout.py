@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from facefleet.engine.manifest import MANIFEST_DIR
-from facefleet.engine.queue import QUEUE_FILE
+from facefleet.engine.queue import QUEUE_FILE, WorkQueue
 
 RUN_FILE = "run.json"
 STATS_FILE = "stats.json"
@@ -214,3 +214,31 @@ def disk_message(text: str, out: Path) -> str:
     if "readonly" in low or "read-only" in low or "permission" in low:
         return f"cannot write to {out} (read-only or no permission); run again once it is writable"
     return text.splitlines()[0] if text else "the work queue failed"
+
+
+RUN_META_KEY = "run"  # the run's record (what run.json holds) in its queue, for hosts that do not see OUT
+
+
+def publish_run(q: WorkQueue, record: dict[str, Any]) -> None:
+    """Store a run's record (run.json's content) in its queue, for external workers on any host."""
+    q.set_meta(RUN_META_KEY, json.dumps(record, sort_keys=True, default=str))
+
+
+def run_record(q: WorkQueue, out: str | os.PathLike[str]) -> dict[str, Any]:
+    """The run's record: the queue's ``run`` entry, else ``OUT/run.json`` (:class:`EngineError` when
+    neither is there)."""
+    text = q.get_meta(RUN_META_KEY)
+    if text:
+        record: dict[str, Any] = json.loads(text)
+        return record
+    path = Path(out) / RUN_FILE
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return data
+    except FileNotFoundError:
+        raise EngineError(
+            f"the queue holds no run and {path} does not exist: start the run first "
+            "(facefleet run INPUT OUT --queue URL --executor external)"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise EngineError(f"cannot read {path}: {e}") from None

@@ -32,7 +32,7 @@ from facefleet.io.discover import is_url, iter_inputs
 from facefleet.sources.items import WorkItem
 
 if TYPE_CHECKING:
-    from facefleet.engine.coordinator import JobPlan
+    from facefleet.engine.jobplan import JobPlan
 
 UNITS_PER_WORKER = 4  # a short listing is cut so that each worker gets about this many units
 _FAR_FUTURE = 1e18  # a time after every lease: poisoned(0, now=_FAR_FUTURE) is every unfinished unit

@@ -265,7 +265,7 @@ def rebuild_stats(out: str | os.PathLike[str], queue_url: str | None = None) -> 
     try:
         with open_queue(url) as q:
             if not record:  # no run.json here (external workers): the record the run left in its queue
-                from facefleet.engine.worker.cli import RUN_META_KEY
+                from facefleet.engine.layout import RUN_META_KEY
 
                 text = q.get_meta(RUN_META_KEY)
                 record = json.loads(text) if text else {}

@@ -145,3 +145,19 @@ def plan_devices(
 def with_batch_size(p: DeviceProfile, batch_size: int) -> DeviceProfile:
     """``p`` with another batch size."""
     return replace(p, batch_size=int(batch_size))
+
+
+def worker_names(profiles: tuple[DeviceProfile, ...] | list[DeviceProfile]) -> list[str]:
+    """One name per worker: cpu0, cpu1, ...; gpuN for the (first) worker of GPU N, gpuN.K for its
+    K-th further worker when a GPU runs several."""
+    names: list[str] = []
+    seen: dict[str, int] = {}
+    for i, p in enumerate(profiles):
+        if p.device == "cpu":
+            names.append(f"cpu{i}")
+            continue
+        k = seen.get(p.device, 0)
+        seen[p.device] = k + 1
+        base = p.device.replace("cuda:", "gpu")
+        names.append(base if k == 0 else f"{base}.{k}")
+    return names

@@ -5,8 +5,9 @@ coordinator. It plans its own devices (``--devices``, ``--config``: this host's 
 settings), starts one worker process per device slot, restarts one that dies (its units go back to
 the queue at once), and exits 0 once the queue's listing is done and no unit is left. What every host
 must write alike (formats, model settings, texture size, leases, attempts, the input folder the
-files mirror) comes from the run itself: the queue's ``run`` meta entry (see :func:`publish_run`),
-else ``OUT/run.json``, so every host writes the same outputs.
+files mirror) comes from the run itself: the queue's ``run`` meta entry (see
+:func:`facefleet.engine.layout.publish_run`), else ``OUT/run.json``, so every host writes the same
+outputs.
 
 Two hosts x N GPUs on one PostgreSQL queue, OUT on a shared file system::
 
@@ -21,49 +22,23 @@ one kills them and gives their units back.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import socket
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from facefleet.engine.layout import EngineError, run_record
 from facefleet.engine.queue import QueueError, WorkQueue, open_queue
 from facefleet.engine.worker.spec import EXIT_OK, EXIT_OUTPUT, WorkerSpec, owner_id
 
-RUN_META_KEY = "run"  # the run's record (what run.json holds), for hosts that do not see OUT
 RC_OK, RC_FAILED, RC_ERROR, RC_INTERRUPTED = 0, 1, 2, 130
 
 
 class WorkerCliError(Exception):
     """This host cannot take part in the run (no run in the queue, bad settings): one line."""
-
-
-def publish_run(q: WorkQueue, record: dict[str, Any]) -> None:
-    """Store a run's record (run.json's content) in its queue, for external workers on any host."""
-    q.set_meta(RUN_META_KEY, json.dumps(record, sort_keys=True, default=str))
-
-
-def run_record(q: WorkQueue, out: str | os.PathLike[str]) -> dict[str, Any]:
-    """The run's record: the queue's ``run`` entry, else ``OUT/run.json``."""
-    text = q.get_meta(RUN_META_KEY)
-    if text:
-        record: dict[str, Any] = json.loads(text)
-        return record
-    path = Path(out) / "run.json"
-    try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return data
-    except FileNotFoundError:
-        raise WorkerCliError(
-            f"the queue holds no run and {path} does not exist: start the run first "
-            "(facefleet run INPUT OUT --queue URL --executor external)"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise WorkerCliError(f"cannot read {path}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -87,9 +62,9 @@ def plan_host(
     settings from ``record``."""
     from facefleet.config import ConfigError, load_file
     from facefleet.config.sections import JobConfig
-    from facefleet.engine.coordinator import worker_names
     from facefleet.engine.layout import input_root
     from facefleet.platforms import cpu_count, plan_devices
+    from facefleet.platforms.plan import worker_names
 
     try:
         cfg = load_file(config) if config else JobConfig()
@@ -289,7 +264,7 @@ def worker_cli(argv: list[str]) -> int:
             (args.name or socket.gethostname()) + suffix,
             args.max_restarts,
         )
-    except (WorkerCliError, QueueError) as e:
+    except (WorkerCliError, EngineError, QueueError) as e:
         print(f"facefleet worker: error: {e}", file=sys.stderr)
         return RC_ERROR
     return HostSupervisor(plan, args.queue).run()

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -279,3 +280,27 @@ def test_compiled_network_built_on_a_thread_matches_the_eager_one_running_meanwh
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert (tmp_path / "compile_artifacts.bin").is_file()  # saved after the build
     assert load_compile_artifacts(tmp_path)  # and torch takes them back (the next worker's start)
+
+
+def test_a_worker_switching_reconstructors_mid_run_gives_the_same_faces(
+    tmp_path: Path, astronaut: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real pipeline through the switch: the eager reconstructor (graphs off, every network its
+    own module) answers the first batch, the one built on the background thread the next, with the
+    same faces (on the CPU both run eager code: the plumbing, not the compiler, is under test)."""
+    from facefleet.pipeline import Reconstructor
+
+    eager = Reconstructor(device="cpu", runtime="torch", compiled=False).use_cuda_graphs(False)
+    assert all(getattr(n, "cuda_graphs", False) is False for n in eager.networks())
+    w = _worker(tmp_path, eager)
+    w._compiling = BackgroundCompile(lambda: Reconstructor(device="cpu", runtime="torch"), "cpu").start()
+    img = torch.from_numpy(astronaut).permute(2, 0, 1).contiguous()
+    first = w._infer([img], ["a.jpg"], None)[0]
+    assert w._compiling.wait(120)
+    w._take_compiled()
+    assert w._rec is not eager and w._compiling is None
+    assert not {id(n) for n in w._rec.networks()} & {id(n) for n in eager.networks()}  # no shared module
+    second = w._infer([img], ["a.jpg"], None)[0]
+    assert len(first.faces) == len(second.faces) == 1
+    assert np.allclose(first.faces[0].landmarks, second.faces[0].landmarks, atol=1e-3)
+    assert "compiled networks took over" in capsys.readouterr().err

@@ -300,7 +300,7 @@ def test_mixed_bad_files_are_reported_not_fatal(tmp_path: Path, astronaut: np.nd
 
 def _has_report() -> bool:
     try:
-        from facefleet.monitor.report import write_report  # noqa: F401
+        from facefleet.monitor.report_files import write_report  # noqa: F401
     except ImportError:
         return False
     return True

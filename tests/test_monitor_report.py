@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from facefleet.monitor.report import derive, write_report
+from facefleet.monitor.report import derive
+from facefleet.monitor.report_files import write_report
 
 
 def realistic_stats(n_gpus: int = 2, seconds: float = 120.0) -> dict[str, Any]:

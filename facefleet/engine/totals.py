@@ -288,7 +288,7 @@ def write_stats(out: str | os.PathLike[str], stats: dict[str, Any], report: bool
     except OSError as e:
         raise EngineError(f"cannot write {path}: {e.strerror or e}") from None
     if report:
-        from facefleet.monitor.report import write_report
+        from facefleet.monitor.report_files import write_report
 
         try:
             write_report(out, stats)

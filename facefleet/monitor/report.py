@@ -31,14 +31,10 @@ block is optional; the keys read are::
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
-__all__ = ["derive", "render_html", "steady_batch_stages", "write_report"]
+__all__ = ["bound_verdict", "derive", "steady_batch_stages"]
 
 _STAGE_ORDER = [
     "list",
@@ -250,60 +246,3 @@ def derive(stats: dict[str, Any]) -> dict[str, Any]:
         "batch_stages_ms": (steady := steady_batch_stages(stats.get("batch_stages"))),
         "bound": bound_verdict(steady),
     }
-
-
-def render_html(stats: dict[str, Any], derived: dict[str, Any] | None = None) -> str:
-    """The report page as one HTML string (inline CSS + SVG, nothing fetched); see
-    :mod:`facefleet.monitor.report_html`."""
-    from facefleet.monitor.report_html import render_html as render
-
-    return render(stats, derived)
-
-
-# --------------------------------------------------------------------------------------------
-# writing
-# --------------------------------------------------------------------------------------------
-def _atomic_write_text(path: Path, text: str) -> None:
-    try:
-        from facefleet.io.atomic import atomic_write_text
-    except ImportError:  # pragma: no cover - the io package ships it; keep the report independent
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return
-    atomic_write_text(path, text)
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def write_report(out_dir: str | os.PathLike[str], stats: dict[str, Any]) -> tuple[Path, Path]:
-    """Write ``out_dir/report.html`` and ``out_dir/report.json`` atomically; returns (html, json).
-
-    ``report.json`` = ``{"stats": stats, "derived": derive(stats)}``.
-    """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"report: output {out} is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    derived = derive(stats)
-    from facefleet.export.jsonfile import finite_json
-
-    doc = finite_json(json.loads(json.dumps({"stats": stats, "derived": derived}, default=_json_default)))
-    json_path, html_path = out / "report.json", out / "report.html"
-    _atomic_write_text(json_path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
-    _atomic_write_text(html_path, render_html(stats, derived))
-    return html_path, json_path

@@ -44,6 +44,16 @@ class _Rec:
         return [ImageResult(s, 1, 1, error=self.name) for s in sources]
 
 
+class _Events:
+    """A queue's event log."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, dict[str, Any]]] = []
+
+    def add_event(self, kind: str, data: dict[str, Any]) -> None:
+        self.got.append((kind, data))
+
+
 def _worker(tmp_path: Path, rec: Any) -> Worker:
     spec = WorkerSpec("g0", str(tmp_path), DeviceProfile("cpu", "cpu", 4, "fp32", "cpu", 1))
     w = Worker(spec, reconstructor=rec)
@@ -66,6 +76,8 @@ def test_compiled_networks_take_over_between_batches_once_built(
         return compiled
 
     w = _worker(tmp_path, _Rec("eager"))
+    w._queue = events = _Events()
+    w._first_batch_s = 1.5
     w._compiling = BackgroundCompile(build, "cpu").start()
     w._take_compiled()  # still building: the eager networks go on
     assert _run(w) == "eager" and w._compiling is not None
@@ -78,6 +90,9 @@ def test_compiled_networks_take_over_between_batches_once_built(
     assert compiled.warmups == 1  # its CUDA graphs are captured on the networks' thread, at the switch
     err = capsys.readouterr().err
     assert "compiled networks took over" in err and "after 3 batches on eager networks" in err
+    ((kind, data),) = events.got  # the start-up, in the run's event log
+    assert kind == "worker_startup" and data["first_batch_s"] == 1.5 and data["eager_batches"] == 3
+    assert data["compiled_s"] is not None and data["compiled_s"] > 0 and data["error"] is None
 
 
 def test_a_failed_build_leaves_the_worker_on_eager_networks_with_one_warning(
@@ -87,10 +102,13 @@ def test_a_failed_build_leaves_the_worker_on_eager_networks_with_one_warning(
         raise RuntimeError("triton: no compiler\nlong traceback text")
 
     w = _worker(tmp_path, _Rec("eager"))
+    w._queue = events = _Events()
     w._compiling = BackgroundCompile(build, "cpu").start()
     assert w._compiling.wait(10)
     w._take_compiled()
     w._take_compiled()  # asked again later: nothing more happens
+    ((_, data),) = events.got
+    assert data["compiled_s"] is None and data["error"] == "RuntimeError: triton: no compiler"
     assert _run(w) == "eager" and w._compiling is None
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln]
     assert len(lines) == 1

@@ -210,6 +210,8 @@ class WorkerBase:
         self._compiling: Any = None
         self._eager_batches = 0  # batches run on eager networks before the compiled ones took over
         self._batch_count = 0  # batches through the networks (the first one's time is reported)
+        self._first_batch_s: float | None = None  # seconds from launch to the first batch's results
+        self._queue: Any = None  # the worker's queue (WorkQueue), for its start-up event
         self.local_device = local_device or spec.profile.device
         self.pid = os.getpid()
         self.owner = owner_id(spec.name, self.pid)

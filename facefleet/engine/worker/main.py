@@ -147,6 +147,7 @@ class Worker(ClaimStage, NetworksStage, SinkStage):
         self._ring = self._texture_ring()
         db = open_queue(spec.queue_path)
         db.register_worker(self.owner, spec.name, spec.profile.device, self.pid)
+        self._queue = db  # the networks' thread (this one) records the eager start's takeover in it
         threads = [
             threading.Thread(target=self._guard(self._heartbeat), name="heartbeat", daemon=True),
             threading.Thread(target=self._guard(self._claimer), name="claimer", daemon=True),

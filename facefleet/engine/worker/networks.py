@@ -178,7 +178,8 @@ class NetworksStage(ReadStage):
             if self._compiling is not None:
                 self._eager_batches += 1
             if self._batch_count == 0 and self.device.type == "cuda":
-                self._say(f"first batch done {time.perf_counter() - self.started:.1f} s after launch")
+                self._first_batch_s = time.perf_counter() - self.started
+                self._say(f"first batch done {self._first_batch_s:.1f} s after launch")
             self._batch_count += 1
             t_put = time.perf_counter()
             self._order.pass_on(ticket, (batch, results))  # after the batches taken before it
@@ -202,6 +203,7 @@ class NetworksStage(ReadStage):
             self._say(
                 f"warning: compiling the networks failed ({type(e).__name__}: {first}); staying on eager"
             )
+            self._startup_event(None, built.seconds, f"{type(e).__name__}: {first}")
             return
         t0 = time.perf_counter()
         try:
@@ -213,14 +215,37 @@ class NetworksStage(ReadStage):
             self._say(
                 f"warning: capturing compiled networks failed ({type(e).__name__}: {first}); staying on eager"
             )
+            self._startup_event(None, built.seconds, f"{type(e).__name__}: {first}")
             return
         self._rec = built.rec
         gc.freeze()  # the compiled code stays for the whole run, like everything before it
         note = ", compile artifacts loaded" if built.artifacts_loaded else ""
+        took_over = time.perf_counter() - self.started
         self._say(
-            f"compiled networks took over {time.perf_counter() - self.started:.1f} s after launch "
+            f"compiled networks took over {took_over:.1f} s after launch "
             f"(built in {built.seconds:.1f} s{note}, captured in {time.perf_counter() - t0:.1f} s), {eager}"
         )
+        self._startup_event(took_over, built.seconds, None)
+
+    def _startup_event(self, took_over: float | None, built_s: float, error: str | None) -> None:
+        """A ``worker_startup`` event in the queue (the coordinator's event log keeps it): seconds from
+        launch to the first batch and to the compiled networks' takeover (None: they did not), the
+        build's seconds, the batches run eagerly, the build's error."""
+        if self._queue is None:
+            return
+        data = {
+            "worker": self.spec.name,
+            "device": self.spec.profile.device,
+            "first_batch_s": None if self._first_batch_s is None else round(self._first_batch_s, 3),
+            "compiled_s": None if took_over is None else round(took_over, 3),
+            "compile_build_s": round(built_s, 3),
+            "eager_batches": self._eager_batches,
+            "error": error,
+        }
+        try:
+            self._queue.add_event("worker_startup", data)
+        except Exception as e:  # a note only: the queue's own errors surface on its next real use
+            self._say(f"warning: start-up event not recorded ({type(e).__name__})")
 
     def _take_ring_slot(self) -> int:
         """A free texture slot (waits for the writer processes to be done with one)."""

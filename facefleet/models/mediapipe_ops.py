@@ -22,15 +22,28 @@ landmark geometry are computed in float32 whatever the network's dtype.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from facefleet.models.tflite_torch import _Converter
+
+class _Converter(Protocol):
+    """What a custom operator's handler uses of the TFLite converter
+    (:class:`facefleet.models.tflite_torch._Converter`)."""
+
+    model: Any  # the flatbuffer's tflite.Model
+    consts: dict[int, np.ndarray]  # constant tensors by index
+
+    def options(self, op: Any, cls_name: str) -> Any: ...
+    def fail(self, i: int, name: str, why: str) -> Exception: ...
+    def shape(self, t: int) -> tuple[int, ...]: ...
+    def emit(self, module: nn.Module, ins: Sequence[int], out: int) -> None: ...
+    def const(self, i: int, name: str, t: int, what: str) -> np.ndarray: ...
+    def runtime_rank4(self, i: int, name: str, t: int) -> None: ...
 
 __all__ = [
     "CUSTOM_HANDLERS",

@@ -166,8 +166,8 @@ def test_gpu_eager_start_is_a_setting_that_reaches_the_profile() -> None:
     gpu = gpu_of(WorkerSpec("g0", "/out", H200))
     assert gpu is not None
     host = HostInfo(cores=16, gpus=(gpu,), memory_bytes=128 << 30)
-    assert _gpu_profiles(GpuConfig(), "cuda:0", host, 1, False)[0].eager_start
-    assert not _gpu_profiles(GpuConfig(eager_start=False), "cuda:0", host, 1, False)[0].eager_start
+    assert not _gpu_profiles(GpuConfig(), "cuda:0", host, 1, False)[0].eager_start  # off by default
+    assert _gpu_profiles(GpuConfig(eager_start=True), "cuda:0", host, 1, False)[0].eager_start
 
 
 def test_the_eager_reconstructor_has_no_compile_and_no_cuda_graphs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -173,9 +173,10 @@ class GpuConfig:
         True, "read and decode files in a child process of each worker (off: on the worker's threads)"
     )
     eager_start: bool = setting(
-        True,
+        False,
         "start on eager networks while the compiled ones build on a background thread, then switch to "
-        "them between batches (with compile, decode_process and one network thread; off: wait for them)",
+        "them between batches (with compile, decode_process and one network thread): the first batch "
+        "comes sooner, but the eager batches run slowly beside the build (off: wait for the compiled ones)",
     )
     network_threads: int = setting(
         1, "threads of a worker running the networks, each on a batch and CUDA stream of its own", minimum=1

@@ -197,7 +197,10 @@ def test_odd_inputs_never_abort_the_run(tmp_path: Path) -> None:
     assert "pipe.jpg" in html and "Skipped" in html
 
 
-def test_units_sized_so_every_worker_has_work(tmp_path: Path) -> None:
+def test_units_sized_so_every_worker_has_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short listing is cut into units small enough that every worker gets some (one unit of 256
+    would have left the second worker idle); both workers are up before the first batch runs."""
+    monkeypatch.setenv("FACEFLEET_FAKE_QUORUM", f"{tmp_path / 'up'}:2")
     inp, out = tmp_path / "in", tmp_path / "out"
     make_corpus(inp, 48)
     opts = {**OPTS, "unit_size": 256, "reconstructor_kwargs": {"delay": 0.02}}

@@ -59,11 +59,23 @@ class FakeReconstructor:
         self.batch_delay = float(batch_delay)
         self.calls = 0
         self.crash = os.environ.get("FACEFLEET_FAKE_CRASH")
+        # FACEFLEET_FAKE_QUORUM="DIR:N": each worker's first batch waits until N workers are up (each
+        # leaves a file in DIR when built), so a test can count on every worker taking part
+        self.quorum = os.environ.get("FACEFLEET_FAKE_QUORUM")
+        if self.quorum:
+            folder = self.quorum.rsplit(":", 1)[0]
+            os.makedirs(folder, exist_ok=True)
+            open(os.path.join(folder, str(os.getpid())), "w").close()
 
     def reconstruct_tensors(
         self, images: list[Any], sources: list[str], *, texture: bool = False, timings: Any = None
     ) -> list[ImageResult]:
         self.calls += 1
+        if self.quorum and self.calls == 1:
+            folder, n = self.quorum.rsplit(":", 1)
+            give_up = time.monotonic() + 60
+            while len(os.listdir(folder)) < int(n) and time.monotonic() < give_up:
+                time.sleep(0.02)
         time.sleep(self.batch_delay * (2 if self.calls % 2 else 1))
         out = []
         for t, s in zip(images, sources, strict=False):

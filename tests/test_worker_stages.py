@@ -176,14 +176,34 @@ def test_sink_names_are_collision_free_and_deterministic() -> None:
     assert len(output_location(f"{root}/{long}", root)[1]) < 200
 
 
+class _SizesOnly:
+    """A pipeline stand-in for ``reconstruct``: one faceless result of each image's size."""
+
+    device = "cpu"
+
+    def __call__(
+        self, arrays: list[np.ndarray], sources: list[str], texture: bool = False
+    ) -> list[ImageResult]:
+        return [ImageResult(s, a.shape[1], a.shape[0]) for a, s in zip(arrays, sources, strict=True)]
+
+
+def _reconstruct_json(monkeypatch: pytest.MonkeyPatch, inp: Path, out: Path) -> None:
+    """``facefleet reconstruct INP -o OUT --formats json`` over :class:`_SizesOnly`."""
+    import argparse
+
+    from facefleet import reconstruct_cmd
+
+    monkeypatch.setattr(reconstruct_cmd, "_make_reconstructor", lambda args: _SizesOnly())
+    ns = argparse.Namespace(paths=[str(inp)], out=out, formats={"json"}, batch_size=4)
+    assert reconstruct_cmd.reconstruct_paths(ns) == 0
+
+
 def test_reconstruct_and_run_write_the_same_file_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``facefleet reconstruct IN -o A`` and ``facefleet run IN B`` name every file alike (A/... ==
     B/files/...), the whole file name kept, and colliding names stay apart."""
-    import argparse
 
-    from facefleet import reconstruct_cmd
     from facefleet.engine import run
 
     inp = tmp_path / "in"
@@ -194,18 +214,8 @@ def test_reconstruct_and_run_write_the_same_file_names(
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(arr).save(path)
 
-    class Rec:
-        device = "cpu"
-
-        def __call__(
-            self, arrays: list[np.ndarray], sources: list[str], texture: bool = False
-        ) -> list[ImageResult]:
-            return [ImageResult(s, a.shape[1], a.shape[0]) for a, s in zip(arrays, sources, strict=True)]
-
-    monkeypatch.setattr(reconstruct_cmd, "_make_reconstructor", lambda args: Rec())
     a = tmp_path / "a"
-    ns = argparse.Namespace(paths=[str(inp)], out=a, formats={"json"}, batch_size=4)
-    assert reconstruct_cmd.reconstruct_paths(ns) == 0
+    _reconstruct_json(monkeypatch, inp, a)
     b = tmp_path / "b"
     run(
         str(inp),
@@ -231,10 +241,8 @@ def test_a_name_that_is_not_utf8_is_recorded_not_fatal(
 ) -> None:
     """``caf\\xe9.jpg`` (Latin-1 bytes): the manifest, the JSON file and ``reconstruct``'s output
     carry the name as text (``caf\\xe9.jpg``); both runners name its files alike (from its bytes)."""
-    import argparse
     import json
 
-    from facefleet import reconstruct_cmd
 
     inp = tmp_path / "in"
     raw = os.fsdecode(bytes(inp) + b"/caf\xe9.jpg")
@@ -248,18 +256,8 @@ def test_a_name_that_is_not_utf8_is_recorded_not_fatal(
     (name,) = [p.name for p in (out / "files").iterdir()]
     assert json.loads((out / "files" / name).read_text())["source"] == text
 
-    class Rec:
-        device = "cpu"
-
-        def __call__(
-            self, arrays: list[np.ndarray], sources: list[str], texture: bool = False
-        ) -> list[ImageResult]:
-            return [ImageResult(s, a.shape[1], a.shape[0]) for a, s in zip(arrays, sources, strict=True)]
-
-    monkeypatch.setattr(reconstruct_cmd, "_make_reconstructor", lambda args: Rec())
     a = tmp_path / "a"
-    ns = argparse.Namespace(paths=[str(inp)], out=a, formats={"json"}, batch_size=4)
-    assert reconstruct_cmd.reconstruct_paths(ns) == 0
+    _reconstruct_json(monkeypatch, inp, a)
     assert [p.name for p in a.iterdir()] == [name]
 
 

@@ -227,3 +227,31 @@ def test_compile_cache_is_keyed_by_gpu_and_torch(tmp_path: Path) -> None:
     assert compile_env(tmp_path, None, "2.13.0+cpu")["TORCHINDUCTOR_CACHE_DIR"].endswith(
         "cpu-torch2.13.0-cpu"
     )
+
+
+def test_warm_stamp_decides_pool_and_artifacts(tmp_path: Path) -> None:
+    """A worker finding the stamp of its own facefleet version compiles in-process and skips the
+    artifacts file; another version's stamp, a damaged one or none means a cold cache."""
+    from facefleet.platforms import (
+        cold_compile_threads,
+        compile_cache_warm,
+        compile_env,
+        mark_compile_cache_warm,
+    )
+
+    folder = tmp_path / "inductor" / "h200-sm90-torch2.11.0"
+    assert not compile_cache_warm(folder, "0.1.0")
+    assert mark_compile_cache_warm(folder, "0.1.0")
+    assert compile_cache_warm(folder, "0.1.0") and not compile_cache_warm(folder, "0.2.0")
+    assert [p.name for p in folder.iterdir()] == ["warm.json"]  # no temporary file left
+    (folder / "warm.json").write_text("{not json")
+    assert not compile_cache_warm(folder, "0.1.0")
+    (folder / "warm.json").write_text("[1, 2]")
+    assert not compile_cache_warm(folder, "0.1.0")
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert not mark_compile_cache_warm(blocked / "sub", "0.1.0")  # unwritable: no exception
+    assert cold_compile_threads(16, 1) == 16 and cold_compile_threads(128, 8) == 16
+    assert cold_compile_threads(64, 8) == 8 and cold_compile_threads(2, 4) == 1
+    assert compile_env(tmp_path, None, "2.11.0", compile_threads=0)["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
+    assert compile_env(tmp_path, None, "2.11.0", compile_threads=12)["TORCHINDUCTOR_COMPILE_THREADS"] == "12"

@@ -13,9 +13,12 @@ process); importing it does not import torch.
 
 from facefleet.config import GPU_DECODERS, PRECISIONS, parse_jpeg_backends
 from facefleet.platforms.compile import (
+    cold_compile_threads,
     compile_cache_dir,
+    compile_cache_warm,
     compile_env,
     load_compile_artifacts,
+    mark_compile_cache_warm,
     save_compile_artifacts,
 )
 from facefleet.platforms.cpu import plan_cpu_workers
@@ -38,7 +41,9 @@ __all__ = [
     "DeviceProfile",
     "GpuSpec",
     "HostInfo",
+    "cold_compile_threads",
     "compile_cache_dir",
+    "compile_cache_warm",
     "compile_env",
     "cpu_count",
     "cpu_name",
@@ -48,6 +53,7 @@ __all__ = [
     "gpu_profile",
     "gpu_spec",
     "load_compile_artifacts",
+    "mark_compile_cache_warm",
     "parse_devices",
     "parse_jpeg_backends",
     "plan_cpu_workers",

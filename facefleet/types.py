@@ -11,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+#: The detector families a face may come from (:attr:`Face.detector`).
+FACE_SOURCES = ("blazeface", "centerface")
+
 
 @dataclass(frozen=True)
 class Pose:
@@ -52,13 +55,21 @@ class Face:
     """One reconstructed face.
 
     bbox: (4,) x0, y0, x1, y1 of the detection; score: detector confidence;
-    keypoints: (6, 2) detector keypoints (right eye, left eye, nose tip, mouth,
-    right ear tragion, left ear tragion; "right" = the subject's right);
+    keypoints: detector keypoints ("right" = the subject's right): (6, 2) of a face BlazeFace found
+    (right eye, left eye, nose tip, mouth centre, right ear tragion, left ear tragion), (5, 2) of one
+    only CenterFace found (right eye, left eye, nose tip, right mouth corner, left mouth corner);
     landmarks: (V, 3) landmarks, V and their order from the model family's topology
     (``facefleet.families``; 468 mesh vertices by default); landmarks68: (68, 2) iBUG-68 subset;
     presence: face-presence probability of the mesh network;
     texture: optional (T, T, 4) uint8 RGBA UV texture, alpha = visible texels;
-    gaze: gaze direction, for families with iris points (None otherwise).
+    gaze: gaze direction, for families with iris points (None otherwise);
+    detector: the detector family that found the face, "blazeface" or "centerface" (its keypoints' scheme);
+    small: the face's box side is under the pipeline's ``small_face`` pixels: the mesh (landmarks, pose,
+    texture) is computed but not reliable at that size, and the face is kept whatever its presence, so
+    that anonymisation covers it (box, score, keypoints).
+
+    In :meth:`to_dict` (the JSON files) ``detector`` appears when it is not "blazeface" and ``small``
+    when it is true, so that BlazeFace's faces read as before.
     """
 
     bbox: np.ndarray
@@ -70,6 +81,8 @@ class Face:
     presence: float = 1.0
     texture: np.ndarray | None = field(default=None, repr=False)
     gaze: Gaze | None = None
+    detector: str = "blazeface"
+    small: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         def r(a: np.ndarray, nd: int = 3) -> Any:
@@ -86,6 +99,10 @@ class Face:
         }
         if self.gaze is not None:
             out["gaze"] = self.gaze.to_dict()
+        if self.detector != "blazeface":
+            out["detector"] = self.detector
+        if self.small:
+            out["small"] = True
         return out
 
 

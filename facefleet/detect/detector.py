@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import torch
 from torch import Tensor
@@ -37,6 +35,8 @@ from facefleet.detect.anchors import (
     sigmoid_scores,
     ssd_anchors,
 )
+from facefleet.detect.detections import Detections, ImageBatch, as_image_list, finish, image_count
+from facefleet.detect.merge import inside_larger, keep_better
 from facefleet.detect.nms import weighted_nms
 from facefleet.detect.views import (
     ViewTransform,
@@ -58,98 +58,6 @@ __all__ = [
 ]
 
 Net = Callable[[Tensor], Sequence[Tensor]]
-ImageBatch = Union[Tensor, Sequence[Tensor]]  # noqa: UP007 (a runtime alias)
-
-
-@dataclass
-class Detections:
-    """Faces found in a batch of images, as flat tensors on the device (N faces in all).
-
-    boxes: ``(N, 4)`` x0, y0, x1, y1 in original-image pixels (not clipped to the image);
-    keypoints: ``(N, 6, 2)`` right eye, left eye, nose tip, mouth centre, right ear tragion, left ear
-    tragion ("right" = the subject's right) in pixels; scores: ``(N,)``; image_index: ``(N,)`` long.
-    Faces are sorted by image, then by decreasing score.
-    """
-
-    boxes: Tensor
-    keypoints: Tensor
-    scores: Tensor
-    image_index: Tensor
-    num_images: int = 0
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
-
-    def select(self, mask_or_index: Tensor) -> Detections:
-        """The subset given by a boolean mask ``(N,)`` or an index tensor."""
-        m = mask_or_index
-        if m.dtype == torch.bool:  # one wait for the device, not one per tensor
-            m = m.nonzero().squeeze(1)
-        return Detections(
-            self.boxes[m], self.keypoints[m], self.scores[m], self.image_index[m], self.num_images
-        )
-
-    def counts(self) -> list[int]:
-        """Number of faces per image (length ``num_images``; one host sync)."""
-        return torch.bincount(self.image_index, minlength=self.num_images).tolist()
-
-    def to(self, device: str | torch.device) -> Detections:
-        return Detections(
-            self.boxes.to(device),
-            self.keypoints.to(device),
-            self.scores.to(device),
-            self.image_index.to(device),
-            self.num_images,
-        )
-
-
-def as_image_list(images: ImageBatch, device: torch.device | None = None) -> list[Tensor]:
-    """Validate images: a ``(B, 3, H, W)`` uint8 tensor or a sequence of ``(3, H, W)`` uint8 tensors."""
-    if isinstance(images, Tensor):
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected a (B, 3, H, W) image batch, got shape {tuple(images.shape)}")
-        out = list(images.unbind(0))
-    else:
-        out = list(images)
-    for i, im in enumerate(out):
-        if not isinstance(im, Tensor) or im.ndim != 3 or im.shape[0] != 3:
-            shape = tuple(im.shape) if isinstance(im, Tensor) else type(im).__name__
-            raise ValueError(f"image {i}: expected a (3, H, W) uint8 tensor, got {shape}")
-        _check_pixels(i, im, device)
-    return out
-
-
-def _check_pixels(i: int, t: Tensor, device: torch.device | None) -> None:
-    """uint8, not empty, on ``device``: image ``t`` ``(3, H, W)``, or every image of a ``(B, 3, H, W)``
-    batch at once (reported as image ``i``)."""
-    if t.dtype != torch.uint8:
-        raise ValueError(f"image {i}: expected dtype uint8, got {t.dtype}")
-    if t.shape[-2] == 0 or t.shape[-1] == 0:
-        raise ValueError(f"image {i}: empty image of shape {tuple(t.shape[-3:])}")
-    if device is not None and not _same_device(t.device, device):
-        raise ValueError(f"image {i}: on {t.device}, the detector runs on {device}")
-
-
-def image_count(images: ImageBatch, device: torch.device | None = None) -> int:
-    """Validate images as :func:`as_image_list` does and count them; a ``(B, 3, H, W)`` batch is checked
-    once, not image by image (no ``B`` views of it: the engine's batches of 128 went through this
-    three times per batch)."""
-    if isinstance(images, Tensor) and images.ndim == 4 and images.shape[1] == 3:
-        _check_pixels(0, images, device)
-        return int(images.shape[0])
-    return len(as_image_list(images, device))
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    """ "cuda" and "cuda:0" (the current device) count as the same device."""
-    if a.type != b.type:
-        return False
-    if a.index is None or b.index is None:
-        cur = torch.cuda.current_device() if a.type == "cuda" else 0
-        return (a.index if a.index is not None else cur) == (b.index if b.index is not None else cur)
-    return a.index == b.index
 
 
 def tile_grid(length: int, tile: int, overlap: int) -> tuple[list[int], list[float], list[float]]:
@@ -504,7 +412,7 @@ class FaceDetector:
             wi = torch.cat([c[3] for c in whole])
             w_whole = ~torch.cat([c[4] for c in whole])  # only whole-image candidates count as larger
             b, kp, sc, ix, tile = cands["full"]
-            keep = (~(tile & _inside_larger(b, ix, wb, wi, w_whole))).nonzero().squeeze(1)
+            keep = (~(tile & inside_larger(b, ix, wb, wi, w_whole))).nonzero().squeeze(1)
             cands["full"] = (b[keep], kp[keep], sc[keep], ix[keep], tile[keep])
         if len(self._kinds) == 1:
             det = self._nms(*cands[self._kinds[0]][:4])
@@ -518,8 +426,8 @@ class FaceDetector:
             )
             from_b = merged.image_index >= n
             merged.image_index = merged.image_index - n * from_b
-            return _finish(merged, self.max_faces, n, keep=_keep_better(merged, ~from_b))
-        return _finish(det, self.max_faces, n)
+            return finish(merged, self.max_faces, n, keep=keep_better(merged, ~from_b))
+        return finish(det, self.max_faces, n)
 
     def _tile_candidates(
         self, groups: list[tuple[list[int], Tensor]], cands: Mapping[str, tuple[Tensor, ...]]
@@ -585,69 +493,3 @@ class FaceDetector:
 # face-mesh ROI (scale 1.5 of the box) was designed for
 _FULL_BOX_SCALE = 1.0 / 1.067
 _FULL_BOX_DY = 0.043
-
-
-def _io_min(a: Tensor, b: Tensor) -> Tensor:
-    """Intersection over the smaller area of boxes ``(N, 4)``, ``(M, 4)`` -> ``(N, M)``."""
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    wh = (
-        torch.minimum(a[:, None, 2:], b[None, :, 2:]) - torch.maximum(a[:, None, :2], b[None, :, :2])
-    ).clamp(min=0)
-    return wh[..., 0] * wh[..., 1] / torch.minimum(area_a[:, None], area_b[None, :]).clamp(min=1e-12)
-
-
-def _inside_larger(
-    b: Tensor,
-    bi: Tensor,
-    w: Tensor,
-    wi: Tensor,
-    w_mask: Tensor | None = None,
-    ratio: float = 2.0,
-    grow: float = 1.5,
-) -> Tensor:
-    """``(N,)`` True where box ``b`` has its centre inside a same-image box of ``w`` (grown ``grow`` times
-    about its centre, i.e. the head region) at least ``ratio`` times larger: a tile's view of part of a
-    big head (an ear, an eye) is not a face of its own. ``w_mask`` ``(M,)``: the boxes of ``w`` that
-    count (default all)."""
-    if b.shape[0] == 0 or w.shape[0] == 0:
-        return torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)
-    c = (b[:, :2] + b[:, 2:]) / 2
-    wc, wh = (w[:, :2] + w[:, 2:]) / 2, (w[:, 2:] - w[:, :2]) * (grow / 2)
-    inside = ((c[:, None] >= (wc - wh)[None]) & (c[:, None] <= (wc + wh)[None])).all(-1)
-    side_b = (b[:, 2:] - b[:, :2]).amax(1)
-    side_w = (w[:, 2:] - w[:, :2]).amax(1)
-    hit = inside & (side_w[None] >= ratio * side_b[:, None]) & (bi[:, None] == wi[None])
-    return (hit if w_mask is None else hit & w_mask[None]).any(1)
-
-
-def _keep_better(det: Detections, from_a: Tensor, thresh: float = 0.5) -> Tensor:
-    """Which detections ``(N,)`` of two models' (``from_a``: the first model's) to keep: of two
-    same-image detections of different models overlapping by more than ``thresh`` (intersection over
-    the smaller box) only the higher-scoring one stays (ties: the first model's). A mask, so that the
-    caller selects once."""
-    if len(det) == 0:
-        return from_a
-    img = det.image_index
-    hit = (_io_min(det.boxes, det.boxes) > thresh) & (img[:, None] == img[None])
-    hit &= from_a[:, None] & ~from_a[None]  # hit[i, j]: i of the first model, j of the second
-    a_wins = det.scores[:, None] >= det.scores[None]
-    drop_a = (hit & ~a_wins).any(1)
-    drop_b = (hit & a_wins).any(0)
-    return ~(drop_a | drop_b)
-
-
-def _finish(det: Detections, max_faces: int, num_images: int, keep: Tensor | None = None) -> Detections:
-    """Sort by image then decreasing score, keep at most ``max_faces`` per image; of the detections in
-    ``keep`` ``(N,)`` only (default all), with one selection for both (each selection waits for the
-    device): the others are sorted after every image and dropped with the surplus."""
-    img = det.image_index if keep is None else det.image_index.masked_fill(~keep, num_images)
-    order = torch.sort(det.scores, descending=True, stable=True).indices
-    order = order[torch.sort(img[order], stable=True).indices]
-    det, img = det.select(order), img[order]
-    if len(det):
-        first = torch.searchsorted(img, img, right=False)
-        rank = torch.arange(len(det), device=det.scores.device) - first
-        det = det.select((rank < max_faces) & (img < num_images))
-    det.num_images = num_images
-    return det

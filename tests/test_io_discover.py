@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.io.discover import is_url, iter_inputs, read_bytes
+from facefleet.io.discover import is_url, iter_inputs
+from facefleet.io.read import read_source
 
 
 def _touch(root: Path, *names: str) -> None:
@@ -104,7 +105,7 @@ def test_single_file_and_mixed_list(tree: Path) -> None:
         list(iter_inputs(42))  # type: ignore[arg-type]
     url = (tree / "b.jpg").as_uri()
     assert list(iter_inputs(url)) == [str(tree / "b.jpg")]
-    assert read_bytes(url) == (tree / "b.jpg").read_bytes()
+    assert read_source(url) == (tree / "b.jpg").read_bytes()
 
 
 def test_missing_input_is_one_clear_line(tmp_path: Path) -> None:
@@ -131,7 +132,7 @@ def test_fsspec_memory_filesystem() -> None:
     try:
         got = list(iter_inputs(f"memory://{root}"))
         assert got == [f"memory://{root}/a.png", f"memory://{root}/b.jpg", f"memory://{root}/sub/c.webp"]
-        assert read_bytes(got[1]) == b"\xff\xd8\xffb.jpg"
+        assert read_source(got[1]) == b"\xff\xd8\xffb.jpg"
         assert list(iter_inputs(f"memory://{root}/list.txt")) == [
             f"memory://{root}/b.jpg",
             f"memory://{root}/sub/c.webp",
@@ -140,7 +141,7 @@ def test_fsspec_memory_filesystem() -> None:
         with pytest.raises(FileNotFoundError, match="input not found"):
             list(iter_inputs(f"memory://{root}/nope"))
         with pytest.raises(FileNotFoundError):
-            read_bytes(f"memory://{root}/nope.jpg")
+            read_source(f"memory://{root}/nope.jpg")
     finally:
         fs.rm(root, recursive=True)
 

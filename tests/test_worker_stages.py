@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facefleet.config import RunConfig
 from facefleet.engine.manifest import read_manifest
 from facefleet.engine.queue import open_queue
 from facefleet.engine.worker import Worker, WorkerSpec, error_kind
@@ -48,8 +49,12 @@ class _Rec:
 
 
 def _spec(out: Path, **kw: Any) -> WorkerSpec:
+    """A CPU worker's spec; ``kw``: ``batch``, ``readers``, ``input_root`` and ``[run]`` settings."""
     prof = DeviceProfile("cpu", "cpu", kw.pop("batch", 4), "fp32", "cpu", 1)
-    return WorkerSpec("t0", str(out), prof, readers=kw.pop("readers", 2), poll_seconds=0.05, **kw)
+    readers, root = kw.pop("readers", 2), kw.pop("input_root", None)
+    return WorkerSpec(
+        "t0", str(out), prof, run=RunConfig(**kw), input_root=root, readers=readers, poll_seconds=0.05
+    )
 
 
 def _queue(out: Path, units: list[list[str]]) -> None:
@@ -194,7 +199,7 @@ def _reconstruct_json(monkeypatch: pytest.MonkeyPatch, inp: Path, out: Path) -> 
     from facefleet import reconstruct_cmd
 
     monkeypatch.setattr(reconstruct_cmd, "_make_reconstructor", lambda args: _SizesOnly())
-    ns = argparse.Namespace(paths=[str(inp)], out=out, formats={"json"}, batch_size=4)
+    ns = argparse.Namespace(paths=[str(inp)], out=out, formats={"json"}, batch_size=4, max_file_bytes=1 << 20)
     assert reconstruct_cmd.reconstruct_paths(ns) == 0
 
 

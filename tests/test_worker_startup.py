@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from facefleet.config import RunConfig
 from facefleet.engine.worker import Worker, WorkerSpec
 from facefleet.engine.worker.startup import BackgroundCompile, compile_folder, eager_start, gpu_of
 from facefleet.platforms import DeviceProfile, load_compile_artifacts, save_compile_artifacts
@@ -153,8 +154,7 @@ def test_eager_start_only_where_the_switch_is_safe() -> None:
     for p in off:
         assert not eager_start(WorkerSpec("g0", "/out", p), "cuda:0"), p
     assert not eager_start(spec, "cpu")
-    assert not eager_start(dataclasses.replace(spec, reconstructor="m:f"), "cuda:0")
-    assert not eager_start(dataclasses.replace(spec, reconstructor_kwargs={"compiled": False}), "cuda:0")
+    assert not eager_start(dataclasses.replace(spec, run=RunConfig(reconstructor="m:f")), "cuda:0")
     assert not DeviceProfile("cuda:0", "x", 8, "fp16", "auto", 1).eager_start  # hand-made profiles: off
 
 
@@ -217,7 +217,7 @@ def test_worker_process_keeps_compiled_code_in_the_facefleet_cache(tmp_path: Pat
         "    print(os.environ.get('TORCHINDUCTOR_CACHE_DIR'), flush=True)\n"
         "    raise SystemExit\n"
         "m.Worker = stop\n"
-        "m.worker_main(WorkerSpec('g0', '/out', H200, coordinator_pid=os.getppid()))\n"
+        "m.worker_main(WorkerSpec('g0', '/out', H200, coordinator_pid=os.getppid()).to_json())\n"
     )
     env = {**os.environ, "FACEFLEET_CACHE_DIR": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
     env.pop("TORCHINDUCTOR_CACHE_DIR", None)

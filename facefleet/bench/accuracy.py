@@ -290,7 +290,6 @@ def eval_cli(argv: list[str]) -> int:
         ModelConfig,
         add_config_arguments,
         config_from_args,
-        model_kwargs,
     )
     from facefleet.config.flags import section_keys
 
@@ -321,7 +320,7 @@ def eval_cli(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    settings = {k: v for k, v in model_kwargs(cfg).items() if k != "family"}
+    settings = {k: v for k, v in cfg.model.arguments().items() if k != "family"}
     report: dict[str, Any] = {"precision": args.precision, "settings": settings, "families": {}}
     recs = []
     for fam in families:

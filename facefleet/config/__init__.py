@@ -12,15 +12,16 @@ this package does not import torch.
 """
 
 from facefleet.config.fields import ConfigError, setting
-from facefleet.config.flags import add_config_arguments, config_from_args, flag_name, flag_type, model_kwargs
+from facefleet.config.flags import add_config_arguments, config_from_args, flag_name, flag_type
 from facefleet.config.loading import (
     apply_mapping,
-    check_model_settings,
     from_mapping,
     load_config,
     load_file,
     read_toml,
     resolve,
+    section_from_json,
+    section_to_json,
 )
 from facefleet.config.sections import (
     CPU_RUNTIMES,
@@ -54,16 +55,16 @@ __all__ = [
     "RunConfig",
     "add_config_arguments",
     "apply_mapping",
-    "check_model_settings",
     "config_from_args",
     "flag_name",
     "flag_type",
     "from_mapping",
     "load_config",
     "load_file",
-    "model_kwargs",
     "parse_jpeg_backends",
     "read_toml",
     "resolve",
+    "section_from_json",
+    "section_to_json",
     "setting",
 ]

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from facefleet.config.fields import ConfigError, check_value, config_fields, field_type
-from facefleet.config.loading import apply_mapping, load_file, read_toml
+from facefleet.config.loading import apply_mapping, load_file
 from facefleet.config.sections import SECTIONS, JobConfig
 
 _DEST = "ff:"  # namespace attributes of config flags: "ff:" + comma-separated keys they set
@@ -211,31 +211,3 @@ def config_from_args(
     if path:
         cfg = load_file(path, cfg)
     return apply_mapping(cfg, flag_values(args), "flags", gpu_beats_tables=True)
-
-
-def given_values(
-    args: argparse.Namespace, *, config_file: str | os.PathLike[str] | None = None
-) -> dict[str, Any]:
-    """The settings the ``--config`` file and the flags set (TOML-shaped, defaults left out), flags
-    over the file; a flag's ``[gpu]`` value also replaces the file's ``[gpu."NAME"]`` ones.
-    For callers that still take settings mappings; check them with :func:`config_from_args` first."""
-    path = config_file if config_file is not None else getattr(args, "config", None)
-    out: dict[str, Any] = {
-        k: dict(v) if isinstance(v, Mapping) else v for k, v in (read_toml(path) if path else {}).items()
-    }
-    for key, value in flag_values(args).items():
-        if not isinstance(value, Mapping):
-            out[key] = value
-            continue
-        sec = out.setdefault(key, {})
-        if key == "gpu":
-            for name, table in list(sec.items()):
-                if isinstance(table, Mapping):
-                    sec[name] = {k: v for k, v in table.items() if k not in value}
-        sec.update(value)
-    return out
-
-
-def model_kwargs(cfg: JobConfig, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The :class:`facefleet.pipeline.Reconstructor` keyword arguments of ``cfg.model``."""
-    return {f.name: getattr(cfg.model, f.name) for f in config_fields(type(cfg.model))} | dict(given or {})

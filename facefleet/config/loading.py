@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from facefleet.config.fields import ConfigError, check_value, config_fields
-from facefleet.config.sections import SECTIONS, GpuConfig, GpuOverride, JobConfig, ModelConfig
+from facefleet.config.sections import SECTIONS, GpuConfig, GpuOverride, JobConfig
 
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -159,6 +159,28 @@ def resolve(
     return load_file(config, base)
 
 
+# -- JSON: the one form in which settings cross a process or a file (worker specs, run.json) ----
+def section_to_json(sec: Any) -> dict[str, Any]:
+    """The settings of one section instance (``[model]``, ``[run]``, ...) as JSON values, tuples as
+    lists (``[gpu."NAME"]`` tables are not part of it: a worker receives its resolved profile)."""
+    return {
+        f.name: list(v) if isinstance(v := getattr(sec, f.name), tuple) else v
+        for f in config_fields(type(sec))
+        if f.name != "by_name"
+    }
+
+
+def section_from_json(section: str, data: Any, where: str) -> Any:
+    """The ``section`` instance (e.g. ``"run"`` -> :class:`RunConfig`) of :func:`section_to_json`'s
+    output, every key and value checked as a TOML file's are; keys left out take their defaults.
+    Raises :class:`ConfigError` naming ``where`` and the key."""
+    values, overrides = _section_values(section, data, where)
+    if overrides:
+        raise ConfigError(f"{where}: [{section}] cannot hold tables here")
+    cls = SECTIONS[section]
+    return _build(cls, cls(), values, where)
+
+
 # -- transitional: settings dicts, for callers that have not moved to JobConfig ------------------
 def load_config(path: str | os.PathLike[str] | JobConfig | None) -> dict[str, Any]:
     """The raw tables of a config file, checked against the dataclasses (``None`` -> ``{}``; a
@@ -175,13 +197,6 @@ def load_config(path: str | os.PathLike[str] | JobConfig | None) -> dict[str, An
 
 def _drop_unset(d: dict[str, Any]) -> dict[str, Any]:
     return {k: _drop_unset(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
-
-
-def check_model_settings(d: Mapping[str, Any], where: str) -> None:
-    """Raise ConfigError (naming ``where`` and the key) unless ``d`` holds valid ``[model]``
-    settings. Transitional: new code builds a :class:`ModelConfig`."""
-    values, _ = _section_values("model", d, where)
-    _build(ModelConfig, ModelConfig(), values, where)
 
 
 def gpu_field_names() -> list[str]:

@@ -22,7 +22,7 @@ from facefleet.engine.layout import EngineError, disk_message
 from facefleet.engine.listing import Lister
 from facefleet.engine.queue import QueueError, WorkQueue, open_queue
 from facefleet.engine.totals import RunSummary, build_stats, live_session, save_session, write_stats
-from facefleet.engine.worker import BATCH_STAGES, EXIT_OUTPUT, WorkerSpec, owner_id
+from facefleet.engine.worker import BATCH_STAGES, EXIT_OUTPUT, owner_id
 from facefleet.engine.worker.poison import reap_poison
 from facefleet.platforms import DeviceProfile
 from facefleet.platforms.plan import worker_names
@@ -165,8 +165,7 @@ class Coordinator:
 
     # -- workers ---------------------------------------------------------------------------
     def _start_worker(self, name: str, prof: DeviceProfile) -> None:
-        spec = WorkerSpec(name=name, out_dir=str(self.plan.out), profile=prof, **self.plan.worker_kwargs)
-        self.handles[name] = self.executor.start(spec)
+        self.handles[name] = self.executor.start(self.plan.worker_spec(name, prof))
 
     def _reap_dead(self) -> None:
         q = self.q

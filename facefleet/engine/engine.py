@@ -23,11 +23,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from facefleet.config import check_model_settings, load_config
+from facefleet.config import JobConfig, RunConfig, apply_mapping, resolve
 from facefleet.engine import events as ev
 from facefleet.engine.coordinator import Coordinator
 from facefleet.engine.executors import Executor, make_executor
@@ -35,37 +35,46 @@ from facefleet.engine.jobplan import JobPlan
 from facefleet.engine.layout import (
     EngineError,
     RunLock,
+    changed_settings,
     check_or_write_record,
     clear_out,
     input_identity,
     input_root,
     make_out,
+    settings_record,
 )
 from facefleet.engine.queue import QUEUE_FILE, QueueError, open_queue
 from facefleet.engine.totals import RunSummary
-from facefleet.platforms import cpu_count, plan_devices
+from facefleet.engine.worker.spec import file_writers
+from facefleet.platforms import plan_devices
+
+DEFAULT_UNIT_SIZE = 256  # images per unit when [run] unit_size is unset (the lister may use fewer)
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """The settings of a job (the Python API's keyword arguments of :func:`run`; ``None``: the
-    config file's value, else the default)."""
+    """A job's options: the Python API's keyword arguments of :func:`run`. ``config`` (a
+    :class:`~facefleet.config.JobConfig`, a TOML-shaped mapping or a file) holds the settings; the
+    setting options below are shortcuts over it (``None``: the config's value), made typed once by
+    :func:`job_config`. ``force``, ``log_json``, ``executor`` (an instance) and ``report`` are the
+    job's own; ``reconstructor_kwargs`` are keyword arguments of a custom ``reconstructor`` callable
+    only (JSON values), never facefleet's settings."""
 
     devices: str = "auto"
-    formats: tuple[str, ...] = ()
+    formats: Sequence[str] | None = None
     batch_size: int | None = None
     precision: str | None = None
     unit_size: int | None = None
     workers: int | None = None
     gpu_workers: int | None = None
-    config: str | os.PathLike[str] | Mapping[str, Any] | None = None
+    config: JobConfig | str | os.PathLike[str] | Mapping[str, Any] | None = None
     force: bool = False
     log_json: str | os.PathLike[str] | None = None
     lease_seconds: float | None = None
     max_attempts: int | None = None
     max_restarts: int | None = None
     model_dir: str | os.PathLike[str] | None = None
-    texture_size: int = 512
+    texture_size: int | None = None
     reconstructor: str | None = None
     reconstructor_kwargs: Mapping[str, Any] | None = None
     model: Mapping[str, Any] | None = None
@@ -87,22 +96,12 @@ class Job:
         cls,
         input: str | os.PathLike[str] | Sequence[str],
         out: str | os.PathLike[str],
-        config: Any,
+        config: JobConfig,
         **options: Any,
     ) -> Job:
-        """A job from a typed :class:`~facefleet.config.JobConfig` (``options``: the fields of
+        """A job of a typed :class:`~facefleet.config.JobConfig` (``options``: the fields of
         :class:`RunOptions` that are not settings, e.g. ``force``, ``log_json``)."""
-        r = config.run
-        opts = RunOptions(
-            devices=config.devices,
-            formats=tuple(r.formats),
-            texture_size=r.texture_size,
-            reconstructor=r.reconstructor,
-            model_dir=r.model_dir,
-            config=config,
-            **options,
-        )
-        return cls(input, out, opts)
+        return cls(input, out, RunOptions(config=config, **options))
 
 
 @dataclass
@@ -186,9 +185,7 @@ class Engine:
                 if "://" in plan.queue_url:  # a networked queue: this run's schema starts empty
                     with open_queue(plan.queue_url) as q:
                         q.reset()
-            record = check_or_write_record(
-                plan.out, plan.record, unit_size_given=r.job.options.unit_size is not None
-            )
+            record = check_or_write_record(plan.out, plan.record, unit_size_given=plan.unit_size_given)
             plan = _with_record(plan, record)
             try:
                 coord = Coordinator(plan, executor, self.bus.publish)
@@ -217,92 +214,105 @@ def _with_record(plan: JobPlan, record: dict[str, Any]) -> JobPlan:
     return replace(plan, record=record)
 
 
+def job_config(o: RunOptions) -> JobConfig:
+    """A job's settings as one typed :class:`JobConfig`: its ``config`` (an object, a TOML-shaped
+    mapping, a file or None) with the options given as arguments over it (the Python API's keywords;
+    the command line puts its flags in the config). The one place where loose options become typed;
+    everything after this takes the config object."""
+    cfg = resolve(o.config)
+    executor = o.executor if isinstance(o.executor, str) or o.executor is None else o.executor.name
+    run = {
+        "formats": None if o.formats is None else _formats(o.formats),
+        "unit_size": o.unit_size,
+        "lease_seconds": o.lease_seconds,
+        "max_attempts": o.max_attempts,
+        "max_restarts": o.max_restarts,
+        "model_dir": str(o.model_dir) if o.model_dir else None,
+        "texture_size": o.texture_size,
+        "reconstructor": o.reconstructor,
+        "executor": executor,
+    }
+    given: dict[str, Any] = {"run": {k: v for k, v in run.items() if v is not None}}
+    if o.model:
+        given["model"] = dict(o.model)
+    if o.devices not in (None, "auto"):
+        given["devices"] = o.devices
+    return apply_mapping(cfg, given, "arguments")
+
+
+def _formats(formats: Sequence[str]) -> tuple[str, ...]:
+    items = formats.split(",") if isinstance(formats, str) else formats
+    return tuple(dict.fromkeys(f.strip().lower() for f in items if f.strip()))
+
+
+def resolved_run(run: RunConfig, workers: int) -> RunConfig:
+    """``[run]`` with what the planner decides filled in: unit size, restart budget and file writers
+    for ``workers`` worker processes, the formats in one order."""
+    return replace(
+        run,
+        unit_size=run.unit_size or DEFAULT_UNIT_SIZE,
+        max_restarts=run.max_restarts if run.max_restarts is not None else 2 * workers + 2,
+        writers=run.writers or file_writers(workers),
+        formats=tuple(sorted(set(run.formats))),
+    )
+
+
 def plan_job(job_id: str, job: Job) -> tuple[JobPlan, Executor]:
-    """Resolve a job's options (config file, device plan) into a :class:`JobPlan`; checks INPUT
+    """Resolve a job (its typed config, the device plan) into a :class:`JobPlan`; checks INPUT
     before OUT is touched (a missing or empty INPUT is an error here)."""
     o = job.options
     try:
-        run_cfg, model_file, queue_cfg, cfg = _sections(o.config)
-    except ValueError as e:
-        raise EngineError(str(e)) from None
-    unit_size = int(o.unit_size or run_cfg.get("unit_size") or 256)
-    lease = float(o.lease_seconds or run_cfg.get("lease_seconds") or 30.0)
-    attempts = int(o.max_attempts or run_cfg.get("max_attempts") or 3)
-    fmts = tuple(sorted({f.strip().lower() for f in o.formats if f.strip()}))
-    model_cfg = {**model_file, **dict(o.model or {})}
-    try:
-        check_model_settings(model_cfg, "model settings")
+        cfg = job_config(o)
         profiles = plan_devices(
-            o.devices,
+            None,
             config=cfg,
             batch_size=o.batch_size,
             precision=o.precision,
             cpu_workers=o.workers,
             gpu_workers=o.gpu_workers,
         )
-        executor = (
-            o.executor
-            if isinstance(o.executor, Executor)
-            else make_executor(o.executor or run_cfg.get("executor"))
-        )
+        executor = o.executor if isinstance(o.executor, Executor) else make_executor(cfg.run.executor)
     except ValueError as e:
         raise EngineError(str(e)) from None
+    if o.reconstructor_kwargs and not cfg.run.reconstructor:
+        raise EngineError("reconstructor_kwargs need a custom reconstructor (MODULE:CALLABLE)")
+    unit_size_given = cfg.run.unit_size is not None
+    cfg = replace(cfg, run=resolved_run(cfg.run, len(profiles)))
+    run = cfg.run
     out = Path(os.path.abspath(job.out))
     check_input(job.input)
+    queue_url = cfg.queue.url or str(out / QUEUE_FILE)
     record = {
         "input": input_identity(job.input),
         "output": str(out),
-        "unit_size": unit_size,
-        "formats": list(fmts),
-        "devices": o.devices,
+        "unit_size": run.unit_size,
+        "formats": list(run.formats),
+        "devices": cfg.devices,
         "batch_size": o.batch_size,
         "precision": o.precision,
         "workers": len(profiles),
-        "lease_seconds": lease,
-        "max_attempts": attempts,
-        "texture_size": o.texture_size,
-        "model": model_cfg,
-        "model_dir": str(o.model_dir) if o.model_dir else None,
+        "lease_seconds": run.lease_seconds,
+        "max_attempts": run.max_attempts,
+        "texture_size": run.texture_size,
+        "model": changed_settings(cfg.model),
+        "model_dir": run.model_dir,
         "config_file": str(o.config) if isinstance(o.config, (str, os.PathLike)) else None,
-        "executor": o.executor if isinstance(o.executor, str) or o.executor is None else o.executor.name,
+        "executor": run.executor if not isinstance(o.executor, Executor) else o.executor.name,
         "profiles": [p.to_dict() for p in profiles],
-        "queue": _public_url(_queue_url(queue_cfg, out)) if "://" in _queue_url(queue_cfg, out) else None,
-    }
-    worker_kwargs = {
-        "formats": fmts,
-        "input_root": input_root(job.input),
-        "lease_seconds": lease,
-        "max_attempts": attempts,
-        "model_dir": str(o.model_dir) if o.model_dir else None,
-        "texture_size": o.texture_size,
-        "reconstructor": o.reconstructor,
-        "reconstructor_kwargs": {**model_cfg, **dict(o.reconstructor_kwargs or {})},
-        "coordinator_pid": os.getpid(),
-        "queue_url": _queue_url(queue_cfg, out),
-        **({"max_file_bytes": int(run_cfg["max_file_bytes"])} if run_cfg.get("max_file_bytes") else {}),
-        "stage_timings": bool(run_cfg.get("stage_timings", True)),
-        # per-image files in processes (default: on GPU workers when meshes, textures or overlays are
-        # asked for) or threads
-        "file_processes": _optional_bool(run_cfg.get("file_processes"), "[run] file_processes"),
-        # per-image files (PNG/OBJ encoding) need CPU: share the host's cores among workers
-        "writers": int(run_cfg.get("writers") or max(2, min(16, cpu_count() // max(1, len(profiles)) // 2))),
+        "queue": _public_url(queue_url) if "://" in queue_url else None,
+        "settings": settings_record(cfg.model, run),
     }
     plan = JobPlan(
         job_id=job_id,
         input_spec=job.input,
         out=out,
-        queue_url=_queue_url(queue_cfg, out),
+        queue_url=queue_url,
         profiles=tuple(profiles),
-        unit_size=unit_size,
-        lease=lease,
-        attempts=attempts,
-        max_restarts=next(
-            int(v)
-            for v in (o.max_restarts, run_cfg.get("max_restarts"), 2 * len(profiles) + 2)
-            if v is not None
-        ),
-        worker_kwargs=worker_kwargs,
+        config=cfg,
+        input_root=input_root(job.input),
+        reconstructor_args=tuple(dict(o.reconstructor_kwargs or {}).items()),
         record=record,
+        unit_size_given=unit_size_given,
         report=o.report,
         log_json=Path(o.log_json) if o.log_json else None,
     )
@@ -322,25 +332,6 @@ def _public_url(url: str) -> str:
     return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
 
 
-def _queue_url(cfg: Mapping[str, Any], out: Path) -> str:
-    """``[queue] url`` (a PostgreSQL URL, or a SQLite path) or the run's own ``OUT/_queue.sqlite``."""
-    url = cfg.get("url")
-    return str(url) if url else str(out / QUEUE_FILE)
-
-
-def _sections(config: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], Any]:
-    """The ``[run]``, ``[model]`` and ``[queue]`` settings of a job's config (a typed
-    :class:`~facefleet.config.JobConfig`, a TOML-shaped mapping or a file) and what the device
-    planner takes."""
-    from facefleet.config import JobConfig, model_kwargs
-
-    if isinstance(config, JobConfig):
-        run = {k: v for k, v in asdict(config.run).items() if v is not None}
-        return run, model_kwargs(config), asdict(config.queue), config
-    cfg = dict(config) if isinstance(config, Mapping) else load_config(config)
-    return dict(cfg.get("run", {})), dict(cfg.get("model", {})), dict(cfg.get("queue", {})), cfg
-
-
 def check_input(spec: Any) -> None:
     """Fail now, with one line, for an INPUT that is missing or lists no image file."""
     from facefleet.engine.listing import _one_line, _spec_text
@@ -358,12 +349,6 @@ def check_input(spec: Any) -> None:
         raise EngineError(_one_line(e, spec)) from None
     finally:
         it.close()
-
-
-def _optional_bool(value: Any, where: str) -> bool | None:
-    if value is not None and not isinstance(value, bool):
-        raise EngineError(f"{where} must be true or false, got {value!r}")
-    return value
 
 
 # -- the progress line -------------------------------------------------------------------------
@@ -437,8 +422,6 @@ def run(
     ``exit_code`` is then 130 (SIGINT) or 143 (SIGTERM). Raises :class:`EngineError` for problems that
     stop the run, with a one-line message.
     """
-    if "formats" in options:
-        options["formats"] = tuple(options["formats"])
     eng = engine or Engine()
     subs = [] if quiet else [ProgressPrinter(progress_stream)]
     job_id = eng.submit(Job(input_spec, out_dir, RunOptions(**options)), subscribers=subs)

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from facefleet.config import ConfigError, JobConfig, ModelConfig, RunConfig, apply_mapping
+from facefleet.config.loading import section_from_json, section_to_json
 from facefleet.engine.manifest import MANIFEST_DIR
 from facefleet.engine.queue import QUEUE_FILE, WorkQueue
 
@@ -184,6 +186,8 @@ def check_or_write_record(out: Path, record: dict[str, Any], *, unit_size_given:
         a, b = old.get(key, _DEFAULTS.get(key)), record.get(key, _DEFAULTS.get(key))
         if key == "formats":
             a, b = sorted(a or []), sorted(b or [])
+        if key == "model":  # settings left at their defaults match the defaults written out
+            a, b = _model_values(a), _model_values(b)
         if a != b:
             hint = ""
             if key == "formats":
@@ -198,6 +202,60 @@ def check_or_write_record(out: Path, record: dict[str, Any], *, unit_size_given:
 
 
 _DEFAULTS: dict[str, Any] = {"model": {}, "formats": [], "texture_size": 512, "family": None}
+
+
+def _model_values(model: Any) -> Any:
+    """A record's ``model`` with every setting (defaults filled in), to compare; as it is when it
+    is not valid ``[model]`` settings (a record of another facefleet: then it must match as is)."""
+    try:
+        return changed_settings(section_from_json("model", model or {}, RUN_FILE))
+    except ConfigError:
+        return model
+
+
+def changed_settings(section: Any) -> dict[str, Any]:
+    """The settings of a config section that differ from its defaults, as JSON values (run.json's
+    ``model``: what a user reads there is what the run set)."""
+    default = section_to_json(type(section)())
+    return {k: v for k, v in section_to_json(section).items() if v != default[k]}
+
+
+# -- the run's settings, as every worker of every host takes them ------------------------------
+#: the form of run.json's ``settings``
+SETTINGS_VERSION = 1
+#: ``[run]`` settings each host of ``facefleet worker`` takes from its own config (its cores, its
+#: code): the rest are the run's, so every host writes alike
+HOST_RUN_KEYS = ("writers", "file_processes", "stage_timings")
+
+
+def settings_record(model: ModelConfig, run: RunConfig) -> dict[str, Any]:
+    """run.json's ``settings``: the job's resolved ``[model]`` and ``[run]`` settings, versioned."""
+    return {"version": SETTINGS_VERSION, "model": section_to_json(model), "run": section_to_json(run)}
+
+
+def record_settings(record: dict[str, Any], base: JobConfig) -> tuple[ModelConfig, RunConfig]:
+    """The run's ``[model]`` and ``[run]`` settings from its record, checked as a config file's
+    (:class:`ConfigError` naming the key otherwise). A record written before runs recorded their
+    ``settings`` gives what it holds (model settings, formats, leases, attempts, texture size, model
+    folder, reconstructor) over ``base``'s."""
+    where = f"{RUN_FILE} settings"
+    settings = record.get("settings")
+    if settings is not None:
+        if not isinstance(settings, dict) or settings.get("version") != SETTINGS_VERSION:
+            got = settings.get("version") if isinstance(settings, dict) else settings
+            raise ConfigError(f"{where} version {got!r}; this facefleet reads version {SETTINGS_VERSION}")
+        extra = sorted(set(settings) - {"version", "model", "run"})
+        if extra:
+            raise ConfigError(f"{where}: unknown keys {extra}")
+        model = section_from_json("model", settings.get("model", {}), where)
+        return model, section_from_json("run", settings.get("run", {}), where)
+    old = ("formats", "lease_seconds", "max_attempts", "texture_size", "model_dir", "reconstructor")
+    legacy = {
+        "model": dict(record.get("model") or {}),
+        "run": {k: record[k] for k in old if record.get(k) is not None},
+    }
+    cfg = apply_mapping(base, legacy, where)
+    return cfg.model, cfg.run
 
 
 def _show(v: Any) -> str:

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from facefleet.io.read import MAX_FILE_BYTES
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageDecodeError",
@@ -35,7 +37,6 @@ __all__ = [
     "decode_image",
     "probe_size",
     "read_image",
-    "read_source_bytes",
     "sniff_format",
 ]
 
@@ -203,24 +204,18 @@ def decode_image(
     return rgb
 
 
-def read_source_bytes(path: str | os.PathLike[str]) -> bytes:
-    """Read a local path or fsspec URL; OS errors become :class:`ImageDecodeError`."""
-    from facefleet.io.discover import read_bytes
-
-    source = os.fspath(path)
-    try:
-        return read_bytes(source)
-    except FileNotFoundError as exc:
-        raise ImageDecodeError(source, "file not found") from exc
-    except IsADirectoryError as exc:
-        raise ImageDecodeError(source, "is a directory") from exc
-    except PermissionError as exc:
-        raise ImageDecodeError(source, "permission denied") from exc
-    except OSError as exc:
-        if exc.errno == errno.EISDIR:
-            raise ImageDecodeError(source, "is a directory") from exc
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        raise ImageDecodeError(source, f"cannot read file ({reason})") from exc
+def _read_reason(exc: OSError) -> str:
+    """Why :func:`~facefleet.io.read.read_source` refused or failed, in words (after the source)."""
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError) or exc.errno == errno.EISDIR:
+        return "is a directory"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.EINVAL, errno.EFBIG):  # refused unread: the reason is the whole story
+        return reason
+    return f"cannot read file ({reason})"
 
 
 def read_image(
@@ -228,8 +223,18 @@ def read_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = (255, 255, 255),
+    max_bytes: int = MAX_FILE_BYTES,
 ) -> np.ndarray:
-    """Read and decode an image file (local path or fsspec URL) to ``(H, W, 3)`` uint8 RGB."""
+    """Read and decode an image file (local path or fsspec URL) to ``(H, W, 3)`` uint8 RGB.
+
+    The bytes come from facefleet's one input reader, :func:`facefleet.io.read.read_source`: a regular
+    file of at most ``max_bytes`` bytes (``[run] max_file_bytes``); a named pipe, a device or a larger
+    file is refused unread, as every runner refuses it, with an :class:`ImageDecodeError` naming it."""
+    from facefleet.io.read import read_source
+
     source = str(path) if isinstance(path, Path) else os.fspath(path)
-    data = read_source_bytes(source)
+    try:
+        data = read_source(source, max_bytes)
+    except OSError as exc:
+        raise ImageDecodeError(source, _read_reason(exc)) from exc
     return decode_image(data, source, max_pixels=max_pixels, background=background)

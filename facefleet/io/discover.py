@@ -33,7 +33,6 @@ import re
 import stat
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -42,7 +41,6 @@ __all__ = [
     "LIST_EXTENSIONS",
     "is_url",
     "iter_inputs",
-    "read_bytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -394,23 +392,3 @@ def _iter_spec(
             yield from _iter_fs(text, exts, include_hidden)
         return
     yield from _iter_local(os.path.expanduser(text), exts, include_hidden, text, ctx)
-
-
-def read_bytes(path_or_url: str | os.PathLike[str]) -> bytes:
-    """Whole content of a local file, ``file://`` URL or fsspec URL.
-
-    Raises the usual ``OSError`` subclasses (``FileNotFoundError``, ``PermissionError``,
-    ``IsADirectoryError``) so callers can word their own errors.
-    """
-    text = os.fspath(path_or_url)
-    if is_url(text):
-        if text.lower().startswith("file://"):
-            text = _file_url_to_path(text)
-        else:
-            fs, path = _fsspec_fs(text)
-            if fs.isdir(path):
-                raise IsADirectoryError(errno.EISDIR, "is a directory", text)
-            with fs.open(path, "rb") as fh:
-                return bytes(fh.read())
-    with open(Path(text), "rb") as fh:
-        return fh.read()

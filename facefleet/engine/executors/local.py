@@ -43,7 +43,8 @@ class ProcessHandle(WorkerHandle):
 
 
 class LocalProcessExecutor(Executor):
-    """One OS process per worker on this host, started with 'spawn'."""
+    """One OS process per worker on this host, started with 'spawn' and given its spec as JSON
+    (:meth:`WorkerSpec.to_json`: the one form in which settings reach a worker process)."""
 
     name = "local"
 
@@ -54,7 +55,7 @@ class LocalProcessExecutor(Executor):
         from facefleet.engine.worker.main import worker_main
 
         proc = self._ctx.Process(
-            target=worker_main, args=(spec,), name=f"facefleet-{spec.name}", daemon=False
+            target=worker_main, args=(spec.to_json(),), name=f"facefleet-{spec.name}", daemon=False
         )
         proc.start()
         return ProcessHandle(spec, proc)

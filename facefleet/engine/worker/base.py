@@ -216,7 +216,7 @@ class WorkerBase:
         self.pid = os.getpid()
         self.owner = owner_id(spec.name, self.pid)
         self.batch_size = max(1, spec.profile.batch_size)
-        self.formats = frozenset(spec.formats)
+        self.formats = frozenset(spec.run.formats)
         self.texture = bool(self.formats & TEXTURE_FORMATS)
         self.keep_images = "overlay" in self.formats
         self._rec = reconstructor

@@ -26,7 +26,7 @@ class ClaimStage(WorkerBase):
     def _heartbeat(self) -> None:
         """Extends the leases of the units held, a third of a lease apart, and flushes progress."""
         db = open_queue(self.spec.queue_path)
-        every = max(0.1, self.spec.lease_seconds / 3)
+        every = max(0.1, self.spec.run.lease_seconds / 3)
         last_beat = 0.0
         try:
             while not self._stop.wait(0.5):
@@ -36,7 +36,7 @@ class ClaimStage(WorkerBase):
                     if now - last_beat >= every:
                         with self._held_lock:
                             held = list(self._held)
-                        db.heartbeat(self.owner, held, self.spec.lease_seconds)
+                        db.heartbeat(self.owner, held, self.spec.run.lease_seconds)
                         last_beat = now
                 except Exception as e:  # a busy database must not kill the worker; the lease is long
                     print(f"facefleet worker {self.spec.name}: heartbeat failed: {e}", file=sys.stderr)
@@ -61,13 +61,14 @@ class ClaimStage(WorkerBase):
         """Claims units while there are any (or until a drain), and queues each item for the read stage
         with its read started (on threads here, or in the decoder process), then the unit's end."""
         spec = self.spec
+        cap = spec.run.max_file_bytes
         db = open_queue(spec.queue_path)
         pool = ThreadPoolExecutor(max(1, spec.readers), thread_name_prefix="reader")
         try:
             while not self._stop.is_set():
                 if self._draining(db):
                     break
-                unit = db.claim(self.owner, spec.lease_seconds, spec.max_attempts)
+                unit = db.claim(self.owner, spec.run.lease_seconds, spec.run.max_attempts)
                 if unit is None:
                     if db.get_meta("listing_done") == "1" and db.remaining() == 0:
                         break
@@ -80,7 +81,7 @@ class ClaimStage(WorkerBase):
                 for i, p in enumerate(unit.paths):  # the decoder process reads for itself
                     self._put(
                         self._read_q,
-                        (state, i, p, None if self._proc else pool.submit(read_file, p, spec.max_file_bytes)),
+                        (state, i, p, None if self._proc else pool.submit(read_file, p, cap)),
                     )
                 self._put(self._read_q, End(state))
                 if unit.retried:  # run a suspect unit alone, so that a crash blames only it

@@ -58,42 +58,43 @@ def plan_host(
     name: str,
     max_restarts: int | None,
 ) -> HostPlan:
-    """This host's workers: devices and per-host settings from ``config``/``devices``, the run's
-    settings from ``record``."""
+    """This host's workers: devices and per-host settings (``[gpu]``, ``[cpu]``, the
+    :data:`~facefleet.engine.layout.HOST_RUN_KEYS` of ``[run]``) from ``config``/``devices``; the
+    run's ``[model]`` and ``[run]`` settings from its ``record`` (a model folder or custom
+    reconstructor the run leaves unset may come from ``config``)."""
+    from dataclasses import replace
+
     from facefleet.config import ConfigError, load_file
     from facefleet.config.sections import JobConfig
-    from facefleet.engine.layout import input_root
-    from facefleet.platforms import cpu_count, plan_devices
+    from facefleet.engine.layout import HOST_RUN_KEYS, input_root, record_settings
+    from facefleet.engine.worker.spec import file_writers
+    from facefleet.platforms import plan_devices
     from facefleet.platforms.plan import worker_names
 
     try:
-        cfg = load_file(config) if config else JobConfig()
-        profiles = plan_devices(devices or cfg.devices, config=cfg)
+        host = load_file(config) if config else JobConfig()
+        profiles = plan_devices(devices or host.devices, config=host)
+        model, shared = record_settings(record, host)
     except (ConfigError, ValueError, OSError) as e:
         raise WorkerCliError(str(e)) from None
+    run = replace(
+        shared,
+        **{k: getattr(host.run, k) for k in HOST_RUN_KEYS},
+        model_dir=shared.model_dir or host.run.model_dir,
+        reconstructor=shared.reconstructor or host.run.reconstructor,
+    )
+    run = replace(run, writers=run.writers or file_writers(len(profiles)))
     inp = record.get("input")
-    model = dict(record.get("model") or {})
-    run = cfg.run
-    writers = run.writers or max(2, min(16, cpu_count() // max(1, len(profiles)) // 2))
     specs = tuple(
         WorkerSpec(
-            name=f"{name}/{wname}",
-            out_dir=out,
-            profile=prof,
-            formats=tuple(record.get("formats") or ()),
+            f"{name}/{wname}",
+            out,
+            prof,
+            model=model,
+            run=run,
             input_root=input_root(inp) if inp is not None else None,
-            lease_seconds=float(record.get("lease_seconds", run.lease_seconds)),
-            max_attempts=int(record.get("max_attempts", run.max_attempts)),
-            model_dir=record.get("model_dir") or run.model_dir,
-            texture_size=int(record.get("texture_size", run.texture_size)),
-            reconstructor=record.get("reconstructor") or run.reconstructor,
-            reconstructor_kwargs={**model, **dict(record.get("reconstructor_kwargs") or {})},
-            writers=writers,
-            file_processes=run.file_processes,
-            coordinator_pid=None,
-            stage_timings=run.stage_timings,
             queue_url=queue_url,
-            max_file_bytes=run.max_file_bytes,
+            coordinator_pid=None,
         )
         for wname, prof in zip(worker_names(profiles), profiles, strict=True)
     )
@@ -123,7 +124,7 @@ class HostSupervisor:
 
         spec = self.plan.specs[0]
         try:
-            for o in reap_poison(q, spec.out_dir, spec.max_attempts):
+            for o in reap_poison(q, spec.out_dir, spec.run.max_attempts):
                 if o.action == "failed":
                     print(f"facefleet worker: quarantined {o.items} image(s): {o.error}", file=sys.stderr)
         except OSError as e:

@@ -32,6 +32,7 @@ import time
 import traceback
 from typing import Any
 
+from facefleet.config import ConfigError
 from facefleet.engine.queue import QueueError, QueueStorageFull, open_queue
 from facefleet.engine.worker.claim import ClaimStage
 from facefleet.engine.worker.errors import OutputError
@@ -51,14 +52,21 @@ from facefleet.platforms import compile_env
 __all__ = ["Worker", "WorkerSpec", "worker_main"]
 
 
-def worker_main(spec: WorkerSpec) -> None:
-    """Process entry point (spawn target): sets up the process (devices seen, thread counts) before
-    torch loads, runs a :class:`Worker` and exits with its code.
+def worker_main(spec_json: str) -> None:
+    """Process entry point (spawn target): reads its :class:`WorkerSpec` from the JSON it is started
+    with (:meth:`WorkerSpec.to_json`; a spec it cannot read ends it with one line and exit 1), sets up
+    the process (devices seen, thread counts) before torch loads, runs a :class:`Worker` and exits with
+    its code.
 
     Ctrl-C belongs to the coordinator of a coordinator-started worker (it drains the run through the
     queue). An external worker (no ``coordinator_pid``) drains itself on SIGINT or SIGTERM: it claims
     no more units and finishes those it holds."""
     started = time.perf_counter()  # the process's launch, for the start-up lines
+    try:
+        spec = WorkerSpec.from_json(spec_json)
+    except ConfigError as e:
+        print(f"facefleet worker: error: {e}", file=sys.stderr, flush=True)
+        os._exit(EXIT_ERROR)
     external = spec.coordinator_pid is None
     if not external:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -190,23 +198,27 @@ class Worker(ClaimStage, NetworksStage, SinkStage):
 
 
 def _make_reconstructor(spec: WorkerSpec, device: str, *, eager: bool = False) -> Any:
-    """The worker's reconstructor; ``eager``: without torch.compile and CUDA graphs (ready once its
-    weights are loaded)."""
-    kwargs = dict(spec.reconstructor_kwargs)
-    if spec.model_dir is not None:
-        kwargs.setdefault("model_dir", spec.model_dir)
-    kwargs.setdefault("texture_size", spec.texture_size)
-    if spec.reconstructor:
-        mod, _, attr = spec.reconstructor.partition(":")
+    """The worker's reconstructor, from its typed settings: ``spec.model`` (the ``[model]`` settings,
+    :class:`~facefleet.pipeline.Reconstructor`'s parameters of the same names), the ``[run]`` model
+    folder and texture size, the profile's precision and, for facefleet's pipeline, the worker's share of
+    the cores and CPU runtime (CPU) or whether to compile (GPU). A custom ``[run] reconstructor``
+    callable gets the same keywords plus its own ``reconstructor_args``. ``eager``: without
+    torch.compile and CUDA graphs (ready once its weights are loaded)."""
+    run = spec.run
+    kwargs: dict[str, Any] = {**spec.model.arguments(), "texture_size": run.texture_size}
+    if run.model_dir is not None:
+        kwargs["model_dir"] = run.model_dir
+    if run.reconstructor:
+        mod, _, attr = run.reconstructor.partition(":")
         factory = getattr(importlib.import_module(mod), attr)
+        kwargs.update(spec.reconstructor_args)
     else:
         from facefleet.pipeline import Reconstructor as factory
 
         if device == "cpu":  # the worker's share of the cores, for either CPU runtime
-            kwargs.setdefault("threads", max(1, spec.profile.threads))
-            kwargs.setdefault("runtime", spec.profile.runtime)  # [cpu] runtime
+            kwargs.update(threads=max(1, spec.profile.threads), runtime=spec.profile.runtime)
         elif eager or not spec.profile.compile:  # [gpu] compile = false (default: where Triton is)
-            kwargs.setdefault("compiled", False)
+            kwargs["compiled"] = False
     rec = factory(device=device, precision=spec.profile.precision, **kwargs)
     if eager:
         rec.use_cuda_graphs(False)

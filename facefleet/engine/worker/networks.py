@@ -315,7 +315,7 @@ class NetworksStage(ReadStage):
             elif self.device.type == "cuda" and tensors[0].device.type == "cpu":
                 # pinned host memory -> asynchronous copy (host copies stay in batch.items for overlays)
                 tensors = [t.pin_memory().to(self.device, non_blocking=True) for t in tensors]
-            timings = batch.state.stages if self.spec.stage_timings else None
+            timings = batch.state.stages if self.spec.run.stage_timings else None
             done = self._infer(tensors, [batch.sources[k] for k in ok], timings, texture_out)
             for k, r in zip(ok, done, strict=False):
                 out[k] = r

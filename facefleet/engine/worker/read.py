@@ -8,7 +8,7 @@ takes the GIL the networks' thread needs; a child that cannot start leaves the w
 reads on the claimer's reader pool, JPEGs decoded on the device (nvJPEG / nvImageCodec) on a stream of
 each decoder thread, other formats with Pillow. A slot that was too small for a batch grows.
 
-Only regular files are read, and none larger than ``spec.max_file_bytes``
+Only regular files are read, and none larger than ``spec.run.max_file_bytes``
 (:func:`facefleet.io.read.read_source`): a named pipe or a device would block its reader, a huge file
 would be read whole into memory.
 """
@@ -116,7 +116,7 @@ class ReadStage(WorkerBase):
                 threads=p.decode_threads,
                 backends=p.decode_backends,
                 cpu_threads=p.decode_cpu_threads,
-                max_file_bytes=self.spec.max_file_bytes,
+                max_file_bytes=self.spec.run.max_file_bytes,
             ).start()
         except Exception as e:
             self._decoder_process_failed(e)
@@ -205,7 +205,7 @@ class ReadStage(WorkerBase):
         read_s = 0.0
         for k, (_, _, path, fut) in enumerate(pending):
             # no read future: queued for a decoder process that then failed to start
-            data, secs = fut.result() if fut is not None else read_file(path, self.spec.max_file_bytes)
+            data, secs = fut.result() if fut is not None else read_file(path, self.spec.run.max_file_bytes)
             read_s += secs
             if isinstance(data, BaseException):
                 items[k] = data

@@ -54,7 +54,7 @@ class SinkStage(WorkerBase):
             return None
         from facefleet.engine.worker.texture_ring import TextureRing
 
-        slots, size = 3, int(self.spec.texture_size)
+        slots, size = 3, int(self.spec.run.texture_size)
         cap = self.batch_size * size * size * 4  # one RGBA texture per image; more faces go pickled
         try:
             check_shared_memory(slots * cap, "the texture slots")
@@ -73,7 +73,7 @@ class SinkStage(WorkerBase):
         return ResultSink.of(Path(spec.out_dir) / FILES_DIR, self.formats, spec.input_root)
 
     def _file_processes(self) -> bool:
-        procs = self.spec.file_processes
+        procs = self.spec.run.file_processes
         if procs is None:
             procs = self.device.type == "cuda" and bool(self.formats & PROCESS_FORMATS)
         return bool(procs)

@@ -141,6 +141,5 @@ def eager_start(spec: WorkerSpec, device: str) -> bool:
         and p.compile
         and p.decode_process
         and p.network_threads == 1
-        and not spec.reconstructor
-        and "compiled" not in spec.reconstructor_kwargs
+        and not spec.run.reconstructor
     )

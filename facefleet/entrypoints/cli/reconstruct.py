@@ -13,13 +13,12 @@ from facefleet.config import (
     JobConfig,
     RunConfig,
     add_config_arguments,
-    model_kwargs,
 )
 from facefleet.config.flags import section_keys
 from facefleet.entrypoints.cli.options import parse_job
 
 #: the settings of one in-process run: the model's, the outputs' and the files'
-KEYS = [*section_keys("model"), "run.formats", "run.texture_size", "run.model_dir"]
+KEYS = [*section_keys("model"), "run.formats", "run.texture_size", "run.model_dir", "run.max_file_bytes"]
 #: defaults of ``reconstruct`` where they differ from a batch run's: outputs to look at, fp32
 BASE = JobConfig(
     run=RunConfig(formats=("json", "obj", "overlay")),
@@ -55,7 +54,8 @@ def demo_base() -> JobConfig:
 
 def runner_args(args: argparse.Namespace, cfg: JobConfig) -> argparse.Namespace:
     """The namespace :mod:`facefleet.reconstruct_cmd` reads: one device and its batch size and
-    precision (its device section's), the outputs and the model settings."""
+    precision (its device section's), the outputs, the input files' size cap and the ``[model]``
+    settings (a :class:`~facefleet.config.ModelConfig`)."""
     device = cfg.devices if cfg.devices != "all" else "cuda"
     on_cpu = device == "cpu"
     if device == "auto":
@@ -72,7 +72,8 @@ def runner_args(args: argparse.Namespace, cfg: JobConfig) -> argparse.Namespace:
         formats=set(cfg.run.formats),
         texture_size=cfg.run.texture_size,
         model_dir=Path(cfg.run.model_dir) if cfg.run.model_dir else None,
-        model=model_kwargs(cfg),
+        max_file_bytes=cfg.run.max_file_bytes,
+        model=cfg.model,
     )
 
 

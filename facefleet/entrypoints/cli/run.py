@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
-from facefleet.config import JobConfig, add_config_arguments
-from facefleet.config.flags import given_values
+from facefleet.config import add_config_arguments
 from facefleet.entrypoints.cli.options import parse_job
 
 
@@ -32,28 +30,6 @@ def build_parser(prog: str = "facefleet run") -> argparse.ArgumentParser:
     return p
 
 
-def engine_options(cfg: JobConfig, given: dict[str, Any]) -> dict[str, Any]:
-    """The engine's :class:`~facefleet.engine.engine.RunOptions` for ``cfg``: the settings it takes
-    as options from the typed config, the rest (device sections, ``[run]`` extras, ``[queue] url``)
-    as the TOML-shaped ``given`` (what the file and the flags set, checked as ``cfg`` already). Unset unit
-    size and model settings stay unset, so a resumed run keeps its own."""
-    r = cfg.run
-    return {
-        "devices": cfg.devices,
-        "formats": r.formats,
-        "unit_size": given.get("run", {}).get("unit_size"),
-        "lease_seconds": r.lease_seconds,
-        "max_attempts": r.max_attempts,
-        "max_restarts": r.max_restarts,
-        "model_dir": r.model_dir,
-        "texture_size": r.texture_size,
-        "reconstructor": r.reconstructor,
-        "executor": r.executor,
-        "model": dict(given.get("model", {})),
-        "config": given,
-    }
-
-
 def run_main(argv: list[str]) -> int:
     """Exit codes: 0 all images done, 1 done but some images failed, 2 error, 130 interrupted."""
     parsed = parse_job(build_parser(), argv)
@@ -63,10 +39,9 @@ def run_main(argv: list[str]) -> int:
     from facefleet.engine.engine import run
     from facefleet.engine.layout import EngineError
 
-    options = engine_options(cfg, given_values(args))
     try:
         summary = run(
-            args.input, args.out, quiet=args.quiet, force=args.force, log_json=args.log_json, **options
+            args.input, args.out, config=cfg, quiet=args.quiet, force=args.force, log_json=args.log_json
         )
     except (EngineError, ValueError) as e:  # ValueError: a setting the engine refused
         print(f"facefleet run: error: {e}", file=sys.stderr)

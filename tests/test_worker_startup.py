@@ -322,3 +322,36 @@ def test_a_worker_switching_reconstructors_mid_run_gives_the_same_faces(
     assert len(first.faces) == len(second.faces) == 1
     assert np.allclose(first.faces[0].landmarks, second.faces[0].landmarks, atol=1e-3)
     assert "compiled networks took over" in capsys.readouterr().err
+
+
+def test_cold_build_saves_stamp_and_warm_start_skips_artifacts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The first worker on a cold cache compiles with a pool, then saves the artifacts and the warm
+    stamp and stops the pool; the next one compiles in-process and does not load the artifacts file
+    (loading it rewrote caches that were already on disk); an eager-only build stamps nothing."""
+    import torch._inductor.async_compile as async_compile
+    import torch.compiler
+
+    from facefleet.engine.worker.startup import compile_threads, finish_compile, start_compile
+
+    loaded: list[bytes] = []
+    shutdowns: list[int] = []
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"ARTIFACTS", object()))
+    monkeypatch.setattr(torch.compiler, "load_cache_artifacts", lambda b: loaded.append(b) or object())
+    monkeypatch.setattr(async_compile, "shutdown_compile_workers", lambda: shutdowns.append(1))
+    monkeypatch.setattr("facefleet.platforms.cpu_count", lambda: 16)
+    folder = tmp_path / "inductor" / "h200-sm90-torch2.11.0"
+    (folder).mkdir(parents=True)
+    (folder / "compile_artifacts.bin").write_bytes(b"FROM ANOTHER HOST")
+    assert compile_threads(folder) > 1  # cold: a pool of compilers
+    assert start_compile(folder) and loaded == [b"FROM ANOTHER HOST"]
+    finish_compile(folder, compiled=False)  # eager networks: nothing compiled, nothing stamped
+    assert not (folder / "warm.json").exists() and not shutdowns
+    finish_compile(folder, compiled=True)
+    assert (folder / "warm.json").exists() and shutdowns == [1]
+    assert (folder / "compile_artifacts.bin").read_bytes() == b"ARTIFACTS"
+    assert compile_threads(folder) == 1 and not start_compile(folder) and len(loaded) == 1
+    finish_compile(folder, compiled=True)  # warm: no second save, no pool to stop
+    assert shutdowns == [1]
+    assert compile_threads(None) == 1 and not start_compile(None)  # CPU workers compile nothing

@@ -43,6 +43,7 @@ from facefleet.engine.worker.startup import (
     BackgroundCompile,
     compile_folder,
     compile_root,
+    compile_threads,
     eager_start,
     gpu_of,
     torch_version,
@@ -77,15 +78,12 @@ def worker_main(spec_json: str) -> None:
     else:
         # This process sees only its GPU (as cuda:0): no stray CUDA contexts on other GPUs from
         # pinned memory, decoders or library handles created on "the current device".
+        threads = compile_threads(compile_folder(spec))  # counts the host's GPUs: before the next line
         os.environ["CUDA_VISIBLE_DEVICES"] = visible_device(spec.profile.device)
-        # torch.compile (the networks' graphs, the crop gather) compiles in this process rather than in a
-        # pool of one compiler process per core: on a 16-core H200 host with that pool a run's processes
-        # held 9.7 GB of host memory with one worker (18.9 GB with two) for the whole run; compiled code
-        # is cached on disk after the first run
-        os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
         # torch.compile's caches in facefleet's cache folder, one per GPU kind and torch build (a
-        # user's own TORCHINDUCTOR_* settings win)
-        for k, v in compile_env(compile_root(), gpu_of(spec), torch_version()).items():
+        # user's own TORCHINDUCTOR_* settings win); a pool of compiler processes only while a cold
+        # cache is built (startup.compile_threads: the pool is shut down once the networks are built)
+        for k, v in compile_env(compile_root(), gpu_of(spec), torch_version(), threads).items():
             os.environ.setdefault(k, v)
         local = "cuda:0"
     import torch

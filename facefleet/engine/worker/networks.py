@@ -24,7 +24,7 @@ from typing import Any
 from facefleet.engine.worker.base import STOP, Abort, Batch, End, add_time
 from facefleet.engine.worker.errors import device_broken, error_text
 from facefleet.engine.worker.read import ReadStage
-from facefleet.engine.worker.startup import compile_folder
+from facefleet.engine.worker.startup import compile_folder, finish_compile, start_compile
 from facefleet.types import ImageResult
 
 
@@ -42,14 +42,13 @@ class NetworksStage(ReadStage):
             # Eager start: this reconstructor is the eager one (cuDNN plans only: seconds), the
             # compiled one is built afterwards on a thread of its own (startup.BackgroundCompile)
             from facefleet.io.gpu_decode import jpeg_decoder
-            from facefleet.platforms import load_compile_artifacts, save_compile_artifacts
 
             folder = compile_folder(self.spec) if self._compiling is None else None
             t0 = time.perf_counter()
-            loaded = folder is not None and load_compile_artifacts(folder)
+            loaded = start_compile(folder)
             warm()
-            if folder is not None:
-                save_compile_artifacts(folder)
+            compiled = any(getattr(net, "compiled", False) for net in self._networks_of(self._rec))
+            finish_compile(folder, compiled)
             dec = jpeg_decoder(self.device, self.spec.profile.decoder)  # set up already: cached
             kind = "eager networks (compiled ones building)" if self._compiling is not None else "networks"
             where = f"{kind} ready in {time.perf_counter() - t0:.1f} s"
@@ -184,6 +183,12 @@ class NetworksStage(ReadStage):
             t_put = time.perf_counter()
             self._order.pass_on(ticket, (batch, results))  # after the batches taken before it
             add_time(batch.state.stages, "wait_writers", time.perf_counter() - t_put)
+
+    @staticmethod
+    def _networks_of(rec: Any) -> list[Any]:
+        """The reconstructor's networks (none for a custom reconstructor without ``networks()``)."""
+        nets = getattr(rec, "networks", None)
+        return list(nets()) if callable(nets) else []
 
     def _say(self, text: str) -> None:
         print(f"facefleet worker {self.spec.name}: {text}", file=sys.stderr, flush=True)

@@ -58,23 +58,19 @@ class BackgroundCompile:
     def _run(self) -> None:
         import torch
 
-        from facefleet.platforms import load_compile_artifacts, save_compile_artifacts
-
         t0 = time.perf_counter()
         loaded = False
         rec: Any = None
         error: BaseException | None = None
         try:
-            if self._artifacts is not None:
-                loaded = load_compile_artifacts(self._artifacts)
+            loaded = start_compile(self._artifacts)
             rec = self._build()
             cuda = torch.device(self._device).type == "cuda"
             # a stream of its own: the eager networks' batches go on meanwhile on theirs
             stream = torch.cuda.Stream(self._device) if cuda else None
             with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                 rec.precompile()
-            if self._artifacts is not None:
-                save_compile_artifacts(self._artifacts)
+            finish_compile(self._artifacts, compiled=True)
         except BaseException as e:  # any failure keeps the worker on eager networks
             rec, error = None, e
         self._result = Built(rec, error, time.perf_counter() - t0, loaded)
@@ -127,6 +123,65 @@ def compile_folder(spec: WorkerSpec) -> Path | None:
     if spec.profile.device == "cpu":
         return None
     return compile_cache_dir(compile_root(), gpu_of(spec), torch_version())
+
+
+def compile_threads(folder: Path | None) -> int:
+    """Compiler processes for this GPU worker (``TORCHINDUCTOR_COMPILE_THREADS``, set before torch
+    loads): 1 when its compile folder holds this facefleet version's warm stamp (the compiled code
+    comes from the cache: a pool would only add its start), else its share of the host's cores for
+    the cold build (:func:`facefleet.platforms.cold_compile_threads`; the pool is shut down once the
+    networks are built, :func:`finish_compile`)."""
+    from facefleet import __version__
+    from facefleet.platforms import cold_compile_threads, compile_cache_warm, cpu_count
+
+    if folder is None or compile_cache_warm(folder, __version__):
+        return 1
+    return cold_compile_threads(cpu_count(), host_gpus())
+
+
+def host_gpus() -> int:
+    """GPUs of this host that its workers may use, counted without loading CUDA (device files, then
+    ``CUDA_VISIBLE_DEVICES``): what a cold build's compiler pool shares the cores with."""
+    import glob
+    import os
+
+    n = len(glob.glob("/dev/nvidia[0-9]*"))
+    seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if seen is not None:
+        listed = len([d for d in seen.split(",") if d.strip()])
+        n = min(n, listed) if n else listed
+    return max(1, n)
+
+
+def start_compile(folder: Path | None) -> bool:
+    """Before a worker builds its compiled networks: load the portable compile artifacts of ``folder``
+    when the cache is cold (no warm stamp: e.g. a cache folder copied from another host, or only the
+    artifacts file). Whether they were loaded."""
+    from facefleet import __version__
+    from facefleet.platforms import compile_cache_warm, load_compile_artifacts
+
+    if folder is None or compile_cache_warm(folder, __version__):
+        return False
+    return load_compile_artifacts(folder)
+
+
+def finish_compile(folder: Path | None, compiled: bool) -> None:
+    """After a worker built its networks (``compiled``: with torch.compile): on a cold cache, save the
+    portable artifacts and the warm stamp, and stop the compiler pool (its processes held ~0.5 GB each
+    for as long as they lived)."""
+    from facefleet import __version__
+    from facefleet.platforms import compile_cache_warm, mark_compile_cache_warm, save_compile_artifacts
+
+    if folder is None or not compiled or compile_cache_warm(folder, __version__):
+        return
+    save_compile_artifacts(folder)
+    mark_compile_cache_warm(folder, __version__)
+    try:
+        from torch._inductor.async_compile import shutdown_compile_workers
+
+        shutdown_compile_workers()
+    except Exception:  # an older torch, or no pool was started: nothing holds memory
+        pass
 
 
 def eager_start(spec: WorkerSpec, device: str) -> bool:

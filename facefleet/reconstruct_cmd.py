@@ -44,16 +44,18 @@ def _is_list_file(p: str) -> bool:
 
 
 def _make_reconstructor(args: argparse.Namespace) -> Any:
-    """The pipeline of ``args`` (``args.model``: the model settings as Reconstructor keywords, built
-    by the command line from :mod:`facefleet.config`)."""
+    """The pipeline of ``args`` (``args.model``: the ``[model]`` settings, a
+    :class:`~facefleet.config.ModelConfig` built by the command line from :mod:`facefleet.config`;
+    None: the defaults)."""
     from facefleet.pipeline import Reconstructor
 
+    model = getattr(args, "model", None)
     return Reconstructor(
         device=args.device,
         precision=args.precision,
         model_dir=args.model_dir,
         texture_size=args.texture_size,
-        **dict(getattr(args, "model", None) or {}),
+        **(model.arguments() if model is not None else {}),
     )
 
 

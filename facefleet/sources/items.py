@@ -1,7 +1,7 @@
 """Work items: what one entry of a unit of work is, independent of the medium.
 
-A unit of work holds a tuple of items of one or more kinds. Today there is one kind, an image file
-(:class:`ImageItem`); a video's frame range (``FrameRange(source, start, stop)``) is the next. The
+A unit of work holds a tuple of items of one or more kinds: an image file
+(:class:`ImageItem`) and a video's frame range (:class:`FrameRange`, ``source, start, count``). The
 queue, leases, manifest and report only ever move items around as JSON, so a new kind is a frozen
 dataclass with a ``kind`` tag, ``to_json``/``from_json``, and an entry in :data:`ITEM_KINDS`.
 
@@ -39,11 +39,44 @@ class ImageItem:
         return cls(source=data["source"])
 
 
-# Every kind a unit may hold: one today; a new kind joins this union (``ImageItem | FrameRange``)
-# and ITEM_KINDS.
-WorkItem: TypeAlias = ImageItem
+@dataclass(frozen=True, slots=True)
+class FrameRange:
+    """Frames ``start .. start + count - 1`` of a video file ``source`` (0-based, presentation
+    order; see :mod:`facefleet.io.video`, whose ``plan_chunks`` makes them and ``read_frames``
+    reads them frame-exactly)."""
 
-ITEM_KINDS: Mapping[str, Any] = MappingProxyType({ImageItem.kind: ImageItem})
+    source: str
+    start: int
+    count: int
+    kind: ClassVar[str] = "frames"
+
+    def __post_init__(self) -> None:
+        if not self.source or not isinstance(self.source, str):
+            raise ValueError(f"a frame range needs a non-empty source, got {self.source!r}")
+        for name in ("start", "count"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"a frame range's {name} must be an int, got {v!r}")
+        if self.start < 0 or self.count < 1:
+            raise ValueError(f"a frame range needs start >= 0 and count >= 1, got {self.start}, {self.count}")
+
+    @property
+    def stop(self) -> int:
+        """One past the last frame."""
+        return self.start + self.count
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "source": self.source, "start": self.start, "count": self.count}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FrameRange:
+        return cls(source=data["source"], start=data["start"], count=data["count"])
+
+
+# Every kind a unit may hold; a new kind joins this union and ITEM_KINDS.
+WorkItem: TypeAlias = ImageItem | FrameRange
+
+ITEM_KINDS: Mapping[str, Any] = MappingProxyType({ImageItem.kind: ImageItem, FrameRange.kind: FrameRange})
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))

@@ -48,3 +48,23 @@ DEVICES = ["cpu"] + (["cuda"] if _cuda_available() else [])
 @pytest.fixture(params=DEVICES)
 def device(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+class _SizesOnly:
+    """A pipeline stand-in for ``reconstruct``: one faceless result of each image's size."""
+
+    device = "cpu"
+
+    def __call__(self, arrays: list[np.ndarray], sources: list[str], texture: bool = False) -> list[object]:
+        from facefleet.types import ImageResult
+
+        return [ImageResult(s, a.shape[1], a.shape[0]) for a, s in zip(arrays, sources, strict=True)]
+
+
+@pytest.fixture
+def sizes_only_reconstruct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``facefleet reconstruct`` runs over :class:`_SizesOnly` (no models): what it reads, names and
+    writes, without the networks."""
+    from facefleet import reconstruct_cmd
+
+    monkeypatch.setattr(reconstruct_cmd, "_make_reconstructor", lambda args: _SizesOnly())

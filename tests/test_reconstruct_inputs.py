@@ -13,28 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facefleet.types import ImageResult
-
-
-class _SizesOnly:
-    """A pipeline stand-in: one faceless result of each image's size."""
-
-    device = "cpu"
-
-    def __call__(
-        self, arrays: list[np.ndarray], sources: list[str], texture: bool = False
-    ) -> list[ImageResult]:
-        return [ImageResult(s, a.shape[1], a.shape[0]) for a, s in zip(arrays, sources, strict=True)]
-
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
 def test_reconstruct_refuses_a_fifo_and_an_oversized_file_and_does_the_rest(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sizes_only_reconstruct: None
 ) -> None:
-    from facefleet import reconstruct_cmd
     from facefleet.entrypoints.cli.reconstruct import reconstruct_main
 
-    monkeypatch.setattr(reconstruct_cmd, "_make_reconstructor", lambda args: _SizesOnly())
     inp = tmp_path / "in"
     inp.mkdir()
     Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(inp / "good.png")

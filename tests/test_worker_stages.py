@@ -181,31 +181,18 @@ def test_sink_names_are_collision_free_and_deterministic() -> None:
     assert len(output_location(f"{root}/{long}", root)[1]) < 200
 
 
-class _SizesOnly:
-    """A pipeline stand-in for ``reconstruct``: one faceless result of each image's size."""
-
-    device = "cpu"
-
-    def __call__(
-        self, arrays: list[np.ndarray], sources: list[str], texture: bool = False
-    ) -> list[ImageResult]:
-        return [ImageResult(s, a.shape[1], a.shape[0]) for a, s in zip(arrays, sources, strict=True)]
-
-
-def _reconstruct_json(monkeypatch: pytest.MonkeyPatch, inp: Path, out: Path) -> None:
-    """``facefleet reconstruct INP -o OUT --formats json`` over :class:`_SizesOnly`."""
+def _reconstruct_json(inp: Path, out: Path) -> None:
+    """``facefleet reconstruct INP -o OUT --formats json`` (over the ``sizes_only_reconstruct`` stand-in
+    of the calling test)."""
     import argparse
 
     from facefleet import reconstruct_cmd
 
-    monkeypatch.setattr(reconstruct_cmd, "_make_reconstructor", lambda args: _SizesOnly())
     ns = argparse.Namespace(paths=[str(inp)], out=out, formats={"json"}, batch_size=4, max_file_bytes=1 << 20)
     assert reconstruct_cmd.reconstruct_paths(ns) == 0
 
 
-def test_reconstruct_and_run_write_the_same_file_names(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_reconstruct_and_run_write_the_same_file_names(tmp_path: Path, sizes_only_reconstruct: None) -> None:
     """``facefleet reconstruct IN -o A`` and ``facefleet run IN B`` name every file alike (A/... ==
     B/files/...), the whole file name kept, and colliding names stay apart."""
 
@@ -220,7 +207,7 @@ def test_reconstruct_and_run_write_the_same_file_names(
         Image.fromarray(arr).save(path)
 
     a = tmp_path / "a"
-    _reconstruct_json(monkeypatch, inp, a)
+    _reconstruct_json(inp, a)
     b = tmp_path / "b"
     run(
         str(inp),
@@ -241,9 +228,7 @@ def test_reconstruct_and_run_write_the_same_file_names(
     )
 
 
-def test_a_name_that_is_not_utf8_is_recorded_not_fatal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_name_that_is_not_utf8_is_recorded_not_fatal(tmp_path: Path, sizes_only_reconstruct: None) -> None:
     """``caf\\xe9.jpg`` (Latin-1 bytes): the manifest, the JSON file and ``reconstruct``'s output
     carry the name as text (``caf\\xe9.jpg``); both runners name its files alike (from its bytes)."""
     import json
@@ -262,7 +247,7 @@ def test_a_name_that_is_not_utf8_is_recorded_not_fatal(
     assert json.loads((out / "files" / name).read_text())["source"] == text
 
     a = tmp_path / "a"
-    _reconstruct_json(monkeypatch, inp, a)
+    _reconstruct_json(inp, a)
     assert [p.name for p in a.iterdir()] == [name]
 
 

@@ -203,12 +203,7 @@ class NetworksStage(ReadStage):
         self._compiling = None
         eager = f"after {self._eager_batches} batches on eager networks"
         if built.error is not None:
-            e = built.error
-            first = str(e).splitlines()[0] if str(e) else ""
-            self._say(
-                f"warning: compiling the networks failed ({type(e).__name__}: {first}); staying on eager"
-            )
-            self._startup_event(None, built.seconds, f"{type(e).__name__}: {first}")
+            self._stay_eager("compiling the networks", built.error, built.seconds)
             return
         t0 = time.perf_counter()
         try:
@@ -216,11 +211,7 @@ class NetworksStage(ReadStage):
         except Exception as e:
             if device_broken(e):
                 raise
-            first = str(e).splitlines()[0] if str(e) else ""
-            self._say(
-                f"warning: capturing compiled networks failed ({type(e).__name__}: {first}); staying on eager"
-            )
-            self._startup_event(None, built.seconds, f"{type(e).__name__}: {first}")
+            self._stay_eager("capturing compiled networks", e, built.seconds)
             return
         self._rec = built.rec
         gc.freeze()  # the compiled code stays for the whole run, like everything before it
@@ -231,6 +222,12 @@ class NetworksStage(ReadStage):
             f"(built in {built.seconds:.1f} s{note}, captured in {time.perf_counter() - t0:.1f} s), {eager}"
         )
         self._startup_event(took_over, built.seconds, None)
+
+    def _stay_eager(self, doing: str, e: BaseException, built_s: float) -> None:
+        """``doing`` failed with ``e``: one warning line, and the start-up event says so."""
+        first = str(e).splitlines()[0] if str(e) else ""
+        self._say(f"warning: {doing} failed ({type(e).__name__}: {first}); staying on eager")
+        self._startup_event(None, built_s, f"{type(e).__name__}: {first}")
 
     def _startup_event(self, took_over: float | None, built_s: float, error: str | None) -> None:
         """A ``worker_startup`` event in the queue (the coordinator's event log keeps it): seconds from

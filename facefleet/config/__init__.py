@@ -36,6 +36,7 @@ from facefleet.config.sections import (
     ModelConfig,
     QueueConfig,
     RunConfig,
+    VideoConfig,
     parse_jpeg_backends,
 )
 
@@ -53,6 +54,7 @@ __all__ = [
     "ModelConfig",
     "QueueConfig",
     "RunConfig",
+    "VideoConfig",
     "add_config_arguments",
     "apply_mapping",
     "config_from_args",

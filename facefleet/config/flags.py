@@ -40,7 +40,7 @@ def flag_name(key: str) -> str:
     section, _, name = key.rpartition(".")
     if key == "queue.url":
         return "--queue"
-    prefix = f"{section}-" if section in ("gpu", "cpu", "queue") else ""
+    prefix = f"{section}-" if section in ("gpu", "cpu", "queue", "video") else ""
     return "--" + (prefix + name).replace("_", "-")
 
 

@@ -345,12 +345,83 @@ class QueueConfig:
         check_fields(self, "queue")
 
 
+ANONYMIZE_MODES = ("blur", "pixelate", "solid")
+VIDEO_FORMATS = ("parquet", "json", "overlay", "anonymize")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """``[video]``: how videos are cut into chunks, tracked, smoothed, drawn and encoded."""
+
+    formats: tuple[str, ...] = setting(
+        ("parquet",),
+        f"per-video outputs, comma-separated, among {','.join(VIDEO_FORMATS)}: parquet (a row per face per "
+        "frame), json (a JSON line per frame), overlay (an MP4 with mesh, track ids and pose axes drawn), "
+        "anonymize (an MP4 with every tracked face covered); the MP4s keep the input's frames, timing and "
+        "audio",
+        choices=VIDEO_FORMATS,
+    )
+    chunk_frames: int = setting(
+        300, "frames per unit of work (chunks start at keyframes where the video has them)", minimum=1
+    )
+    overlap: int = setting(
+        8,
+        "frames before each chunk that its worker also tracks (not written) so that track ids are stitched "
+        "across chunk boundaries",
+        minimum=0,
+    )
+    tracking: bool = setting(
+        True,
+        "track faces from frame to frame (the previous frame's landmarks give the next crop; the detector "
+        "runs every detect_every frames, on loss and at scene cuts); false: detect on every frame",
+    )
+    detect_every: int = setting(
+        10, "run the detector on every N-th frame of a track (and whenever a face is lost)", minimum=1
+    )
+    scene_cut: float = setting(
+        0.25,
+        "a frame whose downscaled grey image differs from the previous one by more than this mean absolute "
+        "difference (0-1) is a scene cut: the detector runs and tracks restart (0: never)",
+        minimum=0,
+        maximum=1,
+    )
+    tracked_refine: int = setting(
+        1, "extra mesh passes on tracked frames (detected frames use [model] refine)", minimum=0
+    )
+    smoothing: bool = setting(
+        True, "One Euro filter on landmarks and pose of each track (false: raw per-frame values, for analysis)"
+    )
+    min_cutoff: float = setting(
+        1.0, "One Euro minimum cutoff frequency in Hz (lower: steadier still faces)", check=_positive_float
+    )
+    beta: float = setting(
+        0.5,
+        "One Euro speed coefficient (higher: less lag on fast motion), on speeds in face sizes per second",
+        minimum=0,
+    )
+    anonymize: str = setting("blur", "how anonymize covers faces: blur, pixelate or solid", choices=ANONYMIZE_MODES)
+    margin: float = setting(
+        0.2, "anonymize also covers this fraction of the face's size around the face region", minimum=0
+    )
+    preset: str = setting(
+        "veryfast", "x264 preset of the MP4 outputs (faster presets encode more frames/s)", choices=X264_PRESETS
+    )
+    crf: int = setting(20, "x264 constant rate factor of the MP4 outputs (lower: better, larger)", minimum=0, maximum=51)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.formats, list):
+            object.__setattr__(self, "formats", tuple(self.formats))
+        check_fields(self, "video")
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "gpu": GpuConfig,
     "cpu": CpuConfig,
     "run": RunConfig,
     "queue": QueueConfig,
+    "video": VideoConfig,
 }
 
 
@@ -367,6 +438,7 @@ class JobConfig:
     cpu: CpuConfig = field(default_factory=CpuConfig)
     run: RunConfig = field(default_factory=RunConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
 
     def __post_init__(self) -> None:
         check_fields(self, "")

@@ -1,0 +1,6 @@
+"""Video: faces tracked through frames, smoothing, overlays and anonymisation, encoding and muxing
+with the original audio, chunk stitching (see :mod:`facefleet.io.video` for frame-exact reading)."""
+
+from facefleet.video.types import FrameResult
+
+__all__ = ["FrameResult"]

@@ -245,10 +245,10 @@ def test_cpu_workers_build_the_pipeline_with_the_configured_runtime(monkeypatch:
     import dataclasses
 
     import facefleet.pipeline
-    from facefleet.engine.worker.main import _make_reconstructor
+    from facefleet.engine.worker.main import make_reconstructor
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(facefleet.pipeline, "Reconstructor", lambda **kw: seen.update(kw))
     profile = dataclasses.replace(DeviceProfile("cpu", "cpu", 8, "fp32", "cpu", 3), runtime="litert")
-    _make_reconstructor(WorkerSpec("c0", "/out", profile), "cpu")
+    make_reconstructor(WorkerSpec("c0", "/out", profile), "cpu")
     assert seen["runtime"] == "litert" and seen["threads"] == 3 and seen["device"] == "cpu"

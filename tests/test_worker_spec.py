@@ -83,14 +83,14 @@ def test_model_settings_travel_from_the_job_to_the_reconstructor(
 ) -> None:
     """``[model] refine`` and ``max_tiles``, ``[run] texture_size`` and ``[gpu] batch_size`` of a
     job's config reach the worker process's pipeline through the plan and the spec's JSON."""
-    from facefleet.engine.worker.main import _make_reconstructor
+    from facefleet.engine.worker.main import make_reconstructor
 
     cfg = JobConfig(devices="cpu", model=ModelConfig(refine=0, max_tiles=3), run=RunConfig(texture_size=256))
     plan, _ = plan_job("j", Job.from_config(str(_input(tmp_path)), tmp_path / "out", cfg, batch_size=5))
     spec = WorkerSpec.from_json(plan.worker_spec("cpu0", plan.profiles[0]).to_json())
     assert spec.model == cfg.model and spec.profile.batch_size == 5 and spec.run.unit_size == 256
     seen = _recorded(monkeypatch)
-    _make_reconstructor(spec, "cpu")
+    make_reconstructor(spec, "cpu")
     assert seen["refine"] == 0 and seen["max_tiles"] == 3 and seen["texture_size"] == 256
     assert seen["runtime"] == spec.profile.runtime and seen["threads"] == spec.profile.threads
     assert plan.record["model"] == {"refine": 0, "max_tiles": 3}  # run.json: what the job set

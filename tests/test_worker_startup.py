@@ -172,7 +172,7 @@ def test_gpu_eager_start_is_a_setting_that_reaches_the_profile() -> None:
 
 def test_the_eager_reconstructor_has_no_compile_and_no_cuda_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
     import facefleet.pipeline
-    from facefleet.engine.worker.main import _make_reconstructor
+    from facefleet.engine.worker.main import make_reconstructor
 
     made: list[tuple[dict[str, Any], list[bool]]] = []
 
@@ -186,8 +186,8 @@ def test_the_eager_reconstructor_has_no_compile_and_no_cuda_graphs(monkeypatch: 
 
     monkeypatch.setattr(facefleet.pipeline, "Reconstructor", _Fake)
     spec = WorkerSpec("g0", "/out", H200)
-    _make_reconstructor(spec, "cuda:0", eager=True)
-    _make_reconstructor(spec, "cuda:0")
+    make_reconstructor(spec, "cuda:0", eager=True)
+    make_reconstructor(spec, "cuda:0")
     (eager_kw, eager_graphs), (kw, graphs) = made
     assert eager_kw["compiled"] is False and eager_graphs == [False]
     assert "compiled" not in kw and graphs == []  # the compiled one: as without eager start

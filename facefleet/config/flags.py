@@ -31,6 +31,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "--precision": ("gpu.precision", "cpu.precision"),
     "--workers": ("cpu.workers",),
     "--device": ("devices",),
+    # facefleet video's own short forms (its command has no photo --formats)
+    "--formats": ("video.formats",),
+    "--anonymize": ("video.anonymize",),
 }
 
 

@@ -165,6 +165,29 @@ def _index(path: str) -> _Index:
     return _cached_index(path, st.st_size, st.st_mtime_ns)
 
 
+def frame_timestamps(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], Fraction]:
+    """The pts of every frame of ``path``'s first video stream, in frame order, and the stream's time
+    base: frame ``i`` is shown at ``pts[i] * time_base`` seconds (what encoders given these frames keep,
+    so an output has the input's exact timing, variable frame rates included)."""
+    p = os.fspath(path)
+    idx = _index(p)
+    container = _open(p)
+    try:
+        tb = container.streams.video[0].time_base
+    finally:
+        container.close()
+    return idx.pts, Fraction(tb.numerator, tb.denominator)
+
+
+def upright(rgb: np.ndarray, rotation: float) -> np.ndarray:
+    """A decoded ``(H, W, 3)`` frame as a player shows it: turned ``rotation`` degrees counter-clockwise
+    (:attr:`VideoInfo.rotation`; multiples of 90 only, others are left as they are)."""
+    k = round(rotation / 90) % 4
+    if k == 0 or abs(rotation - 90 * round(rotation / 90)) > 1e-3:
+        return rgb
+    return np.ascontiguousarray(np.rot90(rgb, k))
+
+
 def probe_video(path: str | os.PathLike[str], *, exact: bool = False) -> VideoInfo:
     """Frames, rate, size, rotation, audio and codec of ``path``'s first video stream.
 

@@ -93,7 +93,12 @@ def worker_main(spec_json: str) -> None:
     torch.set_num_threads(max(1, spec.profile.threads))
     code = EXIT_ERROR
     try:
-        worker = Worker(spec, local_device=local, started=started)
+        if spec.job == "video":
+            from facefleet.engine.worker.video import VideoWorker
+
+            worker: Worker | VideoWorker = VideoWorker(spec, local_device=local, started=started)
+        else:
+            worker = Worker(spec, local_device=local, started=started)
         if external:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: worker.drain())
@@ -146,9 +151,9 @@ class Worker(ClaimStage, NetworksStage, SinkStage):
             self._start_decoder_process()
         if self._rec is None:
             eager = eager_start(spec, local)
-            self._rec = _make_reconstructor(spec, local, eager=eager)
+            self._rec = make_reconstructor(spec, local, eager=eager)
             if eager:  # started once the eager networks are ready (_device_stage)
-                build = functools.partial(_make_reconstructor, spec, local)
+                build = functools.partial(make_reconstructor, spec, local)
                 self._compiling = BackgroundCompile(build, self.device, compile_folder(spec))
         self._ring = self._texture_ring()
         db = open_queue(spec.queue_path)
@@ -195,7 +200,7 @@ class Worker(ClaimStage, NetworksStage, SinkStage):
         return EXIT_OK
 
 
-def _make_reconstructor(spec: WorkerSpec, device: str, *, eager: bool = False) -> Any:
+def make_reconstructor(spec: WorkerSpec, device: str, *, eager: bool = False) -> Any:
     """The worker's reconstructor, from its typed settings: ``spec.model`` (the ``[model]`` settings,
     :class:`~facefleet.pipeline.Reconstructor`'s parameters of the same names), the ``[run]`` model
     folder and texture size, the profile's precision and, for facefleet's pipeline, the worker's share of

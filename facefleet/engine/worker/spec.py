@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facefleet.config import ConfigError, ModelConfig, RunConfig
+from facefleet.config import ConfigError, ModelConfig, RunConfig, VideoConfig
 from facefleet.config.loading import section_from_json, section_to_json
 from facefleet.engine.queue import QUEUE_FILE
 from facefleet.platforms import DeviceProfile
@@ -32,7 +32,9 @@ TEXTURE_FORMATS = frozenset({"png", "obj", "glb"})
 PROCESS_FORMATS = TEXTURE_FORMATS | {"overlay"}  # written by a process pool on GPU workers
 
 #: the form of :meth:`WorkerSpec.to_json`; a worker refuses another (a host running another facefleet)
-SPEC_VERSION = 1
+SPEC_VERSION = 2
+#: the kinds of job a worker runs
+JOBS = ("images", "video")
 #: per-image file writers of a worker whose ``[run] writers`` is unset (the planners set it)
 DEFAULT_WRITERS = 2
 
@@ -58,6 +60,9 @@ class WorkerSpec:
     # (the coordinator is gone). None for external workers (``facefleet worker``), which need none.
     coordinator_pid: int | None = None
     reconstructor_args: tuple[tuple[str, Any], ...] = ()
+    # "images" (units of image files: the Worker) or "video" (units of frame ranges: the VideoWorker)
+    job: str = "images"
+    video: VideoConfig = field(default_factory=VideoConfig)
     readers: int = 4
     # batches decoded at once (on CUDA at most profile.batches_in_flight - 1; on CPU each batch uses
     # `readers` threads)
@@ -65,6 +70,8 @@ class WorkerSpec:
     poll_seconds: float = 0.25
 
     def __post_init__(self) -> None:
+        if self.job not in JOBS:
+            raise ConfigError(f"worker spec job must be one of {', '.join(JOBS)}, got {self.job!r}")
         if self.reconstructor_args and not self.run.reconstructor:
             raise ConfigError(
                 "reconstructor arguments are for a custom run.reconstructor callable; facefleet's "
@@ -95,6 +102,8 @@ class WorkerSpec:
                 "queue_url": self.queue_url,
                 "coordinator_pid": self.coordinator_pid,
                 "reconstructor_args": dict(self.reconstructor_args),
+                "job": self.job,
+                "video": section_to_json(self.video),
                 "readers": self.readers,
                 "decoders": self.decoders,
                 "poll_seconds": self.poll_seconds,
@@ -128,6 +137,8 @@ class WorkerSpec:
             queue_url=_typed(data, "queue_url", str, optional=True),
             coordinator_pid=_typed(data, "coordinator_pid", int, optional=True),
             reconstructor_args=tuple(args.items()),
+            job=_typed(data, "job", str),
+            video=section_from_json("video", data["video"], "worker spec"),
             readers=_typed(data, "readers", int),
             decoders=_typed(data, "decoders", int),
             poll_seconds=float(_typed(data, "poll_seconds", (int, float))),

@@ -1,0 +1,280 @@
+"""A video job (``facefleet video``): videos cut into chunks that are units of the engine's queue, worker
+processes on every device of this host that claim them, and each video's outputs once its chunks are done.
+
+::
+
+    summary = run_video(["talk.mp4", "clips/"], "out/", JobConfig(video=VideoConfig(formats=("parquet",))))
+
+The queue is the photo engine's (SQLite in ``OUT/_queue.sqlite`` by default, PostgreSQL with ``[queue]
+url``), so a chunk is claimed, leased, retried and completed as a unit of photos is, and any number of
+workers share one video. Re-running the same command resumes: chunks already done are kept, new videos
+are added, and videos whose outputs are missing are finished. A video that cannot be read gets one error
+line naming it and the reason, and every other video goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from facefleet.config import JobConfig
+from facefleet.engine.executors import Executor, make_executor
+from facefleet.engine.layout import EngineError, RunLock, clear_out, make_out
+from facefleet.engine.queue import QUEUE_FILE, open_queue
+from facefleet.engine.worker.spec import WorkerSpec
+from facefleet.io.atomic import atomic_write_bytes
+from facefleet.platforms import plan_devices
+from facefleet.sources.items import FrameRange
+
+#: file extensions a folder is searched for (a file named on the command line is tried whatever its name)
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .mov .m4v .mkv .webm .avi .ts .mts .m2ts .mpg .mpeg .wmv .flv .3gp .ogv .mxf".split()
+)
+RECORD = "video_run.json"
+
+
+@dataclass
+class VideoSummary:
+    """What a video job did: per video its outputs (format -> path) or its error."""
+
+    out_dir: str
+    outputs: dict[str, dict[str, str]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    frames: int = 0
+    faces: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """0 every video done, 1 some failed, 130 interrupted."""
+        return 130 if self.interrupted else 1 if self.errors else 0
+
+
+def find_videos(inputs: Sequence[str]) -> list[str]:
+    """Absolute paths of the videos named by ``inputs``: files as given, folders searched recursively for
+    :data:`VIDEO_EXTENSIONS`, ``.txt`` files read as lists of paths (one per line). Missing paths are
+    kept (their error comes with the others')."""
+    out: list[str] = []
+    for spec in inputs:
+        p = Path(spec)
+        if p.is_dir():
+            out += sorted(str(f.resolve()) for f in p.rglob("*") if f.suffix.lower() in VIDEO_EXTENSIONS and f.is_file())
+        elif p.suffix.lower() == ".txt" and p.is_file():
+            lines = [ln.strip() for ln in p.read_text().splitlines()]
+            out += [str(Path(ln).resolve()) for ln in lines if ln and not ln.startswith("#")]
+        else:
+            out.append(str(p.resolve()))
+    return list(dict.fromkeys(out))
+
+
+def _root(videos: Sequence[str], inputs: Sequence[str]) -> str:
+    """The folder the outputs mirror: the one folder given, else the videos' common folder."""
+    if len(inputs) == 1 and Path(inputs[0]).is_dir():
+        return str(Path(inputs[0]).resolve())
+    parents = [os.path.dirname(v) for v in videos] or [os.getcwd()]
+    return os.path.commonpath(parents)
+
+
+def unit_id(item: FrameRange) -> str:
+    key = f"{item.source}\0{item.start}\0{item.count}".encode("utf-8", "surrogateescape")
+    return "v" + hashlib.sha1(key).hexdigest()[:20]
+
+
+def _settings(cfg: JobConfig) -> dict[str, Any]:
+    """What a chunk's files depend on: a resumed job must have the same (else --force)."""
+    d = cfg.to_dict()
+    return {"model": d["model"], "video": {k: v for k, v in d["video"].items() if k != "formats"}}
+
+
+def plan_videos(
+    videos: Sequence[str], cfg: JobConfig
+) -> tuple[dict[str, tuple[Any, list[FrameRange]]], dict[str, str]]:
+    """Probe every video and cut it into chunks: ``({path: (VideoInfo, chunks)}, {path: error})``."""
+    from facefleet.io.video import VideoError, plan_chunks, probe_video
+
+    plans: dict[str, tuple[Any, list[FrameRange]]] = {}
+    errors: dict[str, str] = {}
+    for v in videos:
+        try:
+            info = probe_video(v)
+        except (VideoError, ImportError) as e:
+            errors[v] = str(e)
+            continue
+        plans[v] = (info, plan_chunks(info, cfg.video.chunk_frames))
+    return plans, errors
+
+
+def run_video(
+    inputs: Sequence[str],
+    out: str | os.PathLike[str],
+    config: JobConfig | None = None,
+    *,
+    quiet: bool = False,
+    force: bool = False,
+    executor: Executor | None = None,
+    stream: TextIO | None = None,
+) -> VideoSummary:
+    """Process ``inputs`` (video files, folders, lists) into ``out`` (see the module docstring)."""
+    cfg = config or JobConfig()
+    err = stream or sys.stderr
+    t0 = time.time()
+    out_dir = Path(os.path.abspath(out))
+    if not inputs:
+        raise EngineError("no input: name video files, folders or lists of them")
+    videos = find_videos(inputs)
+    if not videos:
+        raise EngineError(f"no video found in {', '.join(map(str, inputs))}")
+    profiles = plan_devices(None, config=cfg)
+    workers = len(profiles)
+    run = replace(cfg.run, max_restarts=cfg.run.max_restarts if cfg.run.max_restarts is not None else 2 * workers + 2)
+    make_out(out_dir)
+    summary = VideoSummary(out_dir=str(out_dir))
+    with RunLock(out_dir):
+        if force:
+            clear_out(out_dir)
+            _rmtree(out_dir / "_chunks")
+            (out_dir / RECORD).unlink(missing_ok=True)
+        _check_record(out_dir, cfg, force)
+        plans, errors = plan_videos(videos, cfg)
+        for v, e in errors.items():
+            summary.errors[v] = e
+            print(f"facefleet video: {e}", file=err)
+        queue_url = cfg.queue.url or str(out_dir / QUEUE_FILE)
+        q = open_queue(queue_url)
+        try:
+            q.add_units((unit_id(c), (c,)) for _, chunks in plans.values() for c in chunks)
+            q.set_meta("listing_done", "1")
+            q.set_meta("drain", "0")
+            spec_of = lambda name, prof: WorkerSpec(  # noqa: E731
+                name=name, out_dir=str(out_dir), profile=prof, model=cfg.model, run=run,
+                queue_url=cfg.queue.url, coordinator_pid=os.getpid(), job="video", video=cfg.video,
+            )  # fmt: skip
+            total = sum(info.frames for info, _ in plans.values())
+            if q.remaining():
+                summary.interrupted = _supervise(q, profiles, spec_of, executor, run, total, quiet, err)
+            _fail_poisoned(q, run.max_attempts)
+            states = {uid: state for uid, state, _ in q.unit_stats()}
+            stats = {uid: st for uid, _, st in q.unit_stats()}
+            root = _root(list(plans), inputs)
+            for v, (info, chunks) in plans.items():
+                ids = [unit_id(c) for c in chunks]
+                bad = [i for i in ids if states.get(i) == "failed"]
+                if bad:
+                    summary.errors[v] = q.last_error(bad[0]) or f"{v}: a chunk failed"
+                    print(f"facefleet video: {summary.errors[v]}", file=err)
+                    continue
+                if any(states.get(i) != "done" for i in ids):
+                    continue  # interrupted: the next run finishes it
+                summary.outputs[v] = _finish(v, info, chunks, str(out_dir), root, cfg)
+                summary.frames += info.frames
+                summary.faces += sum(int(stats.get(i, {}).get("faces", 0)) for i in ids)
+        finally:
+            q.close()
+        summary.seconds = time.time() - t0
+        _write_summary(out_dir, summary)
+    return summary
+
+
+def _finish(v: str, info: Any, chunks: list[FrameRange], out_dir: str, root: str, cfg: JobConfig) -> dict[str, str]:
+    from facefleet.export.sink import output_location
+    from facefleet.video.finish import finish_video
+
+    rel_dir, name = output_location(v, root)
+    base = Path(out_dir) / rel_dir / name
+    done = finish_video(v, chunks, out_dir, base, cfg.video.formats, info.frames)
+    return done.files
+
+
+def _supervise(
+    q: Any, profiles: Sequence[Any], spec_of: Any, executor: Executor | None, run: Any, total: int,
+    quiet: bool, err: TextIO,
+) -> bool:  # fmt: skip
+    """Start a worker per profile, restart those that die while chunks remain, print progress; returns
+    whether the job was interrupted (Ctrl-C: workers drain, the next run resumes)."""
+    from facefleet.engine.worker.spec import owner_id
+
+    ex = executor or make_executor(run.executor)
+    handles = {f"w{i}:{p.device}": ex.start(spec_of(f"w{i}:{p.device}", p)) for i, p in enumerate(profiles)}
+    restarts = 0
+    t0 = time.time()
+    interrupted = False
+    shown = (-1, 0.0)  # (frames done, time) of the last progress line
+    try:
+        while q.remaining():
+            time.sleep(0.5)
+            for name, h in list(handles.items()):
+                code = h.exitcode
+                if code is None:
+                    continue
+                if code != 0:
+                    q.release_owner(owner_id(name, h.pid or 0), f"worker {name} died (exit code {code})")
+                    print(f"facefleet video: worker {name} died (exit code {code})", file=err)
+                _fail_poisoned(q, run.max_attempts)
+                if q.remaining() and restarts < (run.max_restarts or 0):
+                    restarts += 1
+                    handles[name] = ex.start(spec_of(name, h.spec.profile))
+                else:
+                    del handles[name]
+            if not handles:
+                if q.remaining():
+                    raise EngineError(f"every worker died; {q.remaining()} chunks left (see the errors above)")
+                break
+            now = time.time()
+            if not quiet and now - shown[1] >= 2.0:
+                done = sum(int(st.get("frames", 0)) for _, s, st in q.unit_stats() if s == "done")
+                if done != shown[0]:
+                    rate = done / max(now - t0, 1e-9)
+                    print(f"video: {done}/{total} frames, {rate:.0f} frames/s, {len(handles)} workers", file=err, flush=True)
+                shown = (done, now)
+    except KeyboardInterrupt:
+        interrupted = True
+        q.set_meta("drain", "1")
+    finally:
+        for h in handles.values():
+            h.join(timeout=None if interrupted else 60)
+            h.kill()
+    return interrupted
+
+
+def _fail_poisoned(q: Any, attempts: int) -> None:
+    for unit in q.poisoned(attempts):
+        q.fail(unit.id, q.last_error(unit.id) or "the chunk failed on every attempt", {"frames": 0})
+
+
+def _check_record(out_dir: Path, cfg: JobConfig, force: bool) -> None:
+    """OUT's settings: written on the first run; a later run with other settings is refused (its chunks
+    would mix two settings) unless --force."""
+    path = out_dir / RECORD
+    want = _settings(cfg)
+    if path.exists() and not force:
+        have = json.loads(path.read_text())
+        if have != want:
+            changed = sorted(
+                f"{s}.{k}" for s in want for k in set(want[s]) | set(have.get(s, {}))
+                if want[s].get(k) != have.get(s, {}).get(k)
+            )  # fmt: skip
+            raise EngineError(
+                f"{out_dir} holds a video job with other settings ({', '.join(changed)}): use the same "
+                "settings to resume it, or --force to start over"
+            )
+        return
+    atomic_write_bytes(path, json.dumps(want, indent=1).encode())
+
+
+def _write_summary(out_dir: Path, s: VideoSummary) -> None:
+    data = {"outputs": s.outputs, "errors": s.errors, "frames": s.frames, "faces": s.faces, "seconds": s.seconds}
+    atomic_write_bytes(out_dir / "video_summary.json", json.dumps(data, indent=1).encode())
+
+
+def _rmtree(p: Path) -> None:
+    import shutil
+
+    shutil.rmtree(p, ignore_errors=True)

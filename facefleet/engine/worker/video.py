@@ -1,0 +1,123 @@
+"""The worker of a video job: claims chunks (units of one :class:`FrameRange`) and runs them through a
+:class:`~facefleet.video.chunks.ChunkRunner` on its device, up to ``[gpu]/[cpu] batch_size`` chunks at
+once (frame ``t`` of each in one batch).
+
+The queue's semantics are the photo worker's: a chunk is marked done only once its files are written; a
+heartbeat thread extends the leases of the chunks held; a chunk that fails (a frame that cannot be
+decoded, an encoder error) is given back with its error and counts an attempt, so after ``[run]
+max_attempts`` the coordinator records it failed (and its video with it) while the other chunks go on.
+A worker killed mid-chunk loses only the chunks it held: their leases run out and another worker (or
+its restart) redoes them from their first frame.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from facefleet.engine.queue import WorkQueue, open_queue
+from facefleet.engine.worker.spec import EXIT_OK, WorkerSpec, owner_id
+from facefleet.sources.items import FrameRange
+
+
+class VideoWorker:
+    """One worker process's chunks of video, on ``local_device`` (``"cpu"`` or ``"cuda:0"``)."""
+
+    def __init__(self, spec: WorkerSpec, *, local_device: str, started: float | None = None) -> None:
+        self.spec = spec
+        self.local_device = local_device
+        self.pid = os.getpid()
+        self.owner = owner_id(spec.name, self.pid)
+        self._held: set[str] = set()
+        self._held_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._drain = threading.Event()
+        self._started = time.perf_counter() if started is None else started
+
+    def drain(self) -> None:
+        """Claim no more chunks; finish those held (safe from a signal handler)."""
+        self._drain.set()
+
+    def run(self) -> int:
+        from facefleet.engine.worker.main import make_reconstructor
+        from facefleet.video.chunks import ChunkRunner
+
+        spec = self.spec
+        rec = make_reconstructor(spec, self.local_device)
+        runner = ChunkRunner(rec, spec.video, spec.out_dir, streams=spec.profile.batch_size)
+        db = open_queue(spec.queue_path)
+        db.register_worker(self.owner, spec.name, spec.profile.device, self.pid)
+        beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        beat.start()
+        print(
+            f"facefleet worker {spec.name}: ready in {time.perf_counter() - self._started:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            while not self._draining(db):
+                runner.run(
+                    lambda: self._claim(db),
+                    lambda uid, item, stats: self._done(db, uid, stats),
+                    lambda uid, item, e: self._failed(db, uid, item, e),
+                    stop=lambda: self._draining(db),
+                )
+                if db.get_meta("listing_done") == "1" and db.remaining() == 0:
+                    break
+                time.sleep(spec.poll_seconds)  # units leased by others may come back
+        finally:
+            self._stop.set()
+            beat.join(timeout=5)
+            db.close()
+        return EXIT_OK
+
+    def _draining(self, db: WorkQueue) -> bool:
+        if self._drain.is_set() or db.get_meta("drain") == "1":
+            return True
+        cp = self.spec.coordinator_pid
+        return cp is not None and os.getppid() != cp  # the coordinator is gone
+
+    def _claim(self, db: WorkQueue) -> tuple[str, FrameRange] | None:
+        run = self.spec.run
+        unit = db.claim(self.owner, run.lease_seconds, run.max_attempts)
+        if unit is None:
+            return None
+        if len(unit.items) != 1 or not isinstance(unit.items[0], FrameRange):
+            db.release(unit.id, self.owner, "a video worker runs units of one frame range")
+            raise RuntimeError(f"unit {unit.id} is not a chunk of a video: {unit.items[:1]!r}")
+        with self._held_lock:
+            self._held.add(unit.id)
+        return unit.id, unit.items[0]
+
+    def _done(self, db: WorkQueue, uid: str, stats: dict[str, Any]) -> None:
+        db.complete(uid, self.owner, stats)
+        db.add_progress(self.owner, int(stats["frames"]), int(stats["faces"]), 0, float(stats["seconds"]))
+        with self._held_lock:
+            self._held.discard(uid)
+
+    def _failed(self, db: WorkQueue, uid: str, item: FrameRange, e: BaseException) -> None:
+        from facefleet.video.chunks import drop_chunk_files
+
+        drop_chunk_files(self.spec.out_dir, item)
+        msg = str(e) if str(e).startswith(item.source) else f"{item.source}: {e}"
+        print(f"facefleet worker {self.spec.name}: frames {item.start}..{item.stop - 1}: {msg}", file=sys.stderr)
+        db.release(uid, self.owner, msg)
+        with self._held_lock:
+            self._held.discard(uid)
+
+    def _heartbeat(self) -> None:
+        db = open_queue(self.spec.queue_path)
+        every = max(0.1, self.spec.run.lease_seconds / 3)
+        try:
+            while not self._stop.wait(every):
+                with self._held_lock:
+                    held = list(self._held)
+                try:
+                    db.heartbeat(self.owner, held, self.spec.run.lease_seconds)
+                except Exception as e:  # a busy database must not end the worker; the lease is long
+                    print(f"facefleet worker {self.spec.name}: heartbeat failed: {e}", file=sys.stderr)
+        finally:
+            db.close()

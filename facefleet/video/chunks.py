@@ -1,0 +1,294 @@
+"""Chunks of videos through one device: many chunks tracked side by side, frame ``t`` of each in one batch.
+
+A worker holds up to ``streams`` chunks (units of the queue, each a :class:`FrameRange`) at once. Each
+chunk is read by its own thread (PyAV decodes with the GIL released), tracked sequentially
+(:class:`~facefleet.video.track.FaceTracker` keeps its state), and its drawn frames go to its own x264
+encoders on an encoder thread. Every step takes the next frame of every chunk held, so the networks see
+batches as large as the number of chunks while each chunk stays in frame order; a chunk that ends is
+written and replaced by a newly claimed one at the next step (batches stay full).
+
+A chunk first tracks its *lead-in*, the ``[video] overlap`` frames before its start: their rows are kept
+(flagged) for stitching track ids to the previous chunk's, and never drawn or encoded. Its files
+(:func:`chunk_files`) are written atomically, the segments before the rows, so a chunk whose rows exist is
+whole; a crash mid-chunk leaves nothing the rerun would keep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import queue as queue_mod
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+
+from facefleet.config import VideoConfig
+from facefleet.io.atomic import atomic_write_bytes
+from facefleet.io.video import frame_timestamps, probe_video, read_frames, upright
+from facefleet.sources.items import FrameRange
+from facefleet.video.table import chunk_table
+from facefleet.video.types import FrameResult
+
+CHUNKS_DIR = "_chunks"
+#: the drawn outputs among ``[video] formats``: each chunk encodes a segment of each
+DRAWN = ("overlay", "anonymize")
+_END = object()
+
+
+def video_key(source: str) -> str:
+    """The folder name of a video's chunk files: its file name and a hash of its path (two videos of the
+    same name in different folders do not meet)."""
+    digest = hashlib.sha1(source.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in os.path.basename(source))[:60]
+    return f"{stem}-{digest}"
+
+
+def chunk_files(out_dir: str | os.PathLike[str], item: FrameRange) -> dict[str, Path]:
+    """Where a chunk's files go: ``parquet`` (its rows) and one MP4 segment per drawn format."""
+    d = Path(out_dir) / CHUNKS_DIR / video_key(item.source)
+    base = f"{item.start:09d}"
+    return {"parquet": d / f"{base}.parquet", **{f: d / f"{base}.{f}.mp4" for f in DRAWN}}
+
+
+def _prefetch(frames: Iterator[Any], depth: int) -> queue_mod.Queue[Any]:
+    """Items of ``frames`` read ahead on a thread into a bounded queue, then :data:`_END` (or the
+    exception reading raised)."""
+    q: queue_mod.Queue[Any] = queue_mod.Queue(maxsize=depth)
+
+    def read() -> None:
+        try:
+            for x in frames:
+                q.put(x)
+            q.put(_END)
+        except BaseException as e:  # handed to the device thread, which fails the chunk
+            q.put(e)
+
+    threading.Thread(target=read, name="video-reader", daemon=True).start()
+    return q
+
+
+@dataclass
+class _Chunk:
+    """A chunk being processed: its unit, reader, tracker state, rows and encoders."""
+
+    uid: str
+    item: FrameRange
+    first: int  # first frame read (the lead-in's)
+    frames: queue_mod.Queue[Any]
+    state: Any
+    pts: tuple[int, ...]
+    results: list[FrameResult] = field(default_factory=list)
+    encode: queue_mod.Queue[Any] | None = None
+    encoder_thread: threading.Thread | None = None
+    encode_error: list[BaseException] = field(default_factory=list)
+    t0: float = field(default_factory=time.perf_counter)
+    matrix: str = "bt601"  # the Y'CbCr matrix of the source: its segments are encoded with it
+
+
+class ChunkRunner:
+    """Processes the chunks a worker claims (see the module docstring).
+
+    ``rec``: the worker's :class:`~facefleet.pipeline.Reconstructor`; ``video``: the ``[video]``
+    settings; ``out_dir``: where chunk files go; ``streams``: chunks held and batched together."""
+
+    def __init__(self, rec: Any, video: VideoConfig, out_dir: str, *, streams: int = 16) -> None:
+        from facefleet.video.track import FaceTracker
+
+        self.rec = rec
+        self.video = video
+        self.out_dir = out_dir
+        self.streams = max(1, int(streams))
+        self.tracker = FaceTracker(rec, video)
+        self.drawn = [f for f in DRAWN if f in video.formats]
+
+    def run(
+        self,
+        claim: Callable[[], tuple[str, FrameRange] | None],
+        done: Callable[[str, FrameRange, dict[str, Any]], None],
+        failed: Callable[[str, FrameRange, BaseException], None],
+        stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """Until ``claim`` has nothing and every chunk held is finished: claim chunks up to
+        ``streams``, step them, and report each finished chunk to ``done`` (its files written) or to
+        ``failed`` (its error: a bad frame fails its chunk, not the others). ``stop``: claim no more."""
+        active: list[_Chunk] = []
+        while True:
+            while len(active) < self.streams and not stop():
+                got = claim()
+                if got is None:
+                    break
+                try:
+                    active.append(self._open(*got))
+                except Exception as e:
+                    failed(got[0], got[1], e)
+            if not active:
+                return
+            active = self._step(active, done, failed)
+
+    # -- one chunk ---------------------------------------------------------------------------------
+    def _open(self, uid: str, item: FrameRange) -> _Chunk:
+        info = probe_video(item.source)
+        first = max(0, item.start - self.video.overlap)
+        span = FrameRange(item.source, first, item.stop - first)
+        rot = info.rotation
+        frames = _prefetch(((i, t, upright(rgb, rot)) for i, t, rgb in read_frames(span)), depth=4)
+        pts, _ = frame_timestamps(item.source)
+        fps = float(info.fps) if info.fps else 25.0
+        ch = _Chunk(uid, item, first, frames, self.tracker.new_stream(fps), pts)
+        if self.drawn:
+            from facefleet.video.encode import source_video
+
+            src = source_video(item.source)
+            ch.matrix = src.matrix
+            ch.encode = queue_mod.Queue(maxsize=8)
+            ch.encoder_thread = threading.Thread(
+                target=self._encode_loop, args=(ch, src), name="video-encoder", daemon=True
+            )
+            ch.encoder_thread.start()
+        return ch
+
+    def _encode_loop(self, ch: _Chunk, src: Any) -> None:
+        """The chunk's encoders (x264, one thread each): (format, yuv planes, pts) from its queue until
+        :data:`_END`."""
+        from facefleet.video.encode import SegmentEncoder
+
+        files = chunk_files(self.out_dir, ch.item)
+        encoders: dict[str, Any] = {}
+        try:
+            while True:
+                got = ch.encode.get() if ch.encode is not None else _END
+                if got is _END:
+                    break
+                fmt, yuv, pts = got
+                enc = encoders.get(fmt)
+                if enc is None:
+                    enc = encoders[fmt] = SegmentEncoder.for_source(files[fmt], src, self.video)
+                enc.write(yuv, pts)
+            for enc in encoders.values():
+                enc.close()
+        except BaseException as e:
+            ch.encode_error.append(e)
+            for enc in encoders.values():
+                with contextlib.suppress(Exception):
+                    enc.abort()
+            if ch.encode is not None:  # unblock the device thread's puts
+                with contextlib.suppress(queue_mod.Empty):
+                    while True:
+                        ch.encode.get_nowait()
+
+    def _finish(self, ch: _Chunk) -> dict[str, Any]:
+        """Close the chunk's encoders and write its rows; returns its stats."""
+        if ch.encode is not None and ch.encoder_thread is not None:
+            ch.encode.put(_END)
+            ch.encoder_thread.join()
+        if ch.encode_error:
+            raise ch.encode_error[0]
+        n_vertices = self.rec.topology.n_vertices
+        table = chunk_table(ch.item.source, ch.results, ch.item.start, n_vertices)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        atomic_write_bytes(chunk_files(self.out_dir, ch.item)["parquet"], buf.getbuffer())
+        own = [r for r in ch.results if r.index >= ch.item.start]
+        return {
+            "frames": len(own),
+            "faces": sum(len(r.result.faces) for r in own),
+            "lead_in": len(ch.results) - len(own),
+            "seconds": time.perf_counter() - ch.t0,
+            "video": ch.item.source,
+            "start": ch.item.start,
+        }
+
+    # -- one step of every chunk held ----------------------------------------------------------------
+    def _step(
+        self,
+        active: list[_Chunk],
+        done: Callable[[str, FrameRange, dict[str, Any]], None],
+        failed: Callable[[str, FrameRange, BaseException], None],
+    ) -> list[_Chunk]:
+        """The next frame of every chunk in one batch; returns the chunks still going."""
+        device = self.rec.device
+        live: list[_Chunk] = []
+        batch: list[tuple[_Chunk, int, float, torch.Tensor]] = []
+        for ch in active:
+            got = ch.frames.get()
+            if got is _END:
+                try:
+                    done(ch.uid, ch.item, self._finish(ch))
+                except Exception as e:
+                    failed(ch.uid, ch.item, e)
+                continue
+            if isinstance(got, BaseException):
+                self._abandon(ch)
+                failed(ch.uid, ch.item, got)
+                continue
+            i, t, rgb = got
+            img = torch.from_numpy(rgb).to(device, non_blocking=True).permute(2, 0, 1)
+            batch.append((ch, i, t, img))
+            live.append(ch)
+        if not batch:
+            return live
+        chunks = [b[0] for b in batch]
+        results = self.tracker.step(
+            [b[3] for b in batch],
+            [c.state for c in chunks],
+            [b[1] for b in batch],
+            [b[2] for b in batch],
+            [c.item.source for c in chunks],
+        )
+        for ch, r in zip(chunks, results):
+            ch.results.append(r)
+        if self.drawn:
+            self._draw(batch, results)
+        return live
+
+    def _draw(self, batch: list[tuple[_Chunk, int, float, torch.Tensor]], results: list[FrameResult]) -> None:
+        """Draw each drawn format on the frames past their chunk's lead-in, colour-convert on the
+        device, and queue the planes for the chunks' encoders (frames of one size at a time)."""
+        from facefleet.video.render import anonymize, draw_overlay, face_masks, rgb_to_yuv420p
+
+        keep = [k for k, (ch, i, _, _) in enumerate(batch) if i >= ch.item.start]
+        groups: dict[tuple[int, int, str], list[int]] = {}
+        for k in keep:
+            h, w = batch[k][3].shape[1:]
+            groups.setdefault((int(h), int(w), batch[k][0].matrix), []).append(k)
+        topo = self.rec.topology
+        v = self.video
+        for (h, w, matrix), ks in groups.items():
+            frames = torch.stack([batch[k][3] for k in ks])
+            rs = [results[k] for k in ks]
+            for fmt in self.drawn:
+                if fmt == "anonymize":
+                    masks, scale = face_masks(rs, (h, w), topo, v.margin, frames.device, with_scale=True)
+                    drawn = anonymize(frames, masks, v.anonymize, scale=scale)
+                else:
+                    drawn = draw_overlay(frames, rs, topo)
+                planes = rgb_to_yuv420p(drawn, matrix).cpu().numpy()
+                for j, k in enumerate(ks):
+                    ch, i = batch[k][0], batch[k][1]
+                    if ch.encode is not None and not ch.encode_error:
+                        ch.encode.put((fmt, planes[j], ch.pts[i]))
+
+    def _abandon(self, ch: _Chunk) -> None:
+        """Stop a failed chunk's encoders (their temporary files are removed)."""
+        if ch.encode is not None and ch.encoder_thread is not None:
+            ch.encode_error.append(RuntimeError("chunk abandoned"))
+            with contextlib.suppress(queue_mod.Full):
+                ch.encode.put_nowait(_END)
+
+
+def drop_chunk_files(out_dir: str, item: FrameRange) -> None:
+    """Remove a chunk's files (a failed chunk leaves none that finishing its video would take)."""
+    for p in chunk_files(out_dir, item).values():
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+__all__ = ["CHUNKS_DIR", "ChunkRunner", "chunk_files", "drop_chunk_files", "video_key"]

@@ -1,0 +1,206 @@
+"""``facefleet video`` end to end on the CPU: chunks through the queue and worker processes, the outputs'
+frames, timing and audio, resume after kill -9, bad inputs beside good ones."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+av = pytest.importorskip("av")
+
+from facefleet.config import CpuConfig, JobConfig, RunConfig, VideoConfig  # noqa: E402
+from facefleet.engine.video_job import run_video  # noqa: E402
+from facefleet.io.video import decode_all, frame_timestamps, probe_video  # noqa: E402
+
+CLIP = "videos/liveportrait_d12.mp4"  # 183 frames, 512x512, 25 fps, H.264 + AAC, one face
+
+
+def _cfg(formats: tuple[str, ...] = ("parquet",), workers: int = 2, **video: object) -> JobConfig:
+    v = {"chunk_frames": 60, "overlap": 4, "formats": formats, "preset": "ultrafast", **video}
+    return JobConfig(
+        devices="cpu",
+        cpu=CpuConfig(workers=workers, threads=1, batch_size=4),
+        run=RunConfig(lease_seconds=5.0),
+        video=VideoConfig(**v),  # type: ignore[arg-type]
+    )
+
+
+def _audio_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as c:
+        if not c.streams.audio:
+            return []
+        return [bytes(p) for p in c.demux(c.streams.audio[0]) if p.size]
+
+
+def _frame_hashes(path: Path) -> list[str]:
+    return [hashlib.sha1(rgb.tobytes()).hexdigest() for _, _, rgb in decode_all(path)]
+
+
+@pytest.fixture(scope="module")
+def full_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One uninterrupted run of the clip with every output, by two CPU workers."""
+    src = shared_data / CLIP
+    out = tmp_path_factory.mktemp("video")
+    s = run_video([str(src)], out, _cfg(("parquet", "json", "anonymize")), quiet=True)
+    assert s.exit_code == 0, s.errors
+    return src, out
+
+
+def test_outputs_keep_every_frame_the_timing_and_the_audio(full_run: tuple[Path, Path]) -> None:
+    src, out = full_run
+    info = probe_video(src)
+    anon = out / (src.name + ".anonymized.mp4")
+    got = probe_video(anon)
+    assert got.frames == info.frames == 183
+    assert frame_timestamps(anon)[0] and abs(got.duration - info.duration) < 1.5 / float(info.fps)
+    in_pts, in_tb = frame_timestamps(src)
+    out_pts, out_tb = frame_timestamps(anon)
+    assert [p * in_tb for p in in_pts] == [p * out_tb for p in out_pts]  # every frame at its own time
+    assert _audio_packets(anon) == _audio_packets(src)  # audio copied bit for bit
+    # the face is covered: its region differs from the input, the rest stays close to it
+    rows = pq.read_table(out / (src.name + ".parquet"))
+    box = np.asarray(rows.column("bbox")[50].as_py()).astype(int)
+    frame = int(rows.column("frame")[50].as_py())
+    a = next(rgb for i, _, rgb in decode_all(src) if i == frame).astype(float)
+    b = next(rgb for i, _, rgb in decode_all(anon) if i == frame).astype(float)
+    x0, y0, x1, y1 = np.clip(box, 0, 511)
+    inside = np.abs(a[y0:y1, x0:x1] - b[y0:y1, x0:x1]).mean()
+    corner = np.abs(a[:40, :40] - b[:40, :40]).mean()
+    assert inside > 10 and corner < 4, (inside, corner)
+
+
+def test_rows_cover_each_frame_once_with_one_track(full_run: tuple[Path, Path]) -> None:
+    src, out = full_run
+    rows = pq.read_table(out / (src.name + ".parquet"))
+    frames = rows.column("frame").to_numpy()
+    assert sorted(set(frames.tolist())) == list(range(183))  # a face on every frame, no frame missing
+    assert len(frames) == len(set(frames.tolist()))  # and none doubled (one face)
+    assert set(rows.column("track_id").to_pylist()) == {0}  # one person, one id across 4 chunks
+    assert rows.column("landmarks").type.value_type.bit_width == 32
+    lines = (out / (src.name + ".jsonl")).read_text().splitlines()
+    assert len(lines) == 183
+
+
+def test_two_workers_split_the_chunks(full_run: tuple[Path, Path]) -> None:
+    from facefleet.engine.queue import open_queue
+
+    _, out = full_run
+    q = open_queue(str(out / "_queue.sqlite"))
+    try:
+        units = [w["units"] for w in q.workers()]
+    finally:
+        q.close()
+    assert len(units) >= 2 and sum(1 for u in units if u > 0) == 2, units
+
+
+def test_rerun_resumes_and_changes_nothing(full_run: tuple[Path, Path]) -> None:
+    src, out = full_run
+    parquet = out / (src.name + ".parquet")
+    before = parquet.read_bytes()
+    s = run_video([str(src)], out, _cfg(("parquet", "json", "anonymize")), quiet=True)
+    assert s.exit_code == 0 and parquet.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(
+    full_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """kill -9 of a worker mid-video, then the same command again: the same rows and the same frames."""
+    src, ref = full_run
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "facefleet", "video", str(src), "-o", str(out), "--quiet", "--devices", "cpu",
+        "--workers", "2", "--cpu-threads", "1", "--batch-size", "4", "--lease-seconds", "5",
+        "--video-chunk-frames", "60", "--video-overlap", "4", "--formats", "parquet,json,anonymize",
+        "--video-preset", "ultrafast",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    killed = False
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not killed:
+            time.sleep(0.2)
+            children = _children(proc.pid)
+            chunks = list((out / "_chunks").rglob("*.parquet")) if (out / "_chunks").is_dir() else []
+            if children and chunks:  # a worker mid-video: one chunk done, others in flight
+                os.kill(children[0], signal.SIGKILL)
+                killed = True
+        assert killed, "the run ended before a worker could be killed"
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert subprocess.run(cmd, timeout=300).returncode == 0
+    name = src.name
+    a = pq.read_table(ref / f"{name}.parquet").drop_columns(["video"])
+    b = pq.read_table(out / f"{name}.parquet").drop_columns(["video"])
+    assert a.column("frame").to_pylist() == b.column("frame").to_pylist()
+    assert a.column("track_id").to_pylist() == b.column("track_id").to_pylist()
+    la = np.asarray(a.column("landmarks").to_pylist())
+    lb = np.asarray(b.column("landmarks").to_pylist())
+    assert np.abs(la - lb).max() < 1e-3
+    assert _frame_hashes(ref / f"{name}.anonymized.mp4") == _frame_hashes(out / f"{name}.anonymized.mp4")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        pytest.skip("pgrep not found")
+    return [int(x) for x in out.split()]
+
+
+def test_bad_videos_get_their_error_and_good_ones_complete(shared_data: Path, tmp_path: Path) -> None:
+    good = shared_data / CLIP
+    bad = tmp_path / "in"
+    bad.mkdir()
+    (bad / "empty.mp4").write_bytes(b"")
+    (bad / "text.mp4").write_text("not a video\n" * 100)
+    data = good.read_bytes()
+    (bad / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    _audio_only(bad / "audio.m4a", good)
+    (bad / "good.mp4").write_bytes(data)
+    s = run_video([str(bad)], tmp_path / "out", _cfg(workers=1), quiet=True)
+    assert s.exit_code == 1
+    assert set(s.outputs) == {str(bad / "good.mp4")}
+    reasons = {Path(k).name: v for k, v in s.errors.items()}
+    assert set(reasons) == {"empty.mp4", "text.mp4", "truncated.mp4", "audio.m4a"}
+    for name, reason in reasons.items():
+        assert name in reason
+    assert "empty" in reasons["empty.mp4"] or "0 bytes" in reasons["empty.mp4"]
+    assert "audio" in reasons["audio.m4a"]
+    assert pq.read_table(tmp_path / "out" / "good.mp4.parquet").num_rows >= 183
+
+
+def _audio_only(dest: Path, src: Path) -> None:
+    with av.open(str(src)) as i, av.open(str(dest), "w") as o:
+        a = i.streams.audio[0]
+        oa = o.add_stream_from_template(a)
+        for p in i.demux(a):
+            if p.dts is not None:
+                p.stream = oa
+                o.mux(p)
+
+
+def test_changed_settings_are_refused_on_resume(shared_data: Path, tmp_path: Path) -> None:
+    from facefleet.engine.layout import EngineError
+
+    src = shared_data / CLIP
+    cfg = _cfg(workers=1)
+    out = tmp_path / "o"
+    (out).mkdir()
+    from facefleet.engine.video_job import _check_record
+
+    _check_record(out, cfg, force=False)
+    with pytest.raises(EngineError, match="video.detect_every"):
+        _check_record(out, _cfg(workers=1, detect_every=3), force=False)
+    assert src.exists()

@@ -167,17 +167,17 @@ def test_bad_videos_get_their_error_and_good_ones_complete(shared_data: Path, tm
     (bad / "text.mp4").write_text("not a video\n" * 100)
     data = good.read_bytes()
     (bad / "truncated.mp4").write_bytes(data[: len(data) // 3])
-    _audio_only(bad / "audio.m4a", good)
+    _audio_only(bad / "audio.mp4", good)
     (bad / "good.mp4").write_bytes(data)
     s = run_video([str(bad)], tmp_path / "out", _cfg(workers=1), quiet=True)
     assert s.exit_code == 1
     assert set(s.outputs) == {str(bad / "good.mp4")}
     reasons = {Path(k).name: v for k, v in s.errors.items()}
-    assert set(reasons) == {"empty.mp4", "text.mp4", "truncated.mp4", "audio.m4a"}
+    assert set(reasons) == {"empty.mp4", "text.mp4", "truncated.mp4", "audio.mp4"}
     for name, reason in reasons.items():
         assert name in reason
     assert "empty" in reasons["empty.mp4"] or "0 bytes" in reasons["empty.mp4"]
-    assert "audio" in reasons["audio.m4a"]
+    assert "audio" in reasons["audio.mp4"]
     assert pq.read_table(tmp_path / "out" / "good.mp4.parquet").num_rows >= 183
 
 

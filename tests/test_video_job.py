@@ -111,9 +111,7 @@ def test_rerun_resumes_and_changes_nothing(full_run: tuple[Path, Path]) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_then_rerun_equals_an_uninterrupted_run(
-    full_run: tuple[Path, Path], tmp_path: Path
-) -> None:
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(full_run: tuple[Path, Path], tmp_path: Path) -> None:
     """kill -9 of a worker mid-video, then the same command again: the same rows and the same frames."""
     src, ref = full_run
     out = tmp_path / "out"
@@ -201,6 +199,6 @@ def test_changed_settings_are_refused_on_resume(shared_data: Path, tmp_path: Pat
     from facefleet.engine.video_job import _check_record
 
     _check_record(out, cfg, force=False)
-    with pytest.raises(EngineError, match="video.detect_every"):
+    with pytest.raises(EngineError, match=r"video\.detect_every"):
         _check_record(out, _cfg(workers=1, detect_every=3), force=False)
     assert src.exists()

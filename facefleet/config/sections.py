@@ -115,7 +115,7 @@ class ModelConfig:
     )
     small_face: int = setting(
         32,
-        "faces whose box side is under this many pixels are marked small (JSON \"small\": true, Parquet "
+        'faces whose box side is under this many pixels are marked small (JSON "small": true, Parquet '
         "small): the mesh is not reliable at their size (68-point NME 5.2 % at 32 px, 5.9 % at 24, 4.5 % "
         "full size); in the combined and centerface modes they are kept whatever the mesh's presence "
         "score, so that anonymisation covers them (0: none)",
@@ -390,7 +390,8 @@ class VideoConfig:
         1, "extra mesh passes on tracked frames (detected frames use [model] refine)", minimum=0
     )
     smoothing: bool = setting(
-        True, "One Euro filter on landmarks and pose of each track (false: raw per-frame values, for analysis)"
+        True,
+        "One Euro filter on landmarks and pose of each track (false: raw per-frame values, for analysis)",
     )
     min_cutoff: float = setting(
         1.0, "One Euro minimum cutoff frequency in Hz (lower: steadier still faces)", check=_positive_float
@@ -400,14 +401,20 @@ class VideoConfig:
         "One Euro speed coefficient (higher: less lag on fast motion), on speeds in face sizes per second",
         minimum=0,
     )
-    anonymize: str = setting("blur", "how anonymize covers faces: blur, pixelate or solid", choices=ANONYMIZE_MODES)
+    anonymize: str = setting(
+        "blur", "how anonymize covers faces: blur, pixelate or solid", choices=ANONYMIZE_MODES
+    )
     margin: float = setting(
         0.2, "anonymize also covers this fraction of the face's size around the face region", minimum=0
     )
     preset: str = setting(
-        "veryfast", "x264 preset of the MP4 outputs (faster presets encode more frames/s)", choices=X264_PRESETS
+        "veryfast",
+        "x264 preset of the MP4 outputs (faster presets encode more frames/s)",
+        choices=X264_PRESETS,
     )
-    crf: int = setting(20, "x264 constant rate factor of the MP4 outputs (lower: better, larger)", minimum=0, maximum=51)
+    crf: int = setting(
+        20, "x264 constant rate factor of the MP4 outputs (lower: better, larger)", minimum=0, maximum=51
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.formats, list):

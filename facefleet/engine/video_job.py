@@ -35,7 +35,24 @@ from facefleet.sources.items import FrameRange
 
 #: file extensions a folder is searched for (a file named on the command line is tried whatever its name)
 VIDEO_EXTENSIONS = frozenset(
-    ".mp4 .mov .m4v .mkv .webm .avi .ts .mts .m2ts .mpg .mpeg .wmv .flv .3gp .ogv .mxf".split()
+    [
+        ".mp4",
+        ".mov",
+        ".m4v",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".mpg",
+        ".mpeg",
+        ".wmv",
+        ".flv",
+        ".3gp",
+        ".ogv",
+        ".mxf",
+    ]
 )
 RECORD = "video_run.json"
 
@@ -66,7 +83,9 @@ def find_videos(inputs: Sequence[str]) -> list[str]:
     for spec in inputs:
         p = Path(spec)
         if p.is_dir():
-            out += sorted(str(f.resolve()) for f in p.rglob("*") if f.suffix.lower() in VIDEO_EXTENSIONS and f.is_file())
+            out += sorted(
+                str(f.resolve()) for f in p.rglob("*") if f.suffix.lower() in VIDEO_EXTENSIONS and f.is_file()
+            )
         elif p.suffix.lower() == ".txt" and p.is_file():
             lines = [ln.strip() for ln in p.read_text().splitlines()]
             out += [str(Path(ln).resolve()) for ln in lines if ln and not ln.startswith("#")]
@@ -134,7 +153,9 @@ def run_video(
         raise EngineError(f"no video found in {', '.join(map(str, inputs))}")
     profiles = plan_devices(None, config=cfg)
     workers = len(profiles)
-    run = replace(cfg.run, max_restarts=cfg.run.max_restarts if cfg.run.max_restarts is not None else 2 * workers + 2)
+    run = replace(
+        cfg.run, max_restarts=cfg.run.max_restarts if cfg.run.max_restarts is not None else 2 * workers + 2
+    )
     make_out(out_dir)
     summary = VideoSummary(out_dir=str(out_dir))
     with RunLock(out_dir):
@@ -183,7 +204,9 @@ def run_video(
     return summary
 
 
-def _finish(v: str, info: Any, chunks: list[FrameRange], out_dir: str, root: str, cfg: JobConfig) -> dict[str, str]:
+def _finish(
+    v: str, info: Any, chunks: list[FrameRange], out_dir: str, root: str, cfg: JobConfig
+) -> dict[str, str]:
     from facefleet.export.sink import output_location
     from facefleet.video.finish import finish_video
 
@@ -225,14 +248,20 @@ def _supervise(
                     del handles[name]
             if not handles:
                 if q.remaining():
-                    raise EngineError(f"every worker died; {q.remaining()} chunks left (see the errors above)")
+                    raise EngineError(
+                        f"every worker died; {q.remaining()} chunks left (see the errors above)"
+                    )
                 break
             now = time.time()
             if not quiet and now - shown[1] >= 2.0:
                 done = sum(int(st.get("frames", 0)) for _, s, st in q.unit_stats() if s == "done")
                 if done != shown[0]:
                     rate = done / max(now - t0, 1e-9)
-                    print(f"video: {done}/{total} frames, {rate:.0f} frames/s, {len(handles)} workers", file=err, flush=True)
+                    print(
+                        f"video: {done}/{total} frames, {rate:.0f} frames/s, {len(handles)} workers",
+                        file=err,
+                        flush=True,
+                    )
                 shown = (done, now)
     except KeyboardInterrupt:
         interrupted = True
@@ -270,7 +299,13 @@ def _check_record(out_dir: Path, cfg: JobConfig, force: bool) -> None:
 
 
 def _write_summary(out_dir: Path, s: VideoSummary) -> None:
-    data = {"outputs": s.outputs, "errors": s.errors, "frames": s.frames, "faces": s.faces, "seconds": s.seconds}
+    data = {
+        "outputs": s.outputs,
+        "errors": s.errors,
+        "frames": s.frames,
+        "faces": s.faces,
+        "seconds": s.seconds,
+    }
     atomic_write_bytes(out_dir / "video_summary.json", json.dumps(data, indent=1).encode())
 
 

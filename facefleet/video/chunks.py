@@ -32,7 +32,7 @@ import torch
 
 from facefleet.config import VideoConfig
 from facefleet.io.atomic import atomic_write_bytes
-from facefleet.io.video import frame_timestamps, probe_video, read_frames, upright
+from facefleet.io.video import frame_timestamps, probe_video
 from facefleet.sources.items import FrameRange
 from facefleet.video.table import chunk_table
 from facefleet.video.types import FrameResult
@@ -138,8 +138,7 @@ class ChunkRunner:
         info = probe_video(item.source)
         first = max(0, item.start - self.video.overlap)
         span = FrameRange(item.source, first, item.stop - first)
-        rot = info.rotation
-        frames = _prefetch(((i, t, upright(rgb, rot)) for i, t, rgb in read_frames(span)), depth=4)
+        frames = _prefetch(_upright_frames(span, info.rotation, self.rec.device), depth=4)
         pts, _ = frame_timestamps(item.source)
         fps = float(info.fps) if info.fps else 25.0
         ch = _Chunk(uid, item, first, frames, self.tracker.new_stream(fps), pts)
@@ -167,7 +166,7 @@ class ChunkRunner:
                 got = ch.encode.get() if ch.encode is not None else _END
                 if got is _END:
                     break
-                fmt, yuv, pts = got
+                fmt, yuv, pts = got  # type: ignore[misc]
                 enc = encoders.get(fmt)
                 if enc is None:
                     enc = encoders[fmt] = SegmentEncoder.for_source(files[fmt], src, self.video)
@@ -214,7 +213,6 @@ class ChunkRunner:
         failed: Callable[[str, FrameRange, BaseException], None],
     ) -> list[_Chunk]:
         """The next frame of every chunk in one batch; returns the chunks still going."""
-        device = self.rec.device
         live: list[_Chunk] = []
         batch: list[tuple[_Chunk, int, float, torch.Tensor]] = []
         for ch in active:
@@ -229,8 +227,7 @@ class ChunkRunner:
                 self._abandon(ch)
                 failed(ch.uid, ch.item, got)
                 continue
-            i, t, rgb = got
-            img = torch.from_numpy(rgb).to(device, non_blocking=True).permute(2, 0, 1)
+            i, t, img = got
             batch.append((ch, i, t, img))
             live.append(ch)
         if not batch:
@@ -282,6 +279,17 @@ class ChunkRunner:
             ch.encode_error.append(RuntimeError("chunk abandoned"))
             with contextlib.suppress(queue_mod.Full):
                 ch.encode.put_nowait(_END)
+
+
+def _upright_frames(item: FrameRange, rotation: float, device: torch.device) -> Iterator[Any]:
+    """``(index, seconds, (3, H, W) uint8 on device)`` of ``item``, as a player shows them: decoded by
+    NVDEC on CUDA devices that have it (:func:`facefleet.io.nvdec.frame_reader`), else on the CPU, and
+    turned by the video's rotation (multiples of 90 degrees)."""
+    from facefleet.io.nvdec import frame_reader
+
+    k = round(rotation / 90) % 4 if abs(rotation - 90 * round(rotation / 90)) < 1e-3 else 0
+    for i, t, x in frame_reader(item, device):
+        yield i, t, torch.rot90(x, k, dims=(1, 2)).contiguous() if k else x
 
 
 def drop_chunk_files(out_dir: str, item: FrameRange) -> None:

@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -98,26 +99,26 @@ def frame_lines(rows: pa.Table, frames: int) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
-def _face(r: dict[str, object]) -> dict[str, object]:
+def _face(r: dict[str, Any]) -> dict[str, object]:
     def pts(key: str, k: int, nd: int) -> list[list[float]]:
         v = r[key] or []
-        return [[round(float(x), nd) for x in v[i : i + k]] for i in range(0, len(v), k)]  # type: ignore[index,arg-type]
+        return [[round(float(x), nd) for x in v[i : i + k]] for i in range(0, len(v), k)]
 
     m = r["pose_matrix"] or []
     face: dict[str, object] = {
         "track_id": r["track_id"],
-        "bbox": [round(float(x), 2) for x in r["bbox"] or []],  # type: ignore[union-attr]
-        "score": round(float(r["score"]), 5),  # type: ignore[arg-type]
+        "bbox": [round(float(x), 2) for x in r["bbox"] or []],
+        "score": round(float(r["score"]), 5),
         "keypoints": pts("keypoints", 2, 2),
         "landmarks": pts("landmarks", 3, 3),
         "landmarks68": pts("landmarks68", 2, 3),
         "pose": {
-            "yaw": round(float(r["pose_yaw"]), 3),  # type: ignore[arg-type]
-            "pitch": round(float(r["pose_pitch"]), 3),  # type: ignore[arg-type]
-            "roll": round(float(r["pose_roll"]), 3),  # type: ignore[arg-type]
-            "matrix": [[float(x) for x in m[i : i + 4]] for i in range(0, 16, 4)],  # type: ignore[index]
+            "yaw": round(float(r["pose_yaw"]), 3),
+            "pitch": round(float(r["pose_pitch"]), 3),
+            "roll": round(float(r["pose_roll"]), 3),
+            "matrix": [[float(x) for x in m[i : i + 4]] for i in range(0, 16, 4)],
         },
-        "presence": round(float(r["presence"]), 5),  # type: ignore[arg-type]
+        "presence": round(float(r["presence"]), 5),
     }
     if r.get("detector") not in (None, "blazeface"):
         face["detector"] = r["detector"]

@@ -50,9 +50,7 @@ def chunk_table(video: str, frames: Sequence[FrameResult], start: int, n_vertice
         "video": pa.array([video] * len(frame), pa.string()),
         "frame": pa.array(frame),
         "time": pa.array(np.repeat([f.time for f in with_faces], counts).astype(np.float64)),
-        "track_id": pa.array(
-            np.concatenate([_ids(f) for f in with_faces]).astype(np.int32), pa.int32()
-        ),
+        "track_id": pa.array(np.concatenate([_ids(f) for f in with_faces]).astype(np.int32), pa.int32()),
         "lead_in": pa.array(frame < start),
     }
     return pa.Table.from_arrays(

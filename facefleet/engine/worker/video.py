@@ -103,7 +103,9 @@ class VideoWorker:
 
         drop_chunk_files(self.spec.out_dir, item)
         msg = str(e) if str(e).startswith(item.source) else f"{item.source}: {e}"
-        print(f"facefleet worker {self.spec.name}: frames {item.start}..{item.stop - 1}: {msg}", file=sys.stderr)
+        print(
+            f"facefleet worker {self.spec.name}: frames {item.start}..{item.stop - 1}: {msg}", file=sys.stderr
+        )
         db.release(uid, self.owner, msg)
         with self._held_lock:
             self._held.discard(uid)

@@ -11,6 +11,7 @@ from facefleet.config import add_config_arguments
 from facefleet.config.flags import all_keys
 from facefleet.entrypoints.cli.options import parse_job
 
+
 def build_parser(prog: str = "facefleet video") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,

@@ -202,3 +202,39 @@ def test_changed_settings_are_refused_on_resume(shared_data: Path, tmp_path: Pat
     with pytest.raises(EngineError, match=r"video\.detect_every"):
         _check_record(out, _cfg(workers=1, detect_every=3), force=False)
     assert src.exists()
+
+
+def _short_clip(src: Path, dest: Path, frames: int) -> None:
+    """The first ``frames`` frames of ``src`` re-encoded (no audio): a quick video for a test."""
+    with av.open(str(dest), "w") as o:
+        s = o.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 512, 512, "yuv420p"
+        s.options = {"preset": "ultrafast"}
+        for i, _, rgb in decode_all(src):
+            if i == frames:
+                break
+            for p in s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                o.mux(p)
+        for p in s.encode(None):
+            o.mux(p)
+
+
+def test_run_takes_videos_among_images(shared_data: Path, tmp_path: Path, astronaut: np.ndarray) -> None:
+    """``facefleet run`` on a folder of photos and videos: the photos in the manifest, the videos through
+    the video job into OUT/videos."""
+    from PIL import Image
+
+    from facefleet.entrypoints.cli.run import run_main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(astronaut).save(src / "astronaut.jpg")
+    _short_clip(shared_data / CLIP, src / "talk.mp4", 30)
+    out = tmp_path / "out"
+    code = run_main([str(src), "-o", str(out), "--devices", "cpu", "--workers", "1", "--quiet"])
+    assert code == 0
+    rows = pq.read_table(out / "videos" / "talk.mp4.parquet")
+    assert sorted(set(rows.column("frame").to_pylist())) == list(range(30))
+    from facefleet.engine.manifest import read_manifest
+
+    assert read_manifest(out).column("source").to_pylist() == [str(src / "astronaut.jpg")]

@@ -94,6 +94,18 @@ def find_videos(inputs: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def videos_in(spec: str | os.PathLike[str]) -> list[str]:
+    """The videos among a photo job's INPUT (``facefleet run`` hands them to :func:`run_video`): a
+    folder's video files (recursively), a list file's lines that name one; none for other inputs."""
+    p = Path(spec)
+    if p.is_dir():
+        return find_videos([str(p)])
+    if p.suffix.lower() in (".txt", ".lst", ".list") and p.is_file():
+        lines = [ln.strip() for ln in p.read_text().splitlines()]
+        return [str(Path(ln).resolve()) for ln in lines if Path(ln).suffix.lower() in VIDEO_EXTENSIONS]
+    return []
+
+
 def _root(videos: Sequence[str], inputs: Sequence[str]) -> str:
     """The folder the outputs mirror: the one folder given, else the videos' common folder."""
     if len(inputs) == 1 and Path(inputs[0]).is_dir():

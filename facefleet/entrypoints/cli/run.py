@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from facefleet.config import add_config_arguments
 from facefleet.entrypoints.cli.options import parse_job
@@ -36,10 +37,20 @@ def run_main(argv: list[str]) -> int:
     if isinstance(parsed, int):
         return parsed
     args, cfg = parsed
-    from facefleet.engine.engine import run
+    from facefleet.engine.engine import check_input, run
     from facefleet.engine.layout import EngineError
+    from facefleet.engine.video_job import videos_in
 
+    # videos among the images go through the video job, into OUT/videos (as facefleet video does)
+    videos = videos_in(args.input)
+    code = 0
     try:
+        if videos:
+            try:
+                check_input(args.input)
+            except EngineError:  # videos only: no photo job
+                return _run_videos(videos, args, cfg)
+            code = _run_videos(videos, args, cfg)
         summary = run(
             args.input, args.out, config=cfg, quiet=args.quiet, force=args.force, log_json=args.log_json
         )
@@ -55,4 +66,20 @@ def run_main(argv: list[str]) -> int:
             f"{s.failed} failed{f' ({reasons})' if reasons else ''} in {s.seconds:.1f} s -> {s.out_dir}",
             file=sys.stderr,
         )
-    return summary.exit_code
+    return max(summary.exit_code, code)
+
+
+def _run_videos(videos: list[str], args: argparse.Namespace, cfg: Any) -> int:
+    """The videos of INPUT through :func:`facefleet.engine.video_job.run_video` into OUT/videos."""
+    from pathlib import Path
+
+    from facefleet.engine.video_job import run_video
+
+    s = run_video(videos, Path(args.out) / "videos", cfg, quiet=args.quiet, force=args.force)
+    if not args.quiet:
+        print(
+            f"facefleet run: videos: {len(s.outputs)} done, {s.frames} frames, {s.faces} faces, "
+            f"{len(s.errors)} failed -> {s.out_dir}",
+            file=sys.stderr,
+        )
+    return s.exit_code

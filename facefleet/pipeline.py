@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ import torch
 from facefleet._device import host_to_device
 from facefleet.families import DEFAULT_FAMILY, FamilySpec, get_family
 from facefleet.types import FACE_SOURCES, Face, Gaze, ImageResult, Pose
+
+if TYPE_CHECKING:
+    from facefleet.detect.detections import Detections
 
 ImageInput = "str | Path | np.ndarray | torch.Tensor"
 
@@ -380,9 +383,15 @@ class Reconstructor:
         texture: bool = False,
         timings: dict[str, float] | None = None,
         texture_out: np.ndarray | None = None,
+        detections: Detections | None = None,
+        refine: int | None = None,
     ) -> list[ImageResult]:
         """Core batch entry point: ``images`` are (3, H, W) uint8 tensors on ``self.device``, or one
         ``(B, 3, H, W)`` uint8 tensor of same-size images (no copy is made of it then).
+
+        ``detections`` (on ``self.device``, indexing ``images``): mesh these faces instead of running the
+        detector (video tracking: faces found from the previous frame's landmarks); ``refine``: the mesh's
+        extra passes for this call (default: the constructor's).
 
         ``texture_out``: a flat uint8 host array the textures are copied into, as many as it holds (those
         faces' ``texture`` are views of it; the others get host memory of their own), e.g. shared memory
@@ -417,9 +426,9 @@ class Reconstructor:
 
             images = stack_images(images)  # one copy; the detector and the mesh stage then share it
         with self._stage("detect", timings, events):
-            det = self.detector(images)
+            det = self.detector(images) if detections is None else detections
         with self._stage("mesh", timings, events):
-            mesh = self.mesher(images, det)
+            mesh = self.mesher(images, det, refine=refine)
         with self._stage("transfer", timings, events):
             # every per-face value in one float32 table: one asynchronous copy (into pinned memory on
             # CUDA) and one wait

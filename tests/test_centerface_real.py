@@ -27,12 +27,18 @@ ort = pytest.importorskip("onnxruntime")
 
 PARITY = ("ulfd_17_crowd.jpg", "face_recognition_obama.jpg", "noface_dlib_horses.jpg")
 # (dtype, absolute tolerance per output: heatmap, scale, offset, landmarks). fp32: measured max differences
-# 1.5e-6, 3e-5, 9e-6, 1.1e-5 on the crowd (channels-last); the half precisions only on CUDA
+# 1.5e-6, 3e-5, 9e-6, 1.1e-5 on the crowd (channels-last) on the CPU; on CUDA fp32 convolutions run in TF32
+# (PyTorch's default for cuDNN: a 10-bit mantissa), measured 1.5e-3 on the heatmap (H200); the half
+# precisions only on CUDA. Scale, offset and landmarks are compared where the reference heatmap is above
+# MASK: the cells that can become faces (elsewhere they are never read, and the half precisions measured
+# up to 0.72 on the log-scales of empty background cells).
 TOLERANCES = {
     torch.float32: (1e-4, 5e-4, 2e-4, 2e-4),
     torch.float16: (2e-2, 5e-2, 5e-2, 5e-2),
     torch.bfloat16: (6e-2, 2e-1, 2e-1, 2e-1),
 }
+CUDA_FP32 = (3e-3, 2e-2, 1e-2, 1e-2)  # TF32
+MASK = 0.2
 CASES = [("cpu", torch.float32)] + [
     pytest.param("cuda", dt, marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
     for dt in (torch.float32, torch.float16, torch.bfloat16)
@@ -74,15 +80,19 @@ def test_torch_module_matches_onnxruntime_output_by_output(
 ) -> None:
     module = load_centerface(device, dtype, channels_last=channels_last)
     det = CenterFaceDetector(device=device, dtype=dtype, net=module)
-    tol = TOLERANCES[dtype]
+    tol = CUDA_FP32 if (device, dtype) == ("cuda", torch.float32) else TOLERANCES[dtype]
     for name in PARITY:
         x, _, _ = det.prepare(images[name][None].to(device))
         ref = session(x.float().cpu())  # type: ignore[operator]
         with torch.inference_mode():
             out = module(x)
+        live = ref[0] > MASK  # (1, 1, h, w): the cells decoding reads
         for what, o, r, t in zip(("heatmap", "scale", "offset", "landmarks"), out, ref, tol, strict=True):
             assert o.shape == r.shape
-            err = float((o.float().cpu() - r).abs().max())
+            diff = (o.float().cpu() - r).abs()
+            if what != "heatmap":
+                diff = diff * live  # broadcast over the output's channels
+            err = float(diff.max())
             assert err <= t, f"{name} {what} ({dtype}, channels_last={channels_last}): max |diff| {err} > {t}"
 
 

@@ -238,3 +238,14 @@ def test_run_takes_videos_among_images(shared_data: Path, tmp_path: Path, astron
     from facefleet.engine.manifest import read_manifest
 
     assert read_manifest(out).column("source").to_pylist() == [str(src / "astronaut.jpg")]
+
+
+def test_ids_are_stitched_without_a_lead_in(full_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """overlap 0: no frame is decoded twice, and the one face keeps one id across the chunks (matched by
+    its boxes on the frames either side of each boundary)."""
+    src, _ = full_run
+    s = run_video([str(src)], tmp_path / "o", _cfg(workers=1, overlap=0), quiet=True)
+    assert s.exit_code == 0
+    rows = pq.read_table(tmp_path / "o" / (src.name + ".parquet"))
+    assert rows.column("frame").to_pylist() == list(range(183))
+    assert set(rows.column("track_id").to_pylist()) == {0}

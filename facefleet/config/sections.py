@@ -366,9 +366,10 @@ class VideoConfig:
         300, "frames per unit of work (chunks start at keyframes where the video has them)", minimum=1
     )
     overlap: int = setting(
-        8,
-        "frames before each chunk that its worker also tracks (not written) so that track ids are stitched "
-        "across chunk boundaries",
+        0,
+        "frames before each chunk that its worker also tracks (not written), to stitch track ids across chunk "
+        "boundaries on the same frames (0: by the boxes of the frames either side of the boundary; a lead-in "
+        "makes a chunk that starts on a keyframe decode from the keyframe before)",
         minimum=0,
     )
     tracking: bool = setting(

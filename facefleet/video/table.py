@@ -3,9 +3,10 @@ ids into ids that hold across a whole video.
 
 A chunk's file (:func:`chunk_table`) holds the rows of its frames and of its *lead-in*: the few frames
 before its start that its worker tracked too (``[video] overlap``), flagged ``lead_in``, which exist only
-so that :func:`stitch_tracks` can tell which of its tracks continue the previous chunk's. The video's
-table (:func:`video_table`) has the chunks' own frames only, each exactly once, with global track ids.
-Frames without a face have no row (a video with no face gives an empty table of :data:`SCHEMA`).
+so that :func:`stitch_tracks` can tell which of its tracks continue the previous chunk's (by their boxes
+on the same frames; without a lead-in, by the boxes of its first frame against the previous chunk's last).
+The video's table (:func:`video_table`) has the chunks' own frames only, each exactly once, with global
+track ids. Frames without a face have no row (a video with no face gives an empty table of :data:`SCHEMA`).
 """
 
 from __future__ import annotations
@@ -90,18 +91,25 @@ def stitch_tracks(chunks: Sequence[tuple[int, pa.Table]]) -> list[dict[int, int]
 
 
 def _matches(prev: pa.Table, cur: pa.Table) -> list[tuple[int, int]]:
-    """(current local id, previous local id) pairs of tracks seen on the same lead-in frames."""
+    """(current local id, previous local id) pairs of the tracks that continue across the boundary: boxes
+    of the same frames where the current chunk has a lead-in, else the boxes of its first frame against
+    those of the previous chunk's last frame (faces move little from one frame to the next)."""
     lead = cur.filter(cur.column("lead_in"))
-    if not len(lead):
-        return []
-    frames = set(lead.column("frame").to_numpy().tolist())
-    before = prev.filter(pc.is_in(prev.column("frame"), pa.array(sorted(frames), pa.int64())))
-    if not len(before):
-        return []
+    if len(lead):
+        frames = sorted(set(lead.column("frame").to_numpy().tolist()))
+        before = prev.filter(pc.is_in(prev.column("frame"), pa.array(frames, pa.int64())))
+        a, b = _rows(lead), _rows(before)
+    else:
+        if not len(cur) or not len(prev):
+            return []
+        first = pc.min(cur.column("frame")).as_py()
+        last = pc.max(prev.column("frame")).as_py()
+        if first != last + 1:  # frames without faces between: nothing continues
+            return []
+        a = {0: _rows(cur.filter(pc.equal(cur.column("frame"), first)))[first]}
+        b = {0: _rows(prev.filter(pc.equal(prev.column("frame"), last)))[last]}
     iou_sum: dict[tuple[int, int], float] = {}
     seen: dict[int, int] = {}
-    a = _rows(lead)
-    b = _rows(before)
     for frame, rows in a.items():
         for tid, box in rows:
             seen[tid] = seen.get(tid, 0) + 1

@@ -53,7 +53,7 @@ __all__ = [
     "shared_videos",
 ]
 
-_VERSION = 1  # bump when the renderer changes what a recipe makes
+_VERSION = 2  # bump when the renderer changes what a recipe makes
 _GRAIN_TILES = 3
 
 
@@ -73,7 +73,7 @@ class VideoRecipe:
     crf: int = 20
     shot_seconds: tuple[float, float] = (2.0, 5.0)
     clip_share: float = 0.35  # fraction of shots that play a shared video rather than a photo
-    zoom: tuple[float, float] = (1.05, 1.35)
+    zoom: tuple[float, float] = (1.02, 1.25)
     roll_degrees: float = 1.5
     grain: float = 3.0  # luma noise sigma, in 8-bit levels
     audio: str = "clips"  # "clips", "tone" or "none"
@@ -170,7 +170,9 @@ def _clip_meta(clips: list[Path]) -> list[dict[str, Any]]:
 
 def plan_shots(recipe: VideoRecipe, n_photos: int, clips: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The shots of ``recipe``: ``start, frames, kind ("photo"|"clip"), source (index), clip_start,
-    pose0, pose1`` (zoom, centre x/y in [0, 1] of the free range, roll degrees). Deterministic."""
+    pose0, pose1`` (zoom, centre x/y in [0, 1] of the free range, roll degrees). Deterministic. The
+    window keeps to the source's upper part (y in 0.1-0.45 of the free range): a 16:9 window over a
+    portrait photo cut the faces away lower down."""
     rng = np.random.default_rng([recipe.seed, 7])
     shots: list[dict[str, Any]] = []
     start = 0
@@ -194,8 +196,8 @@ def plan_shots(recipe: VideoRecipe, n_photos: int, clips: list[dict[str, Any]]) 
         def pose() -> list[float]:
             return [
                 float(rng.uniform(*recipe.zoom)),
-                float(rng.uniform(0.2, 0.8)),
-                float(rng.uniform(0.2, 0.8)),
+                float(rng.uniform(0.3, 0.7)),
+                float(rng.uniform(0.1, 0.45)),  # the upper part: where a portrait's face is
                 float(rng.uniform(-recipe.roll_degrees, recipe.roll_degrees)),
             ]
 

@@ -249,3 +249,16 @@ def test_ids_are_stitched_without_a_lead_in(full_run: tuple[Path, Path], tmp_pat
     rows = pq.read_table(tmp_path / "o" / (src.name + ".parquet"))
     assert rows.column("frame").to_pylist() == list(range(183))
     assert set(rows.column("track_id").to_pylist()) == {0}
+
+
+def test_iter_video_gives_every_frame_in_order_with_one_track(shared_data: Path) -> None:
+    """The Python API: one FrameResult per frame of the range asked for, in order, at its time, one
+    person one id."""
+    from facefleet.pipeline import Reconstructor
+    from facefleet.video import iter_video
+
+    rec = Reconstructor(refine=0)
+    frames = list(iter_video(shared_data / CLIP, rec, start=100, count=20))
+    assert [f.index for f in frames] == list(range(100, 120))
+    assert all(f.track_ids == [0] for f in frames)
+    assert frames[0].time == pytest.approx(100 / 25)

@@ -138,7 +138,7 @@ class ChunkRunner:
         info = probe_video(item.source)
         first = max(0, item.start - self.video.overlap)
         span = FrameRange(item.source, first, item.stop - first)
-        frames = _prefetch(_upright_frames(span, info.rotation, self.rec.device), depth=4)
+        frames = _prefetch(upright_frames(span, info.rotation, self.rec.device), depth=4)
         pts, _ = frame_timestamps(item.source)
         fps = float(info.fps) if info.fps else 25.0
         ch = _Chunk(uid, item, first, frames, self.tracker.new_stream(fps), pts)
@@ -281,7 +281,7 @@ class ChunkRunner:
                 ch.encode.put_nowait(_END)
 
 
-def _upright_frames(item: FrameRange, rotation: float, device: torch.device) -> Iterator[Any]:
+def upright_frames(item: FrameRange, rotation: float, device: torch.device) -> Iterator[Any]:
     """``(index, seconds, (3, H, W) uint8 on device)`` of ``item``, as a player shows them: decoded by
     NVDEC on CUDA devices that have it (:func:`facefleet.io.nvdec.frame_reader`), else on the CPU, and
     turned by the video's rotation (multiples of 90 degrees)."""

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facefleet.engine.manifest import SCHEMA as IMAGE_SCHEMA
-from facefleet.engine.manifest import results_table
+from facefleet.export.table import SCHEMA as IMAGE_SCHEMA
+from facefleet.export.table import results_table
 from facefleet.video.types import FrameResult
 
 #: the per-frame columns that come first, then the photo manifest's face columns (less source, unit,

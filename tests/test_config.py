@@ -16,6 +16,7 @@ from facefleet.config import (
     ModelConfig,
     QueueConfig,
     RunConfig,
+    VideoConfig,
     add_config_arguments,
     config_from_args,
     flag_name,
@@ -25,7 +26,7 @@ from facefleet.config import (
 from facefleet.config.fields import config_fields
 from facefleet.config.flags import all_keys
 
-SECTIONS = (ModelConfig, GpuConfig, CpuConfig, RunConfig, QueueConfig)
+SECTIONS = (ModelConfig, GpuConfig, CpuConfig, RunConfig, QueueConfig, VideoConfig)
 
 
 def _parse(argv: list[str], base: JobConfig | None = None) -> JobConfig:

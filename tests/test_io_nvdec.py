@@ -18,7 +18,7 @@ import torch
 av = pytest.importorskip("av")
 
 from facefleet.io import nvdec  # noqa: E402
-from facefleet.io.video import VideoError, _open, plan_chunks, probe_video, read_frames  # noqa: E402
+from facefleet.io.video import VideoError, _open, plan_chunks, probe_video, read_frames, walk_range  # noqa: E402
 from facefleet.sources.items import FrameRange  # noqa: E402
 
 # torch's NV12 -> RGB against swscale's (PyAV's to_ndarray("rgb24")): swscale's default fast path sits
@@ -140,7 +140,7 @@ def test_exact_walk_with_torch_conversion(tmp_path: Path) -> None:
     seen = []
     for ch in plan_chunks(info, 10, keyframes=()):
         ref = list(read_frames(ch))
-        got = list(nvdec._exact_range(ch, _open, _nv12_convert))
+        got = list(walk_range(ch, _open, _nv12_convert))
         assert [g[:2] for g in got] == [r[:2] for r in ref]
         for (_, _, t), (_, _, a) in zip(got, ref):
             d = _diff(t, a)
@@ -148,7 +148,7 @@ def test_exact_walk_with_torch_conversion(tmp_path: Path) -> None:
         seen += [g[0] for g in got]
     assert seen == list(range(48))
     with pytest.raises(VideoError):
-        list(nvdec._exact_range(FrameRange(p, 40, 20), _open, _nv12_convert))
+        list(walk_range(FrameRange(p, 40, 20), _open, _nv12_convert))
 
 
 def test_nvdec_unavailable_without_cuda(tmp_path: Path) -> None:

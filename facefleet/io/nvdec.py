@@ -33,16 +33,15 @@ profile NVDEC does not take, with ``allow_software_fallback``) are converted by 
 
 from __future__ import annotations
 
-import bisect
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from facefleet.io.video import VideoError, _av, _index, read_frames
+from facefleet.io.video import VideoError, _av, _index, read_frames, walk_range
 from facefleet.sources.items import FrameRange
 
 __all__ = [
@@ -228,72 +227,9 @@ def _hw_frame_to_rgb(frame: Any, dev: torch.device, out: Tensor | None) -> Tenso
     return rgb
 
 
-def _exact_range(
-    item: FrameRange,
-    opener: Callable[[str], Any],
-    convert: Callable[[Any], Tensor],
-) -> Iterator[tuple[int, float, Tensor]]:
-    """The frame-exact walk of :func:`facefleet.io.video.read_frames` (seek to the keyframe at or
-    before the start, try earlier keyframes when a seek lands late, drop, stop, check each frame's
-    index) with ``opener(path)`` giving the container and ``convert(frame)`` the tensor."""
-    path = item.source
-    idx = _index(path)
-    n = len(idx.pts)
-    stop = item.start + item.count
-    if stop > n:
-        raise VideoError(f"{path}: frames {item.start}..{stop - 1} asked for, the video has {n}")
-    av = _av()
-    pos = {p: i for i, p in enumerate(idx.pts)}
-    k = bisect.bisect_right(idx.keyframes, item.start)
-    candidates = list(reversed(idx.keyframes[:k]))[:3]
-    if 0 not in candidates:
-        candidates.append(0)
-    for key in candidates:
-        container = opener(path)
-        try:
-            stream = container.streams.video[0]
-            tb = stream.time_base
-            if key > 0:
-                container.seek(idx.pts[key], stream=stream, backward=True, any_frame=False)
-            expected = item.start
-            late = False
-            try:
-                for frame in container.decode(stream):
-                    if frame.pts is None:
-                        raise VideoError(f"{path}: a decoded frame has no pts (cannot place it in the video)")
-                    i = pos.get(frame.pts)
-                    if i is None:
-                        raise VideoError(
-                            f"{path}: decoded a frame at pts {frame.pts} that no packet announced"
-                        )
-                    if i < expected:
-                        continue
-                    if i > expected:
-                        if expected == item.start:
-                            late = True
-                            break
-                        raise VideoError(f"{path}: frame {expected} could not be decoded (next was {i})")
-                    yield i, float(frame.pts * tb), convert(frame)
-                    del frame  # back to the decoder's pool
-                    expected += 1
-                    if expected == stop:
-                        return
-            except av.error.FFmpegError as e:
-                raise VideoError(
-                    f"{path}: truncated or corrupt (decoding stopped before frame {expected}: {e})"
-                ) from e
-            if not late:
-                raise VideoError(
-                    f"{path}: truncated or corrupt (the stream ended before frame {expected} of {n})"
-                )
-        finally:
-            container.close()
-    raise VideoError(f"{path}: cannot seek to frame {item.start} (every seek landed after it)")
-
-
 def read_frames_nvdec(
     item: FrameRange, device: str | torch.device | None = "cuda"
-) -> Iterator[tuple[int, float, Tensor]]:
+) -> Generator[tuple[int, float, Tensor], None, None]:
     """Frames ``item.start .. item.stop - 1`` decoded by NVDEC: ``(index, pts_seconds, (3, H, W) uint8
     RGB on device)``, the frames of :func:`facefleet.io.video.read_frames` (see the module docstring).
 
@@ -303,7 +239,7 @@ def read_frames_nvdec(
     dev = _resolve(device)
     if not nvdec_available(dev):
         raise NvdecUnavailable(f"NVDEC is not available for {dev} (CUDA and PyAV's CUDA hwaccel)")
-    yield from _exact_range(item, lambda p: _open_hw(p, dev), lambda f: _hw_frame_to_rgb(f, dev, None))
+    yield from walk_range(item, lambda p: _open_hw(p, dev), lambda f: _hw_frame_to_rgb(f, dev, None))
 
 
 def _cpu_frames(item: FrameRange, dev: torch.device) -> Iterator[tuple[int, float, Tensor]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import functools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -295,6 +295,22 @@ def read_frames(item: FrameRange) -> Iterator[tuple[int, float, np.ndarray]]:
     :func:`plan_chunks` gives each frame exactly once, equal to a sequential decode. Raises
     :class:`VideoError` when the file ends (or the decoder skips a frame) before the range does.
     """
+
+    def opener(path: str) -> Any:
+        container = _open(path)
+        container.streams.video[0].thread_type = "AUTO"
+        return container
+
+    return walk_range(item, opener, lambda frame: frame.to_ndarray(format="rgb24"))
+
+
+def walk_range(
+    item: FrameRange, opener: Callable[[str], Any], convert: Callable[[Any], Any]
+) -> Iterator[Any]:
+    """The frame-exact walk of :func:`read_frames` with ``opener(path)`` giving the container (a CPU or
+    a hardware decoder: :mod:`facefleet.io.nvdec`) and ``convert(frame)`` the value yielded: seek to the
+    keyframe at or before the start (an earlier one when a seek lands late), drop the frames before
+    it, check each frame's index against the packet index, stop after the last one."""
     path = item.source
     idx = _index(path)
     n = len(idx.pts)
@@ -309,10 +325,9 @@ def read_frames(item: FrameRange) -> Iterator[tuple[int, float, np.ndarray]]:
     if 0 not in candidates:
         candidates.append(0)  # frame 0 without a seek: the last resort
     for key in candidates:
-        container = _open(path)
+        container = opener(path)
         try:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
             tb = stream.time_base
             if key > 0:
                 container.seek(idx.pts[key], stream=stream, backward=True, any_frame=False)
@@ -334,7 +349,8 @@ def read_frames(item: FrameRange) -> Iterator[tuple[int, float, np.ndarray]]:
                             late = True
                             break
                         raise VideoError(f"{path}: frame {expected} could not be decoded (next was {i})")
-                    yield i, float(frame.pts * tb), frame.to_ndarray(format="rgb24")
+                    yield i, float(frame.pts * tb), convert(frame)
+                    del frame  # a hardware decoder's frame goes back to its pool
                     expected += 1
                     if expected == stop:
                         return

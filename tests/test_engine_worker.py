@@ -245,7 +245,7 @@ def test_cpu_workers_build_the_pipeline_with_the_configured_runtime(monkeypatch:
     import dataclasses
 
     import facefleet.pipeline
-    from facefleet.engine.worker.main import make_reconstructor
+    from facefleet.engine.worker.build import make_reconstructor
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(facefleet.pipeline, "Reconstructor", lambda **kw: seen.update(kw))

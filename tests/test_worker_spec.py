@@ -83,7 +83,7 @@ def test_model_settings_travel_from_the_job_to_the_reconstructor(
 ) -> None:
     """``[model] refine`` and ``max_tiles``, ``[run] texture_size`` and ``[gpu] batch_size`` of a
     job's config reach the worker process's pipeline through the plan and the spec's JSON."""
-    from facefleet.engine.worker.main import make_reconstructor
+    from facefleet.engine.worker.build import make_reconstructor
 
     cfg = JobConfig(devices="cpu", model=ModelConfig(refine=0, max_tiles=3), run=RunConfig(texture_size=256))
     plan, _ = plan_job("j", Job.from_config(str(_input(tmp_path)), tmp_path / "out", cfg, batch_size=5))

@@ -172,7 +172,7 @@ def test_gpu_eager_start_is_a_setting_that_reaches_the_profile() -> None:
 
 def test_the_eager_reconstructor_has_no_compile_and_no_cuda_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
     import facefleet.pipeline
-    from facefleet.engine.worker.main import make_reconstructor
+    from facefleet.engine.worker.build import make_reconstructor
 
     made: list[tuple[dict[str, Any], list[bool]]] = []
 

@@ -42,7 +42,7 @@ class VideoWorker:
         self._drain.set()
 
     def run(self) -> int:
-        from facefleet.engine.worker.main import make_reconstructor
+        from facefleet.engine.worker.build import make_reconstructor
         from facefleet.video.chunks import ChunkRunner
 
         spec = self.spec

@@ -100,6 +100,11 @@ def test_two_workers_split_the_chunks(full_run: tuple[Path, Path]) -> None:
     finally:
         q.close()
     assert len(units) >= 2 and sum(1 for u in units if u > 0) == 2, units
+    import json
+
+    report = json.loads((out / "video_summary.json").read_text())  # the report: per worker, over time
+    assert len(report["workers"]) == 2 and sum(w["frames"] for w in report["workers"].values()) == 183
+    assert sum(n for _, n in report["frames_per_second"]) == 183
 
 
 def test_rerun_resumes_and_changes_nothing(full_run: tuple[Path, Path]) -> None:

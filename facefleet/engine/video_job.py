@@ -68,6 +68,8 @@ class VideoSummary:
     faces: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> device, chunks, frames, busy s
+    timeline: list[tuple[int, int]] = field(default_factory=list)  # (second since the first chunk, frames)
 
     @property
     def exit_code(self) -> int:
@@ -186,9 +188,12 @@ def run_video(
             q.add_units((unit_id(c), (c,)) for _, chunks in plans.values() for c in chunks)
             q.set_meta("listing_done", "1")
             q.set_meta("drain", "0")
+            # chunks held per worker: its batch size, but no more than its share of this job's chunks
+            share = -(-q.remaining() // max(1, workers))
             spec_of = lambda name, prof: WorkerSpec(  # noqa: E731
                 name=name, out_dir=str(out_dir), profile=prof, model=cfg.model, run=run,
                 queue_url=cfg.queue.url, coordinator_pid=os.getpid(), job="video", video=cfg.video,
+                streams=max(1, min(prof.batch_size, share)),
             )  # fmt: skip
             total = sum(info.frames for info, _ in plans.values())
             if q.remaining():
@@ -209,6 +214,7 @@ def run_video(
                 summary.outputs[v] = _finish(v, info, chunks, str(out_dir), root, cfg)
                 summary.frames += info.frames
                 summary.faces += sum(int(stats.get(i, {}).get("faces", 0)) for i in ids)
+            summary.workers, summary.timeline = throughput(stats.values())
         finally:
             q.close()
         summary.seconds = time.time() - t0
@@ -310,6 +316,29 @@ def _check_record(out_dir: Path, cfg: JobConfig, force: bool) -> None:
     atomic_write_bytes(path, json.dumps(want, indent=1).encode())
 
 
+def throughput(stats: Any) -> tuple[dict[str, dict[str, Any]], list[tuple[int, int]]]:
+    """Per worker (device, chunks, frames, busy seconds) and frames done per second of the job (by the
+    time each chunk ended) from the done chunks' stats."""
+    workers: dict[str, dict[str, Any]] = {}
+    ends: list[tuple[float, int]] = []
+    for st in stats:
+        if "worker" not in st:
+            continue
+        w = workers.setdefault(
+            st["worker"], {"device": st.get("device"), "chunks": 0, "frames": 0, "busy_s": 0.0}
+        )
+        w["chunks"] += 1
+        w["frames"] += int(st.get("frames", 0))
+        w["busy_s"] = round(w["busy_s"] + float(st.get("seconds", 0.0)), 3)
+        ends.append((float(st["done_at"]), int(st.get("frames", 0))))
+    per_second: dict[int, int] = {}
+    if ends:
+        first = min(t for t, _ in ends)
+        for t, n in ends:
+            per_second[int(t - first)] = per_second.get(int(t - first), 0) + n
+    return workers, sorted(per_second.items())
+
+
 def _write_summary(out_dir: Path, s: VideoSummary) -> None:
     data = {
         "outputs": s.outputs,
@@ -317,6 +346,8 @@ def _write_summary(out_dir: Path, s: VideoSummary) -> None:
         "frames": s.frames,
         "faces": s.faces,
         "seconds": s.seconds,
+        "workers": s.workers,
+        "frames_per_second": [[t, n] for t, n in s.timeline],
     }
     atomic_write_bytes(out_dir / "video_summary.json", json.dumps(data, indent=1).encode())
 

@@ -63,6 +63,9 @@ class WorkerSpec:
     # "images" (units of image files: the Worker) or "video" (units of frame ranges: the VideoWorker)
     job: str = "images"
     video: VideoConfig = field(default_factory=VideoConfig)
+    # video workers: chunks held at once (0: the profile's batch size); the job caps it so that every
+    # worker gets chunks of a short job
+    streams: int = 0
     readers: int = 4
     # batches decoded at once (on CUDA at most profile.batches_in_flight - 1; on CPU each batch uses
     # `readers` threads)
@@ -104,6 +107,7 @@ class WorkerSpec:
                 "reconstructor_args": dict(self.reconstructor_args),
                 "job": self.job,
                 "video": section_to_json(self.video),
+                "streams": self.streams,
                 "readers": self.readers,
                 "decoders": self.decoders,
                 "poll_seconds": self.poll_seconds,
@@ -139,6 +143,7 @@ class WorkerSpec:
             reconstructor_args=tuple(args.items()),
             job=_typed(data, "job", str),
             video=section_from_json("video", data["video"], "worker spec"),
+            streams=_typed(data, "streams", int),
             readers=_typed(data, "readers", int),
             decoders=_typed(data, "decoders", int),
             poll_seconds=float(_typed(data, "poll_seconds", (int, float))),

@@ -47,7 +47,7 @@ class VideoWorker:
 
         spec = self.spec
         rec = make_reconstructor(spec, self.local_device)
-        runner = ChunkRunner(rec, spec.video, spec.out_dir, streams=spec.profile.batch_size)
+        runner = ChunkRunner(rec, spec.video, spec.out_dir, streams=spec.streams or spec.profile.batch_size)
         db = open_queue(spec.queue_path)
         db.register_worker(self.owner, spec.name, spec.profile.device, self.pid)
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
@@ -93,6 +93,13 @@ class VideoWorker:
         return unit.id, unit.items[0]
 
     def _done(self, db: WorkQueue, uid: str, stats: dict[str, Any]) -> None:
+        # who did the chunk, on which device, and when it ended: the job's report per worker and over time
+        stats = {
+            **stats,
+            "worker": self.spec.name,
+            "device": self.spec.profile.device,
+            "done_at": time.time(),
+        }
         db.complete(uid, self.owner, stats)
         db.add_progress(self.owner, int(stats["frames"]), int(stats["faces"]), 0, float(stats["seconds"]))
         with self._held_lock:

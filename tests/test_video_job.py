@@ -267,3 +267,43 @@ def test_iter_video_gives_every_frame_in_order_with_one_track(shared_data: Path)
     assert [f.index for f in frames] == list(range(100, 120))
     assert all(f.track_ids == [0] for f in frames)
     assert frames[0].time == pytest.approx(100 / 25)
+
+
+def test_external_workers_take_a_video_job_from_the_queue(shared_data: Path, tmp_path: Path) -> None:
+    """``facefleet video --executor external`` lists the chunks and waits; ``facefleet worker --queue URL``
+    (any host) builds its video workers from the job's record in the queue, and the job finishes the
+    outputs."""
+    import threading
+
+    from facefleet.engine.queue import open_queue
+
+    src = tmp_path / "talk.mp4"
+    _short_clip(shared_data / CLIP, src, 40)
+    out = tmp_path / "out"
+    cfg = _cfg(workers=1)
+    cfg = JobConfig(
+        devices="cpu", cpu=cfg.cpu, video=cfg.video, run=RunConfig(lease_seconds=5.0, executor="external")
+    )
+    done: list[object] = []
+    job = threading.Thread(target=lambda: done.append(run_video([str(src)], out, cfg, quiet=True)))
+    job.start()
+    queue = out / "_queue.sqlite"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if queue.exists():
+            q = open_queue(str(queue))
+            try:
+                if q.get_meta("listing_done") == "1":
+                    break
+            finally:
+                q.close()
+        time.sleep(0.1)
+    conf = tmp_path / "host.toml"
+    conf.write_text("[cpu]\nworkers = 1\nthreads = 1\n")
+    cmd = [sys.executable, "-m", "facefleet", "worker", "--queue", str(queue), "--out", str(out),
+           "--devices", "cpu", "--config", str(conf)]  # fmt: skip
+    assert subprocess.run(cmd, timeout=300).returncode == 0
+    job.join(timeout=120)
+    assert done and done[0].exit_code == 0  # type: ignore[attr-defined]
+    rows = pq.read_table(out / "talk.mp4.parquet")
+    assert sorted(set(rows.column("frame").to_pylist())) == list(range(40))

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from facefleet.config import JobConfig
 from facefleet.engine.executors import Executor, make_executor
-from facefleet.engine.layout import EngineError, RunLock, clear_out, make_out
+from facefleet.engine.layout import EngineError, RunLock, clear_out, make_out, publish_run
 from facefleet.engine.queue import QUEUE_FILE, open_queue
 from facefleet.engine.worker.spec import WorkerSpec
 from facefleet.io.atomic import atomic_write_bytes
@@ -186,8 +186,10 @@ def run_video(
         q = open_queue(queue_url)
         try:
             q.add_units((unit_id(c), (c,)) for _, chunks in plans.values() for c in chunks)
-            q.set_meta("listing_done", "1")
             q.set_meta("drain", "0")
+            # what workers started elsewhere (facefleet worker --queue URL) take from the queue
+            publish_run(q, video_record(cfg, run))
+            q.set_meta("listing_done", "1")
             # chunks held per worker: its batch size, but no more than its share of this job's chunks
             share = -(-q.remaining() // max(1, workers))
             spec_of = lambda name, prof: WorkerSpec(  # noqa: E731
@@ -222,6 +224,16 @@ def run_video(
     return summary
 
 
+def video_record(cfg: JobConfig, run: Any) -> dict[str, Any]:
+    """The job's record in its queue: ``facefleet worker`` on any host builds its video workers from it
+    (the ``[model]``, ``[run]`` and ``[video]`` settings every host must share)."""
+    from facefleet.config.loading import section_to_json
+    from facefleet.engine.layout import settings_record
+
+    return {"job": "video", "input": None, "settings": settings_record(cfg.model, run),
+            "video": section_to_json(cfg.video)}  # fmt: skip
+
+
 def _finish(
     v: str, info: Any, chunks: list[FrameRange], out_dir: str, root: str, cfg: JobConfig
 ) -> dict[str, str]:
@@ -243,6 +255,8 @@ def _supervise(
     from facefleet.engine.worker.spec import owner_id
 
     ex = executor or make_executor(run.executor)
+    if ex.name == "external":  # workers elsewhere (facefleet worker --queue URL): one handle watches them
+        profiles = profiles[:1]
     handles = {f"w{i}:{p.device}": ex.start(spec_of(f"w{i}:{p.device}", p)) for i, p in enumerate(profiles)}
     restarts = 0
     t0 = time.time()

@@ -65,6 +65,7 @@ def plan_host(
     from dataclasses import replace
 
     from facefleet.config import ConfigError, load_file
+    from facefleet.config.loading import section_from_json
     from facefleet.config.sections import JobConfig
     from facefleet.engine.layout import HOST_RUN_KEYS, input_root, record_settings
     from facefleet.engine.worker.spec import file_writers
@@ -85,6 +86,11 @@ def plan_host(
     )
     run = replace(run, writers=run.writers or file_writers(len(profiles)))
     inp = record.get("input")
+    job = record.get("job", "images")
+    try:
+        video = section_from_json("video", record.get("video", {}), "the run's record")
+    except ConfigError as e:
+        raise WorkerCliError(str(e)) from None
     specs = tuple(
         WorkerSpec(
             f"{name}/{wname}",
@@ -95,6 +101,8 @@ def plan_host(
             input_root=input_root(inp) if inp is not None else None,
             queue_url=queue_url,
             coordinator_pid=None,
+            job=job,
+            video=video,
         )
         for wname, prof in zip(worker_names(profiles), profiles, strict=True)
     )

@@ -367,9 +367,9 @@ class VideoConfig:
     )
     overlap: int = setting(
         0,
-        "frames before each chunk that its worker also tracks (not written), to stitch track ids across chunk "
-        "boundaries on the same frames (0: by the boxes of the frames either side of the boundary; a lead-in "
-        "makes a chunk that starts on a keyframe decode from the keyframe before)",
+        "frames before each chunk that its worker also tracks (not written), to stitch track ids across "
+        "chunk boundaries on the same frames (0: by the boxes of the frames either side of the boundary; a "
+        "lead-in makes a chunk that starts on a keyframe decode from the keyframe before)",
         minimum=0,
     )
     tracking: bool = setting(

@@ -13,7 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconstruct": ("reconstruct:reconstruct_main", "reconstruct the faces of images into OUT"),
     "demo": ("reconstruct:demo_main", "run the whole pipeline on a bundled sample portrait"),
     "run": ("run:run_main", "batch engine over a folder/list/URL on all GPUs (facefleet run -h)"),
-    "video": ("video:video_main", "track faces through videos: Parquet, overlays, anonymised MP4 (facefleet video -h)"),
+    "video": ("video:video_main", "faces tracked through videos: Parquet, overlay, anonymised MP4 (-h)"),
     "worker": ("worker:worker_main", "a worker of a shared queue, on any host (facefleet worker -h)"),
     "report": ("report:report_main", "rebuild a run's stats and report from its queue (external workers)"),
     "models": ("models:models_main", "fetch|list|path the MediaPipe weights (facefleet models -h)"),

@@ -47,6 +47,8 @@ class VideoWorker:
 
         spec = self.spec
         rec = make_reconstructor(spec, self.local_device)
+        if rec.device.type == "cuda":
+            self._warm_up(rec)
         runner = ChunkRunner(rec, spec.video, spec.out_dir, streams=spec.streams or spec.profile.batch_size)
         db = open_queue(spec.queue_path)
         db.register_worker(self.owner, spec.name, spec.profile.device, self.pid)
@@ -73,6 +75,17 @@ class VideoWorker:
             beat.join(timeout=5)
             db.close()
         return EXIT_OK
+
+    def _warm_up(self, rec: Any) -> None:
+        """cuDNN plans, compiled code and CUDA graphs of every batch size now, before the first chunk, as
+        the photo worker does (otherwise each new batch size pays them mid-video); a cold compile cache is
+        saved for the next start."""
+        from facefleet.engine.worker.startup import compile_folder, finish_compile, start_compile
+
+        folder = compile_folder(self.spec)
+        start_compile(folder)
+        rec.warmup()
+        finish_compile(folder, any(getattr(n, "compiled", False) for n in rec.networks()))
 
     def _draining(self, db: WorkQueue) -> bool:
         if self._drain.is_set() or db.get_meta("drain") == "1":

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from facefleet._device import host_to_device
+from facefleet._device import host_to_device, resolve_device, resolve_precision
 from facefleet.families import DEFAULT_FAMILY, FamilySpec, get_family
+from facefleet.io.arrays import as_rgb_uint8, check_tensor
 from facefleet.types import FACE_SOURCES, Face, Gaze, ImageResult, Pose
 
 if TYPE_CHECKING:
@@ -65,46 +66,6 @@ class _Columns:
     @property
     def small(self) -> int:
         return self.score + 5
-
-_PRECISIONS = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" -> the current CUDA device if there is one, else CPU."""
-    if device is None or str(device) == "auto":
-        return (
-            torch.device("cuda", torch.cuda.current_device())
-            if torch.cuda.is_available()
-            else torch.device("cpu")
-        )
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} asked for, but CUDA is not available on this machine")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
-
-
-def resolve_precision(precision: str | torch.dtype, device: torch.device) -> torch.dtype:
-    if isinstance(precision, torch.dtype):
-        dtype = precision
-    else:
-        try:
-            dtype = _PRECISIONS[precision.lower()]
-        except KeyError:
-            raise ValueError(f"unknown precision {precision!r}: use fp32, fp16 or bf16") from None
-    if device.type == "cpu" and dtype == torch.float16:
-        raise ValueError("fp16 is not supported on the CPU: use fp32 (or bf16)")
-    return dtype
 
 
 def resolve_runtime(
@@ -358,9 +319,9 @@ class Reconstructor:
                     with warnings.catch_warnings():  # read-only arrays (np.asarray of a PIL image): only
                         # read here (copied to the device, or made contiguous, below)
                         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                        t = torch.from_numpy(_as_rgb_uint8(im, names[i])).permute(2, 0, 1)
+                        t = torch.from_numpy(as_rgb_uint8(im, names[i])).permute(2, 0, 1)
                 elif isinstance(im, torch.Tensor):
-                    t = _check_tensor(im, names[i])
+                    t = check_tensor(im, names[i])
                 else:
                     raise TypeError(f"{names[i]}: unsupported image type {type(im).__name__}")
             except (ImageDecodeError, ValueError, TypeError) as e:
@@ -555,32 +516,3 @@ def _collect_events(events: list[tuple[str, Any, Any, dict[str, float]]]) -> Non
     for name, start, end, timings in events:
         end.synchronize()
         timings[name] = timings.get(name, 0.0) + start.elapsed_time(end) / 1e3
-
-
-def _as_rgb_uint8(arr: np.ndarray, name: str) -> np.ndarray:
-    """(H, W), (H, W, 1|3|4) uint8/uint16/float arrays -> (H, W, 3) uint8."""
-    a = np.asarray(arr)
-    if a.ndim == 2:
-        a = a[:, :, None]
-    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
-        raise ValueError(f"{name}: expected an (H, W, 3) RGB array, got shape {a.shape}")
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise ValueError(f"{name}: empty image of shape {a.shape}")
-    if a.dtype == np.uint16:
-        a = (a.astype(np.uint32) * 255 + 32767) // 65535
-    elif a.dtype.kind == "f":
-        a = np.clip(a * 255.0 + 0.5, 0, 255)
-    a = a.astype(np.uint8, copy=False)
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    elif a.shape[2] == 4:
-        a = a[:, :, :3]
-    return np.ascontiguousarray(a)
-
-
-def _check_tensor(t: torch.Tensor, name: str) -> torch.Tensor:
-    if t.ndim != 3 or t.shape[0] != 3:
-        raise ValueError(f"{name}: expected a (3, H, W) tensor, got shape {tuple(t.shape)}")
-    if t.dtype != torch.uint8:
-        raise ValueError(f"{name}: expected a uint8 tensor, got {t.dtype}")
-    return t

@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--model-dir", type=Path, default=None)
     args = p.parse_args(argv)
-    from facefleet.pipeline import resolve_device
+    from facefleet._device import resolve_device
 
     device = resolve_device(args.device)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]

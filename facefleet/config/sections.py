@@ -403,6 +403,12 @@ class VideoConfig:
         "One Euro speed coefficient (higher: less lag on fast motion), on speeds in face sizes per second",
         minimum=0,
     )
+    anonymize_detector: str = setting(
+        "combined",
+        "detector mode of jobs that write anonymize: combined (BlazeFace and CenterFace: small, distant and "
+        "turned faces that BlazeFace alone misses), centerface, blazeface, or model (the [model] detector)",
+        choices=("combined", "centerface", "blazeface", "model"),
+    )
     anonymize: str = setting(
         "blur", "how anonymize covers faces: blur, pixelate or solid", choices=ANONYMIZE_MODES
     )

@@ -157,6 +157,9 @@ def run_video(
 ) -> VideoSummary:
     """Process ``inputs`` (video files, folders, lists) into ``out`` (see the module docstring)."""
     cfg = config or JobConfig()
+    if "anonymize" in cfg.video.formats and cfg.video.anonymize_detector != "model":
+        # anonymising needs the detector that finds small and turned faces too
+        cfg = replace(cfg, model=replace(cfg.model, detector=cfg.video.anonymize_detector))
     err = stream or sys.stderr
     t0 = time.time()
     out_dir = Path(os.path.abspath(out))

@@ -307,3 +307,29 @@ def test_external_workers_take_a_video_job_from_the_queue(shared_data: Path, tmp
     assert done and done[0].exit_code == 0  # type: ignore[attr-defined]
     rows = pq.read_table(out / "talk.mp4.parquet")
     assert sorted(set(rows.column("frame").to_pylist())) == list(range(40))
+
+
+def test_force_redoes_a_video_on_a_postgres_queue(shared_data: Path, tmp_path: Path) -> None:
+    """--force on a networked queue: its units are forgotten with OUT's files, so the video is done again
+    (not finished from chunk files that --force removed)."""
+    import uuid
+
+    src = tmp_path / "talk.mp4"
+    _short_clip(shared_data / CLIP, src, 20)
+    url = f"postgresql://127.0.0.1:5432/test?schema=ffv_{uuid.uuid4().hex[:8]}"
+    base = _cfg(workers=1)
+    from facefleet.config import QueueConfig
+
+    cfg = JobConfig(devices="cpu", cpu=base.cpu, run=base.run, video=base.video, queue=QueueConfig(url=url))
+    out = tmp_path / "out"
+    try:
+        assert run_video([str(src)], out, cfg, quiet=True).exit_code == 0
+        again = run_video([str(src)], out, cfg, quiet=True, force=True)
+        assert again.exit_code == 0 and again.frames == 20
+        assert pq.read_table(out / "talk.mp4.parquet").column("frame").to_pylist() == list(range(20))
+    finally:
+        from facefleet.engine.queue import open_queue
+
+        q = open_queue(url)
+        q.drop_schema()  # type: ignore[attr-defined]
+        q.close()

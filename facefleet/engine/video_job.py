@@ -188,6 +188,8 @@ def run_video(
         queue_url = cfg.queue.url or str(out_dir / QUEUE_FILE)
         q = open_queue(queue_url)
         try:
+            if force:  # a networked queue outlives OUT's files: forget its units too
+                q.reset()
             q.add_units((unit_id(c), (c,)) for _, chunks in plans.values() for c in chunks)
             q.set_meta("drain", "0")
             # what workers started elsewhere (facefleet worker --queue URL) take from the queue

@@ -204,6 +204,7 @@ class Reconstructor:
             blazeface_net=det_net,
             compiled=compiled,
             compile_cache=self.compile_cache,
+            alternates=True,  # both views of a face both detectors found are meshed: _better_views
         )
         self.mesher = MeshPredictor(
             device=self.device,
@@ -421,6 +422,8 @@ class Reconstructor:
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()
             kept = np.flatnonzero(table.numpy()[:, cols.keep] > 0.5)
+            if self.detector_mode == "combined":
+                kept = kept[_better_views(table.numpy()[kept], cols, self.topology.n_mesh)]
             host = table.numpy()[kept]  # a copy: pinned blocks are for reuse
         topo = self.topology
         lm_host = host[:, : cols.lm].reshape(-1, topo.n_vertices, 3)
@@ -509,6 +512,34 @@ class Reconstructor:
         t0 = time.perf_counter()
         yield
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _better_views(rows: np.ndarray, cols: _Columns, n_mesh: int, iou: float = 0.5) -> np.ndarray:
+    """Which of the kept faces' ``rows`` (the per-face table) to keep where two are views of one face (the
+    combined detector gives BlazeFace's and CenterFace's of a face both found): of meshes of one image
+    whose landmark boxes overlap by more than ``iou``, the one with the higher presence (ties: the first,
+    BlazeFace's). A boolean mask ``(N,)``."""
+    n = len(rows)
+    keep = np.ones(n, dtype=bool)
+    if n < 2:
+        return keep
+    xy = rows[:, : cols.lm].reshape(n, -1, 3)[:, :n_mesh, :2]
+    boxes = np.concatenate([xy.min(1), xy.max(1)], 1)
+    img = rows[:, cols.idx]
+    area = np.prod(np.maximum(boxes[:, 2:] - boxes[:, :2], 0), 1)
+    wh = np.maximum(
+        np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+        - np.maximum(boxes[:, None, :2], boxes[None, :, :2]),
+        0,
+    )
+    inter = wh[..., 0] * wh[..., 1]
+    over = inter / np.maximum(area[:, None] + area[None] - inter, 1e-9) > iou
+    over &= img[:, None] == img[None]
+    others = ~np.eye(n, dtype=bool)
+    for i in np.argsort(-rows[:, cols.presence], kind="stable"):
+        if keep[i]:
+            keep[over[i] & others[i]] = False
+    return keep
 
 
 def _collect_events(events: list[tuple[str, Any, Any, dict[str, float]]]) -> None:

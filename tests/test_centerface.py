@@ -211,6 +211,25 @@ def test_merge_keeps_blazeface_where_both_found_a_face_and_centerface_elsewhere(
     assert capped.counts() == [1, 1, 1] and capped.scores[0].item() == pytest.approx(0.95)
 
 
+def test_merge_alternates_keep_centerface_views_and_the_pipeline_keeps_the_better_mesh() -> None:
+    """alternates: CenterFace's view of a face BlazeFace found too stays beside it; of two meshes of one
+    face the pipeline keeps the one with the higher presence, and faces elsewhere are untouched."""
+    from facefleet.pipeline import _better_views, _Columns
+
+    blaze = _dets([[10, 10, 50, 50]], [0.9], [0], 1, 0)
+    center = _dets([[12, 12, 52, 52], [200, 200, 240, 240]], [0.5, 0.6], [0, 0], 1, 1)
+    out = merge_families(blaze, center, 1, max_faces=10, alternates=True)
+    assert sorted(out.source.tolist()) == [0, 1, 1]  # type: ignore[union-attr]
+    # three meshes (V = 2 points each) of image 0: two of one face (presence 0.4 and 0.9), one elsewhere
+    cols = _Columns(2 * 3)
+    rows = np.zeros((3, cols.small + 1), np.float32)
+    rows[:, : cols.lm] = [[10, 10, 0, 50, 50, 0], [11, 11, 0, 51, 51, 0], [200, 200, 0, 240, 240, 0]]
+    rows[:, cols.presence] = [0.4, 0.9, 0.5]
+    assert _better_views(rows, cols, n_mesh=2).tolist() == [False, True, True]
+    rows[1, cols.idx] = 1  # the same place in another image: both stay
+    assert _better_views(rows, cols, n_mesh=2).tolist() == [True, True, True]
+
+
 def test_merge_with_one_side_empty() -> None:
     none = _dets([], [], [], 2, 0)
     center = _dets([[0, 0, 10, 10]], [0.5], [1], 2, 1)

@@ -72,6 +72,7 @@ def merge_families(
     num_images: int,
     max_faces: int,
     match_iou: float = 0.3,
+    alternates: bool = False,
 ) -> Detections:
     """One set of faces from BlazeFace's ``blaze`` and CenterFace's ``center`` (boxes in the same
     convention, CenterFace's scores already calibrated to BlazeFace's scale).
@@ -81,6 +82,9 @@ def merge_families(
     scores. The other CenterFace faces (crowds, small faces BlazeFace missed) join with their five points.
     Vectorised over the batch: CenterFace's faces are laid out per image, padded to the most any image has
     (one host sync for that count), and every BlazeFace face is compared with its image's row only.
+    ``alternates``: keep the matched CenterFace faces too, as second views of BlazeFace's faces, for a
+    caller that meshes both and keeps the better one (:class:`~facefleet.pipeline.Reconstructor` in the
+    combined mode: the mesh rejects some of BlazeFace's crops of turned faces that CenterFace's keep).
     Returns the merged faces sorted by image then decreasing score, at most ``max_faces`` per image, with
     :attr:`Detections.source` set.
     """
@@ -109,7 +113,7 @@ def merge_families(
         flat_hit = (rows[:, None] * k + torch.arange(k, device=dev)[None]).masked_fill(~hit, num_images * k)
         matched = torch.zeros(num_images * k + 1, dtype=torch.bool, device=dev)
         matched[flat_hit.reshape(-1)] = True
-        keep_c = ~matched[flat_c]
+        keep_c = ~matched[flat_c] | alternates
     merged = Detections(
         torch.cat([blaze.boxes.float(), center.boxes.float()]),
         torch.cat([blaze.keypoints.float(), center.keypoints.float()]),
@@ -128,11 +132,14 @@ class CombinedDetector:
     :func:`merge_families`; the ``combined`` detector mode. Both detectors must return boxes in BlazeFace's
     short-range convention (their default) and at most ``max_faces`` faces per image."""
 
-    def __init__(self, blaze: Any, center: Any, max_faces: int = 100, match_iou: float = 0.3) -> None:
+    def __init__(
+        self, blaze: Any, center: Any, max_faces: int = 100, match_iou: float = 0.3, alternates: bool = False
+    ) -> None:
         self.blaze = blaze
         self.center = center
         self.max_faces = int(max_faces)
         self.match_iou = float(match_iou)
+        self.alternates = bool(alternates)  # see merge_families
         self.device = blaze.device
 
     @property
@@ -151,4 +158,5 @@ class CombinedDetector:
     def __call__(self, images: ImageBatch) -> Detections:
         """Detect faces in ``(B, 3, H, W)`` uint8 or a list of ``(3, H, W)`` uint8 tensors (any sizes)."""
         n = image_count(images, self.device)
-        return merge_families(self.blaze(images), self.center(images), n, self.max_faces, self.match_iou)
+        blaze, center = self.blaze(images), self.center(images)
+        return merge_families(blaze, center, n, self.max_faces, self.match_iou, self.alternates)

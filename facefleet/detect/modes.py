@@ -71,11 +71,14 @@ def build_detector(
     runtime: str = "auto",
     compiled: bool | None = None,
     compile_cache: dict[str, Any] | None = None,
+    alternates: bool = False,
 ) -> Any:
     """The detector of a mode (:data:`DETECTOR_MODES`, or a legacy BlazeFace model name): a
     :class:`~facefleet.detect.FaceDetector`, a :class:`~facefleet.detect.CenterFaceDetector` or a
     :class:`~facefleet.detect.CombinedDetector`. ``blazeface_net``: BlazeFace networks to use instead of
-    loading them (LiteRT's); ``runtime``: the pipeline's runtime setting (:func:`centerface_runtime`)."""
+    loading them (LiteRT's); ``runtime``: the pipeline's runtime setting (:func:`centerface_runtime`);
+    ``alternates``: the combined detector also returns CenterFace's views of the faces both found
+    (:func:`~facefleet.detect.merge.merge_families`)."""
     from facefleet.detect.centerface import CenterFaceDetector
     from facefleet.detect.detector import FaceDetector
     from facefleet.detect.merge import CombinedDetector
@@ -100,5 +103,5 @@ def build_detector(
             model_dir=model_dir, net=net, max_side=centerface_max_side,
         )  # fmt: skip
     if blaze is not None and center is not None:
-        return CombinedDetector(blaze, center, max_faces=max_faces)
+        return CombinedDetector(blaze, center, max_faces=max_faces, alternates=alternates)
     return blaze if blaze is not None else center

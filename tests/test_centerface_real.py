@@ -229,3 +229,24 @@ def test_fixed_shapes_find_the_same_faces(images: dict[str, torch.Tensor]) -> No
     torch.testing.assert_close(b.scores, a.scores, atol=0.02, rtol=0)
     big = CenterFaceDetector(device="cpu", max_side=0, fixed_shapes=True, net=ref.network())
     assert big.canvas(2048, 1088) is None  # larger than 1920 x 1920's twin shapes: its own size
+
+
+@pytest.mark.shared_data
+def test_combined_keeps_the_better_view_of_turned_faces(shared_data: Path) -> None:
+    """Frame 240 of the Hamilton clip (an audience, faces half turned): BlazeFace alone keeps 1 face; the
+    combined mode meshes BlazeFace's and CenterFace's views of the faces both found and keeps the better
+    one, so the faces the mesh rejected in BlazeFace's crop are kept (3 found when this was written)."""
+    pytest.importorskip("av")
+    from facefleet.io.video import read_frames
+    from facefleet.pipeline import Reconstructor
+    from facefleet.sources.items import FrameRange
+
+    clip = shared_data / "videos" / "face_recognition_short_hamilton_clip.mp4"
+    ((_, _, frame),) = list(read_frames(FrameRange(str(clip), 240, 1)))
+    blaze = Reconstructor(detector="blazeface")([frame])[0].faces
+    combined = Reconstructor(detector="combined")([frame])[0].faces
+    assert len(blaze) == 1 and len(combined) >= 3
+    boxes = np.array([f.bbox for f in combined])
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    gaps = np.linalg.norm(centres[:, None] - centres[None], axis=-1) + np.eye(len(combined)) * 1e9
+    assert gaps.min() > 30  # distinct people, not two views of one face

@@ -8,7 +8,8 @@ import torch
 
 from facefleet.families import get_family
 from facefleet.types import Face, ImageResult, Pose
-from facefleet.video.render import anonymize, draw_overlay, face_masks, rgb_to_yuv420p
+from facefleet.video.overlay import draw_overlay
+from facefleet.video.render import anonymize, face_masks, rgb_to_yuv420p
 from facefleet.video.types import FrameResult
 
 av = pytest.importorskip("av")

@@ -249,7 +249,8 @@ class ChunkRunner:
     def _draw(self, batch: list[tuple[_Chunk, int, float, torch.Tensor]], results: list[FrameResult]) -> None:
         """Draw each drawn format on the frames past their chunk's lead-in, colour-convert on the
         device, and queue the planes for the chunks' encoders (frames of one size at a time)."""
-        from facefleet.video.render import anonymize, draw_overlay, face_masks, rgb_to_yuv420p
+        from facefleet.video.overlay import draw_overlay
+        from facefleet.video.render import anonymize, face_masks, rgb_to_yuv420p
 
         keep = [k for k, (ch, i, _, _) in enumerate(batch) if i >= ch.item.start]
         groups: dict[tuple[int, int, str], list[int]] = {}

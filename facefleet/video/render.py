@@ -1,11 +1,12 @@
-"""Pixel work on batches of video frames, on the torch device: face masks, anonymisation, overlays
-and the RGB -> YUV 4:2:0 conversion that feeds the encoder (:mod:`facefleet.video.encode`).
+"""Pixel work on batches of video frames, on the torch device: face masks, anonymisation and the
+RGB -> YUV 4:2:0 conversion that feeds the encoder (:mod:`facefleet.video.encode`); the overlays drawn
+with the same face geometry are in :mod:`facefleet.video.overlay`.
 
 Every function takes frames as a ``(B, 3, H, W)`` uint8 RGB tensor on any device (the GPU when there
 is one) and keeps them there; face geometry comes from :class:`facefleet.types.Face` objects (host
 numpy, a few hundred numbers per face) and is moved to the device once per batch. Nothing loops over
 pixels in Python: masks are built from per-row spans of each face's region (a convex polygon or an
-ellipse), overlays from points sampled along line segments and scattered into the frames.
+ellipse).
 
 Colour: :func:`rgb_to_yuv420p` writes limited-range ("tv", 16-235 / 16-240) Y'CbCr with the BT.601
 matrix by default, or BT.709 on request. PyAV decodes a video to RGB with the matrix its stream is
@@ -27,15 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from facefleet.export.overlay import pose_axes_2d
 from facefleet.families import Topology
 
 __all__ = [
     "ANONYMIZE_MODES",
     "MATRICES",
     "anonymize",
-    "draw_overlay",
+    "face_box",
     "face_masks",
+    "faces_of",
+    "mesh_xy",
     "rgb_to_yuv420p",
 ]
 
@@ -48,14 +50,12 @@ _DIRECTIONS = 32  # half-planes of the polygon that circumscribes a face's landm
 _ELLIPSE_SCALE = 1.2  # a small face's ellipse: 1.2 x its box's half-sides (edges and most of the corners)
 _BLUR_CELLS = 8.0  # blur: the face is reduced to ~8 cells across, then smoothed and interpolated back
 _PIXEL_BLOCKS = 8.0  # pixelate: ~8 blocks across the face
-_NOSE_TIP = 1  # MediaPipe mesh vertex of the nose tip (anchor of the pose axes)
-_MESH_VERTICES = 468
 
 
 # --------------------------------------------------------------------------------------------- faces
 
 
-def _faces_of(item: Any) -> list[Any]:
+def faces_of(item: Any) -> list[Any]:
     """The faces of one frame: a :class:`FrameResult`, an :class:`ImageResult` or a list of faces."""
     if hasattr(item, "result"):  # FrameResult
         return list(item.result.faces)
@@ -64,7 +64,7 @@ def _faces_of(item: Any) -> list[Any]:
     return list(item or [])
 
 
-def _mesh_xy(face: Any, topology: Topology | None) -> np.ndarray | None:
+def mesh_xy(face: Any, topology: Topology | None) -> np.ndarray | None:
     """(V, 2) float64 mesh landmarks of ``face`` when they are usable for its region, else None."""
     lm = getattr(face, "landmarks", None)
     if lm is None or getattr(face, "small", False):
@@ -80,7 +80,7 @@ def _mesh_xy(face: Any, topology: Topology | None) -> np.ndarray | None:
     return xy
 
 
-def _box(face: Any) -> np.ndarray | None:
+def face_box(face: Any) -> np.ndarray | None:
     b = getattr(face, "bbox", None)
     if b is None:
         return None
@@ -120,15 +120,15 @@ def _regions(faces_per_frame: Sequence[Any], topology: Topology | None, margin: 
     el: list[tuple[float, float, float, float]] = []
     es: list[float] = []
     for b, item in enumerate(faces_per_frame):
-        for face in _faces_of(item):
-            xy = _mesh_xy(face, topology)
+        for face in faces_of(item):
+            xy = mesh_xy(face, topology)
             if xy is not None:
                 size = float(max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1])))
                 pf.append(b)
                 ph.append((xy @ u.T).max(axis=0) + margin * size)
                 ps.append(size)
                 continue
-            box = _box(face)
+            box = face_box(face)
             if box is None:
                 continue
             w, h = box[2] - box[0], box[3] - box[1]
@@ -352,186 +352,6 @@ def anonymize(
         win = out[:, :, y0:y1, x0:x1]
         win.copy_(torch.where(pick, cover, win))
     return out
-
-
-# ------------------------------------------------------------------------------------------ overlay
-
-_MESH_COLOR = (255, 255, 255)
-_BOX_COLOR = (0, 230, 120)
-_SMALL_BOX_COLOR = (255, 170, 0)
-_AXIS_COLORS = ((230, 40, 40), (40, 200, 60), (50, 110, 255))  # x red, y green, z blue (as the photo overlay)
-
-
-@functools.lru_cache(maxsize=8)
-def _edges_of(triangles_key: bytes, n: int) -> np.ndarray:
-    t = np.frombuffer(triangles_key, dtype=np.int64).reshape(n, 3)
-    e = np.concatenate([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]], axis=0)
-    e.sort(axis=1)
-    return np.unique(e, axis=0)
-
-
-def _edges(topology: Topology) -> np.ndarray:
-    t = np.ascontiguousarray(topology.triangles, dtype=np.int64)
-    return _edges_of(t.tobytes(), len(t))
-
-
-@functools.lru_cache(maxsize=256)
-def _label_bitmap(text: str, px: int) -> np.ndarray:
-    """(h, w) bool glyph pixels of ``text`` in PIL's default font at ``px`` pixels, with a 2 px pad."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    try:
-        font: Any = ImageFont.load_default(size=px)
-    except TypeError:  # pragma: no cover - Pillow < 10.1: the fixed bitmap font
-        font = ImageFont.load_default()
-    x0, y0, x1, y1 = font.getbbox(text)
-    img = Image.new("L", (x1 - x0 + 4, y1 - y0 + 4), 0)
-    ImageDraw.Draw(img).text((2 - x0, 2 - y0), text, fill=255, font=font)
-    return np.asarray(img) > 96
-
-
-class _Layer:
-    """Segments and pixel blocks of one style, gathered on the host and drawn in one scatter."""
-
-    def __init__(self, thickness: int, alpha: float) -> None:
-        self.thickness, self.alpha = thickness, alpha
-        self.seg: list[np.ndarray] = []  # (S, 8): frame, x0, y0, x1, y1, r, g, b
-        self.pix: list[np.ndarray] = []  # (N, 6): frame, x, y, r, g, b
-
-    def segments(self, frame: int, p0: np.ndarray, p1: np.ndarray, color: Sequence[int]) -> None:
-        n = len(p0)
-        rows = np.empty((n, 8))
-        rows[:, 0], rows[:, 1:3], rows[:, 3:5], rows[:, 5:8] = frame, p0, p1, color
-        self.seg.append(rows)
-
-    def pixels(self, frame: int, xy: np.ndarray, color: Sequence[int]) -> None:
-        rows = np.empty((len(xy), 6))
-        rows[:, 0], rows[:, 1:3], rows[:, 3:6] = frame, xy, color
-        self.pix.append(rows)
-
-    def draw(self, out: Tensor) -> None:
-        """Blend this layer into ``out`` (B, 3, H, W) uint8 in place (every pixel under it is read
-        before any is written, so a pixel that several samples hit is blended once)."""
-        dev = out.device
-        _, _, h, w = out.shape
-        pts: list[Tensor] = []
-        if self.seg:
-            s = torch.as_tensor(np.concatenate(self.seg), dtype=torch.float32, device=dev)
-            length = torch.hypot(s[:, 3] - s[:, 1], s[:, 4] - s[:, 2])
-            n = torch.ceil(length.clamp(max=4 * (h + w))).to(torch.int64) + 1  # samples per segment
-            seg = torch.repeat_interleave(torch.arange(len(s), device=dev), n)
-            first = torch.cumsum(n, 0) - n
-            step = (torch.arange(len(seg), device=dev) - first[seg]).to(torch.float32)
-            t = (step / (n[seg] - 1).clamp(min=1))[:, None]
-            xy = s[seg, 1:3] * (1 - t) + s[seg, 3:5] * t
-            pts.append(torch.cat([s[seg, 0:1], xy, s[seg, 5:8]], dim=1))
-        if self.pix:
-            pts.append(torch.as_tensor(np.concatenate(self.pix), dtype=torch.float32, device=dev))
-        if not pts:
-            return
-        p = torch.cat(pts)
-        k = self.thickness
-        off = torch.arange(k, device=dev, dtype=torch.float32) - (k - 1) / 2
-        ox, oy = torch.meshgrid(off, off, indexing="xy")
-        x = torch.floor(p[:, None, 1] + ox.reshape(1, -1)).to(torch.int64).reshape(-1)
-        y = torch.floor(p[:, None, 2] + oy.reshape(1, -1)).to(torch.int64).reshape(-1)
-        fr = p[:, 0].to(torch.int64).repeat_interleave(k * k)
-        rgb = p[:, 3:6].repeat_interleave(k * k, dim=0)
-        keep = (x >= 0) & (x < w) & (y >= 0) & (y < h)
-        fr, x, y, rgb = fr[keep], x[keep], y[keep], rgb[keep]
-        under = out[fr, :, y, x].to(torch.float32)  # (N, 3)
-        val = under + self.alpha * (rgb - under)
-        out[fr, :, y, x] = val.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def draw_overlay(
-    frames: Tensor,
-    frame_results: Sequence[Any],
-    topology: Topology | None = None,
-    *,
-    mesh: str = "wireframe",
-    mesh_opacity: float = 0.45,
-    axis_scale: float = 0.6,
-) -> Tensor:
-    """Draw each frame's faces: a new ``(B, 3, H, W)`` uint8 tensor on the frames' device.
-
-    ``frames``: ``(B, 3, H, W)`` uint8 RGB; ``frame_results``: B :class:`facefleet.video.FrameResult`
-    (or :class:`ImageResult` / lists of faces, drawn without ids), coordinates in the frames' pixels.
-    Drawn per face: the mesh (``mesh="wireframe"``: the topology's triangle edges; ``"points"``: the
-    vertices; ``"none"``), translucent white at ``mesh_opacity``; the box (green; orange and no mesh
-    or axes for a face marked ``small``, whose mesh is unreliable); the pose axes from the nose tip,
-    ``axis_scale`` x the face size long (x red, y green, z blue, as :mod:`facefleet.export.overlay`);
-    the track id as text above the box on a dark plate. Without a topology the mesh is drawn as points.
-    Line widths follow the frame size (1 px mesh, ~1/360 of the short side for boxes and axes).
-    """
-    if frames.ndim != 4 or frames.shape[1] != 3 or frames.dtype != torch.uint8:
-        raise ValueError(f"draw_overlay: frames must be (B, 3, H, W) uint8, got {tuple(frames.shape)}")
-    if len(frame_results) != frames.shape[0]:
-        raise ValueError(f"draw_overlay: {len(frame_results)} frame results for {frames.shape[0]} frames")
-    if mesh not in ("wireframe", "points", "none"):
-        raise ValueError(f"draw_overlay: mesh must be wireframe, points or none, got {mesh!r}")
-    _, _, h, w = frames.shape
-    short = min(h, w)
-    line = max(1, round(short / 360))
-    mesh_layer = _Layer(1 if mesh == "wireframe" else max(1, round(short / 540)), mesh_opacity)
-    box_layer = _Layer(line, 1.0)
-    axis_layer = _Layer(line + 1, 1.0)
-    plate_layer = _Layer(1, 0.6)
-    text_layer = _Layer(1, 1.0)
-    font_px = max(10, round(short / 36))
-    edges = _edges(topology) if topology is not None and mesh == "wireframe" else None
-    for b, item in enumerate(frame_results):
-        faces = _faces_of(item)
-        ids = list(getattr(item, "track_ids", []) or [])
-        for j, face in enumerate(faces):
-            box = _box(face)
-            small = bool(getattr(face, "small", False))
-            xy = _mesh_xy(face, topology)
-            if xy is not None and mesh != "none":
-                if edges is not None and len(xy) >= _MESH_VERTICES:
-                    mesh_layer.segments(b, xy[edges[:, 0]], xy[edges[:, 1]], _MESH_COLOR)
-                else:
-                    mesh_layer.pixels(b, xy, _MESH_COLOR)
-            if box is not None:
-                corners = box[[0, 1, 2, 1, 2, 3, 0, 3]].reshape(4, 2)
-                box_layer.segments(
-                    b, corners, np.roll(corners, -1, axis=0), _SMALL_BOX_COLOR if small else _BOX_COLOR
-                )
-            fsize = (
-                float(max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1])))
-                if xy is not None
-                else (float(max(box[2] - box[0], box[3] - box[1])) if box is not None else 0.0)
-            )
-            pose = getattr(getattr(face, "pose", None), "matrix", None)
-            if not small and pose is not None and fsize > 0:
-                anchor = (
-                    xy[_NOSE_TIP]
-                    if xy is not None and len(xy) >= _MESH_VERTICES
-                    else (None if box is None else np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]))
-                )
-                m = np.asarray(pose, dtype=np.float64)
-                if anchor is not None and np.isfinite(m).all():
-                    dirs = pose_axes_2d(m) * (axis_scale * fsize)
-                    for k in (2, 1, 0):  # z first: x and y stay visible when z points at the camera
-                        axis_layer.segments(b, anchor[None], (anchor + dirs[k])[None], _AXIS_COLORS[k])
-            if j < len(ids) and box is not None:
-                bits = _label_bitmap(f"#{ids[j]}", font_px)
-                lh, lw = bits.shape
-                x0 = float(np.clip(box[0], 0, max(w - lw, 0)))
-                y0 = float(box[1] - lh - line)
-                y0 = float(box[3] + line) if y0 < 0 else y0
-                gy, gx = np.mgrid[0:lh, 0:lw]
-                plate = np.stack([gx.ravel() + x0, gy.ravel() + y0], axis=1)
-                plate_layer.pixels(b, plate, (0, 0, 0))
-                ty, tx = np.nonzero(bits)
-                text_layer.pixels(b, np.stack([tx + x0, ty + y0], axis=1), (255, 255, 255))
-    out = frames.clone()
-    for layer in (mesh_layer, box_layer, axis_layer, plate_layer, text_layer):
-        layer.draw(out)
-    return out
-
-
-# ----------------------------------------------------------------------------------------- colour
 
 
 def rgb_to_yuv420p(frames: Tensor, matrix: str = "bt601") -> Tensor:

@@ -333,3 +333,27 @@ def test_force_redoes_a_video_on_a_postgres_queue(shared_data: Path, tmp_path: P
         q = open_queue(url)
         q.drop_schema()  # type: ignore[attr-defined]
         q.close()
+
+
+def test_a_chunk_that_fails_every_attempt_fails_its_video_only(tmp_path: Path) -> None:
+    """reap_poison (the coordinator's and every external host's) fails a poisoned chunk of a video
+    without a photo manifest row (it read the unit's items as image paths and raised), and the job then
+    names the video with the chunk's error."""
+    from facefleet.engine.queue import open_queue
+    from facefleet.engine.worker.poison import reap_poison
+    from facefleet.sources.items import FrameRange
+
+    q = open_queue(str(tmp_path / "q.sqlite"))
+    try:
+        chunk = FrameRange(str(tmp_path / "v.mp4"), 0, 30)
+        q.add_units([("u1", (chunk,))])
+        for _ in range(2):
+            unit = q.claim("w", 30.0, 2)
+            assert unit is not None
+            q.release(unit.id, "w", f"{chunk.source}: frame 7 could not be decoded")
+        done = reap_poison(q, tmp_path, 2)
+        assert [(o.action, o.source) for o in done] == [("failed", chunk.source)]
+        assert q.state_of("u1") == "failed" and "frame 7" in (q.last_error("u1") or "")
+        assert not (tmp_path / "manifest").exists()
+    finally:
+        q.close()

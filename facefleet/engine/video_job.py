@@ -28,6 +28,7 @@ from facefleet.config import JobConfig
 from facefleet.engine.executors import Executor, make_executor
 from facefleet.engine.layout import EngineError, RunLock, clear_out, make_out, publish_run
 from facefleet.engine.queue import QUEUE_FILE, open_queue
+from facefleet.engine.worker.poison import reap_poison
 from facefleet.engine.worker.spec import WorkerSpec
 from facefleet.io.atomic import atomic_write_bytes
 from facefleet.platforms import plan_devices
@@ -204,8 +205,10 @@ def run_video(
             )  # fmt: skip
             total = sum(info.frames for info, _ in plans.values())
             if q.remaining():
-                summary.interrupted = _supervise(q, profiles, spec_of, executor, run, total, quiet, err)
-            _fail_poisoned(q, run.max_attempts)
+                summary.interrupted = _supervise(
+                    q, out_dir, profiles, spec_of, executor, run, total, quiet, err
+                )
+            reap_poison(q, out_dir, run.max_attempts)
             states = {uid: state for uid, state, _ in q.unit_stats()}
             stats = {uid: st for uid, _, st in q.unit_stats()}
             root = _root(list(plans), inputs)
@@ -252,11 +255,12 @@ def _finish(
 
 
 def _supervise(
-    q: Any, profiles: Sequence[Any], spec_of: Any, executor: Executor | None, run: Any, total: int,
-    quiet: bool, err: TextIO,
+    q: Any, out_dir: Path, profiles: Sequence[Any], spec_of: Any, executor: Executor | None, run: Any,
+    total: int, quiet: bool, err: TextIO,
 ) -> bool:  # fmt: skip
     """Start a worker per profile, restart those that die while chunks remain, print progress; returns
-    whether the job was interrupted (Ctrl-C: workers drain, the next run resumes)."""
+    whether the job was interrupted (Ctrl-C: workers drain, the next run resumes). Chunks that used up
+    their attempts are failed (:func:`~facefleet.engine.worker.poison.reap_poison`)."""
     from facefleet.engine.worker.spec import owner_id
 
     ex = executor or make_executor(run.executor)
@@ -277,7 +281,7 @@ def _supervise(
                 if code != 0:
                     q.release_owner(owner_id(name, h.pid or 0), f"worker {name} died (exit code {code})")
                     print(f"facefleet video: worker {name} died (exit code {code})", file=err)
-                _fail_poisoned(q, run.max_attempts)
+                reap_poison(q, out_dir, run.max_attempts)
                 if q.remaining() and restarts < (run.max_restarts or 0):
                     restarts += 1
                     handles[name] = ex.start(spec_of(name, h.spec.profile))
@@ -308,11 +312,6 @@ def _supervise(
             h.join(timeout=None if interrupted else 60)
             h.kill()
     return interrupted
-
-
-def _fail_poisoned(q: Any, attempts: int) -> None:
-    for unit in q.poisoned(attempts):
-        q.fail(unit.id, q.last_error(unit.id) or "the chunk failed on every attempt", {"frames": 0})
 
 
 def _check_record(out_dir: Path, cfg: JobConfig, force: bool) -> None:

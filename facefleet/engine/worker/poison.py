@@ -1,8 +1,9 @@
 """Poison units: units whose leases ended in a crash or an expiry ``max_attempts`` times.
 
 A unit of several items is cut in two halves, queued again with fresh attempts (so one file that
-kills its worker ends up alone); a unit of one item is failed: its manifest file gets an error row
-and the queue records it as failed. The queue's conditional updates make this safe to run from
+kills its worker ends up alone); a unit of one item is failed: the queue records it as failed and, for
+an image, its manifest file gets an error row (a video's chunk has no manifest file: its job reports
+the video failed from the queue). The queue's conditional updates make this safe to run from
 several processes at once (a coordinator, and the supervisors of external worker hosts, which
 have no coordinator to do it for them): each unit is split or failed once.
 """
@@ -34,6 +35,7 @@ def reap_poison(q: WorkQueue, out: str | os.PathLike[str], max_attempts: int) ->
     manifest files under ``out``. Raises OSError when such a file cannot be written."""
     from facefleet.engine.manifest import write_unit
     from facefleet.export.sink import source_text
+    from facefleet.sources.items import ImageItem
     from facefleet.types import ImageResult
 
     done: list[PoisonOutcome] = []
@@ -45,6 +47,11 @@ def reap_poison(q: WorkQueue, out: str | os.PathLike[str], max_attempts: int) ->
                 done.append(PoisonOutcome(unit.id, "split", len(unit.items), reason, tuple(halves)))
             continue
         text = f"unit failed after {unit.attempts} attempts: {reason}"
+        item = unit.items[0]
+        if not isinstance(item, ImageItem):  # a chunk of a video (FrameRange)
+            q.fail(unit.id, text, {"frames": 0})
+            done.append(PoisonOutcome(unit.id, "failed", 1, text, source=item.source))
+            continue
         results = [ImageResult(source_text(p), 0, 0, error=text) for p in unit.paths]
         write_unit(out, unit.id, results)
         kind = error_kind(text)

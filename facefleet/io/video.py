@@ -179,13 +179,12 @@ def frame_timestamps(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], Fra
     return idx.pts, Fraction(tb.numerator, tb.denominator)
 
 
-def upright(rgb: np.ndarray, rotation: float) -> np.ndarray:
-    """A decoded ``(H, W, 3)`` frame as a player shows it: turned ``rotation`` degrees counter-clockwise
-    (:attr:`VideoInfo.rotation`; multiples of 90 only, others are left as they are)."""
-    k = round(rotation / 90) % 4
-    if k == 0 or abs(rotation - 90 * round(rotation / 90)) > 1e-3:
-        return rgb
-    return np.ascontiguousarray(np.rot90(rgb, k))
+def quarter_turns(rotation: float) -> int:
+    """Counter-clockwise quarter turns (0-3) that show a decoded frame as a player does, from
+    :attr:`VideoInfo.rotation`: ``np.rot90(rgb, k)`` of an ``(H, W, 3)`` frame or
+    ``torch.rot90(x, k, dims=(1, 2))`` of a ``(3, H, W)`` one. 0 for angles that are not multiples of 90."""
+    turns = round(rotation / 90)
+    return turns % 4 if abs(rotation - 90 * turns) < 1e-3 else 0
 
 
 def probe_video(path: str | os.PathLike[str], *, exact: bool = False) -> VideoInfo:

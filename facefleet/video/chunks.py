@@ -32,7 +32,7 @@ import torch
 
 from facefleet.config import VideoConfig
 from facefleet.io.atomic import atomic_write_bytes
-from facefleet.io.video import frame_timestamps, probe_video
+from facefleet.io.video import frame_timestamps, probe_video, quarter_turns
 from facefleet.sources.items import FrameRange
 from facefleet.video.table import chunk_table
 from facefleet.video.types import FrameResult
@@ -75,13 +75,23 @@ def _prefetch(frames: Iterator[Any], depth: int) -> queue_mod.Queue[Any]:
     return q
 
 
+@dataclass(frozen=True)
+class _Source:
+    """What every chunk of one video needs from its headers: rotation (degrees), frame rate, the pts of
+    every frame, and the encoder settings of its drawn segments (None: nothing drawn)."""
+
+    rotation: float
+    fps: float
+    pts: tuple[int, ...]
+    encoding: Any
+
+
 @dataclass
 class _Chunk:
     """A chunk being processed: its unit, reader, tracker state, rows and encoders."""
 
     uid: str
     item: FrameRange
-    first: int  # first frame read (the lead-in's)
     frames: queue_mod.Queue[Any]
     state: Any
     pts: tuple[int, ...]
@@ -108,6 +118,7 @@ class ChunkRunner:
         self.streams = max(1, int(streams))
         self.tracker = FaceTracker(rec, video)
         self.drawn = [f for f in DRAWN if f in video.formats]
+        self._sources: dict[str, _Source] = {}  # what every chunk of a video needs, read once per video
 
     def run(
         self,
@@ -134,22 +145,32 @@ class ChunkRunner:
             active = self._step(active, done, failed)
 
     # -- one chunk ---------------------------------------------------------------------------------
-    def _open(self, uid: str, item: FrameRange) -> _Chunk:
-        info = probe_video(item.source)
-        first = max(0, item.start - self.video.overlap)
-        span = FrameRange(item.source, first, item.stop - first)
-        frames = _prefetch(upright_frames(span, info.rotation, self.rec.device), depth=4)
-        pts, _ = frame_timestamps(item.source)
-        fps = float(info.fps) if info.fps else 25.0
-        ch = _Chunk(uid, item, first, frames, self.tracker.new_stream(fps), pts)
-        if self.drawn:
+    def _source(self, path: str) -> _Source:
+        """The video's rotation, rate, frame pts and encoder settings (its headers read once)."""
+        src = self._sources.get(path)
+        if src is None:
             from facefleet.video.encode import source_video
 
-            src = source_video(item.source)
-            ch.matrix = src.matrix
+            info = probe_video(path)
+            src = self._sources[path] = _Source(
+                info.rotation,
+                float(info.fps) if info.fps else 25.0,
+                frame_timestamps(path)[0],
+                source_video(path) if self.drawn else None,
+            )
+        return src
+
+    def _open(self, uid: str, item: FrameRange) -> _Chunk:
+        src = self._source(item.source)
+        first = max(0, item.start - self.video.overlap)  # the lead-in
+        span = FrameRange(item.source, first, item.stop - first)
+        frames = _prefetch(upright_frames(span, src.rotation, self.rec.device), depth=4)
+        ch = _Chunk(uid, item, frames, self.tracker.new_stream(src.fps), src.pts)
+        if src.encoding is not None:
+            ch.matrix = src.encoding.matrix
             ch.encode = queue_mod.Queue(maxsize=8)
             ch.encoder_thread = threading.Thread(
-                target=self._encode_loop, args=(ch, src), name="video-encoder", daemon=True
+                target=self._encode_loop, args=(ch, src.encoding), name="video-encoder", daemon=True
             )
             ch.encoder_thread.start()
         return ch
@@ -288,7 +309,7 @@ def upright_frames(item: FrameRange, rotation: float, device: torch.device) -> I
     turned by the video's rotation (multiples of 90 degrees)."""
     from facefleet.io.nvdec import frame_reader
 
-    k = round(rotation / 90) % 4 if abs(rotation - 90 * round(rotation / 90)) < 1e-3 else 0
+    k = quarter_turns(rotation)
     for i, t, x in frame_reader(item, device):
         yield i, t, torch.rot90(x, k, dims=(1, 2)).contiguous() if k else x
 

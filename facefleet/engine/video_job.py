@@ -79,34 +79,31 @@ class VideoSummary:
 
 
 def find_videos(inputs: Sequence[str]) -> list[str]:
-    """Absolute paths of the videos named by ``inputs``: files as given, folders searched recursively for
-    :data:`VIDEO_EXTENSIONS`, ``.txt`` files read as lists of paths (one per line). Missing paths are
-    kept (their error comes with the others')."""
+    """Absolute paths of the videos named by ``inputs``, found as a photo job finds its images
+    (:func:`facefleet.io.discover.iter_inputs`): files as given, folders walked recursively for
+    :data:`VIDEO_EXTENSIONS`, globs, list files of paths. A missing input is kept as it is named (its
+    error comes with the others', and the other videos go on)."""
+    from facefleet.io.discover import iter_inputs
+
     out: list[str] = []
     for spec in inputs:
-        p = Path(spec)
-        if p.is_dir():
-            out += sorted(
-                str(f.resolve()) for f in p.rglob("*") if f.suffix.lower() in VIDEO_EXTENSIONS and f.is_file()
-            )
-        elif p.suffix.lower() == ".txt" and p.is_file():
-            lines = [ln.strip() for ln in p.read_text().splitlines()]
-            out += [str(Path(ln).resolve()) for ln in lines if ln and not ln.startswith("#")]
-        else:
-            out.append(str(p.resolve()))
+        try:
+            out += [str(Path(p).resolve()) for p in iter_inputs(spec, extensions=VIDEO_EXTENSIONS)]
+        except FileNotFoundError:
+            out.append(str(Path(spec).resolve()))
     return list(dict.fromkeys(out))
 
 
 def videos_in(spec: str | os.PathLike[str]) -> list[str]:
-    """The videos among a photo job's INPUT (``facefleet run`` hands them to :func:`run_video`): a
-    folder's video files (recursively), a list file's lines that name one; none for other inputs."""
+    """The videos among a photo job's INPUT (``facefleet run`` hands them to :func:`run_video`): those
+    :func:`find_videos` finds in a local folder or list file with a video extension (a list's images
+    are the photo job's); none for other inputs."""
+    from facefleet.io.discover import LIST_EXTENSIONS
+
     p = Path(spec)
-    if p.is_dir():
-        return find_videos([str(p)])
-    if p.suffix.lower() in (".txt", ".lst", ".list") and p.is_file():
-        lines = [ln.strip() for ln in p.read_text().splitlines()]
-        return [str(Path(ln).resolve()) for ln in lines if Path(ln).suffix.lower() in VIDEO_EXTENSIONS]
-    return []
+    if not (p.is_dir() or (p.suffix.lower() in LIST_EXTENSIONS and p.is_file())):
+        return []
+    return [v for v in find_videos([str(p)]) if Path(v).suffix.lower() in VIDEO_EXTENSIONS]
 
 
 def _root(videos: Sequence[str], inputs: Sequence[str]) -> str:
@@ -209,8 +206,9 @@ def run_video(
                     q, out_dir, profiles, spec_of, executor, run, total, quiet, err
                 )
             reap_poison(q, out_dir, run.max_attempts)
-            states = {uid: state for uid, state, _ in q.unit_stats()}
-            stats = {uid: st for uid, _, st in q.unit_stats()}
+            finished = list(q.unit_stats())
+            states = {uid: state for uid, state, _ in finished}
+            stats = {uid: st for uid, _, st in finished}
             root = _root(list(plans), inputs)
             for v, (info, chunks) in plans.items():
                 ids = [unit_id(c) for c in chunks]

@@ -12,12 +12,51 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from facefleet.engine.queue import WorkQueue, open_queue
 from facefleet.engine.worker.base import STOP, Abort, End, UnitState, WorkerBase
 from facefleet.engine.worker.read import read_file
+from facefleet.engine.worker.spec import WorkerSpec
+
+
+def keep_leases(
+    spec: WorkerSpec,
+    owner: str,
+    held: Callable[[], list[str]],
+    stop: threading.Event,
+    tick: Callable[[WorkQueue], None] | None = None,
+) -> None:
+    """A worker's heartbeat thread (photos and video alike): until ``stop``, extends the leases of the
+    units ``held()`` names, a third of a lease apart, and calls ``tick(db)`` (progress counters) every
+    0.5 s. A failing database is reported and tried again: a lease is long."""
+    db = open_queue(spec.queue_path)
+    every = max(0.1, spec.run.lease_seconds / 3)
+    last_beat = 0.0
+    try:
+        while not stop.wait(0.5):
+            now = time.monotonic()
+            try:
+                if tick is not None:
+                    tick(db)
+                if now - last_beat >= every:
+                    db.heartbeat(owner, held(), spec.run.lease_seconds)
+                    last_beat = now
+            except Exception as e:  # a busy database must not kill the worker; the lease is long
+                print(f"facefleet worker {spec.name}: heartbeat failed: {e}", file=sys.stderr)
+    finally:
+        db.close()
+
+
+def draining(db: WorkQueue, drain: threading.Event, coordinator_pid: int | None) -> bool:
+    """Whether a worker should claim no more units: asked to drain (this process, or the run through the
+    queue), or started by a coordinator that is gone (its parent is another process now)."""
+    if drain.is_set() or db.get_meta("drain") == "1":
+        return True
+    return coordinator_pid is not None and os.getppid() != coordinator_pid
 
 
 class ClaimStage(WorkerBase):
@@ -25,23 +64,11 @@ class ClaimStage(WorkerBase):
 
     def _heartbeat(self) -> None:
         """Extends the leases of the units held, a third of a lease apart, and flushes progress."""
-        db = open_queue(self.spec.queue_path)
-        every = max(0.1, self.spec.run.lease_seconds / 3)
-        last_beat = 0.0
-        try:
-            while not self._stop.wait(0.5):
-                now = time.monotonic()
-                try:
-                    self._flush_progress(db)
-                    if now - last_beat >= every:
-                        with self._held_lock:
-                            held = list(self._held)
-                        db.heartbeat(self.owner, held, self.spec.run.lease_seconds)
-                        last_beat = now
-                except Exception as e:  # a busy database must not kill the worker; the lease is long
-                    print(f"facefleet worker {self.spec.name}: heartbeat failed: {e}", file=sys.stderr)
-        finally:
-            db.close()
+        keep_leases(self.spec, self.owner, self._held_now, self._stop, tick=self._flush_progress)
+
+    def _held_now(self) -> list[str]:
+        with self._held_lock:
+            return list(self._held)
 
     def _flush_progress(self, db: WorkQueue) -> None:
         with self._progress_lock:
@@ -51,11 +78,7 @@ class ClaimStage(WorkerBase):
             db.add_progress(self.owner, int(images), int(faces), int(failed), float(busy))
 
     def _draining(self, db: WorkQueue) -> bool:
-        """Asked to drain (the run is interrupted), or started by a coordinator that is gone."""
-        if self._drain.is_set() or db.get_meta("drain") == "1":
-            return True
-        cp = self.spec.coordinator_pid
-        return cp is not None and os.getppid() != cp  # coordinator gone: finish up and leave
+        return draining(db, self._drain, self.spec.coordinator_pid)
 
     def _claimer(self) -> None:
         """Claims units while there are any (or until a drain), and queues each item for the read stage

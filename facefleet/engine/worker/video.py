@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from facefleet.engine.queue import WorkQueue, open_queue
+from facefleet.engine.worker.claim import draining, keep_leases
 from facefleet.engine.worker.spec import EXIT_OK, WorkerSpec, owner_id
 from facefleet.sources.items import FrameRange
 
@@ -88,10 +89,7 @@ class VideoWorker:
         finish_compile(folder, any(getattr(n, "compiled", False) for n in rec.networks()))
 
     def _draining(self, db: WorkQueue) -> bool:
-        if self._drain.is_set() or db.get_meta("drain") == "1":
-            return True
-        cp = self.spec.coordinator_pid
-        return cp is not None and os.getppid() != cp  # the coordinator is gone
+        return draining(db, self._drain, self.spec.coordinator_pid)
 
     def _claim(self, db: WorkQueue) -> tuple[str, FrameRange] | None:
         run = self.spec.run
@@ -131,15 +129,8 @@ class VideoWorker:
             self._held.discard(uid)
 
     def _heartbeat(self) -> None:
-        db = open_queue(self.spec.queue_path)
-        every = max(0.1, self.spec.run.lease_seconds / 3)
-        try:
-            while not self._stop.wait(every):
-                with self._held_lock:
-                    held = list(self._held)
-                try:
-                    db.heartbeat(self.owner, held, self.spec.run.lease_seconds)
-                except Exception as e:  # a busy database must not end the worker; the lease is long
-                    print(f"facefleet worker {self.spec.name}: heartbeat failed: {e}", file=sys.stderr)
-        finally:
-            db.close()
+        keep_leases(self.spec, self.owner, self._held_now, self._stop)
+
+    def _held_now(self) -> list[str]:
+        with self._held_lock:
+            return list(self._held)

@@ -523,17 +523,12 @@ def _better_views(rows: np.ndarray, cols: _Columns, n_mesh: int, iou: float = 0.
     keep = np.ones(n, dtype=bool)
     if n < 2:
         return keep
-    xy = rows[:, : cols.lm].reshape(n, -1, 3)[:, :n_mesh, :2]
-    boxes = np.concatenate([xy.min(1), xy.max(1)], 1)
+    from facefleet.detect.nms import box_iou
+
+    xy = torch.from_numpy(np.ascontiguousarray(rows[:, : cols.lm])).view(n, -1, 3)[:, :n_mesh, :2]
+    boxes = torch.cat([xy.amin(1), xy.amax(1)], 1)
     img = rows[:, cols.idx]
-    area = np.prod(np.maximum(boxes[:, 2:] - boxes[:, :2], 0), 1)
-    wh = np.maximum(
-        np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-        - np.maximum(boxes[:, None, :2], boxes[None, :, :2]),
-        0,
-    )
-    inter = wh[..., 0] * wh[..., 1]
-    over = inter / np.maximum(area[:, None] + area[None] - inter, 1e-9) > iou
+    over = box_iou(boxes, boxes).numpy() > iou
     over &= img[:, None] == img[None]
     others = ~np.eye(n, dtype=bool)
     for i in np.argsort(-rows[:, cols.presence], kind="stable"):

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from facefleet.config.sections import VideoConfig
+from facefleet.video.boxes import box_iou, greedy_match
 from facefleet.video.smooth import OneEuroFilter, smoothing_factor
-from facefleet.video.track import FaceTracker, box_iou, greedy_match
+from facefleet.video.track import FaceTracker
 from facefleet.video.types import FrameResult
 
 HEADS = ("liveportrait_d12.mp4", "sadtalker_WDA_AlexandriaOcasioCortez_000.mp4")

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from facefleet.export.table import SCHEMA as IMAGE_SCHEMA
 from facefleet.export.table import results_table
+from facefleet.video.boxes import box_iou, greedy_match
 from facefleet.video.types import FrameResult
 
 #: the per-frame columns that come first, then the photo manifest's face columns (less source, unit,
@@ -108,26 +109,26 @@ def _matches(prev: pa.Table, cur: pa.Table) -> list[tuple[int, int]]:
             return []
         a = {0: _rows(cur.filter(pc.equal(cur.column("frame"), first)))[first]}
         b = {0: _rows(prev.filter(pc.equal(prev.column("frame"), last)))[last]}
+    # mean IoU over the frames both saw, of each (current track, previous track) pair
     iou_sum: dict[tuple[int, int], float] = {}
     seen: dict[int, int] = {}
     for frame, rows in a.items():
-        for tid, box in rows:
+        for tid, _ in rows:
             seen[tid] = seen.get(tid, 0) + 1
-            for ptid, pbox in b.get(frame, []):
-                iou_sum[(tid, ptid)] = iou_sum.get((tid, ptid), 0.0) + _iou(box, pbox)
-    scored = sorted(((s / seen[t], t, p) for (t, p), s in iou_sum.items()), reverse=True)
-    used_t: set[int] = set()
-    used_p: set[int] = set()
-    out = []
-    for score, t, p in scored:
-        if score < STITCH_IOU:
-            break
-        if t in used_t or p in used_p or t < 0 or p < 0:
+        before = b.get(frame, [])
+        if not before:
             continue
-        used_t.add(t)
-        used_p.add(p)
-        out.append((t, p))
-    return out
+        iou = box_iou(np.stack([box for _, box in rows]), np.stack([box for _, box in before]))
+        for (tid, _), row in zip(rows, iou):
+            for (ptid, _), v in zip(before, row):
+                iou_sum[(tid, ptid)] = iou_sum.get((tid, ptid), 0.0) + float(v)
+    tids = sorted({t for t, _ in iou_sum if t >= 0})  # -1: a face without a track id
+    ptids = sorted({p for _, p in iou_sum if p >= 0})
+    mean = np.zeros((len(tids), len(ptids)))
+    for (t, p), s in iou_sum.items():
+        if t >= 0 and p >= 0:
+            mean[tids.index(t), ptids.index(p)] = s / seen[t]
+    return [(tids[i], ptids[j]) for i, j in greedy_match(mean, STITCH_IOU)]
 
 
 def _rows(t: pa.Table) -> dict[int, list[tuple[int, np.ndarray]]]:
@@ -136,14 +137,6 @@ def _rows(t: pa.Table) -> dict[int, list[tuple[int, np.ndarray]]]:
     for frame, tid, box in zip(t.column("frame").to_numpy(), t.column("track_id").to_numpy(), boxes):
         out.setdefault(int(frame), []).append((int(tid), box))
     return out
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0.0) * max(h, 0.0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def video_table(chunks: Sequence[tuple[int, pa.Table]]) -> pa.Table:

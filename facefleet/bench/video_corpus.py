@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from facefleet.models.fetch import sha256_file
+
 __all__ = [
     "SharedDataMissing",
     "TestVideo",
@@ -383,14 +385,6 @@ def _audio_samples(
 # ---- the file ------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def recipe_key(recipe: VideoRecipe, photos: list[Path], clips: list[Path]) -> str:
     """The cache key: a hash of the recipe, the sources (names, sizes) and PyAV's and FFmpeg's versions."""
     import av
@@ -465,7 +459,7 @@ def make_test_video(
     os.replace(tmp, path)
     seconds = time.perf_counter() - t0
     cuts = [s["start"] for s in shots[1:]]
-    sha = _sha256(path)
+    sha = sha256_file(path)
     meta = {
         "key": key,
         "recipe": recipe.to_json(),

@@ -40,6 +40,7 @@ __all__ = [
     "fetch_models",
     "list_models",
     "model_path",
+    "sha256_file",
     "user_model_dir",
 ]
 
@@ -108,7 +109,8 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -124,7 +126,7 @@ def _verify_file(path: Path, spec: ModelSpec) -> Path:
     """Return ``path`` if its sha256 matches ``spec``; raise :class:`ModelChecksumError` otherwise."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    digest = _VERIFIED.get(key) or _sha256_file(path)
+    digest = _VERIFIED.get(key) or sha256_file(path)
     if digest != spec.sha256:
         raise ModelChecksumError(
             f"{path}: sha256 mismatch for model {spec.name!r}: expected {spec.sha256}, got {digest} "

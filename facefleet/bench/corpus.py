@@ -105,8 +105,8 @@ def _load_file(path: Path) -> np.ndarray | None:
 
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return _rgb(np.asarray(im.convert("RGB")))
+            upright = ImageOps.exif_transpose(im)
+            return _rgb(np.asarray(upright.convert("RGB")))
     except (OSError, ValueError):
         return None
 

@@ -2,7 +2,8 @@
 
 Every setting gets one flag: ``--FIELD`` for the top level and the ``[model]``, ``[run]`` sections
 (``--refine``, ``--unit-size``), ``--SECTION-FIELD`` for the device sections (``--gpu-batch-size``,
-``--cpu-workers``) and ``--queue`` for ``[queue] url``; booleans get ``--x`` / ``--no-x``. The help
+``--cpu-workers``) and ``--queue`` for ``[queue] url``; ``[service]``'s are ``--FIELD`` too (``--port``,
+``--data-dir``: only ``facefleet serve`` has them); booleans get ``--x`` / ``--no-x``. The help
 text is the field's (:func:`facefleet.config.fields.setting`), the type its annotation's. Aliases
 keep the short flags users know: ``--batch-size`` and ``--precision`` set both device sections,
 ``--workers`` is ``--cpu-workers``, ``--device`` is ``--devices``.
@@ -21,7 +22,7 @@ from typing import Any
 
 from facefleet.config.fields import ConfigError, check_value, config_fields, field_type
 from facefleet.config.loading import apply_mapping, load_file
-from facefleet.config.sections import SECTIONS, JobConfig
+from facefleet.config.sections import JOB_SECTIONS, SECTIONS, JobConfig
 
 _DEST = "ff:"  # namespace attributes of config flags: "ff:" + comma-separated keys they set
 
@@ -47,17 +48,18 @@ def flag_name(key: str) -> str:
     return "--" + (prefix + name).replace("_", "-")
 
 
-def all_keys() -> list[str]:
-    """Every setting that has a flag, as ``section.field`` (``devices`` at the top level)."""
+def all_keys(sections: Iterable[str] = JOB_SECTIONS) -> list[str]:
+    """Every setting of ``sections`` (default: a job's, not ``[service]``) that has a flag, as
+    ``section.field``, with ``devices`` of the top level first."""
     keys = [f.name for f in config_fields(JobConfig)]
-    for section, cls in SECTIONS.items():
-        keys += [f"{section}.{f.name}" for f in config_fields(cls) if f.metadata["cli"]]
+    for section in sections:
+        keys += [f"{section}.{f.name}" for f in config_fields(SECTIONS[section]) if f.metadata["cli"]]
     return keys
 
 
 def section_keys(section: str) -> list[str]:
     """The keys of one section that have flags (``section_keys("model")`` -> ``model.family``, ...)."""
-    return [k for k in all_keys() if k.rpartition(".")[0] == section]
+    return [k for k in all_keys(SECTIONS) if k.rpartition(".")[0] == section]
 
 
 def _field_of(key: str) -> tuple[type, str]:
@@ -165,7 +167,8 @@ def add_config_arguments(
             "--config",
             default=None,
             metavar="FILE",
-            help="TOML config file (sections [model], [gpu], [cpu], [run], [queue]); flags override it",
+            help="TOML config file (sections [model], [gpu], [cpu], [run], [queue], [video], [service]); "
+            "flags override it",
         )
     groups: dict[str, Any] = {}
     for key in wanted:

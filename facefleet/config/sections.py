@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facefleet.config.fields import ConfigError, check_fields, check_value, config_fields, setting
+from facefleet.config.service import ServiceConfig
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 GPU_DECODERS = ("auto", "nvimgcodec", "nvjpeg")  # = facefleet.io.gpu_decode.DECODER_NAMES (no torch here)
@@ -438,13 +439,16 @@ SECTIONS: dict[str, type] = {
     "run": RunConfig,
     "queue": QueueConfig,
     "video": VideoConfig,
+    "service": ServiceConfig,
 }
+#: the sections a job's workers use (``[service]`` is the server's own: ``facefleet serve``)
+JOB_SECTIONS = ("model", "gpu", "cpu", "run", "queue", "video")
 
 
 @dataclass(frozen=True)
 class JobConfig:
-    """Every setting of a job (``facefleet run``, ``worker``, ``reconstruct``): the TOML file's
-    sections and its top-level ``devices``."""
+    """Every setting of a job (``facefleet run``, ``worker``, ``reconstruct``) and of the service that
+    runs jobs (``facefleet serve``): the TOML file's sections and its top-level ``devices``."""
 
     devices: str = setting(
         "auto", "devices: auto (every GPU, else the CPU), all (every GPU), cpu, or GPU indices like 0,1"
@@ -455,6 +459,7 @@ class JobConfig:
     run: RunConfig = field(default_factory=RunConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
 
     def __post_init__(self) -> None:
         check_fields(self, "")

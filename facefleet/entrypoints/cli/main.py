@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run:run_main", "batch engine over a folder/list/URL on all GPUs (facefleet run -h)"),
     "video": ("video:video_main", "faces tracked through videos: Parquet, overlay, anonymised MP4 (-h)"),
     "worker": ("worker:worker_main", "a worker of a shared queue, on any host (facefleet worker -h)"),
+    "serve": ("serve:serve_main", "REST service + browser UI: warm GPU workers, jobs, API keys (-h)"),
+    "keys": ("serve:keys_main", "create, list or revoke the API keys of facefleet serve"),
     "report": ("report:report_main", "rebuild a run's stats and report from its queue (external workers)"),
     "models": ("models:models_main", "fetch|list|path the MediaPipe weights (facefleet models -h)"),
     "bench": ("bench:bench_main", "throughput benchmark with baselines (facefleet bench -h)"),

@@ -1,0 +1,251 @@
+"""The REST service over HTTP (FastAPI's TestClient: the real app, its middleware and lifespan) on the
+CPU: every route, its errors, results equal to the Reconstructor's, jobs end to end, metrics."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+
+from fastapi.testclient import TestClient
+
+from facefleet.config import JobConfig
+from facefleet.config.service import ServiceConfig
+from facefleet.entrypoints.service.app import create_app
+from facefleet.entrypoints.service.core import Service
+from facefleet.entrypoints.service.keys import create_key
+
+
+def _jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> Any:
+    tmp = tmp_path_factory.mktemp("service")
+    keys = tmp / "keys.json"
+    ns = {
+        "alice": create_key(keys, "alice"),
+        "bob": create_key(keys, "bob"),
+        "slow": create_key(keys, "slow", rate_limit=0.2, burst=4),
+        "tiny": create_key(keys, "tiny", quota=2),
+    }
+    root = tmp / "photos"
+    (root / "sub").mkdir(parents=True)
+    for i, q in enumerate((95, 85, 75)):
+        (root / "sub" / f"a{i}.jpg").write_bytes(_jpeg(astronaut, q))
+    (tmp / "secret").mkdir()
+    (tmp / "secret" / "x.jpg").write_bytes(_jpeg(astronaut))
+    os.symlink(tmp / "secret", root / "link_out")
+    cfg = JobConfig(
+        devices="cpu",
+        service=ServiceConfig(
+            data_dir=str(tmp / "state"), api_keys=str(keys), roots=(str(root),), ui=False,
+            max_request_mb=1.0, max_upload_mb=4.0, max_pixels=40_000_000,
+        ),
+    )  # fmt: skip
+    service = Service(cfg, gpu_metrics=False)
+    with TestClient(create_app(service)) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/readyz").json()
+            time.sleep(0.1)
+        yield client, ns, root, tmp, service
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _wait_job(client: TestClient, job_id: str, key: str, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}", headers=_auth(key)).json()
+        if job["state"] not in ("queued", "running"):
+            return dict(job)
+        assert time.monotonic() < deadline, job
+        time.sleep(0.3)
+
+
+def test_reconstruct_equals_the_reconstructor(server: Any, astronaut: np.ndarray) -> None:
+    client, ns, *_ = server
+    from facefleet.pipeline import Reconstructor
+
+    jpg = _jpeg(astronaut)
+    r = client.post(
+        "/v1/reconstruct", content=jpg, headers={**_auth(ns["alice"]), "content-type": "image/jpeg"}
+    )
+    assert r.status_code == 200, r.text
+    got = r.json()
+    from facefleet.io.decode import decode_image
+
+    want = Reconstructor(device="cpu")([decode_image(jpg, "upload")], sources=["upload"])[0].to_dict()
+    assert got["width"] == want["width"] == 512 and got["error"] is None
+    assert len(got["faces"]) == len(want["faces"]) == 1
+    g, w = got["faces"][0], want["faces"][0]
+    assert set(g) == set(w)
+    np.testing.assert_allclose(g["landmarks"], w["landmarks"], atol=1e-2)
+    np.testing.assert_allclose(g["bbox"], w["bbox"], atol=1e-2)
+    for angle in ("yaw", "pitch", "roll"):
+        assert abs(g["pose"][angle] - w["pose"][angle]) < 1e-2
+
+
+def test_reconstruct_multipart_glb_and_overlay(server: Any, astronaut: np.ndarray) -> None:
+    client, ns, *_ = server
+    jpg = _jpeg(astronaut)
+    files = {"image": ("face.jpg", jpg, "image/jpeg")}
+    r = client.post("/v1/reconstruct", files=files, headers={"X-API-Key": ns["alice"]})
+    assert r.status_code == 200 and r.json()["source"] == "face.jpg"
+    glb = client.post("/v1/reconstruct?output=glb", content=jpg, headers=_auth(ns["alice"]))
+    assert glb.status_code == 200 and glb.headers["content-type"] == "model/gltf-binary"
+    assert glb.content[:4] == b"glTF" and int.from_bytes(glb.content[8:12], "little") == len(glb.content)
+    png = client.post("/v1/reconstruct?output=overlay", content=jpg, headers=_auth(ns["alice"]))
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    overlay = np.asarray(Image.open(io.BytesIO(png.content)))
+    assert overlay.shape == astronaut.shape and (overlay != astronaut).any()  # something was drawn
+
+
+@pytest.mark.parametrize(
+    "headers, why",
+    [({}, "missing API key"), ({"Authorization": "Bearer nope"}, "invalid API key"),
+     ({"Authorization": "Bearer "}, "missing API key"), ({"X-API-Key": ""}, "missing API key")],
+)  # fmt: skip
+def test_no_or_wrong_key_is_401(server: Any, headers: dict[str, str], why: str) -> None:
+    client, *_ = server
+    for method, url in (("post", "/v1/reconstruct"), ("get", "/v1/jobs"), ("post", "/v1/jobs")):
+        r = getattr(client, method)(url, headers=headers)
+        assert r.status_code == 401 and why in r.json()["error"]
+        assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_rate_limit_and_quota_are_429(server: Any, astronaut: np.ndarray) -> None:
+    client, ns, *_ = server
+    codes = [client.get("/v1/jobs", headers=_auth(ns["slow"])).status_code for _ in range(6)]
+    assert codes[:4] == [200] * 4 and codes[-1] == 429  # burst 4, then 0.2 requests/s
+    r = client.get("/v1/jobs", headers=_auth(ns["slow"]))
+    assert "rate limit" in r.json()["error"] and int(r.headers["retry-after"]) >= 1
+    jpg = _jpeg(astronaut)
+    codes = [
+        client.post("/v1/reconstruct", content=jpg, headers=_auth(ns["tiny"])).status_code for _ in range(3)
+    ]
+    assert codes == [200, 200, 429]
+    r = client.post("/v1/jobs", json={"input": "sub"}, headers=_auth(ns["tiny"]))
+    assert r.status_code == 429 and "quota" in r.json()["error"]
+
+
+def test_too_large_is_413(server: Any) -> None:
+    client, ns, *_ = server
+    big = b"\xff\xd8\xff" + b"0" * (1 << 20)
+    r = client.post("/v1/reconstruct", content=big, headers=_auth(ns["alice"]))
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+
+    def chunked() -> Any:  # no Content-Length: stopped while it streams
+        for _ in range(40):
+            yield b"0" * 65536
+
+    r = client.post("/v1/reconstruct", content=chunked(), headers=_auth(ns["alice"]))
+    assert r.status_code == 413
+
+
+def test_not_an_image_and_bombs_are_422(server: Any) -> None:
+    client, ns, *_ = server
+    r = client.post("/v1/reconstruct", content=b"%PDF-1.4 hello", headers=_auth(ns["alice"]))
+    assert r.status_code == 422 and "not an image" in r.json()["error"]
+    r = client.post("/v1/reconstruct", content=b"", headers=_auth(ns["alice"]))
+    assert r.status_code == 422 and "empty" in r.json()["error"]
+    # a PNG whose header declares 30000 x 30000 pixels: refused from the header, never decoded
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    bomb = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    r = client.post("/v1/reconstruct", content=bomb, headers=_auth(ns["alice"]))
+    assert r.status_code == 422 and "decompression bomb" in r.json()["error"]
+    r = client.post("/v1/reconstruct?output=mesh", content=bomb, headers=_auth(ns["alice"]))
+    assert r.status_code == 422 and "output" in r.json()["error"]
+
+
+def test_paths_outside_the_roots_are_403(server: Any) -> None:
+    client, ns, root, tmp, _ = server
+    for spec in (str(root / ".." / "secret"), str(root / "link_out"), str(root / "link_out" / "x.jpg"),
+                 "/etc", str(tmp / "secret")):  # fmt: skip
+        r = client.post("/v1/jobs", json={"input": spec}, headers=_auth(ns["alice"]))
+        assert r.status_code == 403 and "outside" in r.json()["error"], spec
+    r = client.post("/v1/jobs", json={"input": str(root / "missing")}, headers=_auth(ns["alice"]))
+    assert r.status_code == 404
+
+
+def test_path_job_runs_to_completion_with_results(server: Any) -> None:
+    client, ns, root, *_ = server
+    r = client.post(
+        "/v1/jobs", json={"input": str(root / "sub"), "formats": ["json"]}, headers=_auth(ns["alice"])
+    )
+    assert r.status_code == 202, r.text
+    job = _wait_job(client, r.json()["id"], ns["alice"])
+    assert job["state"] == "completed" and job["progress"] == 1.0, job
+    assert job["images"] == 3 and job["faces"] == 3 and job["failed"] == 0
+    files = client.get(f"/v1/jobs/{job['id']}/results", headers=_auth(ns["alice"])).json()["files"]
+    paths = {f["path"] for f in files}
+    assert {"files/a0.jpg.json", "files/a1.jpg.json", "files/a2.jpg.json", "report.json", "run.json"} <= paths
+    assert any(p.startswith("manifest/") and p.endswith(".parquet") for p in paths)
+    one = client.get(f"/v1/jobs/{job['id']}/files/files/a1.jpg.json", headers=_auth(ns["alice"]))
+    assert one.status_code == 200 and len(one.json()["faces"]) == 1
+    # another key sees no such job; a path out of the outputs is refused
+    assert client.get(f"/v1/jobs/{job['id']}", headers=_auth(ns["bob"])).status_code == 404
+    r = client.get(f"/v1/jobs/{job['id']}/files/..%2F..%2Fservice.sqlite", headers=_auth(ns["alice"]))
+    assert r.status_code in (403, 404)
+    assert job["id"] in {j["id"] for j in client.get("/v1/jobs", headers=_auth(ns["alice"])).json()["jobs"]}
+
+
+def test_upload_job_and_bad_options(server: Any, astronaut: np.ndarray) -> None:
+    client, ns, *_ = server
+    files = [("files", (f"p{i}.jpg", _jpeg(astronaut, 90 - i), "image/jpeg")) for i in range(2)]
+    files.append(("files", ("notes.txt", b"not a photo", "text/plain")))
+    r = client.post("/v1/jobs", files=files, data={"formats": "json,glb"}, headers=_auth(ns["alice"]))
+    assert r.status_code == 202, r.text
+    job = _wait_job(client, r.json()["id"], ns["alice"])
+    assert job["state"] == "completed" and job["images"] == 2 and job["faces"] == 2, job
+    paths = {
+        f["path"]
+        for f in client.get(f"/v1/jobs/{job['id']}/results", headers=_auth(ns["alice"])).json()["files"]
+    }
+    assert "files/00000_p0.jpg.glb" in paths and "files/00001_p1.jpg.json" in paths
+    r = client.post("/v1/jobs", files=files[:1], data={"formats": "stl"}, headers=_auth(ns["alice"]))
+    assert r.status_code == 422 and "formats" in r.json()["error"]
+    r = client.post("/v1/jobs", content=b"x", headers={**_auth(ns["alice"]), "content-type": "text/plain"})
+    assert r.status_code == 415
+
+
+def test_metrics_count_requests_images_and_jobs(server: Any) -> None:
+    client, *_ = server
+    text = client.get("/metrics").text
+    assert (
+        'facefleet_http_request_duration_seconds_count{method="POST",route="/v1/reconstruct",status="200"}'
+        in text
+    )
+    assert 'route="/v1/jobs/{job_id}"' in text  # the route's template, never an id
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and line[0] != "#"
+    }
+    assert samples['facefleet_images_total{source="sync"}'] >= 3
+    assert samples['facefleet_images_total{source="jobs"}'] >= 5  # the jobs' units, from the engine's events
+    assert samples['facefleet_jobs{state="completed"}'] >= 2
+    assert samples["facefleet_batch_size_count"] >= 3
+    assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_keys_are_stored_hashed(server: Any) -> None:
+    _, ns, _, tmp, _ = server
+    text = Path(tmp / "keys.json").read_text()
+    assert all(k not in text for k in ns.values()) and "sha256" in text

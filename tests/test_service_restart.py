@@ -1,0 +1,127 @@
+"""``facefleet serve`` as users run it (a process on 127.0.0.1): a job survives the server's SIGKILL. The
+restarted server (same data folder) resumes it, and its manifest holds every input exactly once."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+
+
+N = 160  # photos of the job: enough for the kill to land mid-job on a fast CPU
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _call(url: str, key: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        url, data=data, headers={"X-API-Key": key, "Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return dict(json.loads(r.read()))
+
+
+def _serve(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "facefleet", "serve", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "ab"),  # noqa: SIM115  (the process owns it)
+        start_new_session=True,
+    )
+
+
+def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"server not ready: {log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_job_survives_sigkill_of_the_server(tmp_path: Path, astronaut: np.ndarray) -> None:
+    from facefleet.entrypoints.service.keys import create_key
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(N):  # distinct files: a face each, slightly different
+        buf = io.BytesIO()
+        Image.fromarray(np.roll(astronaut, i, axis=1)).save(buf, "JPEG", quality=90)
+        (photos / f"p{i:02d}.jpg").write_bytes(buf.getvalue())
+    key = create_key(tmp_path / "keys.json", "ci")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = ["--port", str(port), "--data-dir", str(tmp_path / "state"), "--api-keys", str(tmp_path / "keys.json"),
+            "--roots", str(photos), "--devices", "cpu", "--workers", "1", "--unit-size", "4", "--no-ui",
+            "--shutdown-grace-s", "5"]  # fmt: skip
+    log = tmp_path / "server.log"
+    server = _serve(args, log)
+    try:
+        _wait_ready(base, server, log)
+        job = _call(base + "/v1/jobs", key, {"input": str(photos), "formats": ["json"]})
+        deadline = time.monotonic() + 120
+        while _call(f"{base}/v1/jobs/{job['id']}", key)["done"] < 4:  # some units done, most not
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        os.killpg(server.pid, signal.SIGKILL)  # the server and its job's worker processes
+        server.wait(10)
+        before = _call_offline(tmp_path, job["id"])
+        assert before["state"] == "running" and before["done"] < N
+
+        server = _serve(args, log)
+        _wait_ready(base, server, log)
+        deadline = time.monotonic() + 240
+        while (got := _call(f"{base}/v1/jobs/{job['id']}", key))["state"] in ("queued", "running"):
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+        assert got["state"] == "completed" and got["done"] == N and got["failed"] == 0, got
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "state" / "jobs" / job["id"] / "out"
+    sources = pq.read_table(out / "manifest", columns=["source"]).column("source").to_pylist()
+    assert sorted(sources) == sorted(str(p) for p in photos.glob("*.jpg"))  # each exactly once
+    assert len(list((out / "files").glob("*.json"))) == N
+
+
+def _call_offline(tmp: Path, job_id: str) -> dict[str, Any]:
+    from facefleet.entrypoints.service.store import ServiceStore
+
+    store = ServiceStore(tmp / "state" / "service.sqlite")
+    try:
+        record = store.get(job_id)
+        assert record is not None
+        return {"state": record.state, "done": record.done}
+    finally:
+        store.close()

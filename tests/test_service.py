@@ -50,10 +50,15 @@ def server(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> A
     cfg = JobConfig(
         devices="cpu",
         service=ServiceConfig(
-            data_dir=str(tmp / "state"), api_keys=str(keys), roots=(str(root),), ui=False,
-            max_request_mb=1.0, max_upload_mb=4.0, max_pixels=40_000_000,
+            data_dir=str(tmp / "state"),
+            api_keys=str(keys),
+            roots=(str(root),),
+            ui=False,
+            max_request_mb=1.0,
+            max_upload_mb=4.0,
+            max_pixels=40_000_000,
         ),
-    )  # fmt: skip
+    )
     service = Service(cfg, gpu_metrics=False)
     with TestClient(create_app(service)) as client:
         deadline = time.monotonic() + 120
@@ -117,9 +122,13 @@ def test_reconstruct_multipart_glb_and_overlay(server: Any, astronaut: np.ndarra
 
 @pytest.mark.parametrize(
     "headers, why",
-    [({}, "missing API key"), ({"Authorization": "Bearer nope"}, "invalid API key"),
-     ({"Authorization": "Bearer "}, "missing API key"), ({"X-API-Key": ""}, "missing API key")],
-)  # fmt: skip
+    [
+        ({}, "missing API key"),
+        ({"Authorization": "Bearer nope"}, "invalid API key"),
+        ({"Authorization": "Bearer "}, "missing API key"),
+        ({"X-API-Key": ""}, "missing API key"),
+    ],
+)
 def test_no_or_wrong_key_is_401(server: Any, headers: dict[str, str], why: str) -> None:
     client, *_ = server
     for method, url in (("post", "/v1/reconstruct"), ("get", "/v1/jobs"), ("post", "/v1/jobs")):
@@ -178,8 +187,13 @@ def test_not_an_image_and_bombs_are_422(server: Any) -> None:
 
 def test_paths_outside_the_roots_are_403(server: Any) -> None:
     client, ns, root, tmp, _ = server
-    for spec in (str(root / ".." / "secret"), str(root / "link_out"), str(root / "link_out" / "x.jpg"),
-                 "/etc", str(tmp / "secret")):  # fmt: skip
+    for spec in (
+        str(root / ".." / "secret"),
+        str(root / "link_out"),
+        str(root / "link_out" / "x.jpg"),
+        "/etc",
+        str(tmp / "secret"),
+    ):
         r = client.post("/v1/jobs", json={"input": spec}, headers=_auth(ns["alice"]))
         assert r.status_code == 403 and "outside" in r.json()["error"], spec
     r = client.post("/v1/jobs", json={"input": str(root / "missing")}, headers=_auth(ns["alice"]))

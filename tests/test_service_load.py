@@ -19,8 +19,25 @@ def test_eight_clients_zero_errors_flat_memory(tmp_path: Path, astronaut: np.nda
     for i in range(8):
         Image.fromarray(np.roll(astronaut, 9 * i, axis=1)).save(tmp_path / f"a{i}.jpg", quality=90)
     rows = tmp_path / "rows.json"
-    code = main(["--clients", "8,8,8", "--seconds", "5", "--images-dir", str(tmp_path), "--client-procs", "1",
-                 "--max-rss-growth-mib", "64", "--json", str(rows), "--", "--devices", "cpu"])  # fmt: skip
+    code = main(
+        [
+            "--clients",
+            "8,8,8",
+            "--seconds",
+            "5",
+            "--images-dir",
+            str(tmp_path),
+            "--client-procs",
+            "1",
+            "--max-rss-growth-mib",
+            "64",
+            "--json",
+            str(rows),
+            "--",
+            "--devices",
+            "cpu",
+        ]
+    )
     assert code == 0
     import json
 

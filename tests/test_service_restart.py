@@ -44,7 +44,7 @@ def _serve(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "facefleet", "serve", *args],
         stdout=subprocess.DEVNULL,
-        stderr=open(log, "ab"),  # noqa: SIM115  (the process owns it)
+        stderr=open(log, "ab"),  # the process owns it
         start_new_session=True,
     )
 
@@ -76,9 +76,25 @@ def test_job_survives_sigkill_of_the_server(tmp_path: Path, astronaut: np.ndarra
     key = create_key(tmp_path / "keys.json", "ci")
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    args = ["--port", str(port), "--data-dir", str(tmp_path / "state"), "--api-keys", str(tmp_path / "keys.json"),
-            "--roots", str(photos), "--devices", "cpu", "--workers", "1", "--unit-size", "4", "--no-ui",
-            "--shutdown-grace-s", "5"]  # fmt: skip
+    args = [
+        "--port",
+        str(port),
+        "--data-dir",
+        str(tmp_path / "state"),
+        "--api-keys",
+        str(tmp_path / "keys.json"),
+        "--roots",
+        str(photos),
+        "--devices",
+        "cpu",
+        "--workers",
+        "1",
+        "--unit-size",
+        "4",
+        "--no-ui",
+        "--shutdown-grace-s",
+        "5",
+    ]
     log = tmp_path / "server.log"
     server = _serve(args, log)
     try:

@@ -103,8 +103,15 @@ def run_load(port: int, files: list[str], clients: int, seconds: float, procs: i
         if s != 200:
             errors[str(s)] = errors.get(str(s), 0) + 1
     q = np.percentile(lat, [50, 90, 99]) if len(lat) else [float("nan")] * 3
-    return {"clients": clients, "requests": len(got), "images_per_s": len(lat) / seconds,
-            "p50_ms": float(q[0]), "p90_ms": float(q[1]), "p99_ms": float(q[2]), "errors": errors}  # fmt: skip
+    return {
+        "clients": clients,
+        "requests": len(got),
+        "images_per_s": len(lat) / seconds,
+        "p50_ms": float(q[0]),
+        "p90_ms": float(q[1]),
+        "p99_ms": float(q[2]),
+        "errors": errors,
+    }
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float) -> float:
@@ -144,8 +151,18 @@ def _baseline_run(files: list[str], work: Path, serve_args: list[str]) -> dict[s
     listing = work / "images.txt"
     listing.write_text("\n".join(files) + "\n")
     devices = [a for i, a in enumerate(serve_args) if i and serve_args[i - 1] in ("--devices", "--device")]
-    cmd = [sys.executable, "-m", "facefleet", "run", str(listing), str(work / "run-out"), "--formats", "json",
-           "--quiet", *(["--devices", devices[0]] if devices else [])]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "facefleet",
+        "run",
+        str(listing),
+        str(work / "run-out"),
+        "--formats",
+        "json",
+        "--quiet",
+        *(["--devices", devices[0]] if devices else []),
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0
@@ -179,8 +196,21 @@ def main(argv: list[str] | None = None) -> int:
         files = _corpus(args, work)
         baseline = _baseline_run(files, work, args.serve_args) if args.baseline_run else None
         port = _free_port()
-        cmd = [sys.executable, "-m", "facefleet", "serve", "--no-auth", "--no-ui", "--port", str(port),
-               "--data-dir", str(work / "state"), "--log-level", "warning", *args.serve_args]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "facefleet",
+            "serve",
+            "--no-auth",
+            "--no-ui",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(work / "state"),
+            "--log-level",
+            "warning",
+            *args.serve_args,
+        ]
         server = subprocess.Popen(cmd)
         rows: list[dict[str, Any]] = []
         try:
@@ -217,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _line(r: dict[str, Any]) -> str:
     errs = sum(r["errors"].values())
-    return (f"| {r['clients']} | {r['images_per_s']:,.1f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} "
-            f"| {errs} | {r['rss_before_mib']:,.0f} -> {r['rss_after_mib']:,.0f} |")  # fmt: skip
+    lat = f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f}"
+    rss = f"{r['rss_before_mib']:,.0f} -> {r['rss_after_mib']:,.0f}"
+    return f"| {r['clients']} | {r['images_per_s']:,.1f} | {lat} | {errs} | {rss} |"
 
 
 def _table(rows: list[dict[str, Any]], baseline: dict[str, Any] | None, ready_s: float, n: int) -> None:
@@ -228,8 +259,11 @@ def _table(rows: list[dict[str, Any]], baseline: dict[str, Any] | None, ready_s:
     for r in rows:
         print(_line(r))
     if baseline:
-        print(f"\nfacefleet run, same {baseline['images']} images (JSON files): {baseline['wall_s']:.1f} s whole "
-              f"command ({baseline['images_per_s_wall']:,.1f} img/s with start-up), steady {baseline['steady']}")  # fmt: skip
+        b = baseline
+        print(
+            f"\nfacefleet run, same {b['images']} images (JSON files): {b['wall_s']:.1f} s whole command "
+            f"({b['images_per_s_wall']:,.1f} img/s with start-up), steady {b['steady']}"
+        )
 
 
 if __name__ == "__main__":

@@ -104,7 +104,8 @@ class Service:
         elif not profile.compile:
             kwargs["compiled"] = False
         rec = Reconstructor(device=profile.device, precision=profile.precision, **kwargs)
-        rec.warmup()
+        rec.precompile()  # CUDA: torch.compile's code for the networks' fixed batch sizes (none elsewhere)
+        rec.warmup()  # cuDNN plans and CUDA-graph captures: no request pays for either
         return rec
 
     def ready(self) -> tuple[bool, str]:

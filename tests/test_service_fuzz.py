@@ -9,15 +9,13 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("fastapi")
-schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, settings  # noqa: E402
-
 from facefleet.config import JobConfig
 from facefleet.config.service import ServiceConfig
 from facefleet.entrypoints.service.app import create_app
 from facefleet.entrypoints.service.core import Service
 from facefleet.entrypoints.service.keys import create_key
+
+schemathesis = pytest.importorskip("schemathesis")
 
 KEY: dict[str, str] = {}
 
@@ -42,7 +40,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def test_no_server_errors(api: Any) -> None:
-    from hypothesis import given
+    from hypothesis import HealthCheck, given, settings
 
     ops = [r.ok() for r in api.get_all_operations()]
     assert len(ops) >= 8

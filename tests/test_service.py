@@ -263,3 +263,40 @@ def test_keys_are_stored_hashed(server: Any) -> None:
     _, ns, _, tmp, _ = server
     text = Path(tmp / "keys.json").read_text()
     assert all(k not in text for k in ns.values()) and "sha256" in text
+
+
+def test_results_are_paged(server: Any) -> None:
+    client, ns, *_ = server
+    jobs = client.get("/v1/jobs", headers=_auth(ns["alice"])).json()["jobs"]
+    done = next(j for j in jobs if j["state"] == "completed")
+    url = f"/v1/jobs/{done['id']}/results"
+    whole = client.get(url, headers=_auth(ns["alice"])).json()
+    page = client.get(url + "?offset=1&limit=2", headers=_auth(ns["alice"])).json()
+    assert page["total"] == whole["total"] == len(whole["files"]) > 3
+    assert page["files"] == whole["files"][1:3]
+    assert client.get(url + "?limit=0", headers=_auth(ns["alice"])).status_code == 422
+
+
+@pytest.mark.shared_data
+def test_video_job_from_an_upload(server: Any, shared_data: Path) -> None:
+    pytest.importorskip("av")
+    import pyarrow.parquet as pq
+
+    client, ns, *_ = server
+    clip = shared_data / "videos" / "liveportrait_d12.mp4"
+    files = [("files", (clip.name, clip.read_bytes(), "video/mp4"))]
+    r = client.post(
+        "/v1/jobs", files=files, data={"kind": "video", "formats": "parquet"}, headers=_auth(ns["alice"])
+    )
+    assert r.status_code == 202, r.text
+    job = _wait_job(client, r.json()["id"], ns["alice"], timeout=300)
+    assert job["state"] == "completed" and job["kind"] == "video" and job["images"] == 183, job
+    paths = {f["path"] for f in client.get(job["results"], headers=_auth(ns["alice"])).json()["files"]}
+    name = next(
+        p
+        for p in paths
+        if p.endswith("liveportrait_d12.mp4.parquet") or p.endswith("liveportrait_d12.parquet")
+    )
+    got = client.get(f"/v1/jobs/{job['id']}/files/{name}", headers=_auth(ns["alice"]))
+    rows = pq.read_table(io.BytesIO(got.content))
+    assert rows.num_rows >= 150 and set(rows.column("frame").to_pylist()) <= set(range(183))

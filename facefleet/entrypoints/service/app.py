@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 
@@ -228,11 +228,23 @@ def _routes(app: FastAPI, service: Service) -> None:
         return job_view(service.get_job(await caller(request), job_id))
 
     @app.get("/v1/jobs/{job_id}/results", tags=["jobs"])
-    async def job_results(request: Request, job_id: str) -> dict[str, Any]:
-        """A job's output files (manifest, report, per-image files), each with its download URL."""
+    async def job_results(
+        request: Request,
+        job_id: str,
+        offset: int = Query(0, ge=0),
+        limit: int = Query(1000, ge=1, le=100_000),
+    ) -> dict[str, Any]:
+        """A job's output files (manifest parts, report, per-image files), each with its download URL, in
+        path order: ``limit`` of them from ``offset`` (``total``: how many there are)."""
         record = service.get_job(await caller(request), job_id)
         files = await asyncio.to_thread(_list_outputs, record)
-        return {"id": record.id, "state": record.state, "files": files}
+        return {
+            "id": record.id,
+            "state": record.state,
+            "total": len(files),
+            "offset": offset,
+            "files": files[offset : offset + limit],
+        }
 
     @app.get("/v1/jobs/{job_id}/files/{path:path}", tags=["jobs"])
     async def job_file(request: Request, job_id: str, path: str) -> Response:

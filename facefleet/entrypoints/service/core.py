@@ -31,7 +31,7 @@ from facefleet.entrypoints.service.batcher import BatcherClosed, DynamicBatcher,
 from facefleet.entrypoints.service.jobs import JobManager
 from facefleet.entrypoints.service.keys import ApiKey, KeyRing, RateLimiter, load_keys
 from facefleet.entrypoints.service.metrics import ServiceMetrics
-from facefleet.entrypoints.service.store import JOB_KINDS, JobRecord, ServiceStore
+from facefleet.entrypoints.service.store import JOB_KINDS, JobRecord, ServiceStore, UsageMeter
 from facefleet.entrypoints.service.uploads import HttpError, check_image_bytes, confine
 
 #: the key record of a server run without keys ([service] auth = false)
@@ -58,6 +58,7 @@ class Service:
         self.keys = KeyRing(load_keys(s.api_keys) if s.auth and s.api_keys else [])
         self.limiter = RateLimiter()
         self.store = ServiceStore(self.data_dir / "service.sqlite")
+        self.usage = UsageMeter(self.store)
         probe = _gpu_probe() if gpu_metrics else None
         self.metrics = ServiceMetrics(self.store.count_by_state, self.queue_depths, probe)
         self.jobs = JobManager(
@@ -123,23 +124,22 @@ class Service:
         for b in self.batchers:
             b.close()
         self.jobs.shutdown(self.settings.shutdown_grace_s)
+        self.usage.close()
         self.store.close()
 
     # -- who may call -------------------------------------------------------------------------------
     def authenticate(self, presented: str | None) -> ApiKey:
         """The caller's key record; :class:`HttpError` 401 for a missing or wrong key, 429 over its rate."""
         if not self.settings.auth:
-            key = ANONYMOUS
-        else:
-            found = self.keys.check(presented)
-            if found is None:
-                why = "missing API key" if not presented else "invalid API key"
-                raise HttpError(
-                    401,
-                    f"{why}: send Authorization: Bearer KEY or X-API-Key: KEY",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-            key = found
+            return ANONYMOUS  # limits are per key: a keyless server (127.0.0.1 only) has none
+        key = self.keys.check(presented)
+        if key is None:
+            why = "missing API key" if not presented else "invalid API key"
+            raise HttpError(
+                401,
+                f"{why}: send Authorization: Bearer KEY or X-API-Key: KEY",
+                {"WWW-Authenticate": "Bearer"},
+            )
         rate = key.rate_limit or self.settings.rate_limit
         wait = self.limiter.allow(key.name, rate, key.burst or self.settings.burst)
         if wait > 0:
@@ -150,7 +150,7 @@ class Service:
     def charge(self, key: ApiKey, images: int) -> None:
         """Count images against the key's quota; :class:`HttpError` 429 when it would pass it."""
         quota = key.quota if key.quota is not None else self.settings.quota
-        if not self.store.charge(key.name, images, quota):
+        if not self.usage.charge(key.name, images, quota):
             raise HttpError(429, f"quota of {quota} images used up for key {key.name!r}")
 
     # -- synchronous reconstruction -----------------------------------------------------------------
@@ -213,7 +213,7 @@ class Service:
 
     def _check_quota(self, key: ApiKey) -> None:
         quota = key.quota if key.quota is not None else self.settings.quota
-        if quota and self.store.used(key.name) >= quota:
+        if quota and self.usage.used(key.name) >= quota:
             raise HttpError(429, f"quota of {quota} images used up for key {key.name!r}")
 
     def _check_options(self, kind: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -260,7 +260,7 @@ class Service:
     def _job_done(self, record: JobRecord) -> None:
         self.metrics.jobs_done.labels(record.state).inc()
         if record.state == "completed" and record.images:
-            self.store.charge(record.key, record.images, 0)  # counted, never refused after the work
+            self.usage.charge(record.key, record.images, 0)  # counted, never refused after the work
 
 
 def _is_loopback(host: str) -> bool:

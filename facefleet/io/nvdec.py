@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Generator, Iterator
 from typing import Any
 
@@ -269,10 +270,13 @@ def frame_reader(
         gen = read_frames_nvdec(item, dev)
         try:
             first = next(gen)
-        except NvdecUnavailable:
+        except NvdecUnavailable as e:
             if backend == "nvdec":
                 raise
             gen.close()
+            # once per message (the warnings module's default): a run that silently decodes on the CPU
+            # is several times slower
+            warnings.warn(f"NVDEC unavailable, decoding on the CPU: {e}", RuntimeWarning, stacklevel=2)
         else:
             yield first
             yield from gen

@@ -23,6 +23,7 @@ import queue as queue_mod
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,23 +127,34 @@ class ChunkRunner:
         done: Callable[[str, FrameRange, dict[str, Any]], None],
         failed: Callable[[str, FrameRange, BaseException], None],
         stop: Callable[[], bool] = lambda: False,
+        on_step: Callable[[], None] | None = None,
     ) -> None:
         """Until ``claim`` has nothing and every chunk held is finished: claim chunks up to
         ``streams``, step them, and report each finished chunk to ``done`` (its files written) or to
-        ``failed`` (its error: a bad frame fails its chunk, not the others). ``stop``: claim no more."""
+        ``failed`` (its error: a bad frame fails its chunk, not the others). ``stop``: claim no more;
+        ``on_step``: called before each step (a profiler's window)."""
         active: list[_Chunk] = []
-        while True:
-            while len(active) < self.streams and not stop():
-                got = claim()
-                if got is None:
-                    break
-                try:
-                    active.append(self._open(*got))
-                except Exception as e:
-                    failed(got[0], got[1], e)
-            if not active:
-                return
-            active = self._step(active, done, failed)
+        # finished chunks' encoders are closed and their rows written on these threads, so the device
+        # loop goes on with the other chunks; done/failed are called on this thread (the queue's)
+        finishing: list[tuple[_Chunk, Future[dict[str, Any]]]] = []
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="video-finish") as pool:
+            while True:
+                while len(active) < self.streams and not stop():
+                    got = claim()
+                    if got is None:
+                        break
+                    try:
+                        active.append(self._open(*got))
+                    except Exception as e:
+                        failed(got[0], got[1], e)
+                finishing = _report(finishing, done, failed, wait=not active)
+                if not active:
+                    return
+                if on_step is not None:
+                    on_step()
+                ended: list[_Chunk] = []
+                active = self._step(active, ended.append, failed)
+                finishing += [(ch, pool.submit(self._finish, ch)) for ch in ended]
 
     # -- one chunk ---------------------------------------------------------------------------------
     def _source(self, path: str) -> _Source:
@@ -176,8 +188,8 @@ class ChunkRunner:
         return ch
 
     def _encode_loop(self, ch: _Chunk, src: Any) -> None:
-        """The chunk's encoders (x264, one thread each): (format, yuv planes, pts) from its queue until
-        :data:`_END`."""
+        """The chunk's encoders (x264, one thread each): (format, yuv planes, pts, CUDA event or None) from
+        its queue until :data:`_END`; the planes are read once the event (their copy to the host) is done."""
         from facefleet.video.encode import SegmentEncoder
 
         files = chunk_files(self.out_dir, ch.item)
@@ -187,7 +199,9 @@ class ChunkRunner:
                 got = ch.encode.get() if ch.encode is not None else _END
                 if got is _END:
                     break
-                fmt, yuv, pts = got  # type: ignore[misc]
+                fmt, yuv, pts, ready = got  # type: ignore[misc]
+                if ready is not None:  # the planes' copy from the device has landed
+                    ready.synchronize()
                 enc = encoders.get(fmt)
                 if enc is None:
                     enc = encoders[fmt] = SegmentEncoder.for_source(files[fmt], src, self.video)
@@ -230,19 +244,17 @@ class ChunkRunner:
     def _step(
         self,
         active: list[_Chunk],
-        done: Callable[[str, FrameRange, dict[str, Any]], None],
+        ended: Callable[[_Chunk], None],
         failed: Callable[[str, FrameRange, BaseException], None],
     ) -> list[_Chunk]:
-        """The next frame of every chunk in one batch; returns the chunks still going."""
+        """The next frame of every chunk in one batch; chunks whose frames ended go to ``ended`` (to be
+        finished); returns the chunks still going."""
         live: list[_Chunk] = []
         batch: list[tuple[_Chunk, int, float, torch.Tensor]] = []
         for ch in active:
             got = ch.frames.get()
             if got is _END:
-                try:
-                    done(ch.uid, ch.item, self._finish(ch))
-                except Exception as e:
-                    failed(ch.uid, ch.item, e)
+                ended(ch)
                 continue
             if isinstance(got, BaseException):
                 self._abandon(ch)
@@ -289,11 +301,11 @@ class ChunkRunner:
                     drawn = anonymize(frames, masks, v.anonymize, scale=scale)
                 else:
                     drawn = draw_overlay(frames, rs, topo)
-                planes = rgb_to_yuv420p(drawn, matrix).cpu().numpy()
+                planes, ready = _to_host(rgb_to_yuv420p(drawn, matrix))
                 for j, k in enumerate(ks):
                     ch, i = batch[k][0], batch[k][1]
                     if ch.encode is not None and not ch.encode_error:
-                        ch.encode.put((fmt, planes[j], ch.pts[i]))
+                        ch.encode.put((fmt, planes[j], ch.pts[i], ready))
 
     def _abandon(self, ch: _Chunk) -> None:
         """Stop a failed chunk's encoders (their temporary files are removed)."""
@@ -301,6 +313,40 @@ class ChunkRunner:
             ch.encode_error.append(RuntimeError("chunk abandoned"))
             with contextlib.suppress(queue_mod.Full):
                 ch.encode.put_nowait(_END)
+
+
+def _to_host(planes: torch.Tensor) -> tuple[Any, Any]:
+    """``(B, ...)`` uint8 planes -> (a numpy array of them on the host, a CUDA event that completes once
+    they are there, or None). From a CUDA device the copy goes into pinned memory asynchronously, so the
+    device thread does not wait for the drawing kernels; the encoder threads wait for the event."""
+    if planes.device.type != "cuda":
+        return planes.numpy(), None
+    host = torch.empty(planes.shape, dtype=planes.dtype, pin_memory=True)
+    host.copy_(planes, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record(torch.cuda.current_stream(planes.device))
+    return host.numpy(), ready
+
+
+def _report(
+    finishing: list[tuple[_Chunk, Future[dict[str, Any]]]],
+    done: Callable[[str, FrameRange, dict[str, Any]], None],
+    failed: Callable[[str, FrameRange, BaseException], None],
+    *,
+    wait: bool,
+) -> list[tuple[_Chunk, Future[dict[str, Any]]]]:
+    """Report the finished chunks of ``finishing`` (every one when ``wait``) to ``done`` or ``failed``;
+    returns those still being finished."""
+    left = []
+    for ch, fut in finishing:
+        if not (wait or fut.done()):
+            left.append((ch, fut))
+            continue
+        try:
+            done(ch.uid, ch.item, fut.result())
+        except Exception as e:
+            failed(ch.uid, ch.item, e)
+    return left
 
 
 def upright_frames(item: FrameRange, rotation: float, device: torch.device) -> Iterator[Any]:

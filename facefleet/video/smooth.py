@@ -21,7 +21,7 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["OneEuroFilter", "smoothing_factor"]
+__all__ = ["OneEuroFilter", "filter_many", "smoothing_factor"]
 
 
 def smoothing_factor(cutoff: np.ndarray | float, dt: float) -> np.ndarray:
@@ -95,3 +95,59 @@ class OneEuroFilter:
         x_hat = self._x + smoothing_factor(cutoff, dt) * (v - self._x)
         self._x, self._dx, self._t = x_hat, dx_hat, float(t)
         return x_hat.astype(out_dtype)
+
+
+def filter_many(filters: list[OneEuroFilter], x: np.ndarray, t: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``filters[i](x[i], t[i], scale[i])`` for every ``i`` in a few array operations over all of them (the
+    same float64 arithmetic, so the same values as one call per filter).
+
+    ``x``: ``(N, ...)`` floating (one signal per filter, each of the shape its filter has seen);
+    ``t``: ``(N,)`` seconds; ``scale``: ``(N,)`` positive. Filters may share nothing but their
+    ``d_cutoff``-independent settings: each keeps its own ``min_cutoff``, ``beta`` and ``d_cutoff``.
+    Returns ``(N, ...)`` of ``x``'s dtype; each filter's state is updated as its own call would.
+    """
+    n = len(filters)
+    a = np.asarray(x)
+    if a.shape[0] != n or len(t) != n or len(scale) != n:
+        raise ValueError(
+            f"filter_many: {n} filters, {a.shape[0]} signals, {len(t)} times, {len(scale)} scales"
+        )
+    out = np.empty(a.shape, a.dtype if a.dtype.kind == "f" else np.float64)
+    warm = [i for i, f in enumerate(filters) if f.started and f._x is not None and f._x.shape == a.shape[1:]]
+    cold = sorted(set(range(n)) - set(warm))
+    for i in cold:  # first values (or a shape change, which raises as one call does)
+        out[i] = filters[i](a[i], float(t[i]), float(scale[i]))
+    if not warm:
+        return out
+    fs = [filters[i] for i in warm]
+    ts = np.asarray([float(t[i]) for i in warm], dtype=np.float64)
+    dt = ts - np.asarray([f._t for f in fs], dtype=np.float64)
+    bad = np.flatnonzero(~(dt > 0))
+    if len(bad):
+        f = fs[int(bad[0])]
+        raise ValueError(f"OneEuroFilter: time must increase (t={ts[bad[0]]}, previous {f._t})")
+    s = np.asarray([float(scale[i]) for i in warm], dtype=np.float64)
+    if np.any(s <= 0):
+        raise ValueError("OneEuroFilter: scale must be > 0")
+    shape = (len(fs),) + (1,) * (a.ndim - 1)
+    dtb, sb = dt.reshape(shape), s.reshape(shape)
+    v = a[warm].astype(np.float64)
+    px = np.stack([f._x for f in fs])  # type: ignore[misc]
+    pdx = np.stack([f._dx for f in fs])  # type: ignore[misc]
+    dcut = np.asarray([f.d_cutoff for f in fs], dtype=np.float64).reshape(shape)
+    mins = np.asarray([f.min_cutoff for f in fs], dtype=np.float64).reshape(shape)
+    betas = np.asarray([f.beta for f in fs], dtype=np.float64).reshape(shape)
+    dx = (v - px) / dtb
+    dx_hat = pdx + _alpha(dcut, dtb) * (dx - pdx)
+    cutoff = mins + betas * np.abs(dx_hat) / sb
+    x_hat = px + _alpha(cutoff, dtb) * (v - px)
+    for k, f in enumerate(fs):
+        f._x, f._dx, f._t = x_hat[k], dx_hat[k], float(ts[k])
+    out[warm] = x_hat
+    return out
+
+
+def _alpha(cutoff: np.ndarray, dt: np.ndarray) -> np.ndarray:
+    """:func:`smoothing_factor` with ``dt`` an array broadcast against ``cutoff``."""
+    r = 2.0 * math.pi * cutoff * dt
+    return r / (r + 1.0)

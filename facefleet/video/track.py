@@ -37,7 +37,7 @@ from torch import Tensor
 from facefleet.detect.detections import Detections
 from facefleet.types import Face, Gaze, ImageResult, Pose
 from facefleet.video.boxes import box_iou, greedy_match
-from facefleet.video.smooth import OneEuroFilter
+from facefleet.video.smooth import OneEuroFilter, filter_many
 from facefleet.video.types import FrameResult
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ _ROI_KEYPOINTS = (33, 263, 1, 13, 234, 454)
 # keypoints of tracked faces read off the mesh, as (vertices averaged) per detector keypoint
 _BLAZE_POINTS = ((33, 133), (263, 362), (1,), (13, 14), (234,), (454,))
 _CENTER_POINTS = ((33, 133), (263, 362), (1,), (61,), (291,))
+_MESH_POINTS = {"blazeface": _BLAZE_POINTS, "centerface": _CENTER_POINTS}
 
 
 @dataclass
@@ -215,7 +216,7 @@ class FaceTracker:
 
     def _match(self, st: TrackState, r: ImageResult) -> list[tuple[Face, _Track, bool]]:
         """A detected frame's faces -> their tracks: the live track they overlap most, else a new one."""
-        boxes = np.array([_box(f.landmarks) for f in r.faces], dtype=np.float32).reshape(-1, 4)
+        boxes = _boxes([f.landmarks for f in r.faces])
         olds = np.array([t.box for t in st.tracks], dtype=np.float32).reshape(-1, 4)
         owner = dict(greedy_match(box_iou(boxes, olds), MATCH_IOU))
         out = []
@@ -237,9 +238,10 @@ class FaceTracker:
         from facefleet.types import FACE_SOURCES
 
         keep: list[int] = []
-        boxes = [_box(f.landmarks) for f, _, _ in pairs]
+        boxes = _boxes([f.landmarks for f, _, _ in pairs])
+        iou = box_iou(boxes, boxes)
         for j in sorted(range(len(pairs)), key=lambda j: (pairs[j][1].id < 0, pairs[j][1].id, j)):
-            if all(box_iou(boxes[j][None], boxes[k][None])[0, 0] <= DUPLICATE_IOU for k in keep):
+            if all(iou[j, k] <= DUPLICATE_IOU for k in keep):
                 keep.append(j)
         kept = [pairs[j] for j in sorted(keep)]  # the pipeline's order (score)
         for (f, tr, detected), box in zip(kept, [boxes[j] for j in sorted(keep)]):
@@ -269,9 +271,19 @@ class FaceTracker:
         topo, v = self.topology, self.video
         flat = [(i, f, tr, det) for i, p in enumerate(kept) for f, tr, det in p]
         smooth = v.smoothing and len(flat) > 0
-        lm = np.zeros((len(flat), topo.n_vertices, 3), np.float32)  # (N, V, 3) smoothed landmarks
-        for j, (i, f, tr, _) in enumerate(flat):
-            lm[j] = tr.smoother(f.landmarks, clocks[i], _side(tr.box)) if smooth else f.landmarks
+        # (N, V, 3) landmarks of every face of the step: smoothed (one filter pass over all tracks) or raw
+        lm = (
+            np.stack([f.landmarks for _, f, _, _ in flat]).astype(np.float32, copy=False)
+            if flat
+            else np.zeros((0, topo.n_vertices, 3), np.float32)
+        )
+        if smooth:
+            lm = filter_many(
+                [tr.smoother for _, _, tr, _ in flat],
+                lm,
+                np.array([clocks[i] for i, _, _, _ in flat], dtype=np.float64),
+                np.array([_side(tr.box) for _, _, tr, _ in flat], dtype=np.float64),
+            )
         mat, ypr, gaze = np.zeros((len(flat), 4, 4)), [[0.0] * 3] * len(flat), None
         if smooth:
             pose = estimate_pose(torch.from_numpy(lm[:, : topo.n_mesh]))
@@ -282,6 +294,11 @@ class FaceTracker:
             FrameResult(int(k), float(t), dataclasses.replace(r, faces=[]))
             for k, t, r in zip(indices, times, images)
         ]
+        tracked = [j for j, (_, _, _, det) in enumerate(flat) if not det]
+        if tracked:  # boxes carried by the landmarks and keypoints read off them, all tracked faces at once
+            boxes = _boxes(lm[tracked])
+            kps = {name: _mesh_keypoints(lm[tracked], pts) for name, pts in _MESH_POINTS.items()}
+            row = {j: r for r, j in enumerate(tracked)}
         for j, (i, f, tr, det) in enumerate(flat):
             if smooth:
                 f = dataclasses.replace(
@@ -290,13 +307,12 @@ class FaceTracker:
                     gaze=None if gaze is None else Gaze(float(gaze[j, 0]), float(gaze[j, 1])),
                 )  # fmt: skip
             if not det:
-                box = _box(f.landmarks)
+                box = boxes[row[j]]
                 c, wh = (box[:2] + box[2:]) / 2, box[2:] - box[:2]
                 bbox = np.tile(c, 2) + tr.rel_box * np.tile(wh, 2)
-                pts = _BLAZE_POINTS if f.detector == "blazeface" else _CENTER_POINTS
-                kps = np.stack([f.landmarks[list(p), :2].mean(0) for p in pts]).astype(np.float32)
+                pts = kps["blazeface" if f.detector == "blazeface" else "centerface"][row[j]]
                 side = float((bbox[2:] - bbox[:2]).max())
-                f = dataclasses.replace(f, bbox=bbox, keypoints=kps, small=side < self.rec.small_face)
+                f = dataclasses.replace(f, bbox=bbox, keypoints=pts, small=side < self.rec.small_face)
             out[i].result.faces.append(f)
             out[i].track_ids.append(tr.id)
         return out
@@ -359,10 +375,19 @@ def _tick(st: TrackState, t: float) -> float:
     return st.clock
 
 
-def _box(landmarks: np.ndarray) -> np.ndarray:
-    """``(4,)`` float32 x-y box of ``(V, 3)`` landmarks."""
-    xy = np.asarray(landmarks, np.float32)[:, :2]
-    return np.concatenate([xy.min(0), xy.max(0)])
+def _boxes(landmarks: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """``(N, 4)`` float32 x-y boxes of ``N`` faces' ``(V, 3)`` landmarks (a list, or one ``(N, V, 3)``)."""
+    if len(landmarks) == 0:
+        return np.zeros((0, 4), np.float32)
+    xy = np.asarray(landmarks if isinstance(landmarks, np.ndarray) else np.stack(landmarks), np.float32)
+    xy = xy[..., :2]
+    return np.concatenate([xy.min(1), xy.max(1)], 1)
+
+
+def _mesh_keypoints(landmarks: np.ndarray, points: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """``(N, K, 2)`` float32 keypoints read off ``(N, V, 3)`` landmarks: per keypoint the mean of its
+    vertices (``points``, :data:`_BLAZE_POINTS` or :data:`_CENTER_POINTS`)."""
+    return np.stack([landmarks[:, list(p), :2].mean(1) for p in points], 1).astype(np.float32)
 
 
 def _side(box: np.ndarray) -> float:

@@ -60,6 +60,13 @@ class VideoWorker:
             file=sys.stderr,
             flush=True,
         )
+        # FACEFLEET_STACK_SAMPLES / FACEFLEET_TORCH_PROFILE (README): from now on, as the photo worker
+        from facefleet.engine.worker.stacks import BatchWindowProfiler, StackSampler
+
+        sampler = StackSampler.from_env(spec.name)
+        window = BatchWindowProfiler.from_env(spec.name) if rec.device.type == "cuda" else None
+        if sampler is not None:
+            sampler.start()
         try:
             while not self._draining(db):
                 runner.run(
@@ -67,6 +74,7 @@ class VideoWorker:
                     lambda uid, item, stats: self._done(db, uid, stats),
                     lambda uid, item, e: self._failed(db, uid, item, e),
                     stop=lambda: self._draining(db),
+                    on_step=None if window is None else window.batch_starts,
                 )
                 if db.get_meta("listing_done") == "1" and db.remaining() == 0:
                     break
@@ -75,6 +83,10 @@ class VideoWorker:
             self._stop.set()
             beat.join(timeout=5)
             db.close()
+            if window is not None:
+                window.finish()
+            if sampler is not None:
+                sampler.stop()
         return EXIT_OK
 
     def _warm_up(self, rec: Any) -> None:

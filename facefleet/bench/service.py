@@ -157,6 +157,7 @@ def _baseline_run(files: list[str], work: Path, serve_args: list[str]) -> dict[s
         "facefleet",
         "run",
         str(listing),
+        "-o",
         str(work / "run-out"),
         "--formats",
         "json",
@@ -166,8 +167,10 @@ def _baseline_run(files: list[str], work: Path, serve_args: list[str]) -> dict[s
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0
+    from facefleet.bench.rates import batch_points, steady_rate
+
     stats = json.loads((work / "run-out" / "stats.json").read_text())
-    steady = stats.get("steady_images_per_s") or stats.get("images_per_s")
+    steady = steady_rate(batch_points(stats.get("batch_done")) or stats.get("throughput", []))
     return {"images": len(files), "wall_s": wall, "images_per_s_wall": len(files) / wall, "steady": steady}
 
 
@@ -262,7 +265,8 @@ def _table(rows: list[dict[str, Any]], baseline: dict[str, Any] | None, ready_s:
         b = baseline
         print(
             f"\nfacefleet run, same {b['images']} images (JSON files): {b['wall_s']:.1f} s whole command "
-            f"({b['images_per_s_wall']:,.1f} img/s with start-up), steady {b['steady']}"
+            f"({b['images_per_s_wall']:,.1f} img/s with start-up), "
+            + (f"{b['steady']:,.1f} img/s steady" if b["steady"] else "too short for a steady rate")
         )
 
 

@@ -300,3 +300,36 @@ def test_video_job_from_an_upload(server: Any, shared_data: Path) -> None:
     got = client.get(f"/v1/jobs/{job['id']}/files/{name}", headers=_auth(ns["alice"]))
     rows = pq.read_table(io.BytesIO(got.content))
     assert rows.num_rows >= 150 and set(rows.column("frame").to_pylist()) <= set(range(183))
+
+
+def test_jobs_on_the_networked_queue_get_their_own_schema(tmp_path: Path, astronaut: np.ndarray) -> None:
+    """With [queue] url on PostgreSQL, each job has its schema of it (shown for workers on other hosts)."""
+    import psycopg
+
+    from facefleet.config import QueueConfig
+    from facefleet.entrypoints.service.jobs import job_queue_url
+
+    assert job_queue_url("postgresql://u:pw@h/db?schema=ff&retry_s=5", "ab12").endswith(
+        "schema=ff_jab12&retry_s=5"
+    )
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(_jpeg(astronaut))
+    base = "postgresql://127.0.0.1:5432/test?schema=svc_test"
+    cfg = JobConfig(
+        devices="cpu",
+        queue=QueueConfig(url=base),
+        service=ServiceConfig(
+            data_dir=str(tmp_path / "state"), auth=False, ui=False, roots=(str(tmp_path / "in"),)
+        ),
+    )
+    with TestClient(create_app(Service(cfg, gpu_metrics=False))) as client:
+        r = client.post("/v1/jobs", json={"input": str(tmp_path / "in")})
+        assert r.status_code == 202, r.text
+        job = _wait_job(client, r.json()["id"], "")
+    assert job["state"] == "completed" and job["images"] == 1, job
+    assert job["queue"] == f"postgresql://127.0.0.1:5432/test?schema=svc_test_j{job['id']}"
+    with psycopg.connect("postgresql://127.0.0.1:5432/test") as conn:
+        schema = f"svc_test_j{job['id']}"
+        n = conn.execute(f'SELECT count(*) FROM "{schema}".units WHERE state = %s', ("done",)).fetchone()
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    assert n is not None and n[0] == 1

@@ -43,7 +43,7 @@ from facefleet.engine.layout import (
     make_out,
     settings_record,
 )
-from facefleet.engine.queue import QUEUE_FILE, QueueError, open_queue
+from facefleet.engine.queue import QUEUE_FILE, QueueError, open_queue, public_url
 from facefleet.engine.totals import RunSummary
 from facefleet.engine.worker.spec import file_writers
 from facefleet.platforms import plan_devices
@@ -299,7 +299,7 @@ def plan_job(job_id: str, job: Job) -> tuple[JobPlan, Executor]:
         "config_file": str(o.config) if isinstance(o.config, (str, os.PathLike)) else None,
         "executor": run.executor if not isinstance(o.executor, Executor) else o.executor.name,
         "profiles": [p.to_dict() for p in profiles],
-        "queue": _public_url(queue_url) if "://" in queue_url else None,
+        "queue": public_url(queue_url) if "://" in queue_url else None,
         "settings": settings_record(cfg.model, run),
     }
     plan = JobPlan(
@@ -318,18 +318,6 @@ def plan_job(job_id: str, job: Job) -> tuple[JobPlan, Executor]:
     )
     make_out(out)
     return plan, executor
-
-
-def _public_url(url: str) -> str:
-    """A queue URL without its password (run.json and the report are not secret)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    u = urlsplit(url)
-    if u.password is None:
-        return url
-    host = u.hostname or ""
-    netloc = f"{u.username}@{host}" + (f":{u.port}" if u.port else "")
-    return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
 
 
 def check_input(spec: Any) -> None:

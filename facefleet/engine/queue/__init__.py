@@ -47,6 +47,7 @@ __all__ = [
     "is_networked",
     "iter_units",
     "open_queue",
+    "public_url",
     "unit_id",
 ]
 
@@ -54,6 +55,19 @@ __all__ = [
 def is_networked(url: str | Path) -> bool:
     """Whether ``url`` names a server that workers on other hosts can reach."""
     return str(url).startswith(("postgresql://", "postgres://"))
+
+
+def public_url(url: str) -> str:
+    """A queue URL without its password (run.json, reports and the service's job records are not
+    secret)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    u = urlsplit(url)
+    if u.password is None:
+        return url
+    host = u.hostname or ""
+    netloc = f"{u.username}@{host}" + (f":{u.port}" if u.port else "")
+    return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
 
 
 def open_queue(url: str | Path, *, timeout: float = 60.0) -> WorkQueue:

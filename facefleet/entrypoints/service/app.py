@@ -145,6 +145,9 @@ def create_app(service: Service, *, start: bool = True) -> Any:
 
 
 def _routes(app: FastAPI, service: Service) -> None:
+    def view(r: JobRecord) -> dict[str, Any]:
+        return job_view(r, service.job_queue(r))
+
     async def caller(request: Request) -> ApiKey:
         key = service.authenticate(key_from_headers(request.headers))
         request.scope["ff.key"] = key.name
@@ -213,19 +216,19 @@ def _routes(app: FastAPI, service: Service) -> None:
             record = await asyncio.to_thread(service.submit_job, key, str(kind), inputs, options)
         else:
             raise HttpError(415, "send multipart/form-data (files) or application/json (input paths)")
-        return JSONResponse(job_view(record), status_code=202, headers={"Location": f"/v1/jobs/{record.id}"})
+        return JSONResponse(view(record), status_code=202, headers={"Location": f"/v1/jobs/{record.id}"})
 
     @app.get("/v1/jobs", tags=["jobs"])
     async def list_jobs(request: Request) -> dict[str, Any]:
         """The caller's jobs, newest first."""
         key = await caller(request)
         owner = key.name if service.settings.auth else None
-        return {"jobs": [job_view(r) for r in service.store.list(key=owner)]}
+        return {"jobs": [view(r) for r in service.store.list(key=owner)]}
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"])
     async def get_job(request: Request, job_id: str) -> dict[str, Any]:
         """A job's state, progress (0-1), ETA, counts and error."""
-        return job_view(service.get_job(await caller(request), job_id))
+        return view(service.get_job(await caller(request), job_id))
 
     @app.get("/v1/jobs/{job_id}/results", tags=["jobs"])
     async def job_results(
@@ -258,7 +261,7 @@ def _routes(app: FastAPI, service: Service) -> None:
         service.get_job(key, job_id)
         record = await asyncio.to_thread(service.jobs.cancel, job_id)
         await asyncio.to_thread(service.jobs.wait_idle, job_id, 30.0)
-        return job_view(service.store.get(job_id) or record)
+        return view(service.store.get(job_id) or record)
 
 
 async def _image_body(request: Request) -> tuple[bytes, str]:
@@ -304,8 +307,9 @@ async def _chunks(upload: Any, size: int = 1 << 20) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def job_view(r: JobRecord) -> dict[str, Any]:
-    """A job as the API shows it."""
+def job_view(r: JobRecord, queue: str | None = None) -> dict[str, Any]:
+    """A job as the API shows it; ``queue``: its networked queue's URL (without a password), for
+    ``facefleet worker --queue URL --out OUT`` on other hosts to serve it."""
     return {
         "id": r.id,
         "kind": r.kind,
@@ -324,6 +328,7 @@ def job_view(r: JobRecord) -> dict[str, Any]:
         "error": r.error,
         "options": r.options,
         "results": f"/v1/jobs/{r.id}/results",
+        **({"queue": queue, "out": r.out} if queue else {}),
     }
 
 

@@ -250,6 +250,13 @@ class Service:
             raise HttpError(404, f"{rel}: no such file in job {job_id}")
         return path
 
+    def job_queue(self, record: JobRecord) -> str | None:
+        """The job's networked queue URL without its password (None with the SQLite default)."""
+        from facefleet.engine.queue import is_networked, public_url
+
+        url = self.jobs.job_config(record).queue.url
+        return public_url(url) if url and is_networked(url) else None
+
     def queue_depths(self) -> dict[str, int]:
         left = 0
         for r in self.store.list(states=("running",)):

@@ -92,8 +92,11 @@ class JobManager:
         return ids
 
     def job_config(self, record: JobRecord) -> JobConfig:
-        """The config a job runs with: the server's, with the job's formats."""
+        """The config a job runs with: the server's, with the job's formats and, with a networked queue,
+        the job's own schema of it (``SCHEMA_jID``), so jobs never share units."""
         cfg = self.config
+        if cfg.queue.url and "://" in cfg.queue.url:
+            cfg = replace(cfg, queue=replace(cfg.queue, url=job_queue_url(cfg.queue.url, record.id)))
         formats = tuple(record.options.get("formats") or ())
         if record.kind == "video":
             return replace(cfg, video=replace(cfg.video, formats=formats or cfg.video.formats))
@@ -252,3 +255,14 @@ def _drain_video(record: JobRecord) -> None:
     if path.exists():
         with open_queue(str(path)) as q:
             q.set_meta("drain", "1")
+
+
+def job_queue_url(url: str, job_id: str) -> str:
+    """A networked queue URL with the job's own schema: ``?schema=S`` becomes ``S_jJOBID`` (hosts
+    that serve the job start ``facefleet worker --queue`` with it)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    opts = dict(parse_qsl(parts.query, keep_blank_values=True))
+    opts["schema"] = f"{opts.get('schema') or 'facefleet'}_j{job_id}"[:63]
+    return urlunsplit(parts._replace(query=urlencode(opts)))

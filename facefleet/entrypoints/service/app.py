@@ -140,6 +140,7 @@ def create_app(service: Service, *, start: bool = True) -> Any:
     limits = {
         "/v1/reconstruct": int(service.settings.max_request_mb * mib),
         "/v1/jobs": int(service.settings.max_upload_mb * mib),
+        "/ui": int(service.settings.max_upload_mb * mib),  # the UI's uploads: photos, and videos for jobs
     }
     return _Observe(BodyLimit(app, limits, default=int(service.settings.max_request_mb * mib)), service)
 

@@ -239,9 +239,9 @@ class FaceTracker:
 
         keep: list[int] = []
         boxes = _boxes([f.landmarks for f, _, _ in pairs])
-        iou = box_iou(boxes, boxes)
+        iou = box_iou(boxes, boxes) if len(pairs) > 1 else None  # one face: no duplicate
         for j in sorted(range(len(pairs)), key=lambda j: (pairs[j][1].id < 0, pairs[j][1].id, j)):
-            if all(iou[j, k] <= DUPLICATE_IOU for k in keep):
+            if iou is None or all(iou[j, k] <= DUPLICATE_IOU for k in keep):
                 keep.append(j)
         kept = [pairs[j] for j in sorted(keep)]  # the pipeline's order (score)
         for (f, tr, detected), box in zip(kept, [boxes[j] for j in sorted(keep)]):

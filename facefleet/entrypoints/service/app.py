@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -241,7 +242,7 @@ def _routes(app: FastAPI, service: Service) -> None:
         """A job's output files (manifest parts, report, per-image files), each with its download URL, in
         path order: ``limit`` of them from ``offset`` (``total``: how many there are)."""
         record = service.get_job(await caller(request), job_id)
-        files = await asyncio.to_thread(_list_outputs, record)
+        files = await asyncio.to_thread(_list_outputs, service, record)
         return {
             "id": record.id,
             "state": record.state,
@@ -333,18 +334,12 @@ def job_view(r: JobRecord, queue: str | None = None) -> dict[str, Any]:
     }
 
 
-def _list_outputs(record: JobRecord) -> list[dict[str, Any]]:
-    from pathlib import Path
-
+def _list_outputs(service: Service, record: JobRecord) -> list[dict[str, Any]]:
     out = Path(record.out)
     files = []
-    if out.is_dir():
-        for p in sorted(out.rglob("*")):
-            rel = p.relative_to(out).as_posix()
-            if p.is_file() and not rel.startswith(("_", ".")) and "/_" not in rel:
-                files.append(
-                    {"path": rel, "bytes": p.stat().st_size, "url": f"/v1/jobs/{record.id}/files/{rel}"}
-                )
+    for p in service.output_files(record):
+        rel = p.relative_to(out).as_posix()
+        files.append({"path": rel, "bytes": p.stat().st_size, "url": f"/v1/jobs/{record.id}/files/{rel}"})
     return files
 
 

@@ -257,6 +257,19 @@ class Service:
         url = self.jobs.job_config(record).queue.url
         return public_url(url) if url and is_networked(url) else None
 
+    def output_files(self, record: JobRecord) -> list[Path]:
+        """A job's output files, in path order: everything under its OUT but the queue and other
+        internal files (names starting with ``_`` or ``.``, at any depth)."""
+        out = Path(record.out)
+        if not out.is_dir():
+            return []
+        files = []
+        for p in sorted(out.rglob("*")):
+            rel = p.relative_to(out).as_posix()
+            if p.is_file() and not rel.startswith(("_", ".")) and "/_" not in rel and "/." not in rel:
+                files.append(p)
+        return files
+
     def queue_depths(self) -> dict[str, int]:
         left = 0
         for r in self.store.list(states=("running",)):

@@ -161,7 +161,9 @@ class JobManager:
         )
 
     def _watch_video(self, record: JobRecord) -> None:
-        """A video job's progress: chunks done of all chunks, from its queue, every second."""
+        """A video job's progress, from its queue every second: frames done, and the total estimated
+        from the chunks done and listed (chunks hold about the same number of frames; exact once the
+        job ends)."""
         from facefleet.engine.queue import QUEUE_FILE, open_queue
 
         path = Path(record.out) / QUEUE_FILE
@@ -176,16 +178,14 @@ class JobManager:
                         stats = [(state, st) for _, state, st in q.unit_stats()]
                 except Exception:
                     stats = []
-                frames = sum(int(st.get("frames", 0)) for state, st in stats if state == "done")
-                done = sum(1 for state, _ in stats if state in ("done", "failed"))
-                if stats:
+                done = [st for state, st in stats if state == "done"]
+                frames = sum(int(st.get("frames", 0)) for st in done)
+                if done:
                     self.store.update(
-                        record.id,
-                        done=done,
-                        total=len(stats),
-                        images=frames,
+                        record.id, done=frames, total=round(frames / len(done) * len(stats)), images=frames,
+                        faces=sum(int(st.get("faces", 0)) for st in done),
                         rate=round(frames / max(time.monotonic() - t0, 1e-6), 2),
-                    )
+                    )  # fmt: skip
             time.sleep(1.0)
 
     def _finished(self, job_id: str, status: str, error: str | None, counts: dict[str, int]) -> None:

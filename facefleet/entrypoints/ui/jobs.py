@@ -88,16 +88,14 @@ def progress_html(record: JobRecord) -> str:
     parts = []
     if p is not None:
         parts.append(f"{100 * p:.0f} %")
-    if record.kind == "video" and record.total is not None:
-        parts.append(f"{record.done}/{record.total} chunks, {record.images} frames")
-    elif record.total is not None:
+    if record.total is not None:
         parts.append(f"{record.done}/{record.total} {unit}")
     else:
         parts.append(f"{record.images} {unit}")
     parts.append(f"{record.faces} faces, {record.failed} failed")
     if record.state == "running" and record.rate > 0:
         parts.append(f"{record.rate:g} {unit}/s")
-    eta = _eta(record)
+    eta = record.eta_seconds
     if eta is not None:
         parts.append(f"ETA {_duration(eta)}")
     if record.state in FINAL and record.started and record.finished:
@@ -136,23 +134,10 @@ def job_summary(record: JobRecord, queue: str | None = None) -> dict[str, Any]:
     return view
 
 
-def output_files(record: JobRecord) -> list[Path]:
-    """A job's output files as ``GET /v1/jobs/{id}/results`` lists them (no queue or hidden files)."""
-    out = Path(record.out)
-    if not out.is_dir():
-        return []
-    files = []
-    for p in sorted(out.rglob("*")):
-        rel = p.relative_to(out).as_posix()
-        if p.is_file() and not rel.startswith(("_", ".")) and "/_" not in rel:
-            files.append(p)
-    return files
-
-
-def package_results(record: JobRecord, scratch: Path) -> tuple[list[Path], str]:
+def package_results(service: Service, record: JobRecord, scratch: Path) -> tuple[list[Path], str]:
     """Copies of a finished job's report files and one zip of all its outputs (when under
     :data:`ZIP_LIMIT`) in ``scratch``, for download; and a line that says what they hold."""
-    files = output_files(record)
+    files = service.output_files(record)
     if not files:
         return [], "no output files"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -175,16 +160,6 @@ def package_results(record: JobRecord, scratch: Path) -> tuple[list[Path], str]:
             f"list them with GET /v1/jobs/{record.id}/results"
         )
     return picked, note
-
-
-def _eta(record: JobRecord) -> float | None:
-    """Seconds left: the store's figure for photo jobs; for a video job (``done``/``total`` count chunks,
-    its rate frames) the time per chunk so far times the chunks left."""
-    if record.kind != "video":
-        return record.eta_seconds
-    if record.state != "running" or not record.total or not record.done or not record.started:
-        return None
-    return (time.time() - record.started) / record.done * max(0, record.total - record.done)
 
 
 def _duration(seconds: float) -> str:

@@ -213,7 +213,7 @@ async def _follow(service: Service, who: ApiKey, job_id: str) -> AsyncIterator[t
         record = now
         if record.state not in FINAL:
             yield no, uijobs.progress_html(record), uijobs.job_summary(record, queue), no, no, no
-    files, note = await asyncio.to_thread(uijobs.package_results, record, _scratch())
+    files, note = await asyncio.to_thread(uijobs.package_results, service, record, _scratch())
     table = uijobs.job_rows(_my_jobs(service, who))
     summary = uijobs.job_summary(record, queue)
     yield no, uijobs.progress_html(record), summary, [str(p) for p in files] or None, note, table

@@ -148,7 +148,7 @@ def create_app(service: Service, *, start: bool = True) -> Any:
 
 def _routes(app: FastAPI, service: Service) -> None:
     def view(r: JobRecord) -> dict[str, Any]:
-        return job_view(r, service.job_queue(r))
+        return r.to_api(service.job_queue(r))
 
     async def caller(request: Request) -> ApiKey:
         key = service.authenticate(key_from_headers(request.headers))
@@ -307,31 +307,6 @@ async def _job_from_uploads(request: Request, service: Service, key: ApiKey) -> 
 async def _chunks(upload: Any, size: int = 1 << 20) -> AsyncIterator[bytes]:
     while chunk := await upload.read(size):
         yield chunk
-
-
-def job_view(r: JobRecord, queue: str | None = None) -> dict[str, Any]:
-    """A job as the API shows it; ``queue``: its networked queue's URL (without a password), for
-    ``facefleet worker --queue URL --out OUT`` on other hosts to serve it."""
-    return {
-        "id": r.id,
-        "kind": r.kind,
-        "state": r.state,
-        "progress": r.progress,
-        "done": r.done,
-        "total": r.total,
-        "images": r.images,
-        "faces": r.faces,
-        "failed": r.failed,
-        "rate": r.rate,
-        "eta_s": r.eta_seconds,
-        "created": r.created,
-        "started": r.started,
-        "finished": r.finished,
-        "error": r.error,
-        "options": r.options,
-        "results": f"/v1/jobs/{r.id}/results",
-        **({"queue": queue, "out": r.out} if queue else {}),
-    }
 
 
 def _list_outputs(service: Service, record: JobRecord) -> list[dict[str, Any]]:

@@ -76,6 +76,30 @@ class JobRecord:
             return None
         return max(0, self.total - self.done) / self.rate
 
+    def to_api(self, queue: str | None = None) -> dict[str, Any]:
+        """The job as the API and the UI show it; ``queue``: its networked queue's URL (without a
+        password), for ``facefleet worker --queue URL --out OUT`` on other hosts to serve it."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "progress": self.progress,
+            "done": self.done,
+            "total": self.total,
+            "images": self.images,
+            "faces": self.faces,
+            "failed": self.failed,
+            "rate": self.rate,
+            "eta_s": self.eta_seconds,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "error": self.error,
+            "options": self.options,
+            "results": f"/v1/jobs/{self.id}/results",
+            **({"queue": queue, "out": self.out} if queue else {}),
+        }
+
 
 _COLUMNS = [f.name for f in fields(JobRecord)]
 

@@ -124,9 +124,7 @@ def job_summary(record: JobRecord, queue: str | None = None) -> dict[str, Any]:
     """What the jobs tab shows of a job: the job as ``GET /v1/jobs/{id}`` shows it (``queue``: its
     networked queue's URL, see :meth:`Service.job_queue`) and, once it has one, its run report's figures
     (``report.json``'s ``derived`` part)."""
-    from facefleet.entrypoints.service.app import job_view
-
-    view = job_view(record, queue)
+    view = record.to_api(queue)
     report = Path(record.out) / "report.json"
     if record.state in FINAL and report.is_file():
         with contextlib.suppress(OSError, ValueError):  # a report being written: shown next time

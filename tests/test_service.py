@@ -333,3 +333,18 @@ def test_jobs_on_the_networked_queue_get_their_own_schema(tmp_path: Path, astron
         n = conn.execute(f'SELECT count(*) FROM "{schema}".units WHERE state = %s', ("done",)).fetchone()
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
     assert n is not None and n[0] == 1
+
+
+def test_delete_cancels_a_running_job(server: Any, astronaut: np.ndarray) -> None:
+    client, ns, root, *_ = server
+    many = root / "many"
+    many.mkdir()
+    for i in range(60):
+        (many / f"m{i:02d}.jpg").write_bytes(_jpeg(np.roll(astronaut, i, axis=0)))
+    r = client.post("/v1/jobs", json={"input": str(many)}, headers=_auth(ns["alice"]))
+    assert r.status_code == 202
+    gone = client.delete(f"/v1/jobs/{r.json()['id']}", headers=_auth(ns["alice"]))
+    assert gone.status_code == 200 and gone.json()["state"] == "cancelled", gone.json()
+    job = client.get(f"/v1/jobs/{r.json()['id']}", headers=_auth(ns["alice"])).json()
+    assert job["state"] == "cancelled" and job["done"] < 60
+    assert client.delete(f"/v1/jobs/{r.json()['id']}", headers=_auth(ns["bob"])).status_code == 404

@@ -348,3 +348,9 @@ def test_delete_cancels_a_running_job(server: Any, astronaut: np.ndarray) -> Non
     job = client.get(f"/v1/jobs/{r.json()['id']}", headers=_auth(ns["alice"])).json()
     assert job["state"] == "cancelled" and job["done"] < 60
     assert client.delete(f"/v1/jobs/{r.json()['id']}", headers=_auth(ns["bob"])).status_code == 404
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(server: Any) -> None:
+    *_, service = server
+    with pytest.raises(ValueError, match="another facefleet serve is using"):
+        Service(service.config, gpu_metrics=False)

@@ -56,6 +56,7 @@ class Service:
         if not s.auth and not _is_loopback(s.host):
             raise ValueError(f"--no-auth is only allowed on 127.0.0.1 (host is {s.host}): use API keys")
         self.keys = KeyRing(load_keys(s.api_keys) if s.auth and s.api_keys else [])
+        self._lock_file = _lock_data_dir(self.data_dir)
         self.limiter = RateLimiter()
         self.store = ServiceStore(self.data_dir / "service.sqlite")
         self.usage = UsageMeter(self.store)
@@ -126,6 +127,7 @@ class Service:
         self.jobs.shutdown(self.settings.shutdown_grace_s)
         self.usage.close()
         self.store.close()
+        self._lock_file.release()
 
     # -- who may call -------------------------------------------------------------------------------
     def authenticate(self, presented: str | None) -> ApiKey:
@@ -281,6 +283,19 @@ class Service:
         self.metrics.jobs_done.labels(record.state).inc()
         if record.state == "completed" and record.images:
             self.usage.charge(record.key, record.images, 0)  # counted, never refused after the work
+
+
+def _lock_data_dir(data_dir: Path) -> Any:
+    """An exclusive lock on the data folder for the server's life: a second server on it would resume
+    the same jobs (the kernel drops the lock however the server ends)."""
+    from facefleet.engine.layout import EngineError, RunLock
+
+    try:
+        return RunLock(data_dir).acquire()
+    except EngineError:
+        raise ValueError(
+            f"another facefleet serve is using {data_dir}: stop it first, or use another --data-dir"
+        ) from None
 
 
 def _is_loopback(host: str) -> bool:

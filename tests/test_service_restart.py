@@ -96,6 +96,8 @@ def test_job_survives_the_server_stopping(tmp_path: Path, astronaut: np.ndarray,
         "--no-ui",
         "--shutdown-grace-s",
         "5",
+        "--lease-seconds",  # the killed workers' units return to the queue 5 s after their last heartbeat
+        "5",
     ]
     log = tmp_path / "server.log"
     server = _serve(args, log)

@@ -300,6 +300,11 @@ def test_video_job_from_an_upload(server: Any, shared_data: Path) -> None:
     got = client.get(f"/v1/jobs/{job['id']}/files/{name}", headers=_auth(ns["alice"]))
     rows = pq.read_table(io.BytesIO(got.content))
     assert rows.num_rows >= 150 and set(rows.column("frame").to_pylist()) <= set(range(183))
+    metrics = client.get("/metrics").text  # the video's frames count as the job's images
+    video = [
+        line for line in metrics.splitlines() if line.startswith('facefleet_images_total{source="jobs"}')
+    ]
+    assert float(video[0].split()[1]) >= 183
 
 
 def test_jobs_on_the_networked_queue_get_their_own_schema(tmp_path: Path, astronaut: np.ndarray) -> None:

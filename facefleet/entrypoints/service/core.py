@@ -281,6 +281,8 @@ class Service:
 
     def _job_done(self, record: JobRecord) -> None:
         self.metrics.jobs_done.labels(record.state).inc()
+        if record.kind == "video":  # photo jobs are counted unit by unit from the engine's events
+            self.metrics.count("jobs", record.images, record.faces, record.failed)
         if record.state == "completed" and record.images:
             self.usage.charge(record.key, record.images, 0)  # counted, never refused after the work
 

@@ -148,18 +148,26 @@ class DynamicBatcher:
         return batch
 
     def _drain_after_close(self) -> list[_Request] | None:
-        rest = []
+        """After close: the next batch of what is still queued (the rest goes back, behind the stop
+        mark), None when nothing is."""
+        rest = self._take_all()
+        if not rest:
+            return None
+        for item in rest[self.max_batch :]:
+            self._queue.put(item)
+        self._queue.put(None)
+        return rest[: self.max_batch]
+
+    def _take_all(self) -> list[_Request]:
+        """Every request queued now (stop marks dropped)."""
+        items: list[_Request] = []
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                break
+                return items
             if item is not None:
-                rest.append(item)
-        if not rest:
-            return None
-        self._queue.put(None)
-        return rest[: self.max_batch]
+                items.append(item)
 
     def _run(self, batch: list[_Request]) -> None:
         from facefleet.io.decode import ImageDecodeError
@@ -202,10 +210,5 @@ class DynamicBatcher:
             self._on_batch(len(batch), time.perf_counter() - t0)
 
     def _fail_queued(self, e: BaseException) -> None:
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if item is not None:
-                item.future.set_exception(e)
+        for item in self._take_all():
+            item.future.set_exception(e)

@@ -307,6 +307,40 @@ def test_video_job_from_an_upload(server: Any, shared_data: Path) -> None:
     assert float(video[0].split()[1]) >= 183
 
 
+@pytest.mark.shared_data
+def test_a_video_job_reports_progress_and_cancels(tmp_path: Path, shared_data: Path) -> None:
+    """A running video job's record shows frames done of the exact total; DELETE stops its workers at once
+    (not after they use up their restarts), and the record says cancelled with the frames done so far."""
+    pytest.importorskip("av")
+    from facefleet.config import CpuConfig, VideoConfig
+
+    cfg = JobConfig(
+        devices="cpu",
+        cpu=CpuConfig(workers=1, threads=1, batch_size=2),  # a worker holds 2 chunks at a time
+        video=VideoConfig(chunk_frames=20, overlap=2),  # 10 chunks
+        service=ServiceConfig(data_dir=str(tmp_path / "state"), auth=False, ui=False),
+    )
+    clip = shared_data / "videos" / "liveportrait_d12.mp4"
+    with TestClient(create_app(Service(cfg, gpu_metrics=False))) as client:
+        files = [("files", (clip.name, clip.read_bytes(), "video/mp4"))]
+        r = client.post("/v1/jobs", files=files, data={"kind": "video", "formats": "parquet"})
+        assert r.status_code == 202, r.text
+        url = f"/v1/jobs/{r.json()['id']}"
+        deadline = time.monotonic() + 120
+        while (job := client.get(url).json())["done"] == 0:
+            assert job["state"] == "running" and time.monotonic() < deadline, job
+            time.sleep(0.1)
+        assert job["total"] == 183 and 0 < job["done"] < 183 and job["faces"] > 0, job
+        t0 = time.monotonic()
+        gone = client.delete(url).json()
+        assert gone["state"] == "cancelled" and gone["done"] < 183, gone
+        assert time.monotonic() - t0 < 20
+        assert client.get(url).json()["state"] == "cancelled"
+        metrics = client.get("/metrics").text  # frames counted as their chunks were done
+        jobs = next(m for m in metrics.splitlines() if m.startswith('facefleet_images_total{source="jobs"}'))
+        assert 0 < float(jobs.split()[1]) < 183
+
+
 def test_jobs_on_the_networked_queue_get_their_own_schema(tmp_path: Path, astronaut: np.ndarray) -> None:
     """With [queue] url on PostgreSQL, each job has its schema of it (shown for workers on other hosts)."""
     import psycopg

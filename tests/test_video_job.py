@@ -357,3 +357,39 @@ def test_a_chunk_that_fails_every_attempt_fails_its_video_only(tmp_path: Path) -
         assert not (tmp_path / "manifest").exists()
     finally:
         q.close()
+
+
+def test_stop_drains_mid_video_and_a_rerun_finishes_it(shared_data: Path, tmp_path: Path) -> None:
+    """``VideoStop`` (the service's cancel and shutdown): the first request drains (workers finish the
+    chunks they hold, restart none), ``run_video`` returns interrupted with its progress reported; the
+    same job run again finishes the video, every frame once."""
+    import dataclasses
+
+    from facefleet.engine.video_job import VideoProgress, VideoStop
+
+    src = tmp_path / "talk.mp4"
+    _short_clip(shared_data / CLIP, src, 180)  # 9 chunks; the worker holds 2 at a time (its batch)
+    out = tmp_path / "out"
+    cfg = _cfg(workers=1, chunk_frames=20, overlap=2)
+    cfg = dataclasses.replace(cfg, cpu=dataclasses.replace(cfg.cpu, batch_size=2))
+    stop, seen = VideoStop(), []
+
+    def heard(p: VideoProgress) -> None:
+        seen.append(p)
+        if p.chunks_done >= 1 and not stop.drain.is_set():
+            stop.request()  # once: a second request would kill the workers
+
+    s = run_video([str(src)], out, cfg, quiet=True, stop=stop, on_progress=heard)
+    assert s.interrupted and s.exit_code == 130 and not s.outputs
+    last = seen[-1]
+    assert last.total == 180 and last.chunks >= 6
+    assert 1 <= last.chunks_done < last.chunks, last  # drained: the chunks held were finished, no more
+    assert 0 < last.frames == last.new_frames < 180
+    assert not stop.kill.is_set()
+
+    again: list[VideoProgress] = []
+    s = run_video([str(src)], out, cfg, quiet=True, on_progress=again.append)
+    assert s.exit_code == 0 and s.frames == 180
+    assert again[-1].frames == 180 and again[-1].new_frames == 180 - last.frames  # only the rest
+    rows = pq.read_table(out / "talk.mp4.parquet").column("frame").to_pylist()
+    assert sorted(set(rows)) == list(range(180)) and len(rows) == len(set(rows))  # one face, once a frame

@@ -18,8 +18,9 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -152,8 +153,11 @@ def run_video(
     force: bool = False,
     executor: Executor | None = None,
     stream: TextIO | None = None,
+    stop: VideoStop | None = None,
+    on_progress: Callable[[VideoProgress], None] | None = None,
 ) -> VideoSummary:
-    """Process ``inputs`` (video files, folders, lists) into ``out`` (see the module docstring)."""
+    """Process ``inputs`` (video files, folders, lists) into ``out`` (see the module docstring).
+    ``stop`` lets another thread drain or stop the job; ``on_progress`` hears its progress every second."""
     cfg = config or JobConfig()
     if "anonymize" in cfg.video.formats and cfg.video.anonymize_detector != "model":
         # anonymising needs the detector that finds small and turned faces too
@@ -202,9 +206,11 @@ def run_video(
             )  # fmt: skip
             total = sum(info.frames for info, _ in plans.values())
             if q.remaining():
-                summary.interrupted = _supervise(
-                    q, out_dir, profiles, spec_of, executor, run, total, quiet, err
-                )
+                sup = _Supervisor(
+                    q, out_dir, spec_of, executor or make_executor(run.executor), run, total,
+                    stop or VideoStop(), on_progress, quiet, err,
+                )  # fmt: skip
+                summary.interrupted = sup.supervise(profiles)
             reap_poison(q, out_dir, run.max_attempts)
             finished = list(q.unit_stats())
             states = {uid: state for uid, state, _ in finished}
@@ -252,64 +258,139 @@ def _finish(
     return done.files
 
 
-def _supervise(
-    q: Any, out_dir: Path, profiles: Sequence[Any], spec_of: Any, executor: Executor | None, run: Any,
-    total: int, quiet: bool, err: TextIO,
-) -> bool:  # fmt: skip
-    """Start a worker per profile, restart those that die while chunks remain, print progress; returns
-    whether the job was interrupted (Ctrl-C: workers drain, the next run resumes). Chunks that used up
-    their attempts are failed (:func:`~facefleet.engine.worker.poison.reap_poison`)."""
-    from facefleet.engine.worker.spec import owner_id
+class VideoStop:
+    """Stops a running :func:`run_video` from another thread (the service's cancel and shutdown): the
+    first :meth:`request` drains (workers finish the chunks they hold and exit; the next run resumes),
+    the second kills the workers now (their chunks are redone by the next run)."""
 
-    ex = executor or make_executor(run.executor)
-    if ex.name == "external":  # workers elsewhere (facefleet worker --queue URL): one handle watches them
-        profiles = profiles[:1]
-    handles = {f"w{i}:{p.device}": ex.start(spec_of(f"w{i}:{p.device}", p)) for i, p in enumerate(profiles)}
-    restarts = 0
-    t0 = time.time()
-    interrupted = False
-    shown = (-1, 0.0)  # (frames done, time) of the last progress line
-    try:
-        while q.remaining():
-            time.sleep(0.5)
-            for name, h in list(handles.items()):
-                code = h.exitcode
-                if code is None:
-                    continue
-                if code != 0:
-                    q.release_owner(owner_id(name, h.pid or 0), f"worker {name} died (exit code {code})")
-                    print(f"facefleet video: worker {name} died (exit code {code})", file=err)
-                reap_poison(q, out_dir, run.max_attempts)
-                if q.remaining() and restarts < (run.max_restarts or 0):
-                    restarts += 1
-                    handles[name] = ex.start(spec_of(name, h.spec.profile))
-                else:
-                    del handles[name]
-            if not handles:
-                if q.remaining():
+    def __init__(self) -> None:
+        self.drain = threading.Event()
+        self.kill = threading.Event()
+
+    def request(self) -> None:
+        (self.kill if self.drain.is_set() else self.drain).set()
+
+
+@dataclass(frozen=True)
+class VideoProgress:
+    """A running video job's progress, read from its queue: ``frames`` and ``faces`` of the chunks done
+    (``new_frames`` of them by this run, in ``seconds``), of ``total`` frames in ``chunks`` chunks."""
+
+    frames: int
+    faces: int
+    total: int
+    chunks_done: int
+    chunks: int
+    new_frames: int
+    new_faces: int
+    seconds: float
+
+    @property
+    def frames_per_s(self) -> float:
+        """This run's rate (chunks done by an earlier run are not counted)."""
+        return self.new_frames / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Supervisor:
+    """Starts a worker per profile, restarts those that die while chunks remain (up to ``run.max_restarts``),
+    fails chunks that used up their attempts (:func:`~facefleet.engine.worker.poison.reap_poison`), and
+    reports progress every second (a line on ``err`` unless ``quiet``, and ``on_progress``)."""
+
+    q: Any
+    out_dir: Path
+    spec_of: Callable[[str, Any], WorkerSpec]
+    executor: Executor
+    run: Any
+    total: int
+    stop: VideoStop
+    on_progress: Callable[[VideoProgress], None] | None
+    quiet: bool
+    err: TextIO
+
+    def __post_init__(self) -> None:
+        self.t0 = time.time()
+        self.before = (0, 0)
+        first = self._progress()
+        self.before = (first.frames, first.faces)  # done by an earlier run of the job
+        self.shown = -1  # frames done at the last progress line
+
+    def supervise(self, profiles: Sequence[Any]) -> bool:
+        """Runs the workers until no chunk is left or they drained; returns whether the job was
+        interrupted (a drain: by ``stop`` or Ctrl-C)."""
+        from facefleet.engine.worker.spec import owner_id
+
+        q, ex = self.q, self.executor
+        if ex.name == "external":  # workers elsewhere (facefleet worker --queue URL): one handle watches them
+            profiles = profiles[:1]
+        names = [f"w{i}:{p.device}" for i, p in enumerate(profiles)]
+        handles = {name: ex.start(self.spec_of(name, p)) for name, p in zip(names, profiles, strict=True)}
+        restarts, draining, last = 0, False, 0.0
+        try:
+            while handles:
+                if self.stop.drain.is_set() and not draining:
+                    draining = True
+                    q.set_meta("drain", "1")  # workers claim no more chunks
+                if self.stop.kill.is_set():
+                    for h in handles.values():
+                        h.kill()
+                if not draining and not q.remaining():
+                    break
+                time.sleep(0.2)
+                for name, h in list(handles.items()):
+                    code = h.exitcode
+                    if code is None:
+                        continue
+                    if code != 0:
+                        q.release_owner(owner_id(name, h.pid or 0), f"worker {name} died (exit code {code})")
+                        if not draining:
+                            print(f"facefleet video: worker {name} died (exit code {code})", file=self.err)
+                    reap_poison(q, self.out_dir, self.run.max_attempts)
+                    if not draining and q.remaining() and restarts < (self.run.max_restarts or 0):
+                        restarts += 1
+                        handles[name] = ex.start(self.spec_of(name, h.spec.profile))
+                    else:
+                        del handles[name]
+                if not handles and not draining and q.remaining():
                     raise EngineError(
                         f"every worker died; {q.remaining()} chunks left (see the errors above)"
                     )
-                break
-            now = time.time()
-            if not quiet and now - shown[1] >= 2.0:
-                done = sum(int(st.get("frames", 0)) for _, s, st in q.unit_stats() if s == "done")
-                if done != shown[0]:
-                    rate = done / max(now - t0, 1e-9)
-                    print(
-                        f"video: {done}/{total} frames, {rate:.0f} frames/s, {len(handles)} workers",
-                        file=err,
-                        flush=True,
-                    )
-                shown = (done, now)
-    except KeyboardInterrupt:
-        interrupted = True
-        q.set_meta("drain", "1")
-    finally:
-        for h in handles.values():
-            h.join(timeout=None if interrupted else 60)
-            h.kill()
-    return interrupted
+                if time.time() - last >= 1.0:
+                    last = time.time()
+                    self._report(len(handles))
+        except KeyboardInterrupt:
+            draining = True
+            q.set_meta("drain", "1")
+        finally:
+            for h in handles.values():
+                h.join(timeout=None if draining else 60)
+                h.kill()
+        self._report(None)  # the chunks done since the last report
+        return draining
+
+    def _progress(self) -> VideoProgress:
+        done = [st for _, state, st in self.q.unit_stats() if state == "done"]
+        frames = sum(int(st.get("frames", 0)) for st in done)
+        faces = sum(int(st.get("faces", 0)) for st in done)
+        return VideoProgress(
+            frames=frames, faces=faces, total=self.total, chunks_done=len(done),
+            chunks=sum(c["units"] for c in self.q.counts().values()),
+            new_frames=frames - self.before[0], new_faces=faces - self.before[1],
+            seconds=time.time() - self.t0,
+        )  # fmt: skip
+
+    def _report(self, workers: int | None) -> None:
+        p = self._progress()
+        if self.on_progress is not None:
+            self.on_progress(p)
+        if not self.quiet and p.frames != self.shown:
+            self.shown = p.frames
+            print(
+                f"video: {p.frames}/{p.total} frames, {p.frames_per_s:.0f} frames/s"
+                + ("" if workers is None else f", {workers} workers"),
+                file=self.err,
+                flush=True,
+            )
 
 
 def _check_record(out_dir: Path, cfg: JobConfig, force: bool) -> None:

@@ -63,8 +63,9 @@ class Service:
         probe = _gpu_probe() if gpu_metrics else None
         self.metrics = ServiceMetrics(self.store.count_by_state, self.queue_depths, probe)
         self.jobs = JobManager(
-            self.store, self.data_dir, config, on_event=self.metrics.on_job_event, on_done=self._job_done
-        )
+            self.store, self.data_dir, config, on_event=self.metrics.on_job_event,
+            on_count=functools.partial(self.metrics.count, "jobs"), on_done=self._job_done,
+        )  # fmt: skip
         self.batchers: list[DynamicBatcher] = []
         self._next = 0
         self._lock = threading.Lock()
@@ -281,8 +282,8 @@ class Service:
 
     def _job_done(self, record: JobRecord) -> None:
         self.metrics.jobs_done.labels(record.state).inc()
-        if record.kind == "video":  # photo jobs are counted unit by unit from the engine's events
-            self.metrics.count("jobs", record.images, record.faces, record.failed)
+        if record.kind == "video":  # frames are counted as chunks are done; failed videos at the end
+            self.metrics.count("jobs", 0, 0, record.failed)
         if record.state == "completed" and record.images:
             self.usage.charge(record.key, record.images, 0)  # counted, never refused after the work
 

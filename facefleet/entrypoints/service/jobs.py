@@ -5,9 +5,10 @@ A job's folder is ``DATA/jobs/ID``: ``input/`` (its uploaded files, if any) and 
 OUT: its queue, manifest, report and files). Photo jobs run on the one long-lived
 :class:`~facefleet.engine.engine.Engine` (its worker processes, its durable queue), and their events
 keep the job's record current; video jobs run :func:`~facefleet.engine.video_job.run_video` on a
-thread, their progress read from their queue. A server killed mid-job finds the job ``running`` in its
-store when it starts again and submits it again: the engine resumes from OUT's queue, so every input is
-done exactly once.
+thread, which reports their progress every second. Cancel and shutdown stop both kinds the same way:
+a first request drains the job, a second stops it now. A server killed mid-job finds the job
+``running`` in its store when it starts again and submits it again: the engine resumes from OUT's
+queue, so every input is done exactly once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from facefleet.config import JobConfig
 from facefleet.engine import events as ev
 from facefleet.engine.engine import Engine, Job, RunOptions
+from facefleet.engine.video_job import VideoProgress, VideoStop, run_video
 from facefleet.entrypoints.service.store import ACTIVE, JobRecord, ServiceStore
 
 PROGRESS_WRITE_S = 1.0  # a running job's record is written at most this often
@@ -31,7 +33,8 @@ PROGRESS_WRITE_S = 1.0  # a running job's record is written at most this often
 
 class JobManager:
     """Creates, runs, resumes and cancels the service's jobs. ``on_event`` hears every engine event of
-    every photo job, ``on_done(record)`` each job that ends (metrics, quotas)."""
+    every photo job, ``on_count(frames, faces)`` a video job's frames as its chunks are done, and
+    ``on_done(record)`` each job that ends (metrics, quotas)."""
 
     def __init__(
         self,
@@ -41,6 +44,7 @@ class JobManager:
         *,
         on_event: Callable[[ev.Event], None] | None = None,
         on_done: Callable[[JobRecord], None] | None = None,
+        on_count: Callable[[int, int], None] | None = None,
     ) -> None:
         self.store = store
         self.jobs_dir = Path(data_dir) / "jobs"
@@ -49,10 +53,13 @@ class JobManager:
         self.engine = Engine()
         self._on_event_hook = on_event
         self._on_done = on_done
+        self._on_count = on_count
         self._lock = threading.Lock()
-        self._engine_ids: dict[str, str] = {}  # service job id -> engine job id (photo jobs)
-        self._threads: dict[str, threading.Thread] = {}
+        # each running job's stop: the first call drains it (workers finish what they hold), the second
+        # stops it now
+        self._stops: dict[str, Callable[[], None]] = {}
         self._last_write: dict[str, float] = {}
+        self._video_counted: dict[str, tuple[int, int]] = {}  # frames, faces already counted
         self._cancelled: set[str] = set()
         self._shutting_down = threading.Event()
 
@@ -106,19 +113,20 @@ class JobManager:
     def _start(self, record: JobRecord) -> None:
         self.store.update(record.id, state="running", started=record.started or time.time(), error=None)
         if record.kind == "video":
-            t = threading.Thread(
-                target=self._run_video, args=(record,), name=f"video-{record.id}", daemon=True
-            )
+            stop = VideoStop()
             with self._lock:
-                self._threads[record.id] = t
+                self._stops[record.id] = stop.request
+            t = threading.Thread(
+                target=self._run_video, args=(record, stop), name=f"video-{record.id}", daemon=True
+            )
             t.start()
             return
         # one input is given as itself, so that its files mirror the tree under it (OUT/files/...)
         spec: str | list[str] = record.inputs[0] if len(record.inputs) == 1 else list(record.inputs)
         job = Job(spec, record.out, RunOptions(config=self.job_config(record), report=True))
-        eid = self.engine.submit(job, subscribers=[functools.partial(self._on_event, record.id)])
-        with self._lock:
-            self._engine_ids[record.id] = eid
+        with self._lock:  # held: the job may end before submit returns
+            eid = self.engine.submit(job, subscribers=[functools.partial(self._on_event, record.id)])
+            self._stops[record.id] = functools.partial(self.engine.cancel, eid, "SIGTERM")
 
     def _on_event(self, job_id: str, e: ev.Event) -> None:
         if self._on_event_hook is not None:
@@ -144,54 +152,39 @@ class JobManager:
                 counts.update(done=s.images, total=s.images)
             self._finished(job_id, e.status, e.error, counts)
 
-    def _run_video(self, record: JobRecord) -> None:
-        from facefleet.engine.video_job import run_video
-
-        watcher = threading.Thread(target=self._watch_video, args=(record,), daemon=True)
-        watcher.start()
+    def _run_video(self, record: JobRecord, stop: VideoStop) -> None:
         try:
-            s = run_video(list(record.inputs), record.out, self.job_config(record), quiet=True)
+            s = run_video(
+                list(record.inputs), record.out, self.job_config(record), quiet=True, stop=stop,
+                on_progress=functools.partial(self._video_progress, record.id),
+            )  # fmt: skip
         except Exception as e:
             self._finished(record.id, "failed", f"{type(e).__name__}: {e}".splitlines()[0], {})
             return
         error = "; ".join(s.errors.values()) or None
         status = "interrupted" if s.interrupted else "failed" if error and not s.outputs else "completed"
-        self._finished(
-            record.id, status, error, {"images": s.frames, "faces": s.faces, "failed": len(s.errors)}
-        )
+        counts = {"images": s.frames, "faces": s.faces, "failed": len(s.errors)}
+        if status == "completed":
+            counts.update(done=s.frames, total=s.frames)
+        self._finished(record.id, status, error, counts)
 
-    def _watch_video(self, record: JobRecord) -> None:
-        """A video job's progress, from its queue every second: frames done, and the total estimated
-        from the chunks done and listed (chunks hold about the same number of frames; exact once the
-        job ends)."""
-        from facefleet.engine.queue import QUEUE_FILE, open_queue
-
-        path = Path(record.out) / QUEUE_FILE
-        t0 = time.monotonic()
-        while True:
-            current = self.store.get(record.id)
-            if current is None or current.state != "running":
-                return
-            if path.exists():
-                try:
-                    with open_queue(str(path)) as q:
-                        stats = [(state, st) for _, state, st in q.unit_stats()]
-                except Exception:
-                    stats = []
-                done = [st for state, st in stats if state == "done"]
-                frames = sum(int(st.get("frames", 0)) for st in done)
-                if done:
-                    self.store.update(
-                        record.id, done=frames, total=round(frames / len(done) * len(stats)), images=frames,
-                        faces=sum(int(st.get("faces", 0)) for st in done),
-                        rate=round(frames / max(time.monotonic() - t0, 1e-6), 2),
-                    )  # fmt: skip
-            time.sleep(1.0)
+    def _video_progress(self, job_id: str, p: VideoProgress) -> None:
+        """A video job's progress (every second): its record, and the frames and faces done since the
+        last report for the metrics."""
+        with self._lock:
+            last = self._video_counted.get(job_id, (0, 0))
+            self._video_counted[job_id] = (p.new_frames, p.new_faces)
+        if self._on_count is not None and p.new_frames > last[0]:
+            self._on_count(p.new_frames - last[0], p.new_faces - last[1])
+        self.store.update(
+            job_id, done=p.frames, total=p.total, images=p.frames, faces=p.faces,
+            rate=round(p.frames_per_s, 2),
+        )  # fmt: skip
 
     def _finished(self, job_id: str, status: str, error: str | None, counts: dict[str, int]) -> None:
         with self._lock:
-            self._engine_ids.pop(job_id, None)
-            self._threads.pop(job_id, None)
+            self._stops.pop(job_id, None)
+            self._video_counted.pop(job_id, None)
             cancelled = job_id in self._cancelled
         if status == "interrupted" and not cancelled:
             # drained by a shutdown: left running in the store, resumed by the next start
@@ -208,16 +201,14 @@ class JobManager:
         """Stop a job now (its finished inputs stay in its outputs); the record says ``cancelled``."""
         with self._lock:
             self._cancelled.add(job_id)
-            eid = self._engine_ids.get(job_id)
+            stop = self._stops.get(job_id)
         record = self.store.get(job_id)
         if record is None:
             raise KeyError(job_id)
-        if eid is not None:
-            self.engine.cancel(eid, "SIGTERM")
-            self.engine.cancel(eid, "SIGTERM")  # the second cancel stops it at once
-        elif record.state in ACTIVE and record.kind == "video":
-            _drain_video(record)
-        if record.state in ACTIVE and eid is None and record.kind != "video":
+        if stop is not None:
+            stop()
+            stop()  # the second call stops it at once
+        elif record.state in ACTIVE:  # recorded active but not running here
             record = self.store.update(job_id, state="cancelled", finished=time.time())
         return self.store.get(job_id) or record
 
@@ -226,35 +217,25 @@ class JobManager:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
-                busy = job_id in self._engine_ids or job_id in self._threads
+                busy = job_id in self._stops
             if not busy:
                 return True
             time.sleep(0.1)
         return False
 
     def shutdown(self, grace_s: float) -> None:
-        """Drain every running job (workers finish the units they hold) for up to ``grace_s`` seconds,
-        then stop them; their records stay active, so the next start resumes them."""
+        """Drain every running job (workers finish the units or chunks they hold) for up to ``grace_s``
+        seconds, then stop them; their records stay active, so the next start resumes them."""
         self._shutting_down.set()
         with self._lock:
-            running = dict(self._engine_ids)
-        for eid in running.values():
-            self.engine.cancel(eid, "SIGTERM")
+            running = dict(self._stops)
+        for stop in running.values():
+            stop()
         deadline = time.monotonic() + grace_s
-        for jid, eid in running.items():
+        for jid, stop in running.items():
             if not self.wait_idle(jid, max(0.0, deadline - time.monotonic())):
-                self.engine.cancel(eid, "SIGTERM")
+                stop()
                 self.wait_idle(jid, 10.0)
-
-
-def _drain_video(record: JobRecord) -> None:
-    """Ask a video job's workers to stop claiming chunks (they finish the ones they hold)."""
-    from facefleet.engine.queue import QUEUE_FILE, open_queue
-
-    path = Path(record.out) / QUEUE_FILE
-    if path.exists():
-        with open_queue(str(path)) as q:
-            q.set_meta("drain", "1")
 
 
 def job_queue_url(url: str, job_id: str) -> str:

@@ -4,7 +4,8 @@ Starts a server (``facefleet serve --no-auth`` on 127.0.0.1, this host's devices
 clients runs that many closed-loop clients for ``--seconds``: each sends ``POST /v1/reconstruct`` with a
 JPEG of the corpus, waits for the JSON, sends the next (keep-alive connections, one per client, spread
 over client processes so the load generator is not the bottleneck). Prints a table: clients, images/s,
-latency p50/p90/p99, errors, the server's RSS before and after; and, with ``--baseline-run``, the same
+latency p50/p90/p99, errors, the server's RSS before and after, the server's CPU milliseconds per image
+(all its threads: HTTP, batching, decode and network launches); and, with ``--baseline-run``, the same
 images through ``facefleet run`` (the batch engine) in the same call, after the server has stopped.
 ``--max-rss-growth-mib`` makes it a check (exit 1 on any error, or when the server's RSS after the last
 row exceeds that after the first by more): the bounded load test CI runs at a small scale
@@ -77,6 +78,15 @@ def _rss_mib(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (0 where /proc is not there)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -221,9 +231,14 @@ def main(argv: list[str] | None = None) -> int:
             # the first row (so RSS growth between rows is what the load leaks, not what it warms)
             run_load(port, files, max(counts), args.warmup, args.client_procs)
             for n in counts:
-                before = _rss_mib(server.pid)
+                before, cpu = _rss_mib(server.pid), _cpu_s(server.pid)
                 row = run_load(port, files, n, args.seconds, args.client_procs)
-                row.update(rss_before_mib=before, rss_after_mib=_rss_mib(server.pid))
+                answered = max(1.0, row["images_per_s"] * args.seconds)
+                row.update(
+                    rss_before_mib=before,
+                    rss_after_mib=_rss_mib(server.pid),
+                    server_cpu_ms=(_cpu_s(server.pid) - cpu) * 1000 / answered,
+                )
                 rows.append(row)
                 print(_line(row), flush=True)
         finally:
@@ -253,13 +268,16 @@ def _line(r: dict[str, Any]) -> str:
     errs = sum(r["errors"].values())
     lat = f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f}"
     rss = f"{r['rss_before_mib']:,.0f} -> {r['rss_after_mib']:,.0f}"
-    return f"| {r['clients']} | {r['images_per_s']:,.1f} | {lat} | {errs} | {rss} |"
+    cpu = f"{r['server_cpu_ms']:.2f}"
+    return f"| {r['clients']} | {r['images_per_s']:,.1f} | {lat} | {errs} | {rss} | {cpu} |"
 
 
 def _table(rows: list[dict[str, Any]], baseline: dict[str, Any] | None, ready_s: float, n: int) -> None:
     print(f"\nfacefleet serve, POST /v1/reconstruct, {n} distinct JPEGs, server ready after {ready_s:.1f} s")
-    print("| clients | images/s | p50 ms | p90 ms | p99 ms | errors | server RSS MiB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| clients | images/s | p50 ms | p90 ms | p99 ms | errors | server RSS MiB | server CPU ms / image |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(_line(r))
     if baseline:

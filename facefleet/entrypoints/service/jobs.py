@@ -163,7 +163,8 @@ class JobManager:
             return
         error = "; ".join(s.errors.values()) or None
         status = "interrupted" if s.interrupted else "failed" if error and not s.outputs else "completed"
-        counts = {"images": s.frames, "faces": s.faces, "failed": len(s.errors)}
+        # the summary counts finished videos; an interrupted job's record keeps its last progress instead
+        counts = {} if s.interrupted else {"images": s.frames, "faces": s.faces, "failed": len(s.errors)}
         if status == "completed":
             counts.update(done=s.frames, total=s.frames)
         self._finished(record.id, status, error, counts)

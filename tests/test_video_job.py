@@ -368,9 +368,9 @@ def test_stop_drains_mid_video_and_a_rerun_finishes_it(shared_data: Path, tmp_pa
     from facefleet.engine.video_job import VideoProgress, VideoStop
 
     src = tmp_path / "talk.mp4"
-    _short_clip(shared_data / CLIP, src, 180)  # 9 chunks; the worker holds 2 at a time (its batch)
+    _short_clip(shared_data / CLIP, src, 180)  # 18 chunks; the worker holds 2 at a time (its batch)
     out = tmp_path / "out"
-    cfg = _cfg(workers=1, chunk_frames=20, overlap=2)
+    cfg = _cfg(workers=1, chunk_frames=10, overlap=2)
     cfg = dataclasses.replace(cfg, cpu=dataclasses.replace(cfg.cpu, batch_size=2))
     stop, seen = VideoStop(), []
 

@@ -133,8 +133,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(full_run: tuple[Path, Pat
         while time.time() < deadline and proc.poll() is None and not killed:
             time.sleep(0.2)
             children = _children(proc.pid)
-            chunks = list((out / "_chunks").rglob("*.parquet")) if (out / "_chunks").is_dir() else []
-            if children and chunks:  # a worker mid-video: one chunk done, others in flight
+            if children and _chunk_files(out):  # a worker mid-video: one chunk done, others in flight
                 os.kill(children[0], signal.SIGKILL)
                 killed = True
         assert killed, "the run ended before a worker could be killed"
@@ -152,6 +151,11 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(full_run: tuple[Path, Pat
     lb = np.asarray(b.column("landmarks").to_pylist())
     assert np.abs(la - lb).max() < 1e-3
     assert _frame_hashes(ref / f"{name}.anonymized.mp4") == _frame_hashes(out / f"{name}.anonymized.mp4")
+
+
+def _chunk_files(out: Path) -> list[Path]:
+    """The chunk tables a run has finished so far."""
+    return list((out / "_chunks").rglob("*.parquet")) if (out / "_chunks").is_dir() else []
 
 
 def _children(pid: int) -> list[int]:
@@ -393,3 +397,39 @@ def test_stop_drains_mid_video_and_a_rerun_finishes_it(shared_data: Path, tmp_pa
     assert again[-1].frames == 180 and again[-1].new_frames == 180 - last.frames  # only the rest
     rows = pq.read_table(out / "talk.mp4.parquet").column("frame").to_pylist()
     assert sorted(set(rows)) == list(range(180)) and len(rows) == len(set(rows))  # one face, once a frame
+
+
+def test_ctrl_c_drains_and_the_same_command_resumes(shared_data: Path, tmp_path: Path) -> None:
+    """Ctrl-C on ``facefleet video``: the workers finish the chunks they hold, the command exits 130 with
+    chunks left and says how to resume; the same command again finishes the video, every frame once."""
+    src = tmp_path / "talk.mp4"
+    _short_clip(shared_data / CLIP, src, 180)
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "facefleet", "video", str(src), "-o", str(out), "--devices", "cpu",
+        "--workers", "1", "--cpu-threads", "1", "--batch-size", "2", "--video-chunk-frames", "10",
+        "--video-overlap", "2",
+    ]  # fmt: skip
+    # a shell's background jobs ignore SIGINT: give the command its default handler back
+    proc = subprocess.Popen(
+        cmd,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.time() + 120
+        while not _chunk_files(out):
+            assert proc.poll() is None and time.time() < deadline, "no chunk was done"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # one chunk done, 17 to go: 2 held, finished by the drain
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted; run the same command again to resume" in err
+    assert not (out / "talk.mp4.parquet").exists()
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    rows = pq.read_table(out / "talk.mp4.parquet").column("frame").to_pylist()
+    assert rows == list(range(180))  # one face a frame, each frame once, in order

@@ -317,7 +317,7 @@ class _Supervisor:
 
     def supervise(self, profiles: Sequence[Any]) -> bool:
         """Runs the workers until no chunk is left or they drained; returns whether the job was
-        interrupted (a drain: by ``stop`` or Ctrl-C)."""
+        interrupted (drained by ``stop`` or Ctrl-C with chunks left)."""
         from facefleet.engine.worker.spec import owner_id
 
         q, ex = self.q, self.executor
@@ -355,7 +355,7 @@ class _Supervisor:
                     raise EngineError(
                         f"every worker died; {q.remaining()} chunks left (see the errors above)"
                     )
-                if time.time() - last >= 1.0:
+                if handles and time.time() - last >= 1.0:
                     last = time.time()
                     self._report(len(handles))
         except KeyboardInterrupt:
@@ -366,7 +366,7 @@ class _Supervisor:
                 h.join(timeout=None if draining else 60)
                 h.kill()
         self._report(None)  # the chunks done since the last report
-        return draining
+        return draining and bool(q.remaining())  # a drain that found every chunk done interrupted nothing
 
     def _progress(self) -> VideoProgress:
         done = [st for _, state, st in self.q.unit_stats() if state == "done"]

@@ -418,8 +418,8 @@ class VideoConfig:
     )
     preset: str = setting(
         "superfast",
-        "x264 preset of the MP4 outputs (on an H200's 16 cores, 1080p: ultrafast 1,257 frames/s, superfast "
-        "559, veryfast 321; slower presets compress better)",
+        "x264 preset of the MP4 outputs (faster presets encode more frames per second of the host's cores, "
+        "slower ones make smaller files; docs/benchmarks.md, Video, has the rates)",
         choices=X264_PRESETS,
     )
     crf: int = setting(

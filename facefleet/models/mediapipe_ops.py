@@ -45,6 +45,7 @@ class _Converter(Protocol):
     def const(self, i: int, name: str, t: int, what: str) -> np.ndarray: ...
     def runtime_rank4(self, i: int, name: str, t: int) -> None: ...
 
+
 __all__ = [
     "CUSTOM_HANDLERS",
     "LandmarksToTransformMatrix",

@@ -8,8 +8,8 @@ process before it imports torch (nothing here changes the calling process).
 
 A stamp (:func:`mark_compile_cache_warm`) says that a worker of this facefleet version built its
 networks from that folder. A worker that finds it compiles in its own process (the code comes from the
-cache: a pool of compiler processes would only add its start, ~5 s) and skips the portable artifacts
-file (loading it rewrites caches that are already on disk: ~5-7 s on an H200 host); one that does not
+cache: a pool of compiler processes would only add its start) and skips the portable artifacts file
+(loading it rewrites caches that are already on disk, seconds of work); one that does not
 compiles with a pool of compiler processes, shut down once its networks are built."""
 
 from __future__ import annotations

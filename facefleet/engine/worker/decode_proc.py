@@ -3,10 +3,9 @@
 Why a process: a worker's device thread issues ~1,500 torch calls per batch, and every call gives the
 GIL up and must win it back. A decoder thread in the same process (reading 128 files, parsing their
 headers, preparing and running the GPU JPEG decoder's calls) takes the GIL between its own C calls,
-and each hand-over stalls the device thread: on an H200 one batch of 128 1080p frames took 32-40 ms
-alone and 56-59 ms beside a decoder thread paced like a worker's (whatever the decoder: nvImageCodec in
-chunks of 32 or 128, torchvision's nvJPEG), but 36-38 ms beside a decoder in another process decoding
-3,500 img/s (docs/benchmarks.md, seventh session).
+and each hand-over stalls the device thread: a batch's device work takes about half as long again
+beside a decoder thread (whatever the decoder), and about as long as alone beside a decoder in another
+process (docs/benchmarks.md, "What bounds a GPU worker").
 
 The worker allocates ``slots`` (one flat uint8 buffer per batch in flight) in its device memory and
 hands them to the child once, through CUDA IPC (torch.multiprocessing's sharing of CUDA tensors; on

@@ -277,6 +277,22 @@ def test_results_are_paged(server: Any) -> None:
     assert client.get(url + "?limit=0", headers=_auth(ns["alice"])).status_code == 422
 
 
+def test_the_job_list_is_paged_and_filtered_by_state(server: Any) -> None:
+    client, ns, *_ = server
+    h = _auth(ns["alice"])
+    whole = client.get("/v1/jobs?limit=1000", headers=h).json()
+    assert whole["total"] == len(whole["jobs"]) >= 2 and whole["offset"] == 0
+    page = client.get("/v1/jobs?offset=1&limit=1", headers=h).json()
+    assert page["total"] == whole["total"] and page["jobs"] == whole["jobs"][1:2]  # newest first
+    done = client.get("/v1/jobs?state=completed,failed", headers=h).json()
+    assert done["jobs"] and {j["state"] for j in done["jobs"]} <= {"completed", "failed"}
+    assert done["total"] == sum(j["state"] in ("completed", "failed") for j in whole["jobs"])
+    bad = client.get("/v1/jobs?state=finished", headers=h)
+    assert bad.status_code == 422 and "finished" in bad.json()["error"]
+    assert client.get("/v1/jobs?limit=5000", headers=h).status_code == 422
+    assert client.get("/v1/jobs", headers=_auth(ns["bob"])).json()["total"] == 0  # only the key's own
+
+
 @pytest.mark.shared_data
 def test_video_job_from_an_upload(server: Any, shared_data: Path) -> None:
     pytest.importorskip("av")

@@ -7,7 +7,7 @@ Routes (``/v1`` needs an API key unless ``[service] auth = false``):
   batched on the GPU.
 - ``POST /v1/jobs`` — uploaded files (multipart ``files``, with ``kind`` and ``formats`` fields) or JSON
   ``{"input": PATH or [PATHS], "kind": "photos"|"video", "formats": [...]}`` with paths under the
-  allowed roots -> 202 and the job. ``GET /v1/jobs``, ``GET /v1/jobs/{id}``,
+  allowed roots -> 202 and the job. ``GET /v1/jobs`` (paged, ``?state=``), ``GET /v1/jobs/{id}``,
   ``GET /v1/jobs/{id}/results`` (its files), ``GET /v1/jobs/{id}/files/{path}``, ``DELETE /v1/jobs/{id}``.
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (networks warm), ``GET /metrics``
   (Prometheus), ``/ui`` (the browser UI), ``/docs`` and ``/openapi.json``.
@@ -35,7 +35,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from facefleet.entrypoints.service.core import Service
 from facefleet.entrypoints.service.keys import ApiKey, key_from_headers
-from facefleet.entrypoints.service.store import JobRecord
+from facefleet.entrypoints.service.store import ACTIVE, FINAL, JobRecord
 from facefleet.entrypoints.service.uploads import BodyLimit, HttpError, safe_filename, save_stream
 
 log = logging.getLogger("facefleet.service")
@@ -221,11 +221,27 @@ def _routes(app: FastAPI, service: Service) -> None:
         return JSONResponse(view(record), status_code=202, headers={"Location": f"/v1/jobs/{record.id}"})
 
     @app.get("/v1/jobs", tags=["jobs"])
-    async def list_jobs(request: Request) -> dict[str, Any]:
-        """The caller's jobs, newest first."""
+    async def list_jobs(
+        request: Request,
+        state: str | None = Query(None, description="only jobs in these states, comma-separated"),
+        offset: int = Query(0, ge=0),
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> dict[str, Any]:
+        """The caller's jobs, newest first: ``limit`` of them from ``offset`` (``total``: how many there
+        are), of every state or only those ``state`` names (e.g. ``queued,running``)."""
         key = await caller(request)
         owner = key.name if service.settings.auth else None
-        return {"jobs": [view(r) for r in service.store.list(key=owner)]}
+        states = tuple(s.strip() for s in state.split(",") if s.strip()) if state else None
+        bad = sorted(set(states or ()) - set(ACTIVE + FINAL))
+        if bad:
+            raise HttpError(422, f"state must be among {', '.join(ACTIVE + FINAL)}, got {', '.join(bad)}")
+        records, total = await asyncio.to_thread(
+            lambda: (
+                service.store.list(owner, states, offset=offset, limit=limit),
+                service.store.count(owner, states),
+            )
+        )
+        return {"jobs": [view(r) for r in records], "total": total, "offset": offset}
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"])
     async def get_job(request: Request, job_id: str) -> dict[str, Any]:

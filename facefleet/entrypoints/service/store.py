@@ -161,20 +161,29 @@ class ServiceStore:
             ).fetchone()
         return None if got is None else _record(got)
 
-    def list(self, key: str | None = None, states: tuple[str, ...] | None = None) -> list[JobRecord]:
-        """Jobs, newest first (of one key, in some states, if given)."""
-        where, args = [], []
-        if key is not None:
-            where.append("key = ?")
-            args.append(key)
-        if states:
-            where.append(f"state IN ({','.join('?' * len(states))})")
-            args.extend(states)
-        sql = f"SELECT {','.join(_COLUMNS)} FROM jobs"
-        sql += f" WHERE {' AND '.join(where)}" if where else ""
+    def list(
+        self,
+        key: str | None = None,
+        states: tuple[str, ...] | None = None,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[JobRecord]:
+        """Jobs, newest first (of one key, in some states, if given): ``limit`` of them from ``offset``."""
+        where, args = _where(key, states)
+        sql = f"SELECT {','.join(_COLUMNS)} FROM jobs{where} ORDER BY created DESC, id"
+        if limit is not None or offset:
+            sql += " LIMIT ? OFFSET ?"
+            args += [-1 if limit is None else int(limit), int(offset)]
         with self._lock:
-            rows = self._db.execute(sql + " ORDER BY created DESC", args).fetchall()
+            rows = self._db.execute(sql, args).fetchall()
         return [_record(r) for r in rows]
+
+    def count(self, key: str | None = None, states: tuple[str, ...] | None = None) -> int:
+        """How many jobs :meth:`list` has for ``key`` and ``states``."""
+        where, args = _where(key, states)
+        with self._lock:
+            return int(self._db.execute(f"SELECT COUNT(*) FROM jobs{where}", args).fetchone()[0])
 
     def count_by_state(self) -> dict[str, int]:
         with self._lock:
@@ -251,6 +260,18 @@ def _row(job: JobRecord) -> list[Any]:
         v = getattr(job, name)
         values.append(json.dumps(list(v) if name == "inputs" else v) if name in ("inputs", "options") else v)
     return values
+
+
+def _where(key: str | None, states: tuple[str, ...] | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (with its leading space, or empty) and arguments of a key and states filter."""
+    where, args = [], []
+    if key is not None:
+        where.append("key = ?")
+        args.append(key)
+    if states:
+        where.append(f"state IN ({','.join('?' * len(states))})")
+        args.extend(states)
+    return (f" WHERE {' AND '.join(where)}" if where else ""), args
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:

@@ -24,6 +24,8 @@ from facefleet.entrypoints.ui.photo import FACE_COLUMNS, reconstruct_photo
 if TYPE_CHECKING:
     from facefleet.entrypoints.service.core import Service
 
+MY_JOBS = 50  # jobs the "My jobs" table shows, newest first
+
 CSS = """
 .ff-job progress { width: 100%; height: 1.1rem; }
 .ff-error { color: var(--error-text-color); margin-top: 0.4rem; }
@@ -220,8 +222,9 @@ async def _follow(service: Service, who: ApiKey, job_id: str) -> AsyncIterator[t
 
 
 def _my_jobs(service: Service, who: ApiKey) -> list[Any]:
+    """The key's latest jobs (the REST API pages through all of them)."""
     owner = who.name if service.settings.auth else None
-    return service.store.list(key=owner)
+    return service.store.list(key=owner, limit=MY_JOBS)
 
 
 def _authenticate(service: Service, presented: str | None) -> ApiKey:

@@ -357,6 +357,48 @@ def test_a_video_job_reports_progress_and_cancels(tmp_path: Path, shared_data: P
         assert 0 < float(jobs.split()[1]) < 183
 
 
+@pytest.mark.shared_data
+def test_a_video_job_drained_by_a_shutdown_resumes_at_the_next_start(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """A graceful shutdown drains a running video job (its workers finish the chunks they hold) and
+    leaves it queued; the next server on the same data folder finishes it, every frame once."""
+    pytest.importorskip("av")
+    import pyarrow.parquet as pq
+
+    from facefleet.config import CpuConfig, VideoConfig
+    from facefleet.entrypoints.service.store import ServiceStore
+
+    cfg = JobConfig(
+        devices="cpu",
+        cpu=CpuConfig(workers=1, threads=1, batch_size=2),
+        video=VideoConfig(chunk_frames=10, overlap=2),  # 19 chunks, 2 held at a time
+        service=ServiceConfig(data_dir=str(tmp_path / "state"), auth=False, ui=False, shutdown_grace_s=30),
+    )
+    clip = shared_data / "videos" / "liveportrait_d12.mp4"
+    with TestClient(create_app(Service(cfg, gpu_metrics=False))) as client:
+        files = [("files", (clip.name, clip.read_bytes(), "video/mp4"))]
+        job = client.post("/v1/jobs", files=files, data={"kind": "video", "formats": "parquet"}).json()
+        deadline = time.monotonic() + 120
+        while client.get(f"/v1/jobs/{job['id']}").json()["done"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    # the server has shut down (the client's exit): drained, not failed nor finished
+    store = ServiceStore(tmp_path / "state" / "service.sqlite")
+    before = store.get(job["id"])
+    store.close()
+    assert before is not None and before.state == "queued" and 0 < before.done < 183, before
+    with TestClient(create_app(Service(cfg, gpu_metrics=False))) as client:
+        got = _wait_job(client, job["id"], "", timeout=180)
+        assert got["state"] == "completed" and got["done"] == got["total"] == 183, got
+        name = next(
+            f["path"] for f in client.get(got["results"]).json()["files"] if f["path"].endswith(".parquet")
+        )
+        rows = pq.read_table(io.BytesIO(client.get(f"/v1/jobs/{job['id']}/files/{name}").content))
+    frames = rows.column("frame").to_pylist()
+    assert sorted(frames) == list(range(183))  # one face a frame, each frame once
+
+
 def test_jobs_on_the_networked_queue_get_their_own_schema(tmp_path: Path, astronaut: np.ndarray) -> None:
     """With [queue] url on PostgreSQL, each job has its schema of it (shown for workers on other hosts)."""
     import psycopg

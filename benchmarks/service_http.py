@@ -76,7 +76,7 @@ def main() -> int:
     if a.serve:
         serve(int(a.serve[0]), a.serve[1], a.serve[2], a.profile)
         return 0
-    from facefleet.bench.service import _cpu_s, _free_port, _wait_ready, run_load
+    from facefleet.bench.service import _free_port, _wait_ready, run_load
 
     with tempfile.TemporaryDirectory(prefix="ff-http-") as tmp:
         image = a.image
@@ -96,14 +96,11 @@ def main() -> int:
             print("| clients | requests/s | p50 ms | p99 ms | errors | server CPU ms / request |")
             print("|---:|---:|---:|---:|---:|---:|")
             for n in [int(c) for c in a.clients.split(",")]:
-                cpu0 = _cpu_s(server.pid)
-                row = run_load(port, [image], n, a.seconds, a.client_procs)
-                ok = row["images_per_s"] * a.seconds
-                per = (_cpu_s(server.pid) - cpu0) * 1000 / max(ok, 1)
+                row = run_load(port, [image], n, a.seconds, a.client_procs, server.pid)
                 errors = sum(row["errors"].values())
                 print(
                     f"| {n} | {row['images_per_s']:,.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} "
-                    f"| {errors} | {per:.2f} |",
+                    f"| {errors} | {row['server_cpu_ms']:.2f} |",
                     flush=True,
                 )
         finally:

@@ -95,8 +95,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_load(port: int, files: list[str], clients: int, seconds: float, procs: int) -> dict[str, Any]:
-    """``clients`` closed-loop clients for ``seconds``; latencies and errors."""
+def run_load(
+    port: int, files: list[str], clients: int, seconds: float, procs: int, server_pid: int | None = None
+) -> dict[str, Any]:
+    """``clients`` closed-loop clients for ``seconds``; latencies and errors, and with ``server_pid``
+    the server's CPU milliseconds per answered request (``server_cpu_ms``)."""
+    cpu = _cpu_s(server_pid) if server_pid is not None else 0.0
     procs = max(1, min(procs, clients))
     per = [clients // procs + (1 if p < clients % procs else 0) for p in range(procs)]
     start = time.time() + 1.0  # every client process up and connected first
@@ -113,7 +117,7 @@ def run_load(port: int, files: list[str], clients: int, seconds: float, procs: i
         if s != 200:
             errors[str(s)] = errors.get(str(s), 0) + 1
     q = np.percentile(lat, [50, 90, 99]) if len(lat) else [float("nan")] * 3
-    return {
+    row: dict[str, Any] = {
         "clients": clients,
         "requests": len(got),
         "images_per_s": len(lat) / seconds,
@@ -122,6 +126,9 @@ def run_load(port: int, files: list[str], clients: int, seconds: float, procs: i
         "p99_ms": float(q[2]),
         "errors": errors,
     }
+    if server_pid is not None:
+        row["server_cpu_ms"] = (_cpu_s(server_pid) - cpu) * 1000 / max(1, len(lat))
+    return row
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float) -> float:
@@ -231,14 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             # the first row (so RSS growth between rows is what the load leaks, not what it warms)
             run_load(port, files, max(counts), args.warmup, args.client_procs)
             for n in counts:
-                before, cpu = _rss_mib(server.pid), _cpu_s(server.pid)
-                row = run_load(port, files, n, args.seconds, args.client_procs)
-                answered = max(1.0, row["images_per_s"] * args.seconds)
-                row.update(
-                    rss_before_mib=before,
-                    rss_after_mib=_rss_mib(server.pid),
-                    server_cpu_ms=(_cpu_s(server.pid) - cpu) * 1000 / answered,
-                )
+                before = _rss_mib(server.pid)
+                row = run_load(port, files, n, args.seconds, args.client_procs, server.pid)
+                row.update(rss_before_mib=before, rss_after_mib=_rss_mib(server.pid))
                 rows.append(row)
                 print(_line(row), flush=True)
         finally:

@@ -310,9 +310,7 @@ class _Supervisor:
 
     def __post_init__(self) -> None:
         self.t0 = time.time()
-        self.before = (0, 0)
-        first = self._progress()
-        self.before = (first.frames, first.faces)  # done by an earlier run of the job
+        self.before = self._done()[:2]  # frames and faces done by an earlier run of the job
         self.shown = -1  # frames done at the last progress line
 
     def supervise(self, profiles: Sequence[Any]) -> bool:
@@ -368,12 +366,19 @@ class _Supervisor:
         self._report(None)  # the chunks done since the last report
         return draining and bool(q.remaining())  # a drain that found every chunk done interrupted nothing
 
-    def _progress(self) -> VideoProgress:
+    def _done(self) -> tuple[int, int, int]:
+        """Frames, faces and chunks of the chunks done, from the queue."""
         done = [st for _, state, st in self.q.unit_stats() if state == "done"]
-        frames = sum(int(st.get("frames", 0)) for st in done)
-        faces = sum(int(st.get("faces", 0)) for st in done)
+        return (
+            sum(int(st.get("frames", 0)) for st in done),
+            sum(int(st.get("faces", 0)) for st in done),
+            len(done),
+        )
+
+    def _progress(self) -> VideoProgress:
+        frames, faces, chunks_done = self._done()
         return VideoProgress(
-            frames=frames, faces=faces, total=self.total, chunks_done=len(done),
+            frames=frames, faces=faces, total=self.total, chunks_done=chunks_done,
             chunks=sum(c["units"] for c in self.q.counts().values()),
             new_frames=frames - self.before[0], new_faces=faces - self.before[1],
             seconds=time.time() - self.t0,
